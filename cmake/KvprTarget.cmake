@@ -1,0 +1,23 @@
+# Warning and sanitizer flags, applied per target (no global definitions).
+function(kvpr_target_defaults target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor>)
+  if(KVPR_WERROR)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
+  endif()
+  if(KVPR_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=${KVPR_SANITIZE} -fno-omit-frame-pointer
+                                             -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=${KVPR_SANITIZE})
+  endif()
+endfunction()
+
+# kvpr_library(name SOURCES ...) builds kvpr_<name> with alias kvpr::<name> and an include/ surface.
+function(kvpr_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(kvpr_${name} STATIC ${ARG_SOURCES})
+  add_library(kvpr::${name} ALIAS kvpr_${name})
+  target_include_directories(kvpr_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
+  target_link_libraries(kvpr_${name} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  kvpr_target_defaults(kvpr_${name})
+endfunction()

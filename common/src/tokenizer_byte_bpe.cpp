@@ -1,0 +1,206 @@
+// Byte-level BPE as GPT-2 and OPT use it. Input text is cut into words by GPT-2's
+// pre-tokenization regex (reimplemented by hand over code points below, since std::regex knows
+// no \p{L}), each word's bytes are mapped to printable stand-in characters (GPT-2's
+// bytes_to_unicode), and the BPE model merges those. Decoding maps the stand-ins back to bytes
+// and replaces invalid UTF-8 by U+FFFD, like Python's errors="replace".
+//
+// Thread safety: a ByteBpeTokenizer is immutable after construction but for the BPE model's
+// mutex-guarded word cache, so any thread may call it.
+#include <array>
+
+#include "kvpr/common/error.h"
+#include "tokenizer_bpe.h"
+#include "tokenizer_unicode.h"
+
+namespace kvpr::tokenizer_detail {
+namespace {
+
+// The stand-ins: bytes that are printable Latin-1 map to themselves, the other 68 to U+0100
+// upwards in byte order, so every token is printable text (GPT-2's bytes_to_unicode).
+struct ByteLevelTables {
+  static constexpr std::size_t kMaxStandIn = 256 + 68;
+  std::array<std::string, 256> symbols;        // byte -> UTF-8 of its stand-in
+  std::array<std::int16_t, kMaxStandIn> bytes;  // stand-in code point -> byte, or -1
+};
+
+const ByteLevelTables& byte_level_tables() {
+  static const ByteLevelTables tables = [] {
+    ByteLevelTables t;
+    t.bytes.fill(-1);
+    char32_t next_stand_in = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+      const char32_t cp = printable ? static_cast<char32_t>(b) : next_stand_in++;
+      append_utf8(t.symbols[b], cp);
+      t.bytes[cp] = static_cast<std::int16_t>(b);
+    }
+    return t;
+  }();
+  return tables;
+}
+
+enum class CharKind { letter, number, space, other };
+
+// The class of the character at `pos` and its size in bytes; invalid UTF-8 counts as `other`
+// (Python could not even hold it in a str; keeping its bytes is what byte-level BPE needs).
+CharKind kind_at(std::string_view text, std::size_t pos, std::size_t& size) {
+  const Utf8Step step = next_utf8(text, pos);
+  size = step.size;
+  if (!step.valid) return CharKind::other;
+  if (is_letter(step.cp)) return CharKind::letter;
+  if (is_number(step.cp)) return CharKind::number;
+  if (is_space(step.cp)) return CharKind::space;
+  return CharKind::other;
+}
+
+// End of the regex match that starts at `pos`; the alternatives are tried in GPT-2's order:
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+std::size_t match_end(std::string_view text, std::size_t pos) {
+  if (text[pos] == '\'') {
+    for (const std::string_view suffix : {"s", "t", "re", "ve", "m", "ll", "d"}) {
+      if (text.substr(pos + 1).starts_with(suffix)) return pos + 1 + suffix.size();
+    }
+  }
+  // " ?X+" for the three non-space classes: only an ASCII space may lead, and the class run
+  // after it decides which alternative matched.
+  const std::size_t start = pos + (text[pos] == ' ' ? 1 : 0);
+  if (start < text.size()) {
+    std::size_t size = 0;
+    const CharKind kind = kind_at(text, start, size);
+    if (kind != CharKind::space) {
+      std::size_t end = start + size;
+      while (end < text.size() && kind_at(text, end, size) == kind) end += size;
+      return end;
+    }
+  }
+  // "\s+(?!\S)" backtracks to leave the run's last space to the word after it (so " world"
+  // keeps its space); "\s+" takes a lone space before a word.
+  std::size_t end = pos;
+  std::size_t last = pos;
+  std::size_t size = 0;
+  while (end < text.size() && kind_at(text, end, size) == CharKind::space) {
+    last = end;
+    end += size;
+  }
+  if (end < text.size() && last > pos) return last;
+  return end;
+}
+
+class ByteBpeTokenizer final : public Tokenizer {
+ public:
+  ByteBpeTokenizer(BpeModel model, SpecialIds ids, bool add_prefix_space, bool use_regex)
+      : model_(std::move(model)),
+        ids_(ids),
+        add_prefix_space_(add_prefix_space),
+        use_regex_(use_regex) {}
+
+  std::vector<std::int32_t> encode(std::string_view text) const override {
+    std::vector<std::int32_t> ids;
+    std::string mapped;
+    std::string prefixed;
+    for (const TextPiece& piece : model_.split_added(text)) {
+      if (piece.added_id >= 0) {
+        ids.push_back(piece.added_id);
+        continue;
+      }
+      std::string_view segment = piece.text;
+      if (add_prefix_space_ && !segment.starts_with(' ')) {
+        prefixed = " ";
+        prefixed += segment;
+        segment = prefixed;
+      }
+      const auto words = use_regex_ ? gpt2_pre_tokenize(segment) : std::vector{segment};
+      for (const std::string_view word : words) {
+        mapped.clear();
+        for (const char c : word) mapped += byte_level_symbol(static_cast<unsigned char>(c));
+        model_.encode_word(mapped, ids);
+      }
+    }
+    return ids;
+  }
+
+  // Characters that are not stand-ins (in added tokens such as "<|endoftext|>") pass through as
+  // their own UTF-8, as in HF's ByteLevel decoder.
+  std::string decode(const std::vector<std::int32_t>& ids) const override {
+    const ByteLevelTables& tables = byte_level_tables();
+    std::string bytes;
+    for (const std::int32_t id : ids) {
+      const std::string& token = model_.token_of(id);
+      for (std::size_t pos = 0; pos < token.size();) {
+        const Utf8Step step = next_utf8(token, pos);
+        if (step.valid && step.cp < ByteLevelTables::kMaxStandIn && tables.bytes[step.cp] >= 0) {
+          bytes += static_cast<char>(tables.bytes[step.cp]);
+        } else {
+          bytes.append(token, pos, step.size);
+        }
+        pos += step.size;
+      }
+    }
+    return replace_invalid_utf8(bytes);
+  }
+
+  std::int64_t vocab_size() const override { return model_.vocab_size(); }
+  std::optional<std::int32_t> bos_id() const override { return ids_.bos; }
+  std::optional<std::int32_t> eos_id() const override { return ids_.eos; }
+
+ private:
+  BpeModel model_;
+  SpecialIds ids_;
+  bool add_prefix_space_;
+  bool use_regex_;
+};
+
+const nlohmann::json* find_byte_level(const nlohmann::json& step) {
+  if (!step.is_object()) return nullptr;
+  if (step.value("type", "") == "ByteLevel") return &step;
+  if (step.value("type", "") == "Sequence" && step.contains("pretokenizers")) {
+    for (const nlohmann::json& inner : step["pretokenizers"]) {
+      if (const nlohmann::json* found = find_byte_level(inner)) return found;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const std::string& byte_level_symbol(unsigned char byte) { return byte_level_tables().symbols[byte]; }
+
+std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text) {
+  std::vector<std::string_view> words;
+  for (std::size_t pos = 0; pos < text.size();) {
+    const std::size_t end = match_end(text, pos);
+    words.push_back(text.substr(pos, end - pos));
+    pos = end;
+  }
+  return words;
+}
+
+std::unique_ptr<Tokenizer> make_byte_bpe_tokenizer(BpeModel model, SpecialIds ids,
+                                                   const nlohmann::json* root) {
+  if (root == nullptr) return std::make_unique<ByteBpeTokenizer>(std::move(model), ids, false, true);
+  const nlohmann::json normalizer = root->value("normalizer", nlohmann::json());
+  if (!normalizer.is_null()) {
+    raise(ErrorKind::unimplemented, model.source(), ": normalizer ", quoted(normalizer.value("type", "?")),
+          " is not supported for byte-level BPE");
+  }
+  const nlohmann::json pre_tokenizer = root->value("pre_tokenizer", nlohmann::json());
+  const nlohmann::json* byte_level = find_byte_level(pre_tokenizer);
+  if (byte_level == nullptr) {
+    raise(ErrorKind::unimplemented, model.source(), ": byte-level decoder without a ByteLevel pre_tokenizer");
+  }
+  // Other steps in a Sequence (Split with a custom regex, as GPT-4-style tokenizers have) would
+  // change where words break; refusing them beats encoding silently differently.
+  if (byte_level != &pre_tokenizer) {
+    for (const nlohmann::json& step : pre_tokenizer["pretokenizers"]) {
+      if (&step != byte_level) {
+        raise(ErrorKind::unimplemented, model.source(), ": pre_tokenizer step ",
+              quoted(step.value("type", "?")), " is not supported for byte-level BPE");
+      }
+    }
+  }
+  const bool add_prefix_space = byte_level->value("add_prefix_space", false);
+  const bool use_regex = byte_level->value("use_regex", true);
+  return std::make_unique<ByteBpeTokenizer>(std::move(model), ids, add_prefix_space, use_regex);
+}
+
+}  // namespace kvpr::tokenizer_detail

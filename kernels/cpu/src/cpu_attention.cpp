@@ -1,0 +1,172 @@
+// Attention over KV segments, the decode hot path of the CPU backend (b sequences × s tokens ×
+// n_heads heads). A query row's keys arrive as several segments — recomputed from activations,
+// fetched from host memory, the new token — and softmax runs over their concatenation in the order
+// given, exactly as if they were one tensor.
+//
+// Shape of the computation: for each query row, two streaming passes over its K and V rows, each
+// row read once for all heads (the heads of one KV group share the loads under GQA):
+//   1. scores[h][t] = scale · q_h · k_t for every token t of every segment, into one scratch row;
+//   2. per head: max, p = exp(score − max) in fp32, denominator summed in double;
+//   3. acc_h += p[h][t] · v_t accumulated in double, out_h = acc_h / denominator.
+// Scratch is sized once per call for the longest query, so there is no allocation per token, and
+// the inner loops work on fixed blocks of 8 lanes so that -O2 vectorises them without -ffast-math.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu_ops.h"
+#include "kvpr/common/error.h"
+
+namespace kvpr::kernels::cpu {
+namespace {
+
+constexpr std::string_view kOp = "attention";
+constexpr std::int64_t kLanes = 8;
+
+// Dot product with 8 independent fp32 partial sums (the reassociation is ours, made explicit).
+float dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
+  float acc[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::int64_t j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+// acc[i] += p · v[i] in double.
+void axpy(double* __restrict acc, float p, const float* __restrict v, std::int64_t n) {
+  const auto pd = static_cast<double>(p);
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::int64_t j = 0; j < kLanes; ++j) acc[i + j] += pd * static_cast<double>(v[i + j]);
+  }
+  for (; i < n; ++i) acc[i] += pd * static_cast<double>(v[i]);
+}
+
+void check_shape(const Tensor& q, const AttnShape& shape, const Tensor& out) {
+  check_f32(kOp, "q", q);
+  check_f32(kOp, "out", out);
+  if (shape.n_heads <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
+      shape.n_heads % shape.n_kv_heads != 0) {
+    fail(kOp, ": n_heads ", shape.n_heads, ", n_kv_heads ", shape.n_kv_heads, ", head_dim ",
+         shape.head_dim, " is not a valid grouped-query shape");
+  }
+  if (q.cols != shape.n_heads * shape.head_dim) {
+    fail(kOp, ": q ", describe(q), " is not [rows, n_heads ", shape.n_heads, " × head_dim ",
+         shape.head_dim, "]");
+  }
+  check_same_shape(kOp, "q", q, "out", out);
+}
+
+void check_segment(std::size_t i, const AttnSegment& seg, std::int64_t n_queries,
+                   std::int64_t h_kv) {
+  if (seg.query < 0 || seg.query >= n_queries) {
+    fail(kOp, ": segment ", i, " names query ", seg.query, " of ", n_queries);
+  }
+  check_f32(kOp, str("segment ", i, " k"), seg.k);
+  check_f32(kOp, str("segment ", i, " v"), seg.v);
+  if (seg.k.cols != h_kv || seg.v.cols != h_kv || seg.k.rows != seg.v.rows) {
+    fail(kOp, ": segment ", i, " k ", describe(seg.k), " and v ", describe(seg.v),
+         " are not both [n, h_kv ", h_kv, "]");
+  }
+}
+
+}  // namespace
+
+void attention(const Tensor& q, std::span<const AttnSegment> segments, const AttnShape& shape,
+               const Tensor& out) {
+  check_shape(q, shape, out);
+  const std::int64_t n_queries = q.rows;
+  const std::int64_t n_heads = shape.n_heads;
+  const std::int64_t head_dim = shape.head_dim;
+  const std::int64_t group = n_heads / shape.n_kv_heads;
+  const std::int64_t h_q = n_heads * head_dim;
+  const std::int64_t h_kv = shape.n_kv_heads * head_dim;
+
+  // Bucket the segments by query, keeping their order (a stable counting sort), and count tokens.
+  std::vector<std::size_t> first(static_cast<std::size_t>(n_queries) + 1, 0);
+  std::vector<std::int64_t> n_tokens(static_cast<std::size_t>(n_queries), 0);
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    check_segment(i, segments[i], n_queries, h_kv);
+    const auto query = static_cast<std::size_t>(segments[i].query);
+    ++first[query + 1];
+    n_tokens[query] += segments[i].k.rows;
+  }
+  for (std::size_t r = 0; r < n_tokens.size(); ++r) {
+    if (n_tokens[r] == 0) fail(kOp, ": query row ", r, " has no keys (no non-empty segment)");
+    first[r + 1] += first[r];
+  }
+  std::vector<std::size_t> order(segments.size());
+  {
+    std::vector<std::size_t> next(first.begin(), first.end() - 1);
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      order[next[static_cast<std::size_t>(segments[i].query)]++] = i;
+    }
+  }
+
+  if (n_queries == 0) return;
+  const std::int64_t max_tokens = *std::max_element(n_tokens.begin(), n_tokens.end());
+  std::vector<float> q_row(static_cast<std::size_t>(h_q));  // copy: out may alias q
+  std::vector<float> scores(static_cast<std::size_t>(n_heads * max_tokens));
+  std::vector<double> denominators(static_cast<std::size_t>(n_heads));
+  std::vector<double> acc(static_cast<std::size_t>(h_q));
+
+  for (std::int64_t r = 0; r < n_queries; ++r) {
+    const auto bucket = static_cast<std::size_t>(r);
+    const float* pq = static_cast<const float*>(q.data) + r * h_q;
+    std::copy(pq, pq + h_q, q_row.begin());
+
+    // Pass 1: scaled scores, token-major over K so each K row is streamed once.
+    std::int64_t t = 0;
+    for (std::size_t s = first[bucket]; s < first[bucket + 1]; ++s) {
+      const Tensor& k = segments[order[s]].k;
+      for (std::int64_t j = 0; j < k.rows; ++j, ++t) {
+        const float* k_row = static_cast<const float*>(k.data) + j * h_kv;
+        for (std::int64_t h = 0; h < n_heads; ++h) {
+          scores[static_cast<std::size_t>(h * max_tokens + t)] =
+              shape.scale * dot(q_row.data() + h * head_dim, k_row + (h / group) * head_dim,
+                                head_dim);
+        }
+      }
+    }
+
+    // Softmax numerators in place; denominators in double.
+    const std::int64_t n = n_tokens[bucket];
+    for (std::int64_t h = 0; h < n_heads; ++h) {
+      float* row = scores.data() + h * max_tokens;
+      const float max = *std::max_element(row, row + n);
+      double sum = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        row[i] = std::exp(row[i] - max);
+        sum += row[i];
+      }
+      denominators[static_cast<std::size_t>(h)] = sum;
+    }
+
+    // Pass 2: weighted sum of V, token-major.
+    std::fill(acc.begin(), acc.end(), 0.0);
+    t = 0;
+    for (std::size_t s = first[bucket]; s < first[bucket + 1]; ++s) {
+      const Tensor& v = segments[order[s]].v;
+      for (std::int64_t j = 0; j < v.rows; ++j, ++t) {
+        const float* v_row = static_cast<const float*>(v.data) + j * h_kv;
+        for (std::int64_t h = 0; h < n_heads; ++h) {
+          axpy(acc.data() + h * head_dim, scores[static_cast<std::size_t>(h * max_tokens + t)],
+               v_row + (h / group) * head_dim, head_dim);
+        }
+      }
+    }
+
+    float* po = static_cast<float*>(out.data) + r * h_q;
+    for (std::int64_t h = 0; h < n_heads; ++h) {
+      const double inv = 1.0 / denominators[static_cast<std::size_t>(h)];
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        po[h * head_dim + d] = static_cast<float>(acc[static_cast<std::size_t>(h * head_dim + d)] * inv);
+      }
+    }
+  }
+}
+
+}  // namespace kvpr::kernels::cpu

@@ -1,0 +1,202 @@
+// The CPU backend: wires the copy thread (cpu_copy_queue) and the ops (cpu_ops, cpu_attention)
+// behind the Backend interface. The compute queue is the caller's thread — an op runs before its
+// call returns — so only the copy queue needs events that complete later.
+//
+// Ownership: CpuBackend owns its CopyQueue (and through it the copy thread) for its whole life;
+// buffers it hands out own their memory and may outlive it; events are shared with callers.
+// Which thread calls what: every Backend method is called by the owner's thread(s); copy work
+// closures run on the copy thread and touch only the memory named by their arguments.
+#include "kvpr/kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
+#include "cpu_copy_queue.h"
+#include "cpu_ops.h"
+#include "kvpr/common/error.h"
+
+namespace kvpr::kernels {
+namespace cpu {
+namespace {
+
+// Without an emulated link the "link" is memcpy between two host buffers; 10 GB/s is the order
+// of a large single-thread memcpy here and of a PCIe 4 x16 link. Nominal, not measured.
+constexpr double kNominalH2dBytesPerS = 10e9;
+// Nominal fp32 GEMM rate per compute thread (OpenBLAS measures ~55–70 GFLOP/s on one core here).
+constexpr double kNominalGemmFlopsPerThread = 50e9;
+constexpr std::size_t kAlignment = 64;
+
+class CpuBuffer final : public DeviceBuffer {
+ public:
+  explicit CpuBuffer(std::size_t bytes) : bytes_(bytes) {
+    // aligned_alloc wants a size that is a multiple of the alignment, and never 0.
+    const std::size_t padded = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+    data_ = std::aligned_alloc(kAlignment, padded);
+    if (data_ == nullptr) raise(ErrorKind::overloaded, "cpu alloc: no host memory for ", bytes, " bytes");
+  }
+  ~CpuBuffer() override { std::free(data_); }
+  CpuBuffer(const CpuBuffer&) = delete;
+  CpuBuffer& operator=(const CpuBuffer&) = delete;
+
+  void* data() const override { return data_; }
+  std::size_t bytes() const override { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+std::shared_ptr<CpuEvent> as_cpu_event(std::string_view op, const std::shared_ptr<Event>& event) {
+  if (event == nullptr) fail(op, ": the event is null");
+  auto cpu_event = std::dynamic_pointer_cast<CpuEvent>(event);
+  if (cpu_event == nullptr) fail(op, ": the event was not recorded by a CPU backend");
+  return cpu_event;
+}
+
+void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
+  if (p == nullptr && t.numel() != 0) fail(op, ": the host pointer for ", describe(t), " is null");
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendOptions& options)
+      : threads_(options.threads > 0 ? options.threads
+                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+        link_{options.emulate_link_gbps * 1e9, options.emulate_link_latency_s},
+        copy_queue_(link_) {
+    if (options.emulate_link_gbps < 0 || options.emulate_link_latency_s < 0) {
+      fail("cpu backend: emulated link ", options.emulate_link_gbps, " GB/s with latency ",
+           options.emulate_link_latency_s, " s is negative");
+    }
+    if (options.threads < 0) fail("cpu backend: threads ", options.threads, " is negative");
+    // Process-wide: OpenBLAS has one thread pool, so the last backend created sets it.
+    if (options.threads > 0) openblas_set_num_threads(options.threads);
+  }
+
+  std::string name() const override { return "cpu"; }
+  DType compute_dtype() const override { return DType::f32; }
+
+  NominalRates nominal_rates() const override {
+    NominalRates rates;
+    rates.h2d_bytes_per_s = link_.bytes_per_s > 0 ? link_.bytes_per_s : kNominalH2dBytesPerS;
+    rates.gemm_flops_per_s = kNominalGemmFlopsPerThread * threads_;
+    return rates;
+  }
+
+  std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) override {
+    return std::make_unique<CpuBuffer>(bytes);
+  }
+
+  std::shared_ptr<Event> record(Queue queue) override {
+    if (queue == Queue::copy) return copy_queue_.enqueue_marker();
+    auto event = std::make_shared<CpuEvent>();
+    event->complete();  // the compute queue has already run everything enqueued on it
+    return event;
+  }
+
+  void wait(Queue queue, const std::shared_ptr<Event>& event) override {
+    auto cpu_event = as_cpu_event("wait", event);
+    if (queue == Queue::copy) {
+      copy_queue_.enqueue_wait(std::move(cpu_event));
+    } else {
+      cpu_event->wait();  // the compute queue is this thread
+    }
+    copy_queue_.rethrow_error();
+  }
+
+  void host_wait(const std::shared_ptr<Event>& event) override {
+    as_cpu_event("host_wait", event)->wait();
+    copy_queue_.rethrow_error();
+  }
+
+  double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) override {
+    const auto a = as_cpu_event("elapsed_s", from);
+    const auto b = as_cpu_event("elapsed_s", to);
+    if (!a->done() || !b->done()) fail("elapsed_s: an event has not completed yet (host_wait first)");
+    return std::chrono::duration<double>(b->completed_at() - a->completed_at()).count();
+  }
+
+  void synchronize() override { copy_queue_.drain(); }
+
+  // Bytes and counts include copies run on the compute queue; busy_s is the copy thread's alone.
+  CopyStats copy_stats() const override { return copy_queue_.stats(); }
+
+  void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
+    check_view("copy_to_device", "dst", dst);
+    check_host_pointer("copy_to_device", src, dst);
+    const auto n = static_cast<std::size_t>(dst.numel());
+    submit(queue, CopyKind::host_to_device, n * size_of(src_dtype),
+           [dst, src, src_dtype, n] { convert(src, src_dtype, dst.data, dst.dtype, n); });
+  }
+
+  void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
+    check_view("copy_to_host", "src", src);
+    check_host_pointer("copy_to_host", dst, src);
+    const auto n = static_cast<std::size_t>(src.numel());
+    submit(queue, CopyKind::device_to_host, n * size_of(dst_dtype),
+           [dst, dst_dtype, src, n] { convert(src.data, src.dtype, dst, dst_dtype, n); });
+  }
+
+  void copy_device(Queue queue, Tensor dst, Tensor src) override {
+    check_view("copy_device", "dst", dst);
+    check_view("copy_device", "src", src);
+    if (dst.numel() != src.numel()) {
+      fail("copy_device: src ", describe(src), " and dst ", describe(dst),
+           " differ in element count");
+    }
+    const auto n = static_cast<std::size_t>(src.numel());
+    submit(queue, CopyKind::device_to_device, 0,
+           [dst, src, n] { convert(src.data, src.dtype, dst.data, dst.dtype, n); });
+  }
+
+  void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override { cpu::gemm(x, w, bias, y); }
+  void add(Tensor a, Tensor b, Tensor y) override { cpu::add(a, b, y); }
+  void mul(Tensor a, Tensor b, Tensor y) override { cpu::mul(a, b, y); }
+  void activation(Act act, Tensor x) override { cpu::activation(act, x); }
+  void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
+    cpu::layer_norm(x, weight, bias, eps, y);
+  }
+  void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
+    cpu::rms_norm(x, weight, eps, y);
+  }
+  void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+            std::int64_t head_dim, float theta) override {
+    cpu::rope(x, positions, n_heads, head_dim, theta);
+  }
+  void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
+    cpu::embedding(table, ids, y);
+  }
+  void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                 Tensor out) override {
+    cpu::attention(q, segments, shape, out);
+  }
+  std::vector<std::int32_t> argmax(Tensor x) override { return cpu::argmax(x); }
+
+ private:
+  // Copies on the compute queue run here and now; on the copy queue, on the copy thread.
+  template <typename Work>
+  void submit(Queue queue, CopyKind kind, std::uint64_t host_bytes, Work work) {
+    if (queue == Queue::copy) {
+      copy_queue_.enqueue_copy(kind, host_bytes, std::move(work));
+    } else {
+      work();
+      copy_queue_.count_sync_copy(kind, host_bytes);
+    }
+  }
+
+  const int threads_;
+  const LinkEmulation link_;
+  CopyQueue copy_queue_;  // last: its thread stops (draining) before anything above goes
+};
+
+}  // namespace
+}  // namespace cpu
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendOptions& options) {
+  return std::make_unique<cpu::CpuBackend>(options);
+}
+
+}  // namespace kvpr::kernels

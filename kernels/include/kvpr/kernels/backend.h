@@ -1,0 +1,135 @@
+// The kernel backend: what a device can do. Model code is written against this interface only and
+// never asks which backend it holds (CPU reference, CUDA).
+//
+// Execution model (that of CUDA streams): a backend has two in-order queues, `compute` and `copy`.
+// Work enqueued on one queue runs in order; work on different queues may overlap. An Event recorded
+// on a queue completes when everything enqueued on that queue before it has run; `wait(q, e)` makes
+// later work on q wait for e. Host pointers passed to copies must stay valid until the copy's queue
+// has passed them (record an event, or `synchronize`). Operations that return values to the host
+// (`argmax`, `read`) synchronise the compute queue.
+//
+// Tensors are non-owning views of device memory: row-major, contiguous rows of `cols` elements.
+// A backend may refuse a dtype it does not compute in (the CPU backend computes in fp32 only).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvpr/common/dtype.h"
+
+namespace kvpr::kernels {
+
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+
+  std::int64_t numel() const { return rows * cols; }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * size_of(dtype); }
+  // Rows [r0, r0 + n) of this tensor.
+  Tensor rows_slice(std::int64_t r0, std::int64_t n) const;
+  // The same memory seen as [rows', cols'] with rows'·cols' == numel().
+  Tensor reshaped(std::int64_t new_rows, std::int64_t new_cols) const;
+};
+
+// Owner of one device allocation; freed in the destructor.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() const = 0;
+  virtual std::size_t bytes() const = 0;
+  // The whole buffer, or its first rows·cols elements, seen as a tensor.
+  Tensor tensor(DType dtype, std::int64_t rows, std::int64_t cols) const;
+};
+
+class Event {
+ public:
+  virtual ~Event() = default;
+};
+
+enum class Queue { compute, copy };
+
+enum class Act { relu, gelu, silu };
+
+// One K,V segment that a query attends to: rows of width n_kv_heads·head_dim.
+struct AttnSegment {
+  std::int64_t query = 0;  // row of q / out this segment belongs to
+  Tensor k;                // [n_tokens, h_kv]
+  Tensor v;                // [n_tokens, h_kv]
+};
+
+struct AttnShape {
+  std::int64_t n_heads = 0;
+  std::int64_t n_kv_heads = 0;  // query head i reads KV head i / (n_heads / n_kv_heads)
+  std::int64_t head_dim = 0;
+  float scale = 1.0f;  // applied to q·k
+};
+
+// Rates the backend believes it has, before anything is measured (used by `--split auto`).
+struct NominalRates {
+  double h2d_bytes_per_s = 0;  // host→device copy bandwidth
+  double gemm_flops_per_s = 0;
+};
+
+// Counters of the copy queue, for phase timings and benchmarks.
+struct CopyStats {
+  std::uint64_t h2d_bytes = 0;  // host-side bytes read by host→device copies
+  std::uint64_t d2h_bytes = 0;  // host-side bytes written by device→host copies
+  std::uint64_t copies = 0;
+  double busy_s = 0;  // time the copy engine spent copying (including emulated link time)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;
+  // The dtype device tensors hold for compute (fp32 on the CPU backend).
+  virtual DType compute_dtype() const = 0;
+  virtual NominalRates nominal_rates() const = 0;
+
+  virtual std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) = 0;
+
+  // --- queues and events ---
+  virtual std::shared_ptr<Event> record(Queue queue) = 0;
+  virtual void wait(Queue queue, const std::shared_ptr<Event>& event) = 0;
+  // Blocks the host until the event has completed.
+  virtual void host_wait(const std::shared_ptr<Event>& event) = 0;
+  // Seconds between two completed events' completion times.
+  virtual double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) = 0;
+  virtual void synchronize() = 0;
+  virtual CopyStats copy_stats() const = 0;
+
+  // --- copies (on either queue; host data converted from/to src/dst dtype on the way) ---
+  // dst.numel() elements are read from `src`, stored as `src_dtype`.
+  virtual void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) = 0;
+  // src.numel() elements are written to `dst` as `dst_dtype`.
+  virtual void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) = 0;
+  virtual void copy_device(Queue queue, Tensor dst, Tensor src) = 0;
+
+  // --- compute (on the compute queue) ---
+  // y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n]); w in Hugging Face's [out, in] layout.
+  virtual void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) = 0;
+  virtual void add(Tensor a, Tensor b, Tensor y) = 0;  // elementwise; y may alias a or b
+  virtual void mul(Tensor a, Tensor b, Tensor y) = 0;  // elementwise; y may alias a or b
+  virtual void activation(Act act, Tensor x) = 0;      // in place; gelu is the exact erf form
+  virtual void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) = 0;
+  virtual void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) = 0;
+  // In place on x[m, n_heads·head_dim]: rotate-half RoPE, row i at positions[i].
+  virtual void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+                    std::int64_t head_dim, float theta) = 0;
+  // y[i] = table[ids[i]]; ids are checked against table.rows.
+  virtual void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) = 0;
+  // out[i] = softmax(scale · q[i]·Kᵀ) · V over all segments whose query is i (fp32 softmax).
+  virtual void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                         Tensor out) = 0;
+  // Index of the largest value of each row (first on ties); synchronises.
+  virtual std::vector<std::int32_t> argmax(Tensor x) = 0;
+};
+
+}  // namespace kvpr::kernels

@@ -1,0 +1,24 @@
+// Backends by name. The CPU backend always exists; the CUDA backend is registered when the build
+// has it and fails at creation with one line when no usable device is present.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvpr/kernels/backend.h"
+
+namespace kvpr::kernels {
+
+struct BackendOptions {
+  std::string name = "cpu";
+  // Copy-queue throttle emulating a slower host↔device link (CPU backend): 0 = unthrottled.
+  double emulate_link_gbps = 0;       // GB/s = 1e9 bytes/s
+  double emulate_link_latency_s = 0;  // added to every copy
+  int threads = 0;                    // compute threads (0 = backend default)
+};
+
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+std::vector<std::string> backend_names();
+
+}  // namespace kvpr::kernels

@@ -1,0 +1,38 @@
+// Backends by name: the one place that knows which backends this build has. The CPU backend is
+// always compiled in; the CUDA one only under KVPR_HAVE_CUDA (set on this target by CMake), so a
+// CPU-only build still understands the name "cuda" and says why it cannot make one.
+#include "kvpr/kernels/registry.h"
+
+#include "kvpr/common/error.h"
+#include "kvpr/kernels/cpu/cpu_backend.h"
+#ifdef KVPR_HAVE_CUDA
+#include "kvpr/kernels/cuda_backend.h"
+#endif
+
+namespace kvpr::kernels {
+
+std::vector<std::string> backend_names() {
+#ifdef KVPR_HAVE_CUDA
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
+  if (options.name == "cpu") return make_cpu_backend(options);
+  if (options.name == "cuda") {
+#ifdef KVPR_HAVE_CUDA
+    return make_cuda_backend(options);
+#else
+    throw Error(ErrorKind::unimplemented,
+                "backend 'cuda': this build has no CUDA backend (configure with KVPR_CUDA=ON on a "
+                "machine with nvcc)");
+#endif
+  }
+  std::string known;
+  for (const std::string& name : backend_names()) known += (known.empty() ? "" : ", ") + name;
+  fail("unknown backend '", options.name, "' (known: ", known, ")");
+}
+
+}  // namespace kvpr::kernels

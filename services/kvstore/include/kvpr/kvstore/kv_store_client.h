@@ -1,0 +1,76 @@
+// The seam between a worker and the host memory that holds its sequences: per sequence and layer,
+// the attention-input activation and the K and V of every context token, in the model's dtype,
+// in paged blocks. Implemented in-process (LocalKvStore: embedded mode and tests) and, later, by the
+// kvstore daemon's client over ZeroMQ + UCX.
+//
+// Writes never fail half-way: `reserve` takes the blocks for n more tokens in every layer up front
+// (all or nothing, `overloaded` when the store is full), the caller writes the rows through the
+// spans that `locate` returns, and `commit` makes them part of the sequence. Nothing is ever
+// evicted or overwritten behind a caller's back.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kvpr/common/dtype.h"
+
+namespace kvpr::kvstore {
+
+using SeqId = std::uint64_t;
+
+enum class Part { act, k, v };
+
+struct StoreShape {
+  std::int64_t n_layers = 0;
+  std::int64_t h = 0;     // width of an activation row
+  std::int64_t h_kv = 0;  // width of a K row and of a V row
+  DType dtype = DType::f32;
+  std::int64_t block_tokens = 16;
+
+  std::int64_t width(Part part) const { return part == Part::act ? h : h_kv; }
+  std::size_t row_bytes(Part part) const {
+    return static_cast<std::size_t>(width(part)) * size_of(dtype);
+  }
+  // Bytes of one block: activations, K and V of block_tokens tokens of one layer.
+  std::size_t block_bytes() const {
+    return static_cast<std::size_t>(block_tokens) * (row_bytes(Part::act) + 2 * row_bytes(Part::k));
+  }
+};
+
+// Rows [t0, t0 + n_tokens) of one part of one layer, contiguous in host memory (row-major).
+struct HostSpan {
+  std::byte* data = nullptr;
+  std::int64_t t0 = 0;
+  std::int64_t n_tokens = 0;
+};
+
+struct StoreStats {
+  std::uint64_t capacity_bytes = 0;
+  std::uint64_t used_bytes = 0;
+  std::uint64_t sequences = 0;
+  std::uint64_t lookups = 0;              // locate calls
+  std::uint64_t allocation_failures = 0;  // reserve calls answered `overloaded`
+};
+
+class KvStoreClient {
+ public:
+  virtual ~KvStoreClient() = default;
+
+  virtual const StoreShape& shape() const = 0;
+  virtual SeqId open() = 0;
+  // Makes sure tokens [length, length + n) have blocks in every layer (idempotent; a reservation
+  // left over from a failed step is reused, never leaked).
+  virtual void reserve(SeqId seq, std::int64_t n_tokens) = 0;
+  // Host memory of tokens [t0, t1) of one part of one layer; t1 may reach into reserved rows.
+  // The spans stay valid until the sequence is freed.
+  virtual std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
+                                       std::int64_t t1) = 0;
+  // The next n reserved tokens now hold data in every layer.
+  virtual void commit(SeqId seq, std::int64_t n_tokens) = 0;
+  virtual std::int64_t length(SeqId seq) const = 0;  // committed tokens
+  virtual void free(SeqId seq) = 0;
+  virtual StoreStats stats() const = 0;
+};
+
+}  // namespace kvpr::kvstore

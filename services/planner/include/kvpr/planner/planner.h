@@ -1,0 +1,59 @@
+// The planner seam: given a batch's shape, which KV policy and which split `l` per sequence a
+// decode step uses, with the predicted time and the reason. Implemented in-process by the cost
+// model (CostModelPlanner) and, later, by the planner service's client.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvpr/common/cost_model.h"
+
+namespace kvpr::planner {
+
+enum class Policy {
+  resident,   // K,V stay on the device: the correctness baseline
+  transfer,   // all K,V fetched from host each step, next layer's fetch overlapping this layer
+  recompute,  // all K,V recomputed from activations
+  kvpr,       // tokens [0, l) recomputed from activations chunk by chunk, [l, s) fetched
+};
+
+std::string_view to_string(Policy policy);
+// Error naming the value when unknown.
+Policy parse_policy(std::string_view name);
+
+struct PlanRequest {
+  LayerShape shape;
+  std::int64_t n_layers = 0;
+  std::vector<std::int64_t> s;          // context length of each sequence (tokens already stored)
+  Policy policy = Policy::kvpr;
+  std::optional<std::int64_t> split;    // fixed l (clamped to each s); nullopt = choose
+  Rates rates;                          // the worker's rates
+};
+
+struct Plan {
+  Policy policy = Policy::kvpr;
+  std::vector<std::int64_t> l;  // per sequence
+  std::int64_t chunk = 0;       // activation rows recomputed per pipeline chunk
+  double predicted_step_s = 0;  // all layers, link and recompute only
+  std::string reason;
+};
+
+class Planner {
+ public:
+  virtual ~Planner() = default;
+  virtual Plan plan(const PlanRequest& request) = 0;
+};
+
+class CostModelPlanner final : public Planner {
+ public:
+  explicit CostModelPlanner(std::int64_t chunk_tokens = 64) : chunk_(chunk_tokens) {}
+  Plan plan(const PlanRequest& request) override;
+
+ private:
+  std::int64_t chunk_;
+};
+
+}  // namespace kvpr::planner

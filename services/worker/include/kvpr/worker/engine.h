@@ -1,0 +1,117 @@
+// The runtime of one worker: prefill writes every layer's attention-input activations and K,V to
+// the host KV store; decode steps run a batch of sequences of different lengths under a KV policy
+// (see planner::Policy), fetching and recomputing each layer's K,V on the backend's two queues, and
+// write the new token's activation and K,V back every step.
+//
+// Threading: one caller thread drives an Engine; the backend's copy queue runs beside it. An
+// Engine owns its device work buffers and the resident K,V of its sequences; the host store and
+// the planner are borrowed and must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "kvpr/kernels/backend.h"
+#include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/planner/planner.h"
+#include "kvpr/worker/device_model.h"
+
+namespace kvpr::worker {
+
+struct EngineOptions {
+  planner::Policy policy = planner::Policy::kvpr;
+  std::optional<std::int64_t> split;  // fixed l; nullopt = ask the planner (`--split auto`)
+};
+
+// Seconds spent per phase. transfer is the copy queue's busy time, which overlaps the compute
+// phases; idle is time the compute queue waited for data; total is wall time.
+struct PhaseTimes {
+  double transfer = 0;
+  double recompute = 0;
+  double attention = 0;
+  double other = 0;
+  double idle = 0;
+  double total = 0;
+  PhaseTimes& operator+=(const PhaseTimes& o);
+};
+
+struct StepStats {
+  PhaseTimes times;
+  std::int64_t recompute_tokens = 0;  // K,V rows rebuilt from activations (all layers)
+  std::int64_t transfer_tokens = 0;   // K,V rows fetched from host (all layers)
+  std::uint64_t h2d_bytes = 0;
+  std::uint64_t d2h_bytes = 0;
+  planner::Plan plan;
+};
+
+using SeqHandle = kvstore::SeqId;
+
+class Engine {
+ public:
+  Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
+         planner::Planner& planner, EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs the prompt through the model and stores its activations and K,V. Returns the handle;
+  // `logits` receives [n, vocab] row-major when all_logits, else the last row [vocab].
+  SeqHandle prefill(std::span<const std::int32_t> tokens, std::vector<float>& logits,
+                    bool all_logits = false);
+
+  // One decode step: tokens[i] is fed to seqs[i] at position length(seqs[i]). Returns logits
+  // [b, vocab] row-major. On error nothing is committed: the step can be retried.
+  std::vector<float> decode(std::span<const SeqHandle> seqs, std::span<const std::int32_t> tokens);
+
+  // K and V of tokens [0, s) of one layer exactly as a decode step under this engine's policy
+  // would see them (rows [0, l) recomputed from activations, [l, s) fetched), as [s, h_kv] each.
+  void materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l, std::vector<float>& k,
+                      std::vector<float>& v);
+
+  void release(SeqHandle seq);
+  std::int64_t length(SeqHandle seq) const { return store_.length(seq); }
+
+  const StepStats& last_step() const { return last_; }
+  const ModelConfig& config() const { return model_.config(); }
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  struct Resident;      // device-held K,V of one sequence (policy resident)
+  struct Slot;          // staging buffers of one layer in flight
+  struct StepContext;   // the batch's per-step plan and row offsets
+  class Clock;
+
+  kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);
+  void embed(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+             kernels::Tensor x);
+  void attention_input(const DeviceLayer& w, kernels::Tensor x, kernels::Tensor xn);
+  void qkv(const DeviceLayer& w, kernels::Tensor xn, std::span<const std::int32_t> positions,
+           kernels::Tensor q, kernels::Tensor k, kernels::Tensor v);
+  void attn_out_and_ffn(const DeviceLayer& w, kernels::Tensor attn, kernels::Tensor x);
+  void logits(kernels::Tensor x, std::vector<float>& out);
+  void write_rows(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t t0,
+                  kernels::Tensor rows, kernels::Queue queue);
+
+  void enqueue_fetch(StepContext& ctx, std::int64_t layer, Slot& slot);
+  void recompute_chunks(StepContext& ctx, std::int64_t layer, Slot& slot);
+  Slot& slot(std::size_t index);
+  void resident_append(SeqHandle seq, std::int64_t layer, kernels::Tensor k, kernels::Tensor v);
+
+  const DeviceModel& model_;
+  kernels::Backend& backend_;
+  kvstore::KvStoreClient& store_;
+  planner::Planner& planner_;
+  EngineOptions options_;
+  Rates rates_;
+
+  std::vector<std::unique_ptr<kernels::DeviceBuffer>> scratch_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::map<SeqHandle, std::unique_ptr<Resident>> resident_;
+  StepStats last_;
+};
+
+}  // namespace kvpr::worker

@@ -1,0 +1,47 @@
+// Greedy generation for a batch of prompts on one Engine: prefill each prompt, then decode steps
+// over the whole batch until every sequence has max_new_tokens tokens. Sequences are released
+// from the store when generation ends, also on error.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "kvpr/worker/engine.h"
+
+namespace kvpr::worker {
+
+struct GenerateRequest {
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::int64_t max_new_tokens = 16;
+  bool keep_logits = false;  // keep the logits row each generated token was chosen from
+};
+
+struct SequenceResult {
+  std::vector<std::int32_t> tokens;  // generated tokens only
+  std::vector<float> logits;         // [tokens, vocab] when keep_logits
+};
+
+struct GenerateResult {
+  std::vector<SequenceResult> sequences;
+  double prefill_s = 0;              // all prompts
+  std::vector<double> step_s;        // wall time of each decode step
+  PhaseTimes decode_times;           // summed over decode steps
+  std::int64_t recompute_tokens = 0;
+  std::int64_t transfer_tokens = 0;
+  std::uint64_t h2d_bytes = 0;
+  std::uint64_t d2h_bytes = 0;
+  planner::Plan last_plan;
+  double total_s = 0;
+
+  // Generated tokens per second of decode steps (b tokens per step).
+  double decode_tokens_per_s() const;
+};
+
+// Index of the largest value (the first one on ties).
+std::int32_t greedy(const float* logits, std::int64_t vocab);
+
+GenerateResult generate(Engine& engine, const GenerateRequest& request,
+                        const std::function<void(std::int64_t step, std::int64_t steps)>& on_step = {});
+
+}  // namespace kvpr::worker

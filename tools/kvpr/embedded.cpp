@@ -1,0 +1,49 @@
+#include "embedded.h"
+
+#include <charconv>
+
+#include "kvpr/common/error.h"
+
+namespace kvpr::cli {
+
+kernels::BackendOptions backend_options(const BackendFlags& flags) {
+  if (flags.emulate_link_gbps < 0) fail("--emulate-link-gbps must be >= 0, got ", flags.emulate_link_gbps);
+  if (flags.emulate_link_latency_us < 0) {
+    fail("--emulate-link-latency-us must be >= 0, got ", flags.emulate_link_latency_us);
+  }
+  kernels::BackendOptions options;
+  options.name = flags.backend;
+  options.emulate_link_gbps = flags.emulate_link_gbps;
+  options.emulate_link_latency_s = flags.emulate_link_latency_us * 1e-6;
+  options.threads = flags.threads;
+  return options;
+}
+
+std::optional<std::int64_t> parse_split(const std::string& split) {
+  if (split == "auto") return std::nullopt;
+  std::int64_t value = -1;
+  const auto* end = split.data() + split.size();
+  const auto [ptr, ec] = std::from_chars(split.data(), end, value);
+  if (ec != std::errc() || ptr != end || value < 0) {
+    fail("--split must be 'auto' or a non-negative token count, got '", split, "'");
+  }
+  return value;
+}
+
+Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
+                   std::optional<std::int64_t> split, std::uint64_t capacity_bytes,
+                   bool show_progress)
+    : checkpoint(model_dir), backend(kernels::make_backend(backend_options(flags))) {
+  model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, show_progress);
+  const ModelConfig& c = checkpoint.config();
+  kvstore::StoreShape shape;
+  shape.n_layers = c.n_layers;
+  shape.h = c.h;
+  shape.h_kv = c.h_kv();
+  shape.dtype = c.dtype;
+  store = std::make_unique<kvstore::LocalKvStore>(shape, capacity_bytes);
+  engine = std::make_unique<worker::Engine>(*model, *backend, *store, planner,
+                                            worker::EngineOptions{policy, split});
+}
+
+}  // namespace kvpr::cli

@@ -1,0 +1,33 @@
+// The embedded deployment: every service of kvpr in one process (host KV store, planner, one
+// worker engine on one backend), wired for a checkpoint. Owned by one command for its lifetime.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "commands.h"
+#include "kvpr/common/checkpoint.h"
+#include "kvpr/kernels/registry.h"
+#include "kvpr/kvstore/local_kv_store.h"
+#include "kvpr/planner/planner.h"
+#include "kvpr/worker/engine.h"
+
+namespace kvpr::cli {
+
+struct Embedded {
+  Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
+           std::optional<std::int64_t> split, std::uint64_t capacity_bytes, bool show_progress);
+
+  Checkpoint checkpoint;
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<worker::DeviceModel> model;
+  std::unique_ptr<kvstore::LocalKvStore> store;
+  planner::CostModelPlanner planner;
+  std::unique_ptr<worker::Engine> engine;
+};
+
+kernels::BackendOptions backend_options(const BackendFlags& flags);
+// "auto" → nullopt; a non-negative integer → that split; anything else is an Error naming it.
+std::optional<std::int64_t> parse_split(const std::string& split);
+
+}  // namespace kvpr::cli
