@@ -231,8 +231,6 @@ void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out
   }
 }
 
-}  // namespace tokenizer_detail
-
 namespace {
 
 using nlohmann::json;

@@ -6,6 +6,9 @@
 // Error (unimplemented) naming the file and the step, never a silently different encoding.
 //
 // Thread safety: immutable after construction but for the BPE model's guarded word cache.
+#include <cctype>
+#include <string>
+
 #include "kvpr/common/error.h"
 #include "tokenizer_bpe.h"
 #include "tokenizer_unicode.h"

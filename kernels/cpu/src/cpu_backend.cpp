@@ -33,9 +33,11 @@ class CpuBuffer final : public DeviceBuffer {
  public:
   explicit CpuBuffer(std::size_t bytes) : bytes_(bytes) {
     // aligned_alloc wants a size that is a multiple of the alignment, and never 0.
-    const std::size_t padded = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+    const std::size_t padded =
+        std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
     data_ = std::aligned_alloc(kAlignment, padded);
-    if (data_ == nullptr) raise(ErrorKind::overloaded, "cpu alloc: no host memory for ", bytes, " bytes");
+    if (data_ == nullptr)
+      raise(ErrorKind::overloaded, "cpu alloc: no host memory for ", bytes, " bytes");
   }
   ~CpuBuffer() override { std::free(data_); }
   CpuBuffer(const CpuBuffer&) = delete;
@@ -63,8 +65,9 @@ void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& options)
-      : threads_(options.threads > 0 ? options.threads
-                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      : threads_(options.threads > 0
+                     ? options.threads
+                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
         link_{options.emulate_link_gbps * 1e9, options.emulate_link_latency_s},
         copy_queue_(link_) {
     if (options.emulate_link_gbps < 0 || options.emulate_link_latency_s < 0) {
@@ -115,7 +118,8 @@ class CpuBackend final : public Backend {
   double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) override {
     const auto a = as_cpu_event("elapsed_s", from);
     const auto b = as_cpu_event("elapsed_s", to);
-    if (!a->done() || !b->done()) fail("elapsed_s: an event has not completed yet (host_wait first)");
+    if (!a->done() || !b->done())
+      fail("elapsed_s: an event has not completed yet (host_wait first)");
     return std::chrono::duration<double>(b->completed_at() - a->completed_at()).count();
   }
 

@@ -33,11 +33,22 @@ Clock::time_point CpuEvent::completed_at() const {
   return completed_at_;
 }
 
+namespace {
+
+// A spin-wait hint; yield() instead would give the core away for a whole time slice under load.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
 void wait_until_precise(Clock::time_point deadline) {
   constexpr auto kSpin = std::chrono::microseconds(100);
   const auto now = Clock::now();
   if (deadline - now > kSpin) std::this_thread::sleep_for(deadline - now - kSpin);
-  while (Clock::now() < deadline) std::this_thread::yield();
+  while (Clock::now() < deadline) cpu_relax();
 }
 
 CopyQueue::CopyQueue(LinkEmulation link) : link_(link), thread_([this] { run(); }) {}
@@ -133,7 +144,7 @@ CopyStats CopyQueue::stats() const {
 }
 
 double CopyQueue::run_copy(Task& task) {
-  const auto start = Clock::now();
+  auto start = Clock::now();
   try {
     task.work();
   } catch (...) {
@@ -145,15 +156,14 @@ double CopyQueue::run_copy(Task& task) {
     const double window_s =
         link_.latency_s +
         (link_.bytes_per_s > 0 ? static_cast<double>(task.host_bytes) / link_.bytes_per_s : 0.0);
-    const auto deadline =
-        ready + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(window_s));
-    const auto copied = Clock::now();
-    if (copied < deadline) {
-      wait_until_precise(deadline);
-      link_free_at_ = deadline;  // not now(): spin jitter must not accumulate over a stream
-    } else {
-      link_free_at_ = copied;  // the real copy was slower than the emulated link
-    }
+    const auto deadline = ready + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(window_s));
+    // The emulated link was busy with this copy from `ready` on, even if this thread woke later.
+    start = std::min(start, ready);
+    wait_until_precise(deadline);
+    // The next window starts at this one's ideal end, not at now(): a late wake-up or a slow
+    // memcpy is caught up by later copies instead of accumulating over a stream of them.
+    link_free_at_ = deadline;
   }
   return std::chrono::duration<double>(Clock::now() - start).count();
 }

@@ -42,9 +42,12 @@ class CpuEvent final : public Event {
 };
 
 // A throttle that makes the copy thread behave like a link of `bytes_per_s` with `latency_s` per
-// copy. The link is modelled as a pipe: a copy occupies it from max(when it was enqueued, when the
-// previous copy left the pipe) for latency + bytes/rate, so back-to-back copies run at the rate
-// exactly while the copy thread's own overheads hide inside each window.
+// host↔device copy (device↔device copies are not throttled). The link is modelled as a pipe: a
+// copy occupies it from max(when it was enqueued, when the previous copy's window ended) for
+// latency + bytes/rate, and completes at the end of that window or when its data has really been
+// copied, whichever is later. Back-to-back copies therefore run at the set rate exactly, with the
+// copy thread's own overheads and wake-up jitter hidden inside the windows; only a memcpy slower
+// than the setting makes them slower.
 struct LinkEmulation {
   double bytes_per_s = 0;  // 0 = unthrottled
   double latency_s = 0;
@@ -94,7 +97,8 @@ class CopyQueue {
 
   void push(Task task);
   void run();  // the copy thread's loop
-  // Runs one copy task and its throttle; returns the copy thread's busy seconds for it.
+  // Runs one copy task and its throttle; returns the seconds the copy engine was busy with it:
+  // from its start on this thread, or with the link emulated from the start of its link window.
   double run_copy(Task& task);
   void count(CopyKind kind, std::uint64_t host_bytes);  // requires mutex_
 

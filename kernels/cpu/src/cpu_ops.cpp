@@ -1,22 +1,27 @@
-// Elementwise ops, norms, RoPE, embedding, argmax and GEMM of the CPU backend (attention has its own
-// file). These are the reference the CUDA backend and the golden tests are compared against, so
+// Elementwise ops, norms, RoPE, embedding, argmax and GEMM of the CPU backend (attention has its
+// own file). These are the reference the CUDA backend and the golden tests are compared against, so
 // each follows the formula of the framework the checkpoints come from (PyTorch / Hugging Face) in
 // its order of float operations; sums that set a whole row's scale (means, variances) are taken
 // in double, which only moves results closer to the exact value.
+#include "cpu_ops.h"
+
 #include <cblas.h>
 
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "cpu_ops.h"
 #include "kvpr/common/error.h"
 
 namespace kvpr::kernels::cpu {
 namespace {
 
-const float* in(const Tensor& t) { return static_cast<const float*>(t.data); }
-float* out(const Tensor& t) { return static_cast<float*>(t.data); }
+const float* in(const Tensor& t) {
+  return static_cast<const float*>(t.data);
+}
+float* out(const Tensor& t) {
+  return static_cast<float*>(t.data);
+}
 
 bool overlaps(const Tensor& a, const Tensor& b) {
   if (a.numel() == 0 || b.numel() == 0) return false;
@@ -73,8 +78,7 @@ void check_vector(std::string_view op, std::string_view what, const Tensor& t, s
 void check_same_shape(std::string_view op, std::string_view what_a, const Tensor& a,
                       std::string_view what_b, const Tensor& b) {
   if (a.rows != b.rows || a.cols != b.cols) {
-    fail(op, ": ", what_a, " ", describe(a), " and ", what_b, " ", describe(b),
-         " differ in shape");
+    fail(op, ": ", what_a, " ", describe(a), " and ", what_b, " ", describe(b), " differ in shape");
   }
 }
 
@@ -247,8 +251,7 @@ void embedding(const Tensor& table, std::span<const std::int32_t> ids, const Ten
   }
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= table.rows) {
-      fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows,
-           " rows");
+      fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows, " rows");
     }
   }
   const auto row_bytes = static_cast<std::size_t>(table.cols) * sizeof(float);

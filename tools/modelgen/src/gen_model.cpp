@@ -13,6 +13,7 @@
 // LM head (tied) N(0, 1/dim) so logits are O(1).
 #include "kvpr/modelgen/gen_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 

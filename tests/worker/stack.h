@@ -1,0 +1,55 @@
+// An in-process stack for engine tests: checkpoint → CPU backend → device model → host store →
+// cost-model planner → engine, with the policy and split under test.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "kvpr/common/checkpoint.h"
+#include "kvpr/kernels/registry.h"
+#include "kvpr/kvstore/local_kv_store.h"
+#include "kvpr/planner/planner.h"
+#include "kvpr/worker/engine.h"
+
+namespace kvpr::worker::testing {
+
+struct Stack {
+  Stack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
+        std::uint64_t capacity = 1ull << 28)
+      : checkpoint(dir), backend(kernels::make_backend({})) {
+    model = std::make_unique<DeviceModel>(checkpoint, *backend, false);
+    const auto& c = checkpoint.config();
+    store = std::make_unique<kvstore::LocalKvStore>(
+        kvstore::StoreShape{c.n_layers, c.h, c.h_kv(), c.dtype, 16}, capacity);
+    engine = std::make_unique<Engine>(*model, *backend, *store, planner,
+                                      EngineOptions{policy, split});
+  }
+
+  // Rows [0, n) of one part of one layer of a sequence, converted to f32, as [n, width].
+  std::vector<float> stored(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t n) {
+    const auto& shape = store->shape();
+    const auto width = static_cast<std::size_t>(shape.width(part));
+    std::vector<float> out(static_cast<std::size_t>(n) * width);
+    for (const auto& span : store->locate(seq, layer, part, 0, n)) {
+      convert(span.data, shape.dtype, out.data() + static_cast<std::size_t>(span.t0) * width,
+              DType::f32, static_cast<std::size_t>(span.n_tokens) * width);
+    }
+    return out;
+  }
+
+  Checkpoint checkpoint;
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<DeviceModel> model;
+  std::unique_ptr<kvstore::LocalKvStore> store;
+  planner::CostModelPlanner planner{4};  // small chunks so tiny prompts still pipeline
+  std::unique_ptr<Engine> engine;
+};
+
+inline float max_abs_diff(const float* a, const float* b, std::size_t n) {
+  float worst = 0;
+  for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+}  // namespace kvpr::worker::testing

@@ -1,0 +1,176 @@
+// kvpr-bench-link: measures host→device copies through a backend's copy queue at several sizes and
+// compares them with the emulated link the CPU backend was given (--gbps, --latency-us). This is
+// where the emulated link's *rate* is checked (unit tests only check ordering), and its JSON is
+// what a planner profile or a CI check can read. It also measures the same copies unthrottled,
+// because the emulation can only slow copies down: a setting above that ceiling cannot be met.
+//
+// Usage: kvpr-bench-link [--gbps X] [--latency-us Y] [--bytes N] [--reps R] [--json FILE]
+// Arguments are parsed by hand (no CLI11: it would be most of this file's build time).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvpr/common/error.h"
+#include "kvpr/kernels/registry.h"
+
+namespace {
+
+using kvpr::kernels::Backend;
+using kvpr::kernels::BackendOptions;
+using kvpr::kernels::Queue;
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+struct Options {
+  double gbps = 8;
+  double latency_us = 0;
+  std::size_t bytes = 0;  // 0 = the sweep 64 KiB .. 64 MiB
+  int reps = 0;           // 0 = enough for ~512 MiB per size, within [8, 2000]
+  std::string json_path;
+};
+
+struct Result {
+  std::size_t bytes = 0;
+  int reps = 0;
+  double seconds = 0;
+  double bytes_per_s = 0;
+  double expected_bytes_per_s = 0;  // what the emulated link allows, latency included
+  double unthrottled_bytes_per_s = 0;
+};
+
+double parse_number(std::string_view flag, const char* text) {
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  if (end == text || *end != '\0' || !(value >= 0)) {
+    kvpr::fail(flag, ": '", text, "' is not a non-negative number");
+  }
+  return value;
+}
+
+Options parse(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::puts(
+          "usage: kvpr-bench-link [--gbps X] [--latency-us Y] [--bytes N] [--reps R] "
+          "[--json FILE]\n  --gbps 0 measures the unthrottled copy queue only");
+      std::exit(0);
+    }
+    if (i + 1 >= argc) kvpr::fail(flag, ": missing value (see --help)");
+    const char* value = argv[++i];
+    if (flag == "--gbps") {
+      options.gbps = parse_number(flag, value);
+    } else if (flag == "--latency-us") {
+      options.latency_us = parse_number(flag, value);
+    } else if (flag == "--bytes") {
+      options.bytes = static_cast<std::size_t>(parse_number(flag, value));
+      if (options.bytes < 4 || options.bytes % 4 != 0) {
+        kvpr::fail("--bytes: ", value, " is not a positive multiple of 4");
+      }
+    } else if (flag == "--reps") {
+      options.reps = static_cast<int>(parse_number(flag, value));
+      if (options.reps < 1) kvpr::fail("--reps: ", value, " is not a positive count");
+    } else if (flag == "--json") {
+      options.json_path = value;
+    } else {
+      kvpr::fail("unknown argument '", flag, "' (see --help)");
+    }
+  }
+  return options;
+}
+
+// Seconds for `reps` back-to-back copies of `bytes`, from a marker before them to one after.
+double time_copies(Backend& backend, std::size_t bytes, int reps) {
+  const auto n = static_cast<std::int64_t>(bytes / sizeof(float));
+  std::vector<float> host(static_cast<std::size_t>(n), 1.0f);
+  auto buffer = backend.alloc(bytes);
+  const auto dst = buffer->tensor(kvpr::DType::f32, 1, n);
+  backend.copy_to_device(Queue::copy, dst, host.data(), kvpr::DType::f32);  // warm up the pages
+  backend.synchronize();
+  const auto begin = backend.record(Queue::copy);
+  for (int r = 0; r < reps; ++r)
+    backend.copy_to_device(Queue::copy, dst, host.data(), kvpr::DType::f32);
+  const auto end = backend.record(Queue::copy);
+  backend.host_wait(end);
+  return backend.elapsed_s(begin, end);
+}
+
+void write_json(const std::string& path, const Options& options,
+                const std::vector<Result>& results) {
+  std::ofstream out(path);
+  if (!out) kvpr::fail("--json: cannot write '", path, "'");
+  out << "{\"gbps\": " << options.gbps << ", \"latency_s\": " << options.latency_us * 1e-6
+      << ", \"results\": [";
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    out << (i == 0 ? "" : ", ") << "{\"bytes\": " << r.bytes << ", \"reps\": " << r.reps
+        << ", \"seconds\": " << r.seconds << ", \"bytes_per_s\": " << r.bytes_per_s
+        << ", \"expected_bytes_per_s\": " << r.expected_bytes_per_s << ", \"ratio\": "
+        << (r.expected_bytes_per_s > 0 ? r.bytes_per_s / r.expected_bytes_per_s : 0.0)
+        << ", \"unthrottled_bytes_per_s\": " << r.unthrottled_bytes_per_s << "}";
+  }
+  out << "]}\n";
+  if (!out) kvpr::fail("--json: writing '", path, "' failed");
+}
+
+int run(const Options& options) {
+  std::vector<std::size_t> sizes;
+  if (options.bytes > 0) {
+    sizes.push_back(options.bytes);
+  } else {
+    for (std::size_t b = kMiB / 16; b <= 64 * kMiB; b *= 4) sizes.push_back(b);
+  }
+  BackendOptions throttled;
+  throttled.emulate_link_gbps = options.gbps;
+  throttled.emulate_link_latency_s = options.latency_us * 1e-6;
+  const auto backend = kvpr::kernels::make_backend(throttled);
+  const auto free_backend = kvpr::kernels::make_backend(BackendOptions{});
+  const bool emulated = options.gbps > 0 || options.latency_us > 0;
+
+  std::printf("copy queue host->device, emulated link %.3g GB/s, latency %.3g us\n", options.gbps,
+              options.latency_us);
+  std::printf("%12s %6s %12s %12s %8s %16s\n", "bytes", "reps", "GB/s", "expected", "ratio",
+              "unthrottled GB/s");
+  std::vector<Result> results;
+  for (const std::size_t bytes : sizes) {
+    Result r;
+    r.bytes = bytes;
+    r.reps = options.reps > 0
+                 ? options.reps
+                 : static_cast<int>(std::clamp<std::size_t>(512 * kMiB / bytes, 8, 2000));
+    r.seconds = time_copies(*backend, bytes, r.reps);
+    r.bytes_per_s = static_cast<double>(bytes) * r.reps / r.seconds;
+    r.unthrottled_bytes_per_s =
+        emulated ? static_cast<double>(bytes) * r.reps / time_copies(*free_backend, bytes, r.reps)
+                 : r.bytes_per_s;
+    if (emulated) {
+      const double per_copy_s =
+          throttled.emulate_link_latency_s +
+          (options.gbps > 0 ? static_cast<double>(bytes) / (options.gbps * 1e9) : 0.0);
+      r.expected_bytes_per_s = static_cast<double>(bytes) / per_copy_s;
+    }
+    std::printf("%12zu %6d %12.3f %12.3f %8.3f %16.3f\n", bytes, r.reps, r.bytes_per_s / 1e9,
+                r.expected_bytes_per_s / 1e9,
+                emulated ? r.bytes_per_s / r.expected_bytes_per_s : 0.0,
+                r.unthrottled_bytes_per_s / 1e9);
+    results.push_back(r);
+  }
+  if (!options.json_path.empty()) write_json(options.json_path, options, results);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvpr-bench-link: %s\n", e.what());
+    return 1;
+  }
+}
