@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-json3-dev
-          libcli11-dev libgtest-dev libgmock-dev python3)
+          libcli11-dev libgtest-dev libgmock-dev python3 clang-format)
 # npm may come from outside Debian; the Debian packages are needed only when it is absent.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

@@ -4,14 +4,14 @@
 // The Checkpoint owns its SafetensorsFiles; every TensorView it hands out shares the mapping of its
 // file, so views stay valid even after the Checkpoint is gone. Construction is the only place that
 // throws; lookups of a missing name throw too, naming the directory.
+#include "kvpr/common/checkpoint.h"
+
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
-#include "kvpr/common/checkpoint.h"
 #include "kvpr/common/error.h"
 
 namespace kvpr {
@@ -50,9 +50,11 @@ std::vector<SafetensorsFile> open_shards(const std::filesystem::path& dir,
   if (map == index.end() || !map->is_object()) fail(where, ": no weight_map object");
   std::map<std::string, std::set<std::string>> by_shard;
   for (const auto& [tensor, shard] : map->items()) {
-    if (!shard.is_string() || !plain_file_name(shard.get<std::string>())) {
+    if (!shard.is_string())
+      fail(where, ": tensor ", quoted_name(tensor), ": shard name is not a string");
+    if (!plain_file_name(shard.get<std::string>())) {
       fail(where, ": tensor ", quoted_name(tensor), ": bad shard name ",
-           shard.dump(-1, ' ', false, json::error_handler_t::replace));
+           quoted_name(shard.get<std::string>()));
     }
     by_shard[shard.get<std::string>()].insert(tensor);
   }
@@ -62,14 +64,14 @@ std::vector<SafetensorsFile> open_shards(const std::filesystem::path& dir,
     const std::filesystem::path path = dir / shard;
     std::error_code ec;
     if (!std::filesystem::exists(path, ec)) {
-      fail(where, ": shard ", quoted_name(shard), " (holding tensor ", quoted_name(*tensors.begin()),
-           ") does not exist");
+      fail(where, ": shard ", quoted_name(shard), " (holding tensor ",
+           quoted_name(*tensors.begin()), ") does not exist");
     }
     SafetensorsFile file(path);
     for (const std::string& name : tensors) {
       if (file.tensors().count(name) == 0) {
-        fail(path.string(), ": tensor ", quoted_name(name), " named by ", index_path.filename().string(),
-             " is not in this shard");
+        fail(path.string(), ": tensor ", quoted_name(name), " named by ",
+             index_path.filename().string(), " is not in this shard");
       }
     }
     for (const auto& [name, view] : file.tensors()) {
@@ -92,7 +94,8 @@ std::string embed_tokens(const ModelConfig& c) {
 }
 
 std::string embed_positions(const ModelConfig& c) {
-  if (c.arch != Arch::opt) fail("names::embed_positions: ", to_string(c.arch), " has no learned positions");
+  if (c.arch != Arch::opt)
+    fail("names::embed_positions: ", to_string(c.arch), " has no learned positions");
   return "model.decoder.embed_positions.weight";
 }
 
@@ -217,14 +220,17 @@ Checkpoint::Checkpoint(const std::filesystem::path& dir)
       // Older LLaMA exports keep RoPE's inverse frequencies: derived from the config, not a weight.
       if (name.ends_with(".rotary_emb.inv_freq")) continue;
       // A checkpoint saved from a bare OPTModel names its tensors without the "model." prefix.
-      std::string key = config_.arch == Arch::opt && name.starts_with("decoder.") ? "model." + name : name;
-      if (tensors_.count(key) != 0) fail(file.path().string(), ": tensor ", quoted_name(key), " appears twice");
+      std::string key =
+          config_.arch == Arch::opt && name.starts_with("decoder.") ? "model." + name : name;
+      if (tensors_.count(key) != 0)
+        fail(file.path().string(), ": tensor ", quoted_name(key), " appears twice");
       TensorView canonical = view;
       canonical.name = key;
       tensors_.emplace(std::move(key), std::move(canonical));
     }
   }
-  // Some tied exports keep lm_head.weight; when present it is the head (its shape is checked below).
+  // Some tied exports keep lm_head.weight; when present it is the head (its shape is checked
+  // below).
   if (config_.tie_word_embeddings && has("lm_head.weight")) config_.tie_word_embeddings = false;
 
   std::set<std::string> wanted;
@@ -232,7 +238,8 @@ Checkpoint::Checkpoint(const std::filesystem::path& dir)
     wanted.insert(spec.name);
     const auto it = tensors_.find(spec.name);
     if (it == tensors_.end()) {
-      fail(source, ": tensor ", quoted_name(spec.name), " ", shape_string(spec.shape), " is missing");
+      fail(source, ": tensor ", quoted_name(spec.name), " ", shape_string(spec.shape),
+           " is missing");
     }
     if (it->second.shape != spec.shape) {
       fail(it->second.file->path().string(), ": tensor ", quoted_name(spec.name), ": shape ",

@@ -2,17 +2,17 @@
 // ConfigReader, which checks type and range and fails with one line naming the file, the field and
 // the value. Sizes are capped (kMaxSize) so that the products formed later (tensor shapes, byte
 // counts) cannot overflow int64.
+#include "kvpr/common/model_config.h"
+
 #include <charconv>
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <system_error>
 
-#include <nlohmann/json.hpp>
-
 #include "kvpr/common/error.h"
-#include "kvpr/common/model_config.h"
 #include "kvpr/common/safetensors.h"
 
 namespace kvpr {
@@ -23,10 +23,32 @@ using nlohmann::json;
 
 constexpr std::int64_t kMaxSize = std::int64_t{1} << 24;
 
-// A JSON value for a message: compact, invalid UTF-8 replaced, never throws.
+// A JSON value for a message: one level deep and about 80 characters, so that neither a huge nor a
+// deeply nested value (dump() recurses) can blow up the message or the stack. model_config.cpp and
+// safetensors.cpp each keep a copy: nlohmann stays out of the public headers.
 std::string shown(const json& value) {
-  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-  return text.size() > 80 ? text.substr(0, 77) + "..." : text;
+  const auto leaf = [](const json& v) -> std::string {
+    if (v.is_array()) return v.empty() ? "[]" : "[...]";
+    if (v.is_object()) return v.empty() ? "{}" : "{...}";
+    return v.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  std::string out;
+  if (!value.is_structured()) {
+    out = leaf(value);
+  } else {
+    out = value.is_array() ? "[" : "{";
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      if (out.size() > 80) {
+        out += ",...";
+        break;
+      }
+      if (it != value.begin()) out += ",";
+      if (value.is_object()) out += leaf(it.key()) + ":";
+      out += leaf(*it);
+    }
+    out += value.is_array() ? "]" : "}";
+  }
+  return out.size() > 100 ? out.substr(0, 97) + "..." : out;
 }
 
 // Reads typed fields of one config object; `source_` prefixes every error. Null counts as absent
@@ -54,7 +76,8 @@ class ConfigReader {
   bool flag_or(const char* key, bool fallback) const {
     const json* value = find(key);
     if (value == nullptr) return fallback;
-    if (!value->is_boolean()) fail(source_, ": field '", key, "' is not a boolean: ", shown(*value));
+    if (!value->is_boolean())
+      fail(source_, ": field '", key, "' is not a boolean: ", shown(*value));
     return value->get<bool>();
   }
 
@@ -97,10 +120,12 @@ class ConfigReader {
 
  private:
   std::int64_t checked_size(const char* key, const json& value) const {
-    if (!value.is_number_integer()) fail(source_, ": field '", key, "' is not an integer: ", shown(value));
-    const bool in_range = value.is_number_unsigned()
-                              ? value.get<std::uint64_t>() <= std::uint64_t{kMaxSize}
-                              : value.get<std::int64_t>() >= 1 && value.get<std::int64_t>() <= kMaxSize;
+    if (!value.is_number_integer())
+      fail(source_, ": field '", key, "' is not an integer: ", shown(value));
+    const bool in_range =
+        value.is_number_unsigned()
+            ? value.get<std::uint64_t>() <= std::uint64_t{kMaxSize}
+            : value.get<std::int64_t>() >= 1 && value.get<std::int64_t>() <= kMaxSize;
     if (!in_range || value.get<std::int64_t>() < 1) {
       fail(source_, ": field '", key, "' must be in [1, ", kMaxSize, "]: ", shown(value));
     }
@@ -114,7 +139,8 @@ class ConfigReader {
 DType read_dtype(const ConfigReader& in) {
   const std::string name = in.string_or("torch_dtype", "float32");
   DType dtype = DType::f32;
-  if (!parse_torch_dtype(name, dtype)) fail(in.source(), ": unknown torch_dtype ", quoted_name(name));
+  if (!parse_torch_dtype(name, dtype))
+    fail(in.source(), ": unknown torch_dtype ", quoted_name(name));
   return dtype;
 }
 
@@ -152,12 +178,17 @@ void read_opt(const ConfigReader& in, ModelConfig& c) {
   c.enable_bias = in.flag_or("enable_bias", true);
   c.tie_word_embeddings = in.flag_or("tie_word_embeddings", true);
   if (!in.flag_or("layer_norm_elementwise_affine", true)) {
-    raise(ErrorKind::unimplemented, in.source(), ": layer_norm_elementwise_affine false is not supported");
+    raise(ErrorKind::unimplemented, in.source(),
+          ": layer_norm_elementwise_affine false is not supported");
   }
   const std::string act = in.string_or("activation_function", "relu");
-  if (act == "relu") c.activation = Activation::relu;
-  else if (act == "gelu") c.activation = Activation::gelu;
-  else fail(in.source(), ": field 'activation_function' is ", quoted_name(act), ", expected relu or gelu");
+  if (act == "relu")
+    c.activation = Activation::relu;
+  else if (act == "gelu")
+    c.activation = Activation::gelu;
+  else
+    fail(in.source(), ": field 'activation_function' is ", quoted_name(act),
+         ", expected relu or gelu");
   c.norm_eps = 1e-5f;  // OPT's LayerNorm uses the PyTorch default
   c.bos_token_id = in.token_id_or("bos_token_id", 2);
   c.eos_token_id = in.token_id_or("eos_token_id", 2);
@@ -174,10 +205,12 @@ void read_llama(const ConfigReader& in, ModelConfig& c) {
   c.norm_eps = in.positive_or("rms_norm_eps", 1e-6f);
   c.rope_theta = in.positive_or("rope_theta", 10000.0f);
   if (const json* scaling = in.find("rope_scaling")) {
-    raise(ErrorKind::unimplemented, in.source(), ": field 'rope_scaling' is not supported: ", shown(*scaling));
+    raise(ErrorKind::unimplemented, in.source(),
+          ": field 'rope_scaling' is not supported: ", shown(*scaling));
   }
   const std::string act = in.string_or("hidden_act", "silu");
-  if (act != "silu") fail(in.source(), ": field 'hidden_act' is ", quoted_name(act), ", expected silu");
+  if (act != "silu")
+    fail(in.source(), ": field 'hidden_act' is ", quoted_name(act), ", expected silu");
   c.activation = Activation::silu;
   c.tie_word_embeddings = in.flag_or("tie_word_embeddings", false);
   c.attention_bias = in.flag_or("attention_bias", false);
@@ -193,14 +226,16 @@ void read_llama(const ConfigReader& in, ModelConfig& c) {
 // The relations between sizes that the model code relies on.
 void validate(const ConfigReader& in, ModelConfig& c) {
   if (c.h % c.n_heads != 0) {
-    fail(in.source(), ": hidden_size ", c.h, " is not divisible by num_attention_heads ", c.n_heads);
+    fail(in.source(), ": hidden_size ", c.h, " is not divisible by num_attention_heads ",
+         c.n_heads);
   }
   if (c.n_heads % c.n_kv_heads != 0) {
-    fail(in.source(), ": num_attention_heads ", c.n_heads, " is not divisible by num_key_value_heads ",
-         c.n_kv_heads);
+    fail(in.source(), ": num_attention_heads ", c.n_heads,
+         " is not divisible by num_key_value_heads ", c.n_kv_heads);
   }
   c.head_dim = c.h / c.n_heads;
-  if (const json* head_dim = in.find("head_dim"); head_dim != nullptr && *head_dim != json(c.head_dim)) {
+  if (const json* head_dim = in.find("head_dim");
+      head_dim != nullptr && *head_dim != json(c.head_dim)) {
     raise(ErrorKind::unimplemented, in.source(), ": field 'head_dim' is ", shown(*head_dim),
           " but hidden_size / num_attention_heads is ", c.head_dim);
   }
@@ -220,7 +255,9 @@ double shortest(float x) {
 
 }  // namespace
 
-std::string_view to_string(Arch arch) { return arch == Arch::opt ? "opt" : "llama"; }
+std::string_view to_string(Arch arch) {
+  return arch == Arch::opt ? "opt" : "llama";
+}
 
 ModelConfig parse_model_config(std::string_view json_text, const std::string& source) {
   const json root = json::parse(json_text.begin(), json_text.end(), nullptr, false);
@@ -230,8 +267,10 @@ ModelConfig parse_model_config(std::string_view json_text, const std::string& so
   c.arch = read_arch(root, source);
   const ConfigReader in(root, source);
   c.dtype = read_dtype(in);
-  if (c.arch == Arch::opt) read_opt(in, c);
-  else read_llama(in, c);
+  if (c.arch == Arch::opt)
+    read_opt(in, c);
+  else
+    read_llama(in, c);
   validate(in, c);
   return c;
 }

@@ -4,6 +4,8 @@
 // used as a size or offset, so a malformed file ends in one Error line naming the file and the
 // tensor, never in an out-of-range read. The mapping is shared by every TensorView handed out and
 // lives until the last of them is dropped.
+#include "kvpr/common/safetensors.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,12 +15,10 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <system_error>
 
-#include <nlohmann/json.hpp>
-
 #include "kvpr/common/error.h"
-#include "kvpr/common/safetensors.h"
 
 namespace kvpr {
 
@@ -49,9 +49,32 @@ bool as_count(const json& value, std::uint64_t& out) {
   return out <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
 }
 
+// A JSON value for a message: one level deep and about 80 characters, so that neither a huge nor a
+// deeply nested value (dump() recurses) can blow up the message or the stack. model_config.cpp and
+// safetensors.cpp each keep a copy: nlohmann stays out of the public headers.
 std::string shown(const json& value) {
-  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-  return text.size() > 80 ? text.substr(0, 77) + "..." : text;
+  const auto leaf = [](const json& v) -> std::string {
+    if (v.is_array()) return v.empty() ? "[]" : "[...]";
+    if (v.is_object()) return v.empty() ? "{}" : "{...}";
+    return v.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  std::string out;
+  if (!value.is_structured()) {
+    out = leaf(value);
+  } else {
+    out = value.is_array() ? "[" : "{";
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      if (out.size() > 80) {
+        out += ",...";
+        break;
+      }
+      if (it != value.begin()) out += ",";
+      if (value.is_object()) out += leaf(it.key()) + ":";
+      out += leaf(*it);
+    }
+    out += value.is_array() ? "]" : "}";
+  }
+  return out.size() > 100 ? out.substr(0, 97) + "..." : out;
 }
 
 // Bytes of numel elements of `dtype`; false on overflow.
@@ -98,7 +121,8 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
   if (size_ == 0) return;  // mmap refuses length 0; an empty mapping is just (nullptr, 0)
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.fd, 0);
   if (p == MAP_FAILED) {
-    raise(ErrorKind::overloaded, path.string(), ": cannot map ", size_, " bytes: ", std::strerror(errno));
+    raise(ErrorKind::overloaded, path.string(), ": cannot map ", size_,
+          " bytes: ", std::strerror(errno));
   }
   data_ = static_cast<const std::byte*>(p);
 }
@@ -121,7 +145,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | std::to_integer<std::uint64_t>(file_->data()[i]);
   if (n > kMaxHeader) fail(where, ": header length ", n, " is absurd (limit ", kMaxHeader, ")");
-  if (n > size - 8) fail(where, ": header length ", n, " runs past the end of the file (", size, " bytes)");
+  if (n > size - 8)
+    fail(where, ": header length ", n, " runs past the end of the file (", size, " bytes)");
   const auto* text = reinterpret_cast<const char*>(file_->data() + 8);
   const json header = json::parse(text, text + n, nullptr, false);
   if (header.is_discarded()) fail(where, ": header is not valid JSON");
@@ -145,7 +170,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
     view.name = name;
     const json& dtype = entry["dtype"];
     if (!dtype.is_string() || !parse_safetensors_dtype(dtype.get<std::string>(), view.dtype)) {
-      fail(at, ": unknown dtype ", dtype.is_string() ? quoted_name(dtype.get<std::string>()) : shown(dtype));
+      fail(at, ": unknown dtype ",
+           dtype.is_string() ? quoted_name(dtype.get<std::string>()) : shown(dtype));
     }
     const json& shape = entry["shape"];
     if (!shape.is_array()) fail(at, ": shape is not a list: ", shown(shape));
@@ -161,7 +187,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
       fail(at, ": bad data_offsets ", shown(offsets));
     }
     if (end > data_size) {
-      fail(at, ": data_offsets ", shown(offsets), " run past the data section (", data_size, " bytes)");
+      fail(at, ": data_offsets ", shown(offsets), " run past the data section (", data_size,
+           " bytes)");
     }
     std::uint64_t nbytes = 0;
     if (!byte_count(view.shape, view.dtype, nbytes) || nbytes != end - begin) {
@@ -169,8 +196,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
            " does not match data_offsets ", shown(offsets), " (", end - begin, " bytes)");
     }
     if (nbytes != 0 && (8 + n + begin) % size_of(view.dtype) != 0) {
-      fail(at, ": data at file offset ", 8 + n + begin, " is not aligned to its ", size_of(view.dtype),
-           "-byte elements");
+      fail(at, ": data at file offset ", 8 + n + begin, " is not aligned to its ",
+           size_of(view.dtype), "-byte elements");
     }
     view.data = data_start + begin;
     view.nbytes = static_cast<std::size_t>(nbytes);
@@ -180,7 +207,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
   }
   // Empty tensors occupy no bytes and cannot overlap anything.
   std::erase_if(spans, [](const Span& s) { return s.begin == s.end; });
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
   for (std::size_t i = 1; i < spans.size(); ++i) {
     if (spans[i].begin < spans[i - 1].end) {
       fail(where, ": tensor ", quoted_name(*spans[i].name), " [", spans[i].begin, ",", spans[i].end,
@@ -211,13 +239,14 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
       fail(where, ": tensor ", quoted_name(t.name), ": name is not valid UTF-8");
     }
     if (t.name == "__metadata__") fail(where, ": tensor name '__metadata__' is reserved");
-    const std::string entry = str(key, ":{\"dtype\":\"", safetensors_name(t.dtype), "\",\"shape\":",
-                                  shape_string(t.shape), ",\"data_offsets\":[", data_bytes_, ",",
+    const std::string entry = str(key, R"(:{"dtype":")", safetensors_name(t.dtype), R"(","shape":)",
+                                  shape_string(t.shape), R"(,"data_offsets":[)", data_bytes_, ",",
                                   data_bytes_ + nbytes, "]}");
-    if (!entries.emplace(t.name, entry).second) fail(where, ": tensor ", quoted_name(t.name), " listed twice");
+    if (!entries.emplace(t.name, entry).second)
+      fail(where, ": tensor ", quoted_name(t.name), " listed twice");
     data_bytes_ += nbytes;
   }
-  std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
+  std::string header = R"({"__metadata__":{"format":"pt"})";
   for (const auto& [name, entry] : entries) header += "," + entry;
   header += "}";
   header.append((8 - header.size() % 8) % 8, ' ');
@@ -246,7 +275,8 @@ SafetensorsWriter::~SafetensorsWriter() {
 void SafetensorsWriter::append(const void* bytes, std::size_t n) {
   if (out_ == nullptr) fail(path_.string(), ": append after finish");
   if (n > data_bytes_ - written_) {
-    fail(path_.string(), ": ", written_ + n, " data bytes appended but the header holds ", data_bytes_);
+    fail(path_.string(), ": ", written_ + n, " data bytes appended but the header holds ",
+         data_bytes_);
   }
   if (n != 0 && std::fwrite(bytes, 1, n, out_) != n) {
     fail(tmp_path_.string(), ": write failed: ", std::strerror(errno));
@@ -268,15 +298,19 @@ void SafetensorsWriter::finish() {
   }
   std::error_code ec;
   std::filesystem::rename(tmp_path_, path_, ec);
-  if (ec) fail(path_.string(), ": cannot rename from ", tmp_path_.filename().string(), ": ", ec.message());
+  if (ec)
+    fail(path_.string(), ": cannot rename from ", tmp_path_.filename().string(), ": ",
+         ec.message());
 }
 
-void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors) {
+void write_safetensors(const std::filesystem::path& path,
+                       const std::vector<TensorToWrite>& tensors) {
   SafetensorsWriter writer(path, tensors);
   for (const TensorToWrite& t : writer.layout()) {
     std::uint64_t nbytes = 0;
     byte_count(t.shape, t.dtype, nbytes);  // validated by the writer
-    if (nbytes != 0 && t.data == nullptr) fail(path.string(), ": tensor ", quoted_name(t.name), " has no data");
+    if (nbytes != 0 && t.data == nullptr)
+      fail(path.string(), ": tensor ", quoted_name(t.name), " has no data");
     writer.append(t.data, static_cast<std::size_t>(nbytes));
   }
   writer.finish();

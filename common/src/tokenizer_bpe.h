@@ -2,9 +2,10 @@
 // and byte-fallback handling, the added-token splitter) and the factories each tokenizer file
 // exposes to the loader. Private to kvpr_common.
 //
-// Ownership: a BpeModel is built once by the loader, moved into exactly one Tokenizer and
-// immutable afterwards, except for its word cache, which is guarded by a mutex so that one
-// Tokenizer may be used from several threads at once.
+// Ownership: a BpeModel is built and checked once by the loader (tokenizer_load.cpp), moved into
+// exactly one Tokenizer and immutable afterwards, except for its word cache, which is guarded by
+// a mutex so that one Tokenizer may be used from several threads at once. Its encoding loop
+// lives in tokenizer_byte_bpe.cpp.
 #pragma once
 
 #include <array>
@@ -112,6 +113,7 @@ class BpeModel {
   std::vector<bool> has_token_;
   std::unordered_map<std::uint64_t, MergeTarget> merges_;
   std::vector<AddedToken> added_;
+  std::array<bool, 256> added_first_byte_{};  // lets split_added skip most positions at once
   std::optional<std::int32_t> unk_id_;
   std::array<std::int32_t, 256> byte_ids_{};  // <0xNN> ids, -1 where the vocab lacks one
   bool fuse_unk_ = false;

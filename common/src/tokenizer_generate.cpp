@@ -27,7 +27,8 @@ constexpr std::size_t kMaxSyntheticTokenBytes = 48;
 constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // "▁"
 
 // Plain prose written for this file; what matters is ordinary English word and letter frequency.
-constexpr std::string_view kCorpus = R"(The river runs past the old mill and under the stone bridge before it
+constexpr std::string_view kCorpus =
+    R"(The river runs past the old mill and under the stone bridge before it
 turns toward the sea. In the morning the water is cold and clear, and you can see the small
 fish that wait in the shade of the reeds. Farmers on both banks have used the river for as long
 as anyone can remember. They take water for their fields in the dry months, and in the spring
@@ -61,6 +62,13 @@ do plants turn light into food? Each answer leads to new questions, and the work
 finished. That is not a weakness of science but its strength: it can always learn something
 new, and it can correct its own mistakes.)";
 
+// SentencePiece's letters are the corpus's single bytes, so it must be ASCII.
+constexpr bool is_ascii(std::string_view text) {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+static_assert(is_ascii(kCorpus));
+
 struct Rng {  // SplitMix64: tiny, fast, and the same on every platform
   std::uint64_t state;
   std::uint64_t next() {
@@ -69,7 +77,9 @@ struct Rng {  // SplitMix64: tiny, fast, and the same on every platform
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
-  std::int32_t below(std::int32_t n) { return static_cast<std::int32_t>(next() % static_cast<std::uint64_t>(n)); }
+  std::int32_t below(std::int32_t n) {
+    return static_cast<std::int32_t>(next() % static_cast<std::uint64_t>(n));
+  }
 };
 
 // The vocabulary under construction: token strings by id, and the merges that made them.
@@ -81,7 +91,9 @@ struct VocabBuilder {
 
   bool full() const { return static_cast<std::int64_t>(tokens.size()) >= target; }
   bool add(const std::string& token) {
-    if (full() || !ids.emplace(token, static_cast<std::int32_t>(tokens.size())).second) return false;
+    if (full() || !ids.emplace(token, static_cast<std::int32_t>(tokens.size())).second) {
+      return false;
+    }
     tokens.push_back(token);
     return true;
   }
@@ -132,7 +144,8 @@ void learn_merges(std::vector<Word>& words, VocabBuilder& vocab) {
     for (Word& word : words) {
       std::vector<std::int32_t> out;
       for (std::size_t i = 0; i < word.symbols.size(); ++i) {
-        const bool hit = i + 1 < word.symbols.size() && word.symbols[i] == a && word.symbols[i + 1] == b;
+        const bool hit =
+            i + 1 < word.symbols.size() && word.symbols[i] == a && word.symbols[i + 1] == b;
         out.push_back(hit ? merged : word.symbols[i]);
         i += hit ? 1 : 0;
       }
@@ -144,15 +157,18 @@ void learn_merges(std::vector<Word>& words, VocabBuilder& vocab) {
 // Fills the vocab with merges of a random token and (mostly) a random base symbol, so lengths
 // grow slowly. `first` is the first mergeable id; [first, base_end) are the single symbols.
 // `word_start` (sentencepiece) may only begin a token, keeping "▁" where real vocabs have it.
-void add_synthetic_merges(VocabBuilder& vocab, std::int32_t first, std::int32_t base_end, std::uint64_t seed,
-                          std::string_view word_start) {
+void add_synthetic_merges(VocabBuilder& vocab, std::int32_t first, std::int32_t base_end,
+                          std::uint64_t seed, std::string_view word_start) {
   Rng rng{seed};
   const std::int64_t needed = vocab.target - static_cast<std::int64_t>(vocab.tokens.size());
   for (std::int64_t attempts = 0; !vocab.full(); ++attempts) {
-    if (attempts > 64 * needed + 100000) fail("tokenizer generator: no new merge found after ", attempts, " tries");
+    if (attempts > 64 * needed + 100000) {
+      fail("tokenizer generator: no new merge found after ", attempts, " tries");
+    }
     const auto size = static_cast<std::int32_t>(vocab.tokens.size());
     const std::int32_t a = first + rng.below(size - first);
-    const std::int32_t b = first + rng.below((rng.next() & 3) != 0 ? base_end - first : size - first);
+    const std::int32_t b =
+        first + rng.below((rng.next() & 3) != 0 ? base_end - first : size - first);
     if (vocab.tokens[a].size() + vocab.tokens[b].size() > kMaxSyntheticTokenBytes) continue;
     if (!word_start.empty() && vocab.tokens[b].starts_with(word_start)) continue;
     vocab.add_merge(a, b);
@@ -160,8 +176,8 @@ void add_synthetic_merges(VocabBuilder& vocab, std::int32_t first, std::int32_t 
 }
 
 ordered_json added_token(std::int32_t id, const std::string& content) {
-  return {{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},    {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 // "<bos> $A" as HF writes TemplateProcessing; the loader reads bos from it.
@@ -179,9 +195,13 @@ ordered_json byte_bpe_json(VocabBuilder& vocab, std::uint64_t seed) {
   const std::vector<std::string> specials = {"<s>", "<pad>", "</s>", "<unk>"};
   for (const std::string& special : specials) vocab.add(special);
   const auto first = static_cast<std::int32_t>(vocab.tokens.size());
-  for (int byte = 0; byte < 256; ++byte) vocab.add(byte_level_symbol(static_cast<unsigned char>(byte)));
+  for (int byte = 0; byte < 256; ++byte) {
+    vocab.add(byte_level_symbol(static_cast<unsigned char>(byte)));
+  }
   std::map<std::string, std::int64_t> counts;
-  for (const std::string_view word : tokenizer_detail::gpt2_pre_tokenize(kCorpus)) ++counts[std::string(word)];
+  for (const std::string_view word : tokenizer_detail::gpt2_pre_tokenize(kCorpus)) {
+    ++counts[std::string(word)];
+  }
   std::vector<Word> words;
   for (const auto& [text, count] : counts) {
     Word word{{}, count};
@@ -192,9 +212,13 @@ ordered_json byte_bpe_json(VocabBuilder& vocab, std::uint64_t seed) {
   add_synthetic_merges(vocab, first, first + 256, seed, "");
   ordered_json root;
   root["added_tokens"] = ordered_json::array();
-  for (std::int32_t id = 0; id < first; ++id) root["added_tokens"].push_back(added_token(id, specials[id]));
-  const ordered_json byte_level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  for (std::int32_t id = 0; id < first; ++id) {
+    root["added_tokens"].push_back(added_token(id, specials[id]));
+  }
+  const ordered_json byte_level = {{"type", "ByteLevel"},
+                                   {"add_prefix_space", false},
+                                   {"trim_offsets", true},
+                                   {"use_regex", true}};
   root["normalizer"] = nullptr;
   root["pre_tokenizer"] = byte_level;
   root["post_processor"] = bos_template("</s>", 2);  // OPT starts sequences with </s>
@@ -217,7 +241,8 @@ ordered_json sentencepiece_json(VocabBuilder& vocab, std::uint64_t seed) {
     if (c != ' ' && c != '\n') ++char_counts[c];
   }
   std::vector<std::pair<char, std::int64_t>> chars(char_counts.begin(), char_counts.end());
-  std::stable_sort(chars.begin(), chars.end(), [](const auto& x, const auto& y) { return x.second > y.second; });
+  std::stable_sort(chars.begin(), chars.end(),
+                   [](const auto& x, const auto& y) { return x.second > y.second; });
   for (const auto& [c, count] : chars) vocab.add(std::string(1, c));
   const auto base_end = static_cast<std::int32_t>(vocab.tokens.size());
   if (!vocab.full()) {  // every corpus character is in: words can be trained on
@@ -242,11 +267,14 @@ ordered_json sentencepiece_json(VocabBuilder& vocab, std::uint64_t seed) {
   }
   ordered_json root;
   root["added_tokens"] = ordered_json::array();
-  for (std::int32_t id = 0; id < 3; ++id) root["added_tokens"].push_back(added_token(id, specials[id]));
+  for (std::int32_t id = 0; id < 3; ++id) {
+    root["added_tokens"].push_back(added_token(id, specials[id]));
+  }
   const ordered_json replace_space = {
       {"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kMetaspace}};
-  root["normalizer"] = {{"type", "Sequence"},
-                        {"normalizers", {{{"type", "Prepend"}, {"prepend", kMetaspace}}, replace_space}}};
+  root["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers", {{{"type", "Prepend"}, {"prepend", kMetaspace}}, replace_space}}};
   root["pre_tokenizer"] = nullptr;
   root["post_processor"] = bos_template("<s>", 1);
   const ordered_json replace_metaspace = {
@@ -262,15 +290,15 @@ ordered_json sentencepiece_json(VocabBuilder& vocab, std::uint64_t seed) {
 
 }  // namespace
 
-void write_generated_tokenizer(const std::filesystem::path& dir, TokenizerKind kind, std::int64_t vocab_size,
-                               std::uint64_t seed) {
+void write_generated_tokenizer(const std::filesystem::path& dir, TokenizerKind kind,
+                               std::int64_t vocab_size, std::uint64_t seed) {
   const bool byte_bpe = kind == TokenizerKind::byte_bpe;
   // The specials and the byte alphabet; SentencePiece also needs "▁", or spaces would decode
   // as the byte pieces of "▁" rather than as spaces.
   const std::int64_t minimum = byte_bpe ? 4 + 256 : 3 + 256 + 1;
   if (vocab_size < minimum || vocab_size > kMaxVocabSize) {
-    fail("generated tokenizer: vocab_size ", vocab_size, " is outside [", minimum, ", ", kMaxVocabSize, "] for ",
-         byte_bpe ? "byte_bpe" : "sentencepiece");
+    fail("generated tokenizer: vocab_size ", vocab_size, " is outside [", minimum, ", ",
+         kMaxVocabSize, "] for ", byte_bpe ? "byte_bpe" : "sentencepiece");
   }
   VocabBuilder vocab;
   vocab.target = vocab_size;
@@ -278,14 +306,20 @@ void write_generated_tokenizer(const std::filesystem::path& dir, TokenizerKind k
   // Written in id order, straight into the object's vector: ordered_json's own insert looks
   // keys up linearly, which is quadratic for 50k tokens. VocabBuilder already made them unique.
   ordered_json vocab_object = ordered_json::object();
-  auto& entries = static_cast<ordered_json::object_t::Container&>(vocab_object.get_ref<ordered_json::object_t&>());
+  auto& entries = static_cast<ordered_json::object_t::Container&>(
+      vocab_object.get_ref<ordered_json::object_t&>());
   entries.reserve(vocab.tokens.size());
-  for (std::size_t id = 0; id < vocab.tokens.size(); ++id) entries.emplace_back(vocab.tokens[id], id);
+  for (std::size_t id = 0; id < vocab.tokens.size(); ++id) {
+    entries.emplace_back(vocab.tokens[id], id);
+  }
   ordered_json merges = ordered_json::array();
-  for (const auto& [left, right] : vocab.merges) merges.push_back(left + " " + right);
+  for (const auto& [left, right] : vocab.merges) {
+    merges.push_back(std::string(left).append(" ").append(right));
+  }
   // HF's own field order, so the file diffs cleanly against real ones.
   ordered_json root = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}};
-  for (const char* key : {"added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder"}) {
+  for (const char* key :
+       {"added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder"}) {
     root[key] = std::move(fields[key]);
   }
   root["model"] = {{"type", "BPE"},

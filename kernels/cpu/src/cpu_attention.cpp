@@ -113,8 +113,9 @@ void attention(const Tensor& q, std::span<const AttnSegment> segments, const Att
   const std::int64_t max_tokens = *std::max_element(n_tokens.begin(), n_tokens.end());
   // Offset of query head h's KV head within a K or V row.
   std::vector<std::int64_t> kv_head(static_cast<std::size_t>(n_heads));
-  for (std::int64_t h = 0; h < n_heads; ++h)
+  for (std::int64_t h = 0; h < n_heads; ++h) {
     kv_head[static_cast<std::size_t>(h)] = h / group * head_dim;
+  }
   std::vector<float> q_row(static_cast<std::size_t>(h_q));  // copy: out may alias q
   std::vector<float> scores(static_cast<std::size_t>(n_heads * max_tokens));
   std::vector<double> denominators(static_cast<std::size_t>(n_heads));

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "cpu_copy_queue.h"
@@ -33,11 +34,14 @@ class CpuBuffer final : public DeviceBuffer {
  public:
   explicit CpuBuffer(std::size_t bytes) : bytes_(bytes) {
     // aligned_alloc wants a size that is a multiple of the alignment, and never 0.
-    const std::size_t padded =
-        std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
-    data_ = std::aligned_alloc(kAlignment, padded);
-    if (data_ == nullptr)
+    if (bytes <= std::numeric_limits<std::size_t>::max() - kAlignment) {
+      const std::size_t padded =
+          std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+      data_ = std::aligned_alloc(kAlignment, padded);
+    }
+    if (data_ == nullptr) {
       raise(ErrorKind::overloaded, "cpu alloc: no host memory for ", bytes, " bytes");
+    }
   }
   ~CpuBuffer() override { std::free(data_); }
   CpuBuffer(const CpuBuffer&) = delete;
@@ -62,19 +66,24 @@ void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
   if (p == nullptr && t.numel() != 0) fail(op, ": the host pointer for ", describe(t), " is null");
 }
 
+// The compute thread count the options ask for, after checking all options (before the copy
+// thread starts).
+int checked_threads(const BackendOptions& options) {
+  if (!(options.emulate_link_gbps >= 0) || !(options.emulate_link_latency_s >= 0)) {
+    fail("cpu backend: emulated link of ", options.emulate_link_gbps, " GB/s and latency ",
+         options.emulate_link_latency_s, " s is not a non-negative setting");
+  }
+  if (options.threads < 0) fail("cpu backend: threads ", options.threads, " is negative");
+  if (options.threads > 0) return options.threads;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& options)
-      : threads_(options.threads > 0
-                     ? options.threads
-                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      : threads_(checked_threads(options)),
         link_{options.emulate_link_gbps * 1e9, options.emulate_link_latency_s},
         copy_queue_(link_) {
-    if (options.emulate_link_gbps < 0 || options.emulate_link_latency_s < 0) {
-      fail("cpu backend: emulated link ", options.emulate_link_gbps, " GB/s with latency ",
-           options.emulate_link_latency_s, " s is negative");
-    }
-    if (options.threads < 0) fail("cpu backend: threads ", options.threads, " is negative");
     // Process-wide: OpenBLAS has one thread pool, so the last backend created sets it.
     if (options.threads > 0) openblas_set_num_threads(options.threads);
   }
@@ -118,8 +127,9 @@ class CpuBackend final : public Backend {
   double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) override {
     const auto a = as_cpu_event("elapsed_s", from);
     const auto b = as_cpu_event("elapsed_s", to);
-    if (!a->done() || !b->done())
+    if (!a->done() || !b->done()) {
       fail("elapsed_s: an event has not completed yet (host_wait first)");
+    }
     return std::chrono::duration<double>(b->completed_at() - a->completed_at()).count();
   }
 
@@ -132,16 +142,18 @@ class CpuBackend final : public Backend {
     check_view("copy_to_device", "dst", dst);
     check_host_pointer("copy_to_device", src, dst);
     const auto n = static_cast<std::size_t>(dst.numel());
-    submit(queue, CopyKind::host_to_device, n * size_of(src_dtype),
-           [dst, src, src_dtype, n] { convert(src, src_dtype, dst.data, dst.dtype, n); });
+    submit(queue, CopyKind::host_to_device, n * size_of(src_dtype), [dst, src, src_dtype, n] {
+      if (n > 0) convert(src, src_dtype, dst.data, dst.dtype, n);
+    });
   }
 
   void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
     check_view("copy_to_host", "src", src);
     check_host_pointer("copy_to_host", dst, src);
     const auto n = static_cast<std::size_t>(src.numel());
-    submit(queue, CopyKind::device_to_host, n * size_of(dst_dtype),
-           [dst, dst_dtype, src, n] { convert(src.data, src.dtype, dst, dst_dtype, n); });
+    submit(queue, CopyKind::device_to_host, n * size_of(dst_dtype), [dst, dst_dtype, src, n] {
+      if (n > 0) convert(src.data, src.dtype, dst, dst_dtype, n);
+    });
   }
 
   void copy_device(Queue queue, Tensor dst, Tensor src) override {
@@ -152,8 +164,15 @@ class CpuBackend final : public Backend {
            " differ in element count");
     }
     const auto n = static_cast<std::size_t>(src.numel());
-    submit(queue, CopyKind::device_to_device, 0,
-           [dst, src, n] { convert(src.data, src.dtype, dst.data, dst.dtype, n); });
+    const auto* s0 = static_cast<const char*>(src.data);
+    const auto* d0 = static_cast<const char*>(dst.data);
+    if (n > 0 && s0 < d0 + dst.bytes() && d0 < s0 + src.bytes()) {
+      if (s0 == d0 && src.dtype == dst.dtype) return;  // a copy onto itself: nothing to do
+      fail("copy_device: src ", describe(src), " and dst ", describe(dst), " overlap");
+    }
+    submit(queue, CopyKind::device_to_device, 0, [dst, src, n] {
+      if (n > 0) convert(src.data, src.dtype, dst.data, dst.dtype, n);
+    });
   }
 
   void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override { cpu::gemm(x, w, bias, y); }

@@ -158,14 +158,16 @@ double CopyQueue::run_copy(Task& task) {
         (link_.bytes_per_s > 0 ? static_cast<double>(task.host_bytes) / link_.bytes_per_s : 0.0);
     const auto deadline = ready + std::chrono::duration_cast<Clock::duration>(
                                       std::chrono::duration<double>(window_s));
-    // The emulated link was busy with this copy from `ready` on, even if this thread woke later.
-    start = std::min(start, ready);
+    // The emulated link was busy with this copy from `ready` on, even if this thread woke later
+    // (but not before the previous copy ended, so that busy intervals never overlap).
+    start = std::min(start, std::max(ready, last_copy_end_));
     wait_until_precise(deadline);
     // The next window starts at this one's ideal end, not at now(): a late wake-up or a slow
     // memcpy is caught up by later copies instead of accumulating over a stream of them.
     link_free_at_ = deadline;
   }
-  return std::chrono::duration<double>(Clock::now() - start).count();
+  last_copy_end_ = Clock::now();
+  return std::chrono::duration<double>(last_copy_end_ - start).count();
 }
 
 void CopyQueue::run() {
@@ -179,18 +181,23 @@ void CopyQueue::run() {
       tasks_.pop_front();
     }
     double busy_s = 0;
-    switch (task.kind) {
-      case TaskKind::copy:
-        busy_s = run_copy(task);
-        break;
-      case TaskKind::marker:
-        task.event->complete();
-        break;
-      case TaskKind::wait:
-        task.event->wait();
-        // The link idled while this queue was blocked: later copies start their window from now.
-        link_free_at_ = std::max(link_free_at_, Clock::now());
-        break;
+    try {
+      switch (task.kind) {
+        case TaskKind::copy:
+          busy_s = run_copy(task);  // catches what the copy itself throws
+          break;
+        case TaskKind::marker:
+          task.event->complete();
+          break;
+        case TaskKind::wait:
+          task.event->wait();
+          // The link idled while this queue was blocked: later copies start their window now.
+          link_free_at_ = std::max(link_free_at_, Clock::now());
+          break;
+      }
+    } catch (...) {  // only the system can fail here (a mutex); the thread must not die of it
+      std::lock_guard lock(mutex_);
+      if (!error_) error_ = std::current_exception();
     }
     const bool was_copy = task.kind == TaskKind::copy;
     const CopyKind copy_kind = task.copy_kind;

@@ -103,8 +103,10 @@ class CopyQueue {
   void count(CopyKind kind, std::uint64_t host_bytes);  // requires mutex_
 
   const LinkEmulation link_;
-  // The time the emulated link becomes free; touched only by the copy thread.
+  // Touched only by the copy thread: when the emulated link's current window ends, and when the
+  // last copy task finished (for busy_s).
   Clock::time_point link_free_at_{};
+  Clock::time_point last_copy_end_{};
 
   mutable std::mutex mutex_;
   std::condition_variable work_cv_;  // copy thread waits for tasks or stop_

@@ -255,6 +255,7 @@ void embedding(const Tensor& table, std::span<const std::int32_t> ids, const Ten
     }
   }
   const auto row_bytes = static_cast<std::size_t>(table.cols) * sizeof(float);
+  if (row_bytes == 0) return;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     std::memmove(out(y) + static_cast<std::int64_t>(i) * y.cols, in(table) + ids[i] * table.cols,
                  row_bytes);

@@ -108,9 +108,9 @@ class Rng {
   // Bounded by ±3.46, which is all random weights need, and ~10x cheaper than Box–Muller.
   float normal() {
     const std::uint64_t r = next();
-    const std::int64_t sum = static_cast<std::int64_t>((r & 0xffff) + ((r >> 16) & 0xffff) +
-                                                       ((r >> 32) & 0xffff) + (r >> 48));
-    return static_cast<float>(sum - 2 * 65535) * (1.7320508f / 65536.0f);
+    const auto sum = static_cast<std::int64_t>((r & 0xffff) + ((r >> 16) & 0xffff) +
+                                               ((r >> 32) & 0xffff) + (r >> 48));
+    return static_cast<float>(sum - std::int64_t{2 * 65535}) * (1.7320508f / 65536.0f);
   }
 
  private:
@@ -129,13 +129,15 @@ struct Init {
 };
 
 // How a tensor is drawn, from its name and shape (see the file comment).
-Init init_for(const ModelConfig& c, const std::string& name, const std::vector<std::int64_t>& shape) {
+Init init_for(const ModelConfig& c, const std::string& name,
+              const std::vector<std::int64_t>& shape) {
   if (shape.size() == 1) {
     if (name.ends_with("norm.weight")) return {1.0f, 0.02f};
     return {0.0f, 0.02f};  // biases
   }
   const auto in = static_cast<float>(shape.back());
-  if (name == names::embed_tokens(c) || (c.arch == Arch::opt && name == names::embed_positions(c))) {
+  if (name == names::embed_tokens(c) ||
+      (c.arch == Arch::opt && name == names::embed_positions(c))) {
     return {0.0f, c.tie_word_embeddings ? 1.0f / std::sqrt(in) : 1.0f};
   }
   float std = 1.0f / std::sqrt(in);
@@ -164,7 +166,8 @@ std::string generation_config_json(const ModelConfig& c) {
 // Streams every tensor of `c` into DIR/model.safetensors.
 void write_weights(const ModelConfig& c, const GenOptions& options) {
   std::vector<TensorToWrite> layout;
-  for (TensorSpec& spec : expected_tensors(c)) layout.push_back({spec.name, c.dtype, spec.shape, nullptr});
+  for (TensorSpec& spec : expected_tensors(c))
+    layout.push_back({spec.name, c.dtype, spec.shape, nullptr});
   SafetensorsWriter writer(options.out / "model.safetensors", std::move(layout));
   constexpr std::size_t kChunk = std::size_t{1} << 20;
   std::vector<float> values;
@@ -217,7 +220,8 @@ void generate_model(const GenOptions& options) {
   write_text(options.out / "generation_config.json", generation_config_json(c));
   write_weights(c, options);
   if (options.write_tokenizer) {
-    const TokenizerKind kind = c.arch == Arch::opt ? TokenizerKind::byte_bpe : TokenizerKind::sentencepiece;
+    const TokenizerKind kind =
+        c.arch == Arch::opt ? TokenizerKind::byte_bpe : TokenizerKind::sentencepiece;
     write_generated_tokenizer(options.out, kind, c.vocab, options.seed);
   }
 }

@@ -72,8 +72,9 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
 
 // Streams a safetensors file whose tensors do not all fit in memory at once (the model generator).
 // The constructor writes the header for `layout` (data pointers ignored) to PATH.tmp; the data is
-// then appended in layout() order, in pieces of any size; finish() checks the byte count and renames
-// the file into place. Destroyed before finish(), it removes the partial file. One thread owns it.
+// then appended in layout() order, in pieces of any size; finish() checks the byte count and
+// renames the file into place. Destroyed before finish(), it removes the partial file. One thread
+// owns it.
 class SafetensorsWriter {
  public:
   SafetensorsWriter(std::filesystem::path path, std::vector<TensorToWrite> layout);

@@ -95,6 +95,16 @@ class Backend {
 
   virtual std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) = 0;
 
+  // Makes host memory that copies will read or write directly reachable by the device's copy
+  // engine (CUDA: cudaHostRegister). Returns false when the backend will stage such copies through
+  // its own pinned buffers instead. The memory must stay mapped until unregister_host.
+  virtual bool register_host(void* ptr, std::size_t bytes) {
+    (void)ptr;
+    (void)bytes;
+    return true;
+  }
+  virtual void unregister_host(void* ptr) { (void)ptr; }
+
   // --- queues and events ---
   virtual std::shared_ptr<Event> record(Queue queue) = 0;
   virtual void wait(Queue queue, const std::shared_ptr<Event>& event) = 0;
