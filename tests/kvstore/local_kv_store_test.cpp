@@ -109,5 +109,22 @@ TEST(LocalKvStore, ReserveIsIdempotentAndCommitNeedsReservation) {
   EXPECT_THROW(store.free(99), Error);
 }
 
+TEST(LocalKvStore, TruncateReturnsBlocksAndKeepsThePrefix) {
+  LocalKvStore store(small_shape(), 1 << 20);
+  const SeqId a = store.open();
+  store.reserve(a, 10);
+  fill(store, a, 0, 10);
+  store.commit(a, 10);
+  store.truncate(a, 5);  // blocks [0,4) and [4,8) stay; [8,12) returns
+  EXPECT_EQ(store.length(a), 5);
+  EXPECT_EQ(store.stats().used_bytes, 2u * 2 * small_shape().block_bytes());
+  const auto spans = store.locate(a, 0, Part::k, 4, 5);
+  EXPECT_EQ(reinterpret_cast<const float*>(spans[0].data)[1], 4000.0f + 10 + 1);
+  EXPECT_THROW(store.truncate(a, 6), Error);
+  store.reserve(a, 4);
+  store.commit(a, 4);
+  EXPECT_EQ(store.length(a), 9);
+}
+
 }  // namespace
 }  // namespace kvpr::kvstore

@@ -52,3 +52,47 @@ int gen_model_command(const GenModelOptions& options);
 int demo_command(const DemoOptions& options);
 
 }  // namespace kvpr::cli
+
+namespace kvpr::cli {
+
+struct ProfileOptions {
+  std::string model;
+  std::string preset = "opt-6.7b";  // shape when no --model
+  BackendFlags backend;
+  bool json = false;
+  bool remeasure = false;
+  bool quick = false;
+  std::string out;  // also write the profile here
+};
+
+struct PlanOptions {
+  std::string model;
+  std::int64_t batch = 1;
+  std::int64_t context = 1024;
+  std::string workload = "latency";
+  std::string profile;  // a profile file; else the cached/measured one
+  std::uint64_t device_memory = 16ull << 30;  // throughput workload budget
+  BackendFlags backend;
+  bool json = false;
+};
+
+struct BenchOptions {
+  std::string model;
+  std::int64_t batch = 1;
+  std::int64_t context = 512;
+  bool sweep = false;
+  std::int64_t points = 11;
+  std::int64_t steps = 3;
+  std::string json;
+  std::string plot;
+  std::string profile;
+  bool remeasure = false;
+  BackendFlags backend;
+  bool quiet = false;
+};
+
+int profile_command(const ProfileOptions& options);
+int plan_command(const PlanOptions& options);
+int bench_command(const BenchOptions& options);
+
+}  // namespace kvpr::cli

@@ -67,6 +67,42 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--max-new-tokens", demo.max_new_tokens, "Tokens to generate");
   add_backend_flags(demo_cmd, demo.backend);
 
+  kvpr::cli::ProfileOptions prof;
+  auto* prof_cmd = app.add_subcommand("profile", "Measure (or show the cached) hardware profile");
+  prof_cmd->add_option("--model", prof.model, "Checkpoint whose shape to profile");
+  prof_cmd->add_option("--preset", prof.preset, "Shape preset when no --model");
+  prof_cmd->add_flag("--json", prof.json, "Print the profile as JSON");
+  prof_cmd->add_flag("--remeasure", prof.remeasure, "Ignore the cache and measure again");
+  prof_cmd->add_flag("--quick", prof.quick, "Fewer, smaller measurements");
+  prof_cmd->add_option("--out", prof.out, "Also write the profile to this file");
+  add_backend_flags(prof_cmd, prof.backend);
+
+  kvpr::cli::PlanOptions plan;
+  auto* plan_cmd = app.add_subcommand("plan", "The scheduler's decision for a batch shape");
+  plan_cmd->add_option("--model", plan.model, "Checkpoint directory")->required();
+  plan_cmd->add_option("--batch", plan.batch, "Sequences in the batch");
+  plan_cmd->add_option("--context", plan.context, "Context length of each sequence");
+  plan_cmd->add_option("--workload", plan.workload, "latency or throughput");
+  plan_cmd->add_option("--profile", plan.profile, "Hardware profile file (default: measured, cached)");
+  plan_cmd->add_option("--device-memory", plan.device_memory, "Throughput workload: device memory budget, bytes");
+  plan_cmd->add_flag("--json", plan.json, "Print one JSON object");
+  add_backend_flags(plan_cmd, plan.backend);
+
+  kvpr::cli::BenchOptions bench;
+  auto* bench_cmd = app.add_subcommand("bench", "Measure decode steps per policy and split beside the predictions");
+  bench_cmd->add_option("--model", bench.model, "Checkpoint directory")->required();
+  bench_cmd->add_option("--batch", bench.batch, "Sequences in the batch");
+  bench_cmd->add_option("--context", bench.context, "Context length of each sequence");
+  bench_cmd->add_flag("--sweep", bench.sweep, "Also sweep l across [0, s]");
+  bench_cmd->add_option("--points", bench.points, "Sweep points (at least 9)");
+  bench_cmd->add_option("--steps", bench.steps, "Measured decode steps per point");
+  bench_cmd->add_option("--json", bench.json, "Write the results as JSON here");
+  bench_cmd->add_option("--plot", bench.plot, "Write a plot of T(l) here (.png)");
+  bench_cmd->add_option("--profile", bench.profile, "Hardware profile file (default: measured, cached)");
+  bench_cmd->add_flag("--remeasure", bench.remeasure, "Measure the profile again");
+  bench_cmd->add_flag("--quiet", bench.quiet, "No progress output");
+  add_backend_flags(bench_cmd, bench.backend);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -81,6 +117,9 @@ int main(int argc, char** argv) {
     if (run_cmd->parsed()) return kvpr::cli::run_command(run);
     if (gen_cmd->parsed()) return kvpr::cli::gen_model_command(gen);
     if (demo_cmd->parsed()) return kvpr::cli::demo_command(demo);
+    if (prof_cmd->parsed()) return kvpr::cli::profile_command(prof);
+    if (plan_cmd->parsed()) return kvpr::cli::plan_command(plan);
+    if (bench_cmd->parsed()) return kvpr::cli::bench_command(bench);
   } catch (const kvpr::Error& e) {
     report(kvpr::to_string(e.kind()), e.what());
     return 1;

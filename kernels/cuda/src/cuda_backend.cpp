@@ -1,23 +1,393 @@
-// Entry point of the CUDA backend. Device discovery is real (CUDA runtime); the kernels and
-// streams arrive with the CUDA backend's own work, so until then a machine with a device gets an
-// `unimplemented` error and one without gets the runtime's reason, both in one line.
-#include <cuda_runtime_api.h>
-
-#include "kvpr/common/error.h"
+// The CUDA backend: the Backend interface on one device. This file only wires — argument checks
+// (cuda_checks.h, attention_plan.h), one launcher per op (the .cu/.cuh pairs), the copy lanes and
+// the upload ring (cuda_device.h) — so that each piece can be read on its own.
+//
+// Queues: Queue::compute and Queue::copy are two CUDA streams; record/wait are cudaEventRecord and
+// cudaStreamWaitEvent, host_wait is cudaEventSynchronize, elapsed_s is cudaEventElapsedTime (events
+// are created with timing). Every op runs on the compute stream and returns once enqueued; argmax
+// synchronises it to hand back indices. Copies run on the queue they are given.
+//
+// Ownership: the backend and every buffer it hands out share one Device (streams, cuBLAS, lanes);
+// events are shared with callers and only hold a CUDA event. A failed CUDA call throws one
+// kvpr::Error line naming the call; an asynchronous kernel fault surfaces at the next
+// synchronising call (host_wait, synchronize, argmax) the same way.
 #include "kvpr/kernels/cuda_backend.h"
 
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "activation.cuh"
+#include "argmax.cuh"
+#include "attention.cuh"
+#include "attention_plan.h"
+#include "binary.cuh"
+#include "cuda_check.h"
+#include "cuda_checks.h"
+#include "cuda_device.h"
+#include "embedding.cuh"
+#include "gemm.cuh"
+#include "kvpr/common/error.h"
+#include "layer_norm.cuh"
+#include "rms_norm.cuh"
+#include "rope.cuh"
+
 namespace kvpr::kernels {
+namespace cuda {
+namespace {
+
+class CudaEvent final : public Event {
+ public:
+  CudaEvent() : handle_(true) {}
+  cudaEvent_t get() const { return handle_.get(); }
+
+ private:
+  EventHandle handle_;
+};
+
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(std::shared_ptr<Device> device, std::size_t bytes)
+      : device_(std::move(device)), data_(device_->allocate(bytes)), bytes_(bytes) {}
+  ~CudaBuffer() override { device_->release(data_); }
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+
+  void* data() const override { return data_; }
+  std::size_t bytes() const override { return bytes_; }
+
+ private:
+  std::shared_ptr<Device> device_;
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+const CudaEvent& as_cuda_event(std::string_view op, const std::shared_ptr<Event>& event) {
+  if (event == nullptr) fail(op, ": the event is null");
+  const auto* cuda_event = dynamic_cast<const CudaEvent*>(event.get());
+  if (cuda_event == nullptr) fail(op, ": the event was not recorded by a CUDA backend");
+  return *cuda_event;
+}
+
+void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
+  if (p == nullptr && t.numel() != 0) fail(op, ": the host pointer for ", describe(t), " is null");
+}
+
+void check_int_dim(std::string_view op, std::string_view what, std::int64_t n) {
+  if (n > std::numeric_limits<int>::max()) {
+    raise(ErrorKind::unimplemented, op, ": ", what, " = ", n, " exceeds cuBLAS's int range");
+  }
+}
+
+// Nominal rates before anything is measured (for `--split auto`): PCIe 5 x16 (H100/H200 class)
+// or PCIe 4 x16 for the link, and half of the SMs' peak for the recompute GEMM — fp32 on CUDA
+// cores (no TF32), fp16/bf16 on tensor cores. Nominal, not measured: the planner's profile and
+// kvpr-bench-decode measure the real ones.
+NominalRates nominal(const DeviceInfo& info, DType dtype) {
+  NominalRates rates;
+  rates.h2d_bytes_per_s = info.cc_major >= 9 ? 50e9 : 25e9;
+  const double clock_hz = static_cast<double>(info.clock_khz) * 1e3;
+  const double per_sm_per_clock =
+      dtype == DType::f32 ? 256.0 : (info.cc_major >= 9 ? 4096.0 : 2048.0);
+  rates.gemm_flops_per_s = 0.5 * info.sm_count * clock_hz * per_sm_per_clock;
+  return rates;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int ordinal, DType compute_dtype)
+      : device_(std::make_shared<Device>(ordinal)), dtype_(compute_dtype) {}
+
+  ~CudaBackend() override {
+    try {
+      device_->synchronize();
+    } catch (const std::exception& e) {  // a destructor never throws
+      std::fprintf(stderr, "cuda backend: at shutdown: %s\n", e.what());
+    }
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda"; }
+  DType compute_dtype() const override { return dtype_; }
+  NominalRates nominal_rates() const override { return nominal(device_->info(), dtype_); }
+
+  std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) override {
+    return std::make_unique<CudaBuffer>(device_, bytes);
+  }
+
+  bool register_host(void* ptr, std::size_t bytes) override {
+    return device_->registry().add(ptr, bytes);
+  }
+
+  void unregister_host(void* ptr) override {
+    device_->synchronize();  // no copy may still be reading or writing the range
+    device_->registry().remove(ptr);
+  }
+
+  // --- queues and events ---
+  std::shared_ptr<Event> record(Queue queue) override {
+    device_->lane(queue).end_run();
+    auto event = std::make_shared<CudaEvent>();
+    check(cudaEventRecord(event->get(), device_->stream(queue)), "cudaEventRecord");
+    return event;
+  }
+
+  void wait(Queue queue, const std::shared_ptr<Event>& event) override {
+    const CudaEvent& e = as_cuda_event("wait", event);
+    device_->lane(queue).end_run();
+    check(cudaStreamWaitEvent(device_->stream(queue), e.get(), 0), "cudaStreamWaitEvent");
+  }
+
+  void host_wait(const std::shared_ptr<Event>& event) override {
+    check(cudaEventSynchronize(as_cuda_event("host_wait", event).get()), "cudaEventSynchronize");
+  }
+
+  double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) override {
+    const CudaEvent& a = as_cuda_event("elapsed_s", from);
+    const CudaEvent& b = as_cuda_event("elapsed_s", to);
+    float ms = 0;
+    const cudaError_t err = cudaEventElapsedTime(&ms, a.get(), b.get());
+    if (err == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      fail("elapsed_s: an event has not completed yet (host_wait first)");
+    }
+    check(err, "cudaEventElapsedTime");
+    return static_cast<double>(ms) * 1e-3;
+  }
+
+  void synchronize() override { device_->synchronize(); }
+  CopyStats copy_stats() const override { return device_->copy_stats(); }
+
+  // --- copies ---
+  void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
+    check_view("copy_to_device", "dst", dst);
+    check_host_pointer("copy_to_device", src, dst);
+    device_->lane(queue).to_device(dst.data, dst.dtype, src, src_dtype,
+                                   static_cast<std::size_t>(dst.numel()));
+  }
+
+  void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
+    check_view("copy_to_host", "src", src);
+    check_host_pointer("copy_to_host", dst, src);
+    device_->lane(queue).to_host(dst, dst_dtype, src.data, src.dtype,
+                                 static_cast<std::size_t>(src.numel()));
+  }
+
+  void copy_device(Queue queue, Tensor dst, Tensor src) override {
+    check_view("copy_device", "dst", dst);
+    check_view("copy_device", "src", src);
+    if (dst.numel() != src.numel()) {
+      fail("copy_device: src ", describe(src), " and dst ", describe(dst),
+           " differ in element count");
+    }
+    if (overlaps(dst, src)) {
+      if (dst.data == src.data && src.dtype == dst.dtype) return;  // onto itself: nothing to do
+      fail("copy_device: src ", describe(src), " and dst ", describe(dst), " overlap");
+    }
+    device_->lane(queue).on_device(dst.data, dst.dtype, src.data, src.dtype,
+                                   static_cast<std::size_t>(src.numel()));
+  }
+
+  // --- compute ---
+  void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override {
+    constexpr std::string_view kOp = "gemm";
+    check_dtype(kOp, "x", x, dtype_);
+    check_dtype(kOp, "w", w, dtype_);
+    check_dtype(kOp, "y", y, dtype_);
+    const std::int64_t m = x.rows;
+    const std::int64_t k = x.cols;
+    const std::int64_t n = w.rows;
+    if (w.cols != k || y.rows != m || y.cols != n) {
+      fail(kOp, ": x ", describe(x), " · w ", describe(w), "ᵀ does not give y ", describe(y));
+    }
+    if (bias != nullptr) check_vector(kOp, "bias", *bias, n, dtype_);
+    if (overlaps(y, x) || overlaps(y, w) || (bias != nullptr && overlaps(y, *bias))) {
+      fail(kOp, ": y ", describe(y), " overlaps an input");
+    }
+    check_int_dim(kOp, "m", m);
+    check_int_dim(kOp, "n", n);
+    check_int_dim(kOp, "k", k);
+    launch_gemm(device_->blas(), compute(), dtype_, x.data, w.data,
+                bias != nullptr ? bias->data : nullptr, y.data, m, n, k);
+  }
+
+  void add(Tensor a, Tensor b, Tensor y) override { binary("add", BinaryOp::add, a, b, y); }
+  void mul(Tensor a, Tensor b, Tensor y) override { binary("mul", BinaryOp::mul, a, b, y); }
+
+  void activation(Act act, Tensor x) override {
+    check_dtype("activation", "x", x, dtype_);
+    if (act != Act::relu && act != Act::gelu && act != Act::silu) {
+      fail("activation: unknown activation ", static_cast<int>(act));
+    }
+    launch_activation(compute(), act, dtype_, x.data, x.numel());
+  }
+
+  void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
+    constexpr std::string_view kOp = "layer_norm";
+    check_dtype(kOp, "x", x, dtype_);
+    check_dtype(kOp, "y", y, dtype_);
+    check_same_shape(kOp, "x", x, "y", y);
+    check_vector(kOp, "weight", weight, x.cols, dtype_);
+    check_vector(kOp, "bias", bias, x.cols, dtype_);
+    check_grid_rows(kOp, "x", x.rows);
+    launch_layer_norm(compute(), dtype_, x.data, weight.data, bias.data, eps, y.data, x.rows,
+                      x.cols);
+  }
+
+  void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
+    constexpr std::string_view kOp = "rms_norm";
+    check_dtype(kOp, "x", x, dtype_);
+    check_dtype(kOp, "y", y, dtype_);
+    check_same_shape(kOp, "x", x, "y", y);
+    check_vector(kOp, "weight", weight, x.cols, dtype_);
+    check_grid_rows(kOp, "x", x.rows);
+    launch_rms_norm(compute(), dtype_, x.data, weight.data, eps, y.data, x.rows, x.cols);
+  }
+
+  void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+            std::int64_t head_dim, float theta) override {
+    constexpr std::string_view kOp = "rope";
+    check_dtype(kOp, "x", x, dtype_);
+    if (n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) {
+      fail(kOp, ": n_heads ", n_heads, " × head_dim ", head_dim,
+           " is not a positive count of even-width heads");
+    }
+    if (x.cols != n_heads * head_dim) {
+      fail(kOp, ": x ", describe(x), " is not [rows, n_heads ", n_heads, " × head_dim ", head_dim,
+           "]");
+    }
+    if (static_cast<std::int64_t>(positions.size()) != x.rows) {
+      fail(kOp, ": ", positions.size(), " positions for x ", describe(x));
+    }
+    if (!(theta > 0.0f)) fail(kOp, ": theta ", theta, " is not positive");
+    for (std::size_t i = 0; i < positions.size(); ++i) {
+      if (positions[i] < 0) fail(kOp, ": position ", positions[i], " of row ", i, " is negative");
+    }
+    if (x.rows == 0) return;
+    // One upload: positions, padded to 8 bytes, then inv_freq computed as the CPU reference does.
+    const std::int64_t half = head_dim / 2;
+    const std::size_t pos_bytes = (positions.size() * sizeof(std::int32_t) + 7) / 8 * 8;
+    std::vector<std::byte> blob(pos_bytes + static_cast<std::size_t>(half) * sizeof(float));
+    std::memcpy(blob.data(), positions.data(), positions.size() * sizeof(std::int32_t));
+    for (std::int64_t i = 0; i < half; ++i) {
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+      const float inv_freq = 1.0f / std::pow(theta, exponent);
+      std::memcpy(blob.data() + pos_bytes + static_cast<std::size_t>(i) * sizeof(float), &inv_freq,
+                  sizeof(float));
+    }
+    auto* device = static_cast<std::byte*>(device_->args().upload(blob.data(), blob.size()));
+    launch_rope(compute(), dtype_, x.data, reinterpret_cast<const std::int32_t*>(device),
+                reinterpret_cast<const float*>(device + pos_bytes), x.rows, n_heads, head_dim);
+  }
+
+  void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
+    constexpr std::string_view kOp = "embedding";
+    check_dtype(kOp, "table", table, dtype_);
+    check_dtype(kOp, "y", y, dtype_);
+    if (y.rows != static_cast<std::int64_t>(ids.size()) || y.cols != table.cols) {
+      fail(kOp, ": ", ids.size(), " ids from table ", describe(table), " do not fill y ",
+           describe(y));
+    }
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= table.rows) {
+        fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows, " rows");
+      }
+    }
+    if (y.numel() == 0) return;
+    const void* device = device_->args().upload(ids.data(), ids.size() * sizeof(std::int32_t));
+    launch_embedding(compute(), dtype_, table.data, static_cast<const std::int32_t*>(device),
+                     y.data, y.rows, y.cols);
+  }
+
+  void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                 Tensor out) override {
+    const AttnPlan plan =
+        plan_attention(q, segments, shape, out, dtype_, device_->info().sm_count);
+    if (q.rows == 0) return;
+    const std::vector<std::byte> blob = plan.pack();
+    auto* device = static_cast<const std::byte*>(device_->args().upload(blob.data(), blob.size()));
+    AttnArgs args;
+    args.q = q.data;
+    args.out = out.data;
+    args.segs = reinterpret_cast<const AttnSegDesc*>(device);
+    args.query_first = reinterpret_cast<const std::int64_t*>(device + plan.query_first_offset());
+    args.n_queries = q.rows;
+    args.n_heads = shape.n_heads;
+    args.group = shape.n_heads / shape.n_kv_heads;
+    args.head_dim = shape.head_dim;
+    args.n_splits = plan.n_splits;
+    args.split_tokens = plan.split_tokens;
+    args.scale = shape.scale;
+    StreamAllocation partials;  // freed in stream order after the kernels
+    if (const std::size_t bytes = attention_partial_bytes(args); bytes > 0) {
+      partials = StreamAllocation(bytes, compute());
+      args.partial_acc = static_cast<float*>(partials.data());
+      args.partial_ml = reinterpret_cast<float*>(static_cast<std::byte*>(partials.data()) +
+                                                 attention_partial_ml_offset(args));
+    }
+    launch_attention(compute(), dtype_, args);
+  }
+
+  std::vector<std::int32_t> argmax(Tensor x) override {
+    constexpr std::string_view kOp = "argmax";
+    check_dtype(kOp, "x", x, dtype_);
+    if (x.cols == 0 && x.rows > 0) fail("argmax: x ", describe(x), " has rows of no elements");
+    if (x.cols > std::numeric_limits<std::int32_t>::max()) {
+      fail("argmax: x ", describe(x), " has more columns than an int32 index can name");
+    }
+    check_grid_rows(kOp, "x", x.rows);
+    std::vector<std::int32_t> result(static_cast<std::size_t>(x.rows));
+    if (x.rows == 0) return result;
+    const std::size_t bytes = result.size() * sizeof(std::int32_t);
+    StreamAllocation indices(bytes, compute());
+    launch_argmax(compute(), dtype_, x.data, x.rows, x.cols, static_cast<std::int32_t*>(indices.data()));
+    if (argmax_host_.bytes() < bytes) argmax_host_ = PinnedMemory(bytes);
+    check(cudaMemcpyAsync(argmax_host_.data(), indices.data(), bytes, cudaMemcpyDeviceToHost, compute()),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(compute()), "cudaStreamSynchronize(compute)");
+    std::memcpy(result.data(), argmax_host_.data(), bytes);
+    return result;
+  }
+
+ private:
+  cudaStream_t compute() const { return device_->stream(Queue::compute); }
+
+  void binary(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b, const Tensor& y) {
+    check_dtype(op, "a", a, dtype_);
+    check_dtype(op, "b", b, dtype_);
+    check_dtype(op, "y", y, dtype_);
+    check_same_shape(op, "a", a, "b", b);
+    check_same_shape(op, "a", a, "y", y);
+    launch_binary(compute(), kind, dtype_, a.data, b.data, y.data, a.numel());
+  }
+
+  std::shared_ptr<Device> device_;
+  DType dtype_;
+  PinnedMemory argmax_host_;  // argmax's landing buffer; reused, the call synchronises
+};
+
+}  // namespace
+}  // namespace cuda
 
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options) {
-  (void)options;
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
-    raise(ErrorKind::failed, "backend 'cuda': no usable CUDA device (cudaGetDeviceCount: ",
-          err == cudaSuccess ? "0 devices" : cudaGetErrorString(err), ")");
+    (void)cudaGetLastError();
+    raise(ErrorKind::unimplemented, "backend 'cuda': no usable CUDA device (cudaGetDeviceCount: ",
+          err == cudaSuccess ? "0 devices" : cudaGetErrorString(err),
+          err == cudaSuccess ? "" : str(", ", cudaGetErrorName(err)), ")");
   }
-  raise(ErrorKind::unimplemented, "backend 'cuda': ", count,
-        " device(s) found, but this build's CUDA backend has no kernels yet");
+  if (options.emulate_link_gbps != 0 || options.emulate_link_latency_s != 0) {
+    raise(ErrorKind::unimplemented,
+          "backend 'cuda': the emulated link (--emulate-link-*) is a CPU-backend option; the CUDA "
+          "backend uses the real one");
+  }
+  return std::make_unique<cuda::CudaBackend>(0, options.compute_dtype);
 }
 
 }  // namespace kvpr::kernels

@@ -127,6 +127,24 @@ std::int64_t LocalKvStore::length(SeqId seq) const {
   return find(seq).length;
 }
 
+void LocalKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
+  std::lock_guard lock(mutex_);
+  Sequence& s = find(seq);
+  if (n_tokens < 0 || n_tokens > s.length) {
+    fail("kvstore: truncate of sequence ", seq, " to ", n_tokens, " tokens; it has ", s.length);
+  }
+  const std::int64_t bt = shape_.block_tokens;
+  const auto keep = static_cast<std::size_t>((n_tokens + bt - 1) / bt);
+  for (auto& layer_blocks : s.blocks) {
+    while (layer_blocks.size() > keep) {
+      free_blocks_.push_back(layer_blocks.back());
+      layer_blocks.pop_back();
+    }
+  }
+  s.length = n_tokens;
+  s.reserved = std::min(s.reserved, static_cast<std::int64_t>(keep) * bt);
+}
+
 void LocalKvStore::free(SeqId seq) {
   std::lock_guard lock(mutex_);
   Sequence& s = find(seq);

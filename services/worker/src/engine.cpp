@@ -246,6 +246,13 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<floa
   return seq;
 }
 
+void Engine::truncate(SeqHandle seq, std::int64_t n_tokens) {
+  store_.truncate(seq, n_tokens);
+  if (auto it = resident_.find(seq); it != resident_.end()) {
+    for (auto& layer : it->second->layers) layer.length = std::min(layer.length, n_tokens);
+  }
+}
+
 void Engine::release(SeqHandle seq) {
   resident_.erase(seq);
   store_.free(seq);

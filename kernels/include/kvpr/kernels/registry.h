@@ -16,6 +16,9 @@ struct BackendOptions {
   double emulate_link_gbps = 0;       // GB/s = 1e9 bytes/s
   double emulate_link_latency_s = 0;  // added to every copy
   int threads = 0;                    // compute threads (0 = backend default)
+  // The dtype device tensors hold for compute (CUDA backend: f32, f16 or bf16, always with fp32
+  // accumulation; the CPU backend computes in f32 whatever this says).
+  DType compute_dtype = DType::f32;
 };
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);

@@ -69,6 +69,8 @@ class KvStoreClient {
   // The next n reserved tokens now hold data in every layer.
   virtual void commit(SeqId seq, std::int64_t n_tokens) = 0;
   virtual std::int64_t length(SeqId seq) const = 0;  // committed tokens
+  // Drops tokens [n_tokens, length) and their blocks (a rollback: benchmarks, rejected drafts).
+  virtual void truncate(SeqId seq, std::int64_t n_tokens) = 0;
   virtual void free(SeqId seq) = 0;
   virtual StoreStats stats() const = 0;
 };

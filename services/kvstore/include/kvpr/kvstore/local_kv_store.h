@@ -27,6 +27,7 @@ class LocalKvStore final : public KvStoreClient {
                                std::int64_t t1) override;
   void commit(SeqId seq, std::int64_t n_tokens) override;
   std::int64_t length(SeqId seq) const override;
+  void truncate(SeqId seq, std::int64_t n_tokens) override;
   void free(SeqId seq) override;
   StoreStats stats() const override;
 

@@ -37,7 +37,9 @@ struct Plan {
   Policy policy = Policy::kvpr;
   std::vector<std::int64_t> l;  // per sequence
   std::int64_t chunk = 0;       // activation rows recomputed per pipeline chunk
-  double predicted_step_s = 0;  // all layers, link and recompute only
+  bool paper_schedule = false;  // one chunk: all activations land before any recompute
+  double ratio = 0;             // l_i ≈ ratio · s_i
+  double predicted_step_s = 0;  // CostModelPlanner: link and recompute only; ProfilePlanner: whole step
   std::string reason;
 };
 

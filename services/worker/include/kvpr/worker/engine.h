@@ -73,6 +73,8 @@ class Engine {
                       std::vector<float>& v);
 
   void release(SeqHandle seq);
+  // Rolls a sequence back to its first n tokens (device-resident K,V too).
+  void truncate(SeqHandle seq, std::int64_t n_tokens);
   std::int64_t length(SeqHandle seq) const { return store_.length(seq); }
 
   const StepStats& last_step() const { return last_; }

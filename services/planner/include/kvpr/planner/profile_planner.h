@@ -1,0 +1,58 @@
+// The scheduler: from a measured HardwareProfile and the model's shape, the policy, split and chunk
+// size that minimise the predicted decode step (kvpr::predict_step replays the engine's schedule),
+// for the batch's context lengths. Plans are cached by shape bucket — the batch size and each
+// context length rounded up to `bucket` tokens — so a worker re-plans only when its contexts grow
+// past a bucket, and the planner stays off the per-step critical path.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "kvpr/common/step_model.h"
+#include "kvpr/planner/planner.h"
+
+namespace kvpr::planner {
+
+struct CurvePoint {
+  double ratio = 0;
+  std::vector<std::int64_t> l;
+  std::int64_t chunk = 0;
+  bool paper = false;
+  StepPrediction predicted;
+};
+
+struct Decision {
+  Plan plan;
+  StepPrediction predicted;
+  StepPrediction transfer;   // l = 0, for comparison
+  StepPrediction recompute;  // l = s
+  double lower_bound_s = 0;  // DESIGN.md §1 LB over all layers, from the profile's rates
+  std::vector<CurvePoint> curve;  // T(l) at the best chunk, ratios 0..1
+};
+
+class ProfilePlanner final : public Planner {
+ public:
+  // `model` carries n_layers, h, h_kv, ffn, gated_ffn, p and block_tokens; s/l are ignored.
+  ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket = 64);
+
+  Plan plan(const PlanRequest& request) override;
+  // The full decision for a batch, with the predicted T(l) curve; not cached.
+  Decision decide(const std::vector<std::int64_t>& s) const;
+  // Predicted step for a given policy and split (for benchmarks that sweep l).
+  StepPrediction predict(const std::vector<std::int64_t>& s, const std::vector<std::int64_t>& l,
+                         std::int64_t chunk, bool resident) const;
+
+  const HardwareProfile& profile() const { return profile_; }
+  std::int64_t plans_computed() const { return plans_computed_; }
+
+ private:
+  HardwareProfile profile_;
+  StepShape model_;
+  std::int64_t bucket_;
+  std::mutex mutex_;
+  std::map<std::vector<std::int64_t>, Plan> cache_;  // by bucketed shape, l stored as ratio
+  std::int64_t plans_computed_ = 0;
+};
+
+}  // namespace kvpr::planner

@@ -1,0 +1,131 @@
+#include "kvpr/planner/profile_planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kvpr/common/cost_model.h"
+#include "kvpr/common/error.h"
+
+namespace kvpr::planner {
+namespace {
+
+constexpr std::int64_t kPaperChunk = std::numeric_limits<std::int32_t>::max();
+const std::vector<std::int64_t> kChunks = {16, 32, 64, 128, 256, 512, kPaperChunk};
+
+std::string ms(double s) { return str(std::round(s * 1e5) / 1e2, " ms"); }
+
+}  // namespace
+
+ProfilePlanner::ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket)
+    : profile_(std::move(profile)), model_(std::move(model)), bucket_(std::max<std::int64_t>(bucket, 1)) {
+  if (profile_.h != model_.h || profile_.h_kv != model_.h_kv) {
+    fail("planner: profile measured for h ", profile_.h, ", h_kv ", profile_.h_kv,
+         " but the model has h ", model_.h, ", h_kv ", model_.h_kv, " (re-profile for this model)");
+  }
+}
+
+StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s, const std::vector<std::int64_t>& l,
+                                       std::int64_t chunk, bool resident) const {
+  StepShape shape = model_;
+  shape.s = s;
+  shape.l = l;
+  shape.chunk = chunk;
+  shape.resident = resident;
+  return predict_step(profile_, shape);
+}
+
+Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
+  Decision d;
+  const std::vector<std::int64_t> zeros(s.size(), 0);
+  d.transfer = predict(s, zeros, 64, false);
+  d.recompute = predict(s, s, 64, false);
+  {
+    const LayerShape layer{model_.h, model_.h_kv, model_.p};
+    const double B = profile_.h2d_bytes_per_s.y.back();
+    const double F = profile_.recompute_flops_per_s.y.back();
+    d.lower_bound_s = static_cast<double>(model_.n_layers) * lower_bound_s(layer, s, {B, F});
+  }
+  Plan& plan = d.plan;
+  plan.policy = Policy::transfer;
+  plan.l = zeros;
+  plan.chunk = 64;
+  d.predicted = d.transfer;
+  if (model_.h >= 2 * model_.h_kv) {
+    plan.predicted_step_s = d.transfer.total_s;
+    plan.reason = str("l = 0: an activation (h = ", model_.h, ") is not smaller than the K,V it replaces (2·h_kv = ",
+                      2 * model_.h_kv, "), so recomputing never saves link time; transfer predicted ",
+                      ms(d.transfer.total_s), " per step");
+    return d;
+  }
+  // Every chunk size over a coarse grid of ratios, then a finer grid around the best.
+  struct Best {
+    double ratio = 0;
+    std::int64_t chunk = 64;
+    StepPrediction p;
+  } best{0, 64, d.transfer};
+  const auto consider = [&](double ratio, std::int64_t chunk) {
+    const auto l = splits_for_ratio(s, ratio);
+    const auto p = predict(s, l, chunk, false);
+    if (p.total_s < best.p.total_s) best = {ratio, chunk, p};
+    return p;
+  };
+  constexpr int kCoarse = 16;
+  for (std::int64_t chunk : kChunks) {
+    for (int k = 1; k <= kCoarse; ++k) consider(static_cast<double>(k) / kCoarse, chunk);
+  }
+  const double center = best.ratio;
+  for (int k = -8; k <= 8; ++k) {
+    const double ratio = center + static_cast<double>(k) / (8.0 * kCoarse);
+    if (ratio > 0 && ratio <= 1) consider(ratio, best.chunk);
+  }
+  for (int k = 0; k <= 32; ++k) {
+    const double ratio = static_cast<double>(k) / 32;
+    CurvePoint point{ratio, splits_for_ratio(s, ratio), best.chunk, best.chunk == kPaperChunk, {}};
+    point.predicted = predict(s, point.l, best.chunk, false);
+    d.curve.push_back(std::move(point));
+  }
+  d.predicted = best.p;
+  plan.ratio = best.ratio;
+  plan.l = splits_for_ratio(s, best.ratio);
+  plan.chunk = best.chunk;
+  plan.paper_schedule = best.chunk == kPaperChunk;
+  plan.policy = best.ratio == 0 ? Policy::transfer : best.ratio == 1 ? Policy::recompute : Policy::kvpr;
+  plan.predicted_step_s = best.p.total_s;
+  const bool link_bound = best.p.transfer_s >= best.p.recompute_s + best.p.attention_s + best.p.other_s;
+  if (best.ratio == 0) {
+    plan.reason = str("l = 0: no split beats transferring every K,V (", ms(d.transfer.total_s),
+                      " per step predicted; full recompute ", ms(d.recompute.total_s), ")");
+  } else {
+    plan.reason = str("l/s = ", best.ratio, " with ", plan.paper_schedule ? "the paper schedule" : str(plan.chunk, "-row chunks"),
+                      ": ", ms(best.p.total_s), " per step predicted vs ", ms(d.transfer.total_s),
+                      " transferring all K,V and ", ms(d.recompute.total_s), " recomputing all; ",
+                      link_bound ? "link-bound" : "compute-bound", " (link busy ", ms(best.p.transfer_s),
+                      ", recompute ", ms(best.p.recompute_s), ")");
+  }
+  return d;
+}
+
+Plan ProfilePlanner::plan(const PlanRequest& request) {
+  const auto& s = request.s;
+  if (request.policy != Policy::kvpr || request.split) {
+    Plan fixed = CostModelPlanner(64).plan(request);  // the policy fixes l; predict it with the profile
+    fixed.predicted_step_s = predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
+    return fixed;
+  }
+  std::vector<std::int64_t> key{static_cast<std::int64_t>(s.size())};
+  for (auto si : s) key.push_back((si + bucket_ - 1) / bucket_);
+  std::lock_guard lock(mutex_);
+  auto it = cache_.find(key);
+  if (it == cache_.end()) {
+    std::vector<std::int64_t> upper;  // plan for the bucket's end: the contexts grow into it
+    for (std::size_t i = 1; i < key.size(); ++i) upper.push_back(key[i] * bucket_);
+    it = cache_.emplace(key, decide(upper).plan).first;
+    ++plans_computed_;
+  }
+  Plan plan = it->second;
+  plan.l = splits_for_ratio(s, plan.ratio);
+  return plan;
+}
+
+}  // namespace kvpr::planner

@@ -1,0 +1,219 @@
+#include "kvpr/worker/profiler.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "kvpr/common/error.h"
+
+namespace kvpr::worker {
+
+using kernels::Queue;
+using kernels::Tensor;
+
+namespace {
+
+std::string processor_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  }
+  return "unknown processor";
+}
+
+std::string now_iso() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// Repeats `run` (which enqueues work on `queue`) until the measured time passes the target, and
+// returns the mean seconds per run, timed with the backend's events.
+template <typename F>
+double timed(kernels::Backend& backend, Queue queue, double target_s, F&& run) {
+  run();  // warm-up: first-touch of buffers, thread start
+  backend.synchronize();
+  int reps = 0;
+  double total = 0;
+  while (reps < 32 && (total < target_s || reps < 2)) {
+    const auto from = backend.record(queue);
+    run();
+    const auto to = backend.record(queue);
+    backend.host_wait(to);
+    total += backend.elapsed_s(from, to);
+    ++reps;
+  }
+  return total / reps;
+}
+
+void fill_random(kernels::Backend& backend, Tensor t, std::uint32_t seed) {
+  std::vector<float> host(static_cast<std::size_t>(t.numel()));
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  for (auto& x : host) x = u(rng);
+  backend.copy_to_device(Queue::compute, t, host.data(), DType::f32);
+  backend.synchronize();
+}
+
+}  // namespace
+
+std::string hardware_fingerprint(const kernels::BackendOptions& b, const ModelConfig& c) {
+  const unsigned threads = b.threads > 0 ? static_cast<unsigned>(b.threads) : std::thread::hardware_concurrency();
+  return str(b.name, "|", processor_name(), "|threads=", threads, "|link_gbps=", b.emulate_link_gbps,
+             "|latency_s=", b.emulate_link_latency_s, "|h=", c.h, "|h_kv=", c.h_kv(), "|ffn=", c.ffn,
+             "|heads=", c.n_heads, "|dtype=", torch_name(c.dtype));
+}
+
+std::filesystem::path profile_cache_path(const std::string& fingerprint) {
+  std::filesystem::path dir;
+  if (const char* d = std::getenv("KVPR_CACHE_DIR"); d != nullptr && *d != '\0') {
+    dir = d;
+  } else if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != '\0') {
+    dir = std::filesystem::path(x) / "kvpr";
+  } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    dir = std::filesystem::path(home) / ".cache" / "kvpr";
+  } else {
+    dir = std::filesystem::temp_directory_path() / "kvpr";
+  }
+  return dir / "profiles" / (str(std::hex, std::hash<std::string>{}(fingerprint)) + ".json");
+}
+
+HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
+                                const std::string& fingerprint, const ProfileOptions& options) {
+  const auto note = [&](const std::string& what) {
+    if (options.on_progress) options.on_progress(what);
+  };
+  HardwareProfile p;
+  p.fingerprint = fingerprint;
+  p.backend = backend.name();
+  p.description = str(backend.name(), " backend on ", processor_name(), ", ",
+                      std::thread::hardware_concurrency(), " hardware threads");
+  p.created = now_iso();
+  p.h = c.h;
+  p.h_kv = c.h_kv();
+  p.n_heads = c.n_heads;
+  p.head_dim = c.head_dim;
+  p.ffn = c.ffn;
+  const DType dt = backend.compute_dtype();
+  const DType stored = c.dtype;
+
+  // Copy bandwidth, both directions, in the store's dtype (the CPU backend converts on the way).
+  note("copy bandwidth");
+  const std::size_t max_elems = options.max_copy_bytes / size_of(stored);
+  std::vector<std::byte> host(options.max_copy_bytes);
+  auto device = backend.alloc(max_elems * size_of(dt));
+  backend.register_host(host.data(), host.size());
+  for (std::size_t bytes = options.min_copy_bytes; bytes <= options.max_copy_bytes; bytes *= 4) {
+    const auto n = static_cast<std::int64_t>(bytes / size_of(stored));
+    Tensor t = device->tensor(dt, 1, n);
+    const double up = timed(backend, Queue::copy, options.seconds_per_point,
+                            [&] { backend.copy_to_device(Queue::copy, t, host.data(), stored); });
+    const double down = timed(backend, Queue::copy, options.seconds_per_point,
+                              [&] { backend.copy_to_host(Queue::copy, host.data(), stored, t); });
+    p.h2d_bytes_per_s.x.push_back(static_cast<double>(bytes));
+    p.h2d_bytes_per_s.y.push_back(static_cast<double>(bytes) / up);
+    p.d2h_bytes_per_s.x.push_back(static_cast<double>(bytes));
+    p.d2h_bytes_per_s.y.push_back(static_cast<double>(bytes) / down);
+  }
+  backend.unregister_host(host.data());
+  device.reset();
+  std::vector<std::byte>().swap(host);
+
+  // The recompute GEMM pair [m, h] × [h, h_kv] twice, over m.
+  note("recompute GEMM rate");
+  auto wk = backend.alloc(static_cast<std::size_t>(c.h_kv() * c.h) * size_of(dt));
+  auto act = backend.alloc(static_cast<std::size_t>(options.max_rows * c.h) * size_of(dt));
+  auto kv = backend.alloc(static_cast<std::size_t>(options.max_rows * c.h_kv()) * size_of(dt));
+  Tensor w = wk->tensor(dt, c.h_kv(), c.h);
+  fill_random(backend, w, 1);
+  fill_random(backend, act->tensor(dt, options.max_rows, c.h), 2);
+  for (std::int64_t m = 1; m <= options.max_rows; m *= 2) {
+    Tensor a = act->tensor(dt, m, c.h);
+    Tensor y = kv->tensor(dt, m, c.h_kv());
+    const double s = timed(backend, Queue::compute, options.seconds_per_point, [&] {
+      backend.gemm(a, w, nullptr, y);
+      backend.gemm(a, w, nullptr, y);
+    });
+    p.recompute_flops_per_s.x.push_back(static_cast<double>(m));
+    p.recompute_flops_per_s.y.push_back(4.0 * static_cast<double>(m * c.h * c.h_kv()) / s);
+  }
+
+  // Attention: time per context token and per query row.
+  note("attention");
+  const std::int64_t s_small = 64, s_large = 2048, queries = 4;
+  auto kbuf = backend.alloc(static_cast<std::size_t>(s_large * c.h_kv()) * size_of(dt));
+  auto qbuf = backend.alloc(static_cast<std::size_t>(queries * c.h) * size_of(dt));
+  auto obuf = backend.alloc(static_cast<std::size_t>(queries * c.h) * size_of(dt));
+  Tensor keys = kbuf->tensor(dt, s_large, c.h_kv());
+  fill_random(backend, keys, 3);
+  fill_random(backend, qbuf->tensor(dt, queries, c.h), 4);
+  const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.125f};
+  const auto attend = [&](std::int64_t s, std::int64_t nq) {
+    std::vector<kernels::AttnSegment> segs;
+    for (std::int64_t i = 0; i < nq; ++i) segs.push_back({i, keys.rows_slice(0, s), keys.rows_slice(0, s)});
+    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
+      backend.attention(qbuf->tensor(dt, nq, c.h), segs, shape, obuf->tensor(dt, nq, c.h));
+    });
+  };
+  const double a_large = attend(s_large, queries);
+  const double a_small = attend(s_small, queries);
+  p.attention_s_per_token = std::max(0.0, (a_large - a_small) / static_cast<double>(queries * (s_large - s_small)));
+  p.attention_s_per_query = std::max(0.0, a_small / queries - p.attention_s_per_token * static_cast<double>(s_small));
+  kbuf.reset();
+
+  // The rest of a layer: q/k/v/o projections and the FFN, for 1 and 8 rows.
+  note("layer GEMMs");
+  const bool gated = c.arch == Arch::llama;
+  auto wq = backend.alloc(static_cast<std::size_t>(c.h * c.h) * size_of(dt));
+  auto w1 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
+  auto w2 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
+  auto x = backend.alloc(static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt));
+  auto y = backend.alloc(static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt));
+  fill_random(backend, wq->tensor(dt, c.h, c.h), 5);
+  fill_random(backend, w1->tensor(dt, c.ffn, c.h), 6);
+  fill_random(backend, w2->tensor(dt, c.h, c.ffn), 7);
+  const auto layer_rest = [&](std::int64_t rows) {
+    Tensor xin = x->tensor(dt, rows, c.h);
+    Tensor wide = y->tensor(dt, rows, c.ffn);
+    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
+      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));      // q
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                       // k
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                       // v
+      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));      // o
+      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);                        // fc1 / gate
+      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);             // up
+      backend.gemm(x->tensor(dt, rows, c.ffn), w2->tensor(dt, c.h, c.ffn), nullptr, xin);   // fc2 / down
+      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f, y->tensor(dt, rows, c.h));
+      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f, y->tensor(dt, rows, c.h));
+    });
+  };
+  const double one = layer_rest(1);
+  const double eight = layer_rest(8);
+  p.other_s_per_row = std::max(0.0, (eight - one) / 7.0);
+  p.other_s_per_layer = std::max(0.0, one - p.other_s_per_row);
+  return p;
+}
+
+HardwareProfile cached_profile(kernels::Backend& backend, const kernels::BackendOptions& backend_options,
+                               const ModelConfig& config, bool remeasure,
+                               const ProfileOptions& options) {
+  const std::string fingerprint = hardware_fingerprint(backend_options, config);
+  const auto path = profile_cache_path(fingerprint);
+  if (!remeasure && std::filesystem::exists(path)) {
+    auto cached = load_profile(path);
+    if (cached.fingerprint == fingerprint) return cached;
+  }
+  auto profile = measure_profile(backend, config, fingerprint, options);
+  save_profile(profile, path);
+  return profile;
+}
+
+}  // namespace kvpr::worker

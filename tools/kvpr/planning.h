@@ -1,0 +1,27 @@
+// Shared by `kvpr profile`, `kvpr plan` and `kvpr bench`: the model's step shape, the measured
+// profile, and how decisions are shown.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "kvpr/common/model_config.h"
+#include "kvpr/common/step_model.h"
+#include "kvpr/planner/profile_planner.h"
+
+namespace kvpr::cli {
+
+StepShape step_shape(const ModelConfig& config);
+// The cached profile of this backend and model shape, measured (and cached) when absent.
+HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config, bool remeasure);
+void print_profile(const HardwareProfile& profile);
+
+nlohmann::json phases_json(const StepPrediction& p);
+nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& config);
+// FlexGen-style throughput planning: the device batch size and number of batches that maximise
+// predicted tokens/s for `total` sequences within a device-memory budget.
+nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const ModelConfig& config,
+                               std::int64_t total, std::int64_t context, std::uint64_t device_memory);
+void print_plan(const nlohmann::json& plan);
+
+}  // namespace kvpr::cli
