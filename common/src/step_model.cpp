@@ -104,7 +104,7 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
     tl.busy(tl.out.other_s, other_layer * pre_share);
     // Write-back of the new tokens' activation, K and V (three small copies per sequence).
     double t = std::max(tl.copy_free, tl.compute);
-    for (std::size_t i = 0; i < shape.s.size(); ++i) t += tl.d2h(h * p) + 2 * tl.d2h(h_kv * p);
+    for (std::size_t i = 0; i < shape.s.size(); ++i) t += tl.d2h(h * p) + tl.d2h(h_kv * p) + tl.d2h(h_kv * p);
     tl.copy_free = t;
     if (!shape.resident) {
       const Fetch& f = fetches[static_cast<std::size_t>(layer)];

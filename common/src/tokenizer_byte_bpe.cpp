@@ -57,8 +57,19 @@ constexpr std::size_t kMaxCachedWords = 1 << 16;
 bool is_ascii_space(char c) {
   return c == ' ' || (c >= '\t' && c <= '\r');
 }
-bool is_word_byte(char c) {
-  return c == '_' || (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+// HF's single_word test: a letter, a number or '_' right before `end` or right at `begin` means
+// the added token sits inside a word. (Rust's notion also counts combining marks; rare enough
+// next to an added token to leave out.)
+bool is_word_char(std::string_view text, std::size_t begin) {
+  const Utf8Step step = next_utf8(text, begin);
+  return step.valid && (step.cp == '_' || is_letter(step.cp) || is_number(step.cp));
+}
+bool word_char_before(std::string_view text, std::size_t end) {
+  std::size_t begin = end - 1;
+  while (begin > 0 && end - begin < 4 && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) {
+    --begin;
+  }
+  return is_word_char(text, begin);
 }
 
 enum class CharKind { letter, number, space, other };
@@ -193,12 +204,13 @@ std::vector<TextPiece> BpeModel::split_added(std::string_view text) const {
     const AddedToken* best = nullptr;
     for (const AddedToken& added : added_) {
       if (added.content.empty() || (best && added.content.size() <= best->content.size())) continue;
-      if (text.substr(pos).starts_with(added.content) &&
-          (!added.single_word || ((pos == 0 || !is_word_byte(text[pos - 1])) &&
-                                  (pos + added.content.size() == text.size() ||
-                                   !is_word_byte(text[pos + added.content.size()]))))) {
-        best = &added;
+      if (!text.substr(pos).starts_with(added.content)) continue;
+      const std::size_t end = pos + added.content.size();
+      if (added.single_word && ((pos > 0 && word_char_before(text, pos)) ||
+                                (end < text.size() && is_word_char(text, end)))) {
+        continue;
       }
+      best = &added;
     }
     if (!best) continue;
     std::size_t begin = pos;

@@ -239,6 +239,11 @@ TEST_F(PlotTest, HandlesDegenerateData) {
   chart.series.clear();
   chart.markers = {{1e9, 3e-7, "only a marker"}};
   EXPECT_GT(count_colour(render_rgb(chart), 0xd62728), 0u);
+  chart.markers.clear();
+  chart.series = {{"nearly flat", {1, 2}, {1e9, 1e9 + 1e-7}}};  // ticks closer than doubles tell
+  EXPECT_GT(count_colour(render_rgb(chart), 0x1f77b4), 0u);
+  chart.series = {{"too wide", {-1e308, 1e308}, {1, 2}}};
+  EXPECT_THROW(render_rgb(chart), Error);
 }
 
 TEST_F(PlotTest, EmptyOrInvalidChartThrows) {

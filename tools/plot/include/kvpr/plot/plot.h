@@ -2,8 +2,9 @@
 // points is rendered into an RGB raster (white background, framed axes with 1-2-5 ticks, title,
 // axis labels, legend) and written as a PNG encoded by hand (stored deflate blocks, no zlib).
 //
-// Text uses a built-in 5x7 bitmap font covering printable ASCII; any other character is drawn as
-// a box. Points whose x or y is not finite are skipped and break the series' line there.
+// Text uses a built-in 5x7 bitmap font (plus descenders) covering printable ASCII; any other
+// character is drawn as a box. Points whose x or y is not finite are skipped and break the
+// series' line there.
 #pragma once
 
 #include <cstdint>
