@@ -9,9 +9,11 @@ namespace kvpr {
 
 LayerCost layer_cost(const LayerShape& shape, std::span<const std::int64_t> s,
                      std::span<const std::int64_t> l, const Rates& rates, std::int64_t chunk) {
-  if (s.size() != l.size()) fail("cost model: ", s.size(), " context lengths but ", l.size(), " splits");
+  if (s.size() != l.size())
+    fail("cost model: ", s.size(), " context lengths but ", l.size(), " splits");
   if (rates.bytes_per_s <= 0 || rates.flops_per_s <= 0) {
-    fail("cost model: rates must be positive (B=", rates.bytes_per_s, ", F=", rates.flops_per_s, ")");
+    fail("cost model: rates must be positive (B=", rates.bytes_per_s, ", F=", rates.flops_per_s,
+         ")");
   }
   const double h = static_cast<double>(shape.h);
   const double h_kv = static_cast<double>(shape.h_kv);
@@ -64,8 +66,9 @@ SplitChoice choose_split(const LayerShape& shape, std::span<const std::int64_t> 
   choice.l = splits_for_ratio(s, 0.0);
   choice.cost = layer_cost(shape, s, choice.l, rates, chunk);
   if (shape.h >= 2 * shape.h_kv) {
-    choice.reason = str("l = 0: an activation (h = ", shape.h, ") is not smaller than the K,V it ",
-                        "replaces (2·h_kv = ", 2 * shape.h_kv, "), so recomputing never saves link time");
+    choice.reason =
+        str("l = 0: an activation (h = ", shape.h, ") is not smaller than the K,V it ",
+            "replaces (2·h_kv = ", 2 * shape.h_kv, "), so recomputing never saves link time");
     return choice;
   }
   constexpr int kSteps = 256;
@@ -80,11 +83,12 @@ SplitChoice choose_split(const LayerShape& shape, std::span<const std::int64_t> 
     }
   }
   const bool link_bound = choice.cost.transfer_s >= choice.cost.recompute_s;
-  choice.reason = str("split ratio ", choice.ratio, " minimises the pipelined step (",
-                      choice.cost.pipelined_s * 1e3, " ms/layer predicted; transfer ",
-                      choice.cost.transfer_s * 1e3, " ms, recompute ", choice.cost.recompute_s * 1e3,
-                      " ms): ", link_bound ? "link-bound" : "compute-bound", " at B = ",
-                      rates.bytes_per_s / 1e9, " GB/s, F = ", rates.flops_per_s / 1e9, " GFLOP/s");
+  choice.reason =
+      str("split ratio ", choice.ratio, " minimises the pipelined step (",
+          choice.cost.pipelined_s * 1e3, " ms/layer predicted; transfer ",
+          choice.cost.transfer_s * 1e3, " ms, recompute ", choice.cost.recompute_s * 1e3,
+          " ms): ", link_bound ? "link-bound" : "compute-bound",
+          " at B = ", rates.bytes_per_s / 1e9, " GB/s, F = ", rates.flops_per_s / 1e9, " GFLOP/s");
   return choice;
 }
 

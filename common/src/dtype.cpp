@@ -5,39 +5,55 @@
 
 namespace kvpr {
 
-std::size_t size_of(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
+std::size_t size_of(DType dtype) {
+  return dtype == DType::f32 ? 4 : 2;
+}
 
 std::string_view safetensors_name(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "F32";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
+    case DType::f32:
+      return "F32";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
   }
   return "?";
 }
 
 std::string_view torch_name(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "float32";
-    case DType::f16: return "float16";
-    case DType::bf16: return "bfloat16";
+    case DType::f32:
+      return "float32";
+    case DType::f16:
+      return "float16";
+    case DType::bf16:
+      return "bfloat16";
   }
   return "?";
 }
 
 bool parse_safetensors_dtype(std::string_view name, DType& out) {
-  if (name == "F32") out = DType::f32;
-  else if (name == "F16") out = DType::f16;
-  else if (name == "BF16") out = DType::bf16;
-  else return false;
+  if (name == "F32")
+    out = DType::f32;
+  else if (name == "F16")
+    out = DType::f16;
+  else if (name == "BF16")
+    out = DType::bf16;
+  else
+    return false;
   return true;
 }
 
 bool parse_torch_dtype(std::string_view name, DType& out) {
-  if (name == "float32") out = DType::f32;
-  else if (name == "float16") out = DType::f16;
-  else if (name == "bfloat16") out = DType::bf16;
-  else return false;
+  if (name == "float32")
+    out = DType::f32;
+  else if (name == "float16")
+    out = DType::f16;
+  else if (name == "bfloat16")
+    out = DType::bf16;
+  else
+    return false;
   return true;
 }
 

@@ -43,8 +43,9 @@ NpyArray read_npy(const std::filesystem::path& path) {
   if (!in.read(magic, 10) || std::memcmp(magic, "\x93NUMPY", 6) != 0 || magic[6] != 1) {
     fail(path.string(), ": not a version 1.0 .npy file");
   }
-  const std::size_t header_len = static_cast<unsigned char>(magic[8]) |
-                                 (static_cast<std::size_t>(static_cast<unsigned char>(magic[9])) << 8);
+  const std::size_t header_len =
+      static_cast<unsigned char>(magic[8]) |
+      (static_cast<std::size_t>(static_cast<unsigned char>(magic[9])) << 8);
   std::string header(header_len, '\0');
   if (!in.read(header.data(), static_cast<std::streamsize>(header_len))) {
     fail(path.string(), ": truncated npy header");

@@ -22,7 +22,9 @@ double Curve::at(double at_x) const {
 
 namespace {
 
-nlohmann::json curve_json(const Curve& c) { return {{"x", c.x}, {"y", c.y}}; }
+nlohmann::json curve_json(const Curve& c) {
+  return {{"x", c.x}, {"y", c.y}};
+}
 
 Curve curve_from(const nlohmann::json& j, const char* name, const std::string& origin) {
   if (!j.contains(name)) fail(origin, ": profile has no curve '", name, "'");
@@ -44,18 +46,20 @@ Curve curve_from(const nlohmann::json& j, const char* name, const std::string& o
 }  // namespace
 
 std::string HardwareProfile::to_json() const {
-  nlohmann::json j{{"fingerprint", fingerprint},
-                   {"backend", backend},
-                   {"description", description},
-                   {"created", created},
-                   {"shape", {{"h", h}, {"h_kv", h_kv}, {"n_heads", n_heads}, {"head_dim", head_dim}, {"ffn", ffn}}},
-                   {"h2d_bytes_per_s", curve_json(h2d_bytes_per_s)},
-                   {"d2h_bytes_per_s", curve_json(d2h_bytes_per_s)},
-                   {"recompute_flops_per_s", curve_json(recompute_flops_per_s)},
-                   {"attention_s_per_token", attention_s_per_token},
-                   {"attention_s_per_query", attention_s_per_query},
-                   {"other_s_per_layer", other_s_per_layer},
-                   {"other_s_per_row", other_s_per_row}};
+  nlohmann::json j{
+      {"fingerprint", fingerprint},
+      {"backend", backend},
+      {"description", description},
+      {"created", created},
+      {"shape",
+       {{"h", h}, {"h_kv", h_kv}, {"n_heads", n_heads}, {"head_dim", head_dim}, {"ffn", ffn}}},
+      {"h2d_bytes_per_s", curve_json(h2d_bytes_per_s)},
+      {"d2h_bytes_per_s", curve_json(d2h_bytes_per_s)},
+      {"recompute_flops_per_s", curve_json(recompute_flops_per_s)},
+      {"attention_s_per_token", attention_s_per_token},
+      {"attention_s_per_query", attention_s_per_query},
+      {"other_s_per_layer", other_s_per_layer},
+      {"other_s_per_row", other_s_per_row}};
   return j.dump(1);
 }
 

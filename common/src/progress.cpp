@@ -13,7 +13,9 @@ Progress::Progress(std::string what, std::uint64_t total, bool enabled)
       start_(std::chrono::steady_clock::now()),
       last_(start_) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::update(std::uint64_t done) {
   if (!enabled_ || finished_) return;

@@ -55,7 +55,8 @@ struct Fetch {
 }  // namespace
 
 StepPrediction predict_step(const HardwareProfile& profile, const StepShape& shape) {
-  if (shape.s.size() != shape.l.size()) fail("step model: ", shape.s.size(), " lengths, ", shape.l.size(), " splits");
+  if (shape.s.size() != shape.l.size())
+    fail("step model: ", shape.s.size(), " lengths, ", shape.l.size(), " splits");
   Timelines tl{profile, shape, {}, 0, 0};
   const auto b = static_cast<double>(shape.s.size());
   const double h = static_cast<double>(shape.h);
@@ -64,7 +65,8 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
   // Split "other" between before attention (q/k/v projections) and after it (o projection, FFN)
   // by their GEMM FLOPs.
   const double pre_flops = h * (h + 2 * h_kv);
-  const double post_flops = h * h + (shape.gated_ffn ? 3.0 : 2.0) * h * static_cast<double>(shape.ffn);
+  const double post_flops =
+      h * h + (shape.gated_ffn ? 3.0 : 2.0) * h * static_cast<double>(shape.ffn);
   const double pre_share = pre_flops / (pre_flops + post_flops);
   const double other_layer = profile.other_s_per_layer + profile.other_s_per_row * b;
   double attention = profile.attention_s_per_query * b;
@@ -77,19 +79,22 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
     double t = std::max(tl.copy_free, slot_free[static_cast<std::size_t>(layer % 2)]);
     std::int64_t rows = 0, boundary = shape.chunk;
     for (std::size_t i = 0; i < shape.s.size(); ++i) {
-      for_each_span(0, std::clamp<std::int64_t>(shape.l[i], 0, shape.s[i]), shape.block_tokens, [&](std::int64_t n) {
-        t += tl.h2d(static_cast<double>(n) * h * p);
-        rows += n;
-        if (rows >= boundary) {
-          f.chunks.emplace_back(rows, t);
-          boundary = rows + shape.chunk;
-        }
-      });
+      for_each_span(0, std::clamp<std::int64_t>(shape.l[i], 0, shape.s[i]), shape.block_tokens,
+                    [&](std::int64_t n) {
+                      t += tl.h2d(static_cast<double>(n) * h * p);
+                      rows += n;
+                      if (rows >= boundary) {
+                        f.chunks.emplace_back(rows, t);
+                        boundary = rows + shape.chunk;
+                      }
+                    });
     }
-    if (rows > 0 && (f.chunks.empty() || f.chunks.back().first < rows)) f.chunks.emplace_back(rows, t);
+    if (rows > 0 && (f.chunks.empty() || f.chunks.back().first < rows))
+      f.chunks.emplace_back(rows, t);
     for (std::size_t i = 0; i < shape.s.size(); ++i) {
       for (int part = 0; part < 2; ++part) {
-        for_each_span(std::clamp<std::int64_t>(shape.l[i], 0, shape.s[i]), shape.s[i], shape.block_tokens,
+        for_each_span(std::clamp<std::int64_t>(shape.l[i], 0, shape.s[i]), shape.s[i],
+                      shape.block_tokens,
                       [&](std::int64_t n) { t += tl.h2d(static_cast<double>(n) * h_kv * p); });
       }
     }
@@ -98,13 +103,15 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
   };
 
   if (!shape.resident) {
-    for (std::int64_t layer = 0; layer < std::min<std::int64_t>(2, shape.n_layers); ++layer) fetch(layer);
+    for (std::int64_t layer = 0; layer < std::min<std::int64_t>(2, shape.n_layers); ++layer)
+      fetch(layer);
   }
   for (std::int64_t layer = 0; layer < shape.n_layers; ++layer) {
     tl.busy(tl.out.other_s, other_layer * pre_share);
     // Write-back of the new tokens' activation, K and V (three small copies per sequence).
     double t = std::max(tl.copy_free, tl.compute);
-    for (std::size_t i = 0; i < shape.s.size(); ++i) t += tl.d2h(h * p) + tl.d2h(h_kv * p) + tl.d2h(h_kv * p);
+    for (std::size_t i = 0; i < shape.s.size(); ++i)
+      t += tl.d2h(h * p) + tl.d2h(h_kv * p) + tl.d2h(h_kv * p);
     tl.copy_free = t;
     if (!shape.resident) {
       const Fetch& f = fetches[static_cast<std::size_t>(layer)];

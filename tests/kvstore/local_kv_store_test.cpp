@@ -1,10 +1,11 @@
+#include "kvpr/kvstore/local_kv_store.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <numeric>
 
 #include "kvpr/common/error.h"
-#include "kvpr/kvstore/local_kv_store.h"
 
 namespace kvpr::kvstore {
 namespace {

@@ -26,8 +26,10 @@ TEST(CostModelPlanner, LinkBoundMultiHeadRecomputesAboutHalfTheRatioOfRates) {
   EXPECT_GT(plan.l[1], 1800);
   EXPECT_NE(plan.reason.find("link-bound"), std::string::npos) << plan.reason;
   // The choice beats both extremes under the model.
-  const auto chosen = layer_cost({4096, 4096, 2}, std::vector<std::int64_t>{1024, 2048}, plan.l, {16e9, 300e12}, 16);
-  const auto none = layer_cost({4096, 4096, 2}, std::vector<std::int64_t>{1024, 2048}, std::vector<std::int64_t>{0, 0}, {16e9, 300e12}, 16);
+  const auto chosen = layer_cost({4096, 4096, 2}, std::vector<std::int64_t>{1024, 2048}, plan.l,
+                                 {16e9, 300e12}, 16);
+  const auto none = layer_cost({4096, 4096, 2}, std::vector<std::int64_t>{1024, 2048},
+                               std::vector<std::int64_t>{0, 0}, {16e9, 300e12}, 16);
   EXPECT_LT(chosen.pipelined_s, none.pipelined_s);
 }
 

@@ -1,16 +1,19 @@
 // The scheduler on synthetic profiles: link-bound, compute-bound, tiny contexts, b = 1 and large
 // b, grouped-query models; and the step model's replay against hand-computed timelines.
+#include "kvpr/planner/profile_planner.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "kvpr/common/step_model.h"
-#include "kvpr/planner/profile_planner.h"
 
 namespace kvpr::planner {
 namespace {
 
-Curve flat(double y) { return {{1, 1e12}, {y, y}}; }
+Curve flat(double y) {
+  return {{1, 1e12}, {y, y}};
+}
 
 HardwareProfile synthetic(double bytes_per_s, double flops_per_s, std::int64_t h = 4096,
                           std::int64_t h_kv = 4096) {
@@ -81,7 +84,8 @@ TEST(ProfilePlanner, LinkBoundRecomputesMostOfTheContext) {
   EXPECT_LT(d.predicted.total_s, 0.8 * d.transfer.total_s);
   EXPECT_NE(d.plan.reason.find("link-bound"), std::string::npos) << d.plan.reason;
   // The choice is the minimum of the curve it reports.
-  for (const auto& point : d.curve) EXPECT_GE(point.predicted.total_s, d.predicted.total_s * (1 - 1e-9));
+  for (const auto& point : d.curve)
+    EXPECT_GE(point.predicted.total_s, d.predicted.total_s * (1 - 1e-9));
 }
 
 TEST(ProfilePlanner, ComputeBoundRecomputesLittleOrNothing) {

@@ -68,7 +68,9 @@ struct GoldenParam {
 
 class Golden : public ::testing::TestWithParam<GoldenParam> {};
 
-std::string param_name(const ::testing::TestParamInfo<GoldenParam>& p) { return p.param.name; }
+std::string param_name(const ::testing::TestParamInfo<GoldenParam>& p) {
+  return p.param.name;
+}
 
 TEST_P(Golden, MatchesReference) {
   const auto cases = load_cases();
@@ -91,7 +93,8 @@ TEST_P(Golden, MatchesReference) {
     ASSERT_EQ(logits.size(), prefill_ref.f32.size());
     const float d_prefill = max_abs_diff(logits.data(), prefill_ref.f32.data(), logits.size());
     EXPECT_LE(d_prefill, logit_tol);
-    (k.fp16 ? worst_logit16 : worst_logit) = std::max(k.fp16 ? worst_logit16 : worst_logit, d_prefill);
+    (k.fp16 ? worst_logit16 : worst_logit) =
+        std::max(k.fp16 ? worst_logit16 : worst_logit, d_prefill);
 
     if (!k.fp16) {
       const auto k_ref = read_npy(k.dir + "k_cache.npy");
@@ -159,9 +162,11 @@ TEST_P(Golden, MatchesReference) {
     stack.engine->release(seq);
     EXPECT_EQ(stack.store->stats().used_bytes, 0u);
   }
-  std::printf("[golden %s] worst |logits diff| fp32 %.3g fp16 %.3g, |K,V diff| %.3g, |attn_input diff| %.3g, "
-              "|recomputed K,V diff| %.3g\n",
-              GetParam().name.c_str(), worst_logit, worst_logit16, worst_kv, worst_act, worst_recomputed);
+  std::printf(
+      "[golden %s] worst |logits diff| fp32 %.3g fp16 %.3g, |K,V diff| %.3g, |attn_input diff| "
+      "%.3g, "
+      "|recomputed K,V diff| %.3g\n",
+      GetParam().name.c_str(), worst_logit, worst_logit16, worst_kv, worst_act, worst_recomputed);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -185,7 +190,8 @@ TEST(GoldenGenerate, GreedyTokensMatch) {
     request.prompts = {std::vector<std::int32_t>(prompt.i64.begin(), prompt.i64.end())};
     request.max_new_tokens = static_cast<std::int64_t>(tokens.i64.size());
     const auto result = generate(*stack.engine, request);
-    EXPECT_EQ(std::vector<std::int64_t>(result.sequences[0].tokens.begin(), result.sequences[0].tokens.end()),
+    EXPECT_EQ(std::vector<std::int64_t>(result.sequences[0].tokens.begin(),
+                                        result.sequences[0].tokens.end()),
               tokens.i64);
     EXPECT_EQ(stack.store->stats().used_bytes, 0u);  // released
   }

@@ -3,7 +3,6 @@
 // the golden set lacks (grouped-query attention, post-LN OPT with project_in/out, tied LLaMA head,
 // fp16 and bf16 storage, other widths).
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -27,7 +26,8 @@ struct ModelCase {
 
 std::filesystem::path generated_root() {
   static const auto root = [] {
-    auto p = std::filesystem::temp_directory_path() / ("kvpr-policy-test-" + std::to_string(::getpid()));
+    auto p =
+        std::filesystem::temp_directory_path() / ("kvpr-policy-test-" + std::to_string(::getpid()));
     std::filesystem::create_directories(p);
     return p;
   }();
@@ -101,7 +101,8 @@ std::vector<std::vector<float>> run(Stack& stack, const std::vector<std::vector<
   for (int step = 0; step < steps; ++step) {
     if (record) {
       std::vector<std::int32_t> tokens;
-      for (std::size_t i = 0; i < seqs.size(); ++i) tokens.push_back(static_cast<std::int32_t>((step * 31 + i * 7) % 50 + 3));
+      for (std::size_t i = 0; i < seqs.size(); ++i)
+        tokens.push_back(static_cast<std::int32_t>((step * 31 + i * 7) % 50 + 3));
       feed.push_back(tokens);
     }
     out.push_back(stack.engine->decode(seqs, feed[static_cast<std::size_t>(step)]));
@@ -145,7 +146,8 @@ TEST(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
       }
       EXPECT_EQ(stack.store->stats().used_bytes, 0u);
     }
-    std::printf("[policy %s] worst |logits - resident| = %.3g (tolerance %.0e)\n", m.name.c_str(), worst, m.tol);
+    std::printf("[policy %s] worst |logits - resident| = %.3g (tolerance %.0e)\n", m.name.c_str(),
+                worst, m.tol);
   }
   std::filesystem::remove_all(generated_root());
 }

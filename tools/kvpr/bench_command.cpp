@@ -74,7 +74,8 @@ struct Bench {
     Measured m;
     m.measured_s = totals[totals.size() / 2];
     const double n = static_cast<double>(options.steps);
-    m.phases = {sum.transfer / n, sum.recompute / n, sum.attention / n, sum.other / n, sum.idle / n, sum.total / n};
+    m.phases = {sum.transfer / n, sum.recompute / n, sum.attention / n,
+                sum.other / n,    sum.idle / n,      sum.total / n};
     m.l = engine.last_step().plan.l;
     return m;
   }
@@ -91,8 +92,12 @@ nlohmann::json measured_json(const Measured& m) {
           {"predicted_s", m.predicted_s},
           {"prediction_error", m.predicted_s / m.measured_s - 1},
           {"measured_phases_s",
-           {{"transfer", m.phases.transfer}, {"recompute", m.phases.recompute}, {"attention", m.phases.attention},
-            {"other", m.phases.other}, {"idle", m.phases.idle}, {"total", m.phases.total}}}};
+           {{"transfer", m.phases.transfer},
+            {"recompute", m.phases.recompute},
+            {"attention", m.phases.attention},
+            {"other", m.phases.other},
+            {"idle", m.phases.idle},
+            {"total", m.phases.total}}}};
 }
 
 std::string today() {
@@ -106,18 +111,22 @@ std::string today() {
 
 int bench_command(const BenchOptions& options) {
   if (options.batch < 1 || options.context < 2) fail("--batch must be >= 1 and --context >= 2");
-  if (options.points < 9 && options.sweep) fail("--points must be at least 9, got ", options.points);
+  if (options.points < 9 && options.sweep)
+    fail("--points must be at least 9, got ", options.points);
   if (options.steps < 1) fail("--steps must be at least 1, got ", options.steps);
   const auto backend_opts = backend_options(options.backend);
-  Bench bench{options, Checkpoint(options.model), kernels::make_backend(backend_opts), {}, {}, {}, {}};
+  Bench bench{options, Checkpoint(options.model), kernels::make_backend(backend_opts), {}, {}, {},
+              {}};
   const ModelConfig& c = bench.checkpoint.config();
   if (options.context + options.steps + 1 > c.max_positions) {
     fail("--context ", options.context, " does not fit max_position_embeddings ", c.max_positions);
   }
-  const HardwareProfile profile = options.profile.empty() ? measured_profile(options.backend, c, options.remeasure)
-                                                          : load_profile(options.profile);
+  const HardwareProfile profile = options.profile.empty()
+                                      ? measured_profile(options.backend, c, options.remeasure)
+                                      : load_profile(options.profile);
   planner::ProfilePlanner planner(profile, step_shape(c));
-  bench.model = std::make_unique<worker::DeviceModel>(bench.checkpoint, *bench.backend, !options.quiet);
+  bench.model =
+      std::make_unique<worker::DeviceModel>(bench.checkpoint, *bench.backend, !options.quiet);
   bench.store = std::make_unique<kvstore::LocalKvStore>(
       kvstore::StoreShape{c.n_layers, c.h, c.h_kv(), c.dtype, 16}, 64ull << 30);
   std::mt19937 rng(1);
@@ -139,7 +148,8 @@ int bench_command(const BenchOptions& options) {
   {
     note("resident");
     planner::CostModelPlanner fixed;
-    worker::Engine engine(*bench.model, *bench.backend, *bench.store, fixed, {planner::Policy::resident, std::nullopt});
+    worker::Engine engine(*bench.model, *bench.backend, *bench.store, fixed,
+                          {planner::Policy::resident, std::nullopt});
     std::vector<worker::SeqHandle> batch;
     for (const auto& p : bench.prompts) batch.push_back(engine.prefill(p, logits));
     auto m = bench.run(engine, batch);
@@ -150,14 +160,17 @@ int bench_command(const BenchOptions& options) {
   }
   {
     FixedPlanner prefiller(0, 64);
-    worker::Engine engine(*bench.model, *bench.backend, *bench.store, prefiller, {planner::Policy::kvpr, std::nullopt});
+    worker::Engine engine(*bench.model, *bench.backend, *bench.store, prefiller,
+                          {planner::Policy::kvpr, std::nullopt});
     note(str("prefill ", options.batch, " x ", options.context, " tokens"));
     for (const auto& p : bench.prompts) bench.seqs.push_back(engine.prefill(p, logits));
   }
-  const auto measure = [&](const std::string& policy, const std::string& label, double ratio, std::int64_t chunk) {
+  const auto measure = [&](const std::string& policy, const std::string& label, double ratio,
+                           std::int64_t chunk) {
     note(label);
     FixedPlanner fixed(ratio, chunk);
-    worker::Engine engine(*bench.model, *bench.backend, *bench.store, fixed, {planner::Policy::kvpr, std::nullopt});
+    worker::Engine engine(*bench.model, *bench.backend, *bench.store, fixed,
+                          {planner::Policy::kvpr, std::nullopt});
     auto m = bench.run(engine, bench.seqs);
     m.policy = policy;
     m.label = label;
@@ -170,8 +183,10 @@ int bench_command(const BenchOptions& options) {
   const std::int64_t paper_chunk = std::int64_t{1} << 31;
   points.push_back(measure("transfer", "transfer", 0, chunk));
   points.push_back(measure("recompute", "recompute", 1, chunk));
-  Measured chosen = measure(std::string(planner::to_string(decision.plan.policy)), "chosen", decision.plan.ratio, chunk);
-  Measured paper = measure("kvpr", "chosen split, paper schedule", decision.plan.ratio, paper_chunk);
+  Measured chosen = measure(std::string(planner::to_string(decision.plan.policy)), "chosen",
+                            decision.plan.ratio, chunk);
+  Measured paper =
+      measure("kvpr", "chosen split, paper schedule", decision.plan.ratio, paper_chunk);
   points.push_back(chosen);
   points.push_back(paper);
   std::vector<Measured> sweep;
@@ -192,11 +207,16 @@ int bench_command(const BenchOptions& options) {
   nlohmann::json out;
   out["date"] = today();
   out["machine"] = profile.description;
-  out["settings"] = {{"model", options.model},         {"arch", std::string(to_string(c.arch))},
-                     {"layers", c.n_layers},           {"h", c.h},
-                     {"h_kv", c.h_kv()},               {"dtype", std::string(torch_name(c.dtype))},
-                     {"batch", options.batch},         {"context", options.context},
-                     {"steps", options.steps},         {"backend", options.backend.backend},
+  out["settings"] = {{"model", options.model},
+                     {"arch", std::string(to_string(c.arch))},
+                     {"layers", c.n_layers},
+                     {"h", c.h},
+                     {"h_kv", c.h_kv()},
+                     {"dtype", std::string(torch_name(c.dtype))},
+                     {"batch", options.batch},
+                     {"context", options.context},
+                     {"steps", options.steps},
+                     {"backend", options.backend.backend},
                      {"emulate_link_gbps", options.backend.emulate_link_gbps},
                      {"emulate_link_latency_us", options.backend.emulate_link_latency_us}};
   const double B = profile.h2d_bytes_per_s.y.back();
@@ -225,21 +245,28 @@ int bench_command(const BenchOptions& options) {
                    {"pipelined_kv_load_over_lower_bound", (chosen.measured_s - resident_s) / lb},
                    {"transfer_over_pipelined", points[1].measured_s / chosen.measured_s}};
 
-  std::printf("%-32s %8s %6s %12s %12s %8s\n", "point", "l", "chunk", "measured ms", "predicted ms", "error");
+  std::printf("%-32s %8s %6s %12s %12s %8s\n", "point", "l", "chunk", "measured ms", "predicted ms",
+              "error");
   for (const auto& j : all) {
     std::printf("%-32s %8lld %6s %12.3f %12.3f %+7.1f%%\n", j["label"].get<std::string>().c_str(),
                 static_cast<long long>(j["split"].get<std::int64_t>()),
-                j["chunk"].get<std::int64_t>() > (1 << 30) ? "all" : std::to_string(j["chunk"].get<std::int64_t>()).c_str(),
+                j["chunk"].get<std::int64_t>() > (1 << 30)
+                    ? "all"
+                    : std::to_string(j["chunk"].get<std::int64_t>()).c_str(),
                 1e3 * j["measured_s"].get<double>(), 1e3 * j["predicted_s"].get<double>(),
                 100 * j["prediction_error"].get<double>());
   }
   std::printf("chosen: %s\n", decision.plan.reason.c_str());
-  std::printf("chosen measured %.3f ms; best measured %.3f ms (%s): chosen/best = %.3f; worst prediction error %.1f%%\n",
-              1e3 * chosen.measured_s, 1e3 * best->measured_s, best->label.c_str(),
-              chosen.measured_s / best->measured_s, 100 * worst_error);
-  std::printf("pipelined/paper = %.3f; transfer/pipelined = %.3f; pipelined KV load / LB = %.3f (LB %.3f ms)\n",
-              chosen.measured_s / paper.measured_s, points[1].measured_s / chosen.measured_s,
-              (chosen.measured_s - resident_s) / lb, 1e3 * lb);
+  std::printf(
+      "chosen measured %.3f ms; best measured %.3f ms (%s): chosen/best = %.3f; worst prediction "
+      "error %.1f%%\n",
+      1e3 * chosen.measured_s, 1e3 * best->measured_s, best->label.c_str(),
+      chosen.measured_s / best->measured_s, 100 * worst_error);
+  std::printf(
+      "pipelined/paper = %.3f; transfer/pipelined = %.3f; pipelined KV load / LB = %.3f (LB %.3f "
+      "ms)\n",
+      chosen.measured_s / paper.measured_s, points[1].measured_s / chosen.measured_s,
+      (chosen.measured_s - resident_s) / lb, 1e3 * lb);
   if (!options.json.empty()) {
     std::ofstream f(options.json);
     if (!f) fail(options.json, ": cannot write");
@@ -247,9 +274,11 @@ int bench_command(const BenchOptions& options) {
   }
   if (!options.plot.empty()) {
     plot::Chart chart;
-    chart.title = str("decode step vs split l: ", to_string(c.arch), " h=", c.h, ", b=", options.batch, ", s=",
-                      options.context, ", ", options.backend.backend,
-                      options.backend.emulate_link_gbps > 0 ? str(" link ", options.backend.emulate_link_gbps, " GB/s") : "");
+    chart.title = str("decode step vs split l: ", to_string(c.arch), " h=", c.h,
+                      ", b=", options.batch, ", s=", options.context, ", ", options.backend.backend,
+                      options.backend.emulate_link_gbps > 0
+                          ? str(" link ", options.backend.emulate_link_gbps, " GB/s")
+                          : "");
     chart.x_label = "l (tokens recomputed from activations)";
     chart.y_label = "step time (ms)";
     plot::Series measured{"measured", {}, {}, 0x1f77b4, true, false};
@@ -267,8 +296,9 @@ int bench_command(const BenchOptions& options) {
       predicted.y.push_back(1e3 * m->predicted_s);
     }
     chart.series = {measured, predicted};
-    chart.markers = {{static_cast<double>(chosen.l.front()), 1e3 * chosen.measured_s, "chosen", 0xd62728},
-                     {static_cast<double>(best->l.front()), 1e3 * best->measured_s, "best", 0x2ca02c}};
+    chart.markers = {
+        {static_cast<double>(chosen.l.front()), 1e3 * chosen.measured_s, "chosen", 0xd62728},
+        {static_cast<double>(best->l.front()), 1e3 * best->measured_s, "best", 0x2ca02c}};
     plot::write_png(chart, options.plot);
   }
   for (auto seq : bench.seqs) bench.store->free(seq);

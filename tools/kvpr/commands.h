@@ -70,7 +70,7 @@ struct PlanOptions {
   std::int64_t batch = 1;
   std::int64_t context = 1024;
   std::string workload = "latency";
-  std::string profile;  // a profile file; else the cached/measured one
+  std::string profile;                        // a profile file; else the cached/measured one
   std::uint64_t device_memory = 16ull << 30;  // throughput workload budget
   BackendFlags backend;
   bool json = false;

@@ -36,11 +36,12 @@ int gen_model_command(const GenModelOptions& options) {
   };
   modelgen::generate_model(gen);
   progress.finish();
-  std::printf("%s: %s-shaped %s checkpoint, %lld layers, h %lld, %lld heads (%lld kv), vocab %lld, %s\n",
-              options.out.c_str(), options.preset.c_str(), arch.c_str(),
-              static_cast<long long>(config.n_layers), static_cast<long long>(config.h),
-              static_cast<long long>(config.n_heads), static_cast<long long>(config.n_kv_heads),
-              static_cast<long long>(config.vocab), std::string(torch_name(config.dtype)).c_str());
+  std::printf(
+      "%s: %s-shaped %s checkpoint, %lld layers, h %lld, %lld heads (%lld kv), vocab %lld, %s\n",
+      options.out.c_str(), options.preset.c_str(), arch.c_str(),
+      static_cast<long long>(config.n_layers), static_cast<long long>(config.h),
+      static_cast<long long>(config.n_heads), static_cast<long long>(config.n_kv_heads),
+      static_cast<long long>(config.vocab), std::string(torch_name(config.dtype)).c_str());
   return 0;
 }
 
@@ -64,10 +65,13 @@ int demo_command(const DemoOptions& options) {
                   ? str(", emulated link ", options.backend.emulate_link_gbps, " GB/s").c_str()
                   : "",
               prompts.size(), static_cast<long long>(options.max_new_tokens));
-  std::printf("(random weights: the text is noise; the point is that every policy yields the same tokens)\n\n");
+  std::printf(
+      "(random weights: the text is noise; the point is that every policy yields the same "
+      "tokens)\n\n");
   std::vector<std::vector<std::int32_t>> reference;
   bool all_same = true;
-  std::printf("%-10s %-8s %10s %9s  %s\n", "policy", "split", "tokens/s", "K,V rows", "per decode step (ms)");
+  std::printf("%-10s %-8s %10s %9s  %s\n", "policy", "split", "tokens/s", "K,V rows",
+              "per decode step (ms)");
   for (const char* name : {"resident", "transfer", "recompute", "kvpr"}) {
     const auto policy = planner::parse_policy(name);
     Embedded e(options.dir, options.backend, policy, std::nullopt, 8ull << 30, false);
@@ -92,10 +96,12 @@ int demo_command(const DemoOptions& options) {
     }
     const bool same = tokens == reference;
     all_same = all_same && same;
-    std::string split = policy == planner::Policy::kvpr ? nlohmann::json(r.last_plan.l).dump() : "-";
-    std::printf("%-10s %-8s %10.1f %4lld/%-4lld  %s%s\n", name, split.c_str(), r.decode_tokens_per_s(),
-                static_cast<long long>(r.recompute_tokens), static_cast<long long>(r.transfer_tokens),
-                phase_summary(r).c_str(), same ? "" : "  TOKENS DIFFER");
+    std::string split =
+        policy == planner::Policy::kvpr ? nlohmann::json(r.last_plan.l).dump() : "-";
+    std::printf("%-10s %-8s %10.1f %4lld/%-4lld  %s%s\n", name, split.c_str(),
+                r.decode_tokens_per_s(), static_cast<long long>(r.recompute_tokens),
+                static_cast<long long>(r.transfer_tokens), phase_summary(r).c_str(),
+                same ? "" : "  TOKENS DIFFER");
   }
   std::printf("\nK,V rows = rows recomputed / rows transferred over the whole run.\n");
   std::printf("%s\n", all_same ? "every policy produced the same tokens"

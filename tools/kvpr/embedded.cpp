@@ -7,7 +7,8 @@
 namespace kvpr::cli {
 
 kernels::BackendOptions backend_options(const BackendFlags& flags) {
-  if (flags.emulate_link_gbps < 0) fail("--emulate-link-gbps must be >= 0, got ", flags.emulate_link_gbps);
+  if (flags.emulate_link_gbps < 0)
+    fail("--emulate-link-gbps must be >= 0, got ", flags.emulate_link_gbps);
   if (flags.emulate_link_latency_us < 0) {
     fail("--emulate-link-latency-us must be >= 0, got ", flags.emulate_link_latency_us);
   }

@@ -25,7 +25,8 @@ void report(std::string_view kind, std::string message) {
   for (char& ch : message) {
     if (ch == '\n' || ch == '\r') ch = ' ';
   }
-  std::fprintf(stderr, "kvpr: %.*s: %s\n", static_cast<int>(kind.size()), kind.data(), message.c_str());
+  std::fprintf(stderr, "kvpr: %.*s: %s\n", static_cast<int>(kind.size()), kind.data(),
+               message.c_str());
 }
 
 }  // namespace
@@ -35,8 +36,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   kvpr::cli::RunOptions run;
-  auto* run_cmd = app.add_subcommand("run", "Generate with the embedded services (store, planner, engine)");
-  run_cmd->add_option("--model", run.model, "Checkpoint directory (config.json + safetensors)")->required();
+  auto* run_cmd =
+      app.add_subcommand("run", "Generate with the embedded services (store, planner, engine)");
+  run_cmd->add_option("--model", run.model, "Checkpoint directory (config.json + safetensors)")
+      ->required();
   auto* prompt = run_cmd->add_option("--prompt", run.prompts, "Prompt text; repeat for a batch");
   auto* tokens = run_cmd->add_option("--prompt-tokens", run.prompt_tokens,
                                      "Prompt token ids, e.g. 2,31,45; repeat for a batch");
@@ -44,14 +47,16 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--max-new-tokens", run.max_new_tokens, "Tokens to generate per sequence");
   run_cmd->add_option("--policy", run.policy, "resident, transfer, recompute or kvpr");
   run_cmd->add_option("--split", run.split, "Tokens recomputed from activations: N or auto");
-  run_cmd->add_option("--logits-out", run.logits_out, "Write the logits of every generated token (.npy)");
+  run_cmd->add_option("--logits-out", run.logits_out,
+                      "Write the logits of every generated token (.npy)");
   run_cmd->add_flag("--json", run.json, "Print one JSON object");
   run_cmd->add_option("--kv-capacity", run.capacity_bytes, "Host KV store capacity in bytes");
   run_cmd->add_flag("--quiet", run.quiet, "No progress output");
   add_backend_flags(run_cmd, run.backend);
 
   kvpr::cli::GenModelOptions gen;
-  auto* gen_cmd = app.add_subcommand("gen-model", "Write a checkpoint with a real model's shape and random weights");
+  auto* gen_cmd = app.add_subcommand(
+      "gen-model", "Write a checkpoint with a real model's shape and random weights");
   gen_cmd->add_option("--arch", gen.arch, "opt or llama")->required();
   gen_cmd->add_option("--preset", gen.preset, "Shape preset, e.g. opt-125m, llama2-7b")->required();
   gen_cmd->add_option("--out", gen.out, "Output directory")->required();
@@ -83,13 +88,16 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("--batch", plan.batch, "Sequences in the batch");
   plan_cmd->add_option("--context", plan.context, "Context length of each sequence");
   plan_cmd->add_option("--workload", plan.workload, "latency or throughput");
-  plan_cmd->add_option("--profile", plan.profile, "Hardware profile file (default: measured, cached)");
-  plan_cmd->add_option("--device-memory", plan.device_memory, "Throughput workload: device memory budget, bytes");
+  plan_cmd->add_option("--profile", plan.profile,
+                       "Hardware profile file (default: measured, cached)");
+  plan_cmd->add_option("--device-memory", plan.device_memory,
+                       "Throughput workload: device memory budget, bytes");
   plan_cmd->add_flag("--json", plan.json, "Print one JSON object");
   add_backend_flags(plan_cmd, plan.backend);
 
   kvpr::cli::BenchOptions bench;
-  auto* bench_cmd = app.add_subcommand("bench", "Measure decode steps per policy and split beside the predictions");
+  auto* bench_cmd = app.add_subcommand(
+      "bench", "Measure decode steps per policy and split beside the predictions");
   bench_cmd->add_option("--model", bench.model, "Checkpoint directory")->required();
   bench_cmd->add_option("--batch", bench.batch, "Sequences in the batch");
   bench_cmd->add_option("--context", bench.context, "Context length of each sequence");
@@ -98,7 +106,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--steps", bench.steps, "Measured decode steps per point");
   bench_cmd->add_option("--json", bench.json, "Write the results as JSON here");
   bench_cmd->add_option("--plot", bench.plot, "Write a plot of T(l) here (.png)");
-  bench_cmd->add_option("--profile", bench.profile, "Hardware profile file (default: measured, cached)");
+  bench_cmd->add_option("--profile", bench.profile,
+                        "Hardware profile file (default: measured, cached)");
   bench_cmd->add_flag("--remeasure", bench.remeasure, "Measure the profile again");
   bench_cmd->add_flag("--quiet", bench.quiet, "No progress output");
   add_backend_flags(bench_cmd, bench.backend);

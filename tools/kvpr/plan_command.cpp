@@ -14,8 +14,8 @@
 namespace kvpr::cli {
 
 int profile_command(const ProfileOptions& options) {
-  const ModelConfig config = options.model.empty() ? modelgen::preset(options.preset)
-                                                   : Checkpoint(options.model).config();
+  const ModelConfig config =
+      options.model.empty() ? modelgen::preset(options.preset) : Checkpoint(options.model).config();
   const auto backend_opts = backend_options(options.backend);
   auto backend = kernels::make_backend(backend_opts);
   worker::ProfileOptions po;
@@ -27,7 +27,8 @@ int profile_command(const ProfileOptions& options) {
   po.on_progress = [&](const std::string& what) {
     if (!options.json) std::fprintf(stderr, "measuring %s...\n", what.c_str());
   };
-  const auto profile = worker::cached_profile(*backend, backend_opts, config, options.remeasure, po);
+  const auto profile =
+      worker::cached_profile(*backend, backend_opts, config, options.remeasure, po);
   if (!options.out.empty()) save_profile(profile, options.out);
   if (options.json) {
     std::printf("%s\n", profile.to_json().c_str());

@@ -13,7 +13,8 @@ namespace kvpr::cli {
 
 StepShape step_shape(const ModelConfig& config);
 // The cached profile of this backend and model shape, measured (and cached) when absent.
-HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config, bool remeasure);
+HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
+                                 bool remeasure);
 void print_profile(const HardwareProfile& profile);
 
 nlohmann::json phases_json(const StepPrediction& p);
@@ -21,7 +22,8 @@ nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& conf
 // FlexGen-style throughput planning: the device batch size and number of batches that maximise
 // predicted tokens/s for `total` sequences within a device-memory budget.
 nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const ModelConfig& config,
-                               std::int64_t total, std::int64_t context, std::uint64_t device_memory);
+                               std::int64_t total, std::int64_t context,
+                               std::uint64_t device_memory);
 void print_plan(const nlohmann::json& plan);
 
 }  // namespace kvpr::cli

@@ -7,7 +7,8 @@
 namespace kvpr::cli {
 
 std::unique_ptr<Tokenizer> try_load_tokenizer(const std::filesystem::path& dir) {
-  if (!std::filesystem::exists(dir / "tokenizer.json") && !std::filesystem::exists(dir / "vocab.json")) {
+  if (!std::filesystem::exists(dir / "tokenizer.json") &&
+      !std::filesystem::exists(dir / "vocab.json")) {
     return nullptr;
   }
   return load_tokenizer(dir);
@@ -73,18 +74,20 @@ void print_report(const RunReport& report) {
     for (auto t : seq.tokens) std::printf(" %d", t);
     std::printf("\n");
     if (report.tokenizer != nullptr) {
-      std::printf("    text: %s\n", nlohmann::json(report.tokenizer->decode(seq.tokens)).dump().c_str());
+      std::printf("    text: %s\n",
+                  nlohmann::json(report.tokenizer->decode(seq.tokens)).dump().c_str());
     }
   }
-  std::printf("policy %s, split %s -> l = %s\n", report.policy.c_str(), report.split_request.c_str(),
-              nlohmann::json(r.last_plan.l).dump().c_str());
+  std::printf("policy %s, split %s -> l = %s\n", report.policy.c_str(),
+              report.split_request.c_str(), nlohmann::json(r.last_plan.l).dump().c_str());
   if (!r.last_plan.reason.empty()) std::printf("plan: %s\n", r.last_plan.reason.c_str());
   std::printf("prefill %.3f s; decode %zu steps, %.1f tokens/s\n", r.prefill_s, r.step_s.size(),
               r.decode_tokens_per_s());
   std::printf("per %s\n", phase_summary(r).c_str());
-  std::printf("K,V rows recomputed %lld, transferred %lld; host->device %.1f MB, device->host %.1f MB\n",
-              static_cast<long long>(r.recompute_tokens), static_cast<long long>(r.transfer_tokens),
-              static_cast<double>(r.h2d_bytes) / 1e6, static_cast<double>(r.d2h_bytes) / 1e6);
+  std::printf(
+      "K,V rows recomputed %lld, transferred %lld; host->device %.1f MB, device->host %.1f MB\n",
+      static_cast<long long>(r.recompute_tokens), static_cast<long long>(r.transfer_tokens),
+      static_cast<double>(r.h2d_bytes) / 1e6, static_cast<double>(r.d2h_bytes) / 1e6);
 }
 
 }  // namespace kvpr::cli

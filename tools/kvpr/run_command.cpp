@@ -25,7 +25,8 @@ std::vector<std::int32_t> parse_tokens(const std::string& list, std::int64_t voc
     if (item.empty() || ec != std::errc() || ptr != item.data() + item.size()) {
       fail("--prompt-tokens: '", item, "' is not a token id (in '", list, "')");
     }
-    if (id < 0 || id >= vocab) fail("--prompt-tokens: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
+    if (id < 0 || id >= vocab)
+      fail("--prompt-tokens: token id ", id, " is outside the vocabulary [0, ", vocab, ")");
     ids.push_back(static_cast<std::int32_t>(id));
     pos = comma + 1;
   }
@@ -38,7 +39,8 @@ int run_command(const RunOptions& options) {
   if (options.prompts.empty() && options.prompt_tokens.empty()) {
     fail("kvpr run needs --prompt TEXT or --prompt-tokens IDS");
   }
-  if (options.max_new_tokens < 1) fail("--max-new-tokens must be at least 1, got ", options.max_new_tokens);
+  if (options.max_new_tokens < 1)
+    fail("--max-new-tokens must be at least 1, got ", options.max_new_tokens);
   const auto policy = planner::parse_policy(options.policy);
   const auto split = parse_split(options.split);
   Embedded e(options.model, options.backend, policy, split, options.capacity_bytes, !options.quiet);
@@ -57,11 +59,13 @@ int run_command(const RunOptions& options) {
       request.prompts.push_back(std::move(ids));
     }
   } else {
-    for (const auto& list : options.prompt_tokens) request.prompts.push_back(parse_tokens(list, c.vocab));
+    for (const auto& list : options.prompt_tokens)
+      request.prompts.push_back(parse_tokens(list, c.vocab));
     if (auto loaded = try_load_tokenizer(options.model)) tokenizer = std::move(loaded);
   }
 
-  Progress progress("generating", static_cast<std::uint64_t>(options.max_new_tokens - 1), !options.quiet);
+  Progress progress("generating", static_cast<std::uint64_t>(options.max_new_tokens - 1),
+                    !options.quiet);
   const auto result = worker::generate(*e.engine, request, [&](std::int64_t step, std::int64_t) {
     progress.update(static_cast<std::uint64_t>(step));
   });
@@ -69,9 +73,11 @@ int run_command(const RunOptions& options) {
 
   if (!options.logits_out.empty()) {
     std::vector<float> all;
-    for (const auto& seq : result.sequences) all.insert(all.end(), seq.logits.begin(), seq.logits.end());
+    for (const auto& seq : result.sequences)
+      all.insert(all.end(), seq.logits.begin(), seq.logits.end());
     std::vector<std::int64_t> shape{options.max_new_tokens, c.vocab};
-    if (result.sequences.size() > 1) shape.insert(shape.begin(), static_cast<std::int64_t>(result.sequences.size()));
+    if (result.sequences.size() > 1)
+      shape.insert(shape.begin(), static_cast<std::int64_t>(result.sequences.size()));
     write_npy_f32(options.logits_out, shape, all.data());
   }
   RunReport report{options.policy, options.split, request, result, tokenizer.get()};

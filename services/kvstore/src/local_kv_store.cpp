@@ -22,8 +22,8 @@ LocalKvStore::LocalKvStore(const StoreShape& shape, std::uint64_t capacity_bytes
     void* p = mmap(nullptr, arena_bytes_, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
-      raise(ErrorKind::overloaded, "kvstore: cannot map ", arena_bytes_, " bytes of host memory: ",
-            std::strerror(errno));
+      raise(ErrorKind::overloaded, "kvstore: cannot map ", arena_bytes_,
+            " bytes of host memory: ", std::strerror(errno));
     }
     arena_ = static_cast<std::byte*>(p);
   }

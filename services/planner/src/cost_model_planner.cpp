@@ -7,10 +7,14 @@ namespace kvpr::planner {
 
 std::string_view to_string(Policy policy) {
   switch (policy) {
-    case Policy::resident: return "resident";
-    case Policy::transfer: return "transfer";
-    case Policy::recompute: return "recompute";
-    case Policy::kvpr: return "kvpr";
+    case Policy::resident:
+      return "resident";
+    case Policy::transfer:
+      return "transfer";
+    case Policy::recompute:
+      return "recompute";
+    case Policy::kvpr:
+      return "kvpr";
   }
   return "?";
 }
@@ -40,7 +44,8 @@ Plan CostModelPlanner::plan(const PlanRequest& request) {
     case Policy::kvpr:
       if (request.split) {
         plan.l.resize(s.size());
-        for (std::size_t i = 0; i < s.size(); ++i) plan.l[i] = std::clamp<std::int64_t>(*request.split, 0, s[i]);
+        for (std::size_t i = 0; i < s.size(); ++i)
+          plan.l[i] = std::clamp<std::int64_t>(*request.split, 0, s[i]);
         plan.reason = str("fixed split l = ", *request.split, " (clamped to each context length)");
       } else {
         auto choice = choose_split(request.shape, s, request.rates, chunk_);

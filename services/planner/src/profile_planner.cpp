@@ -13,20 +13,25 @@ namespace {
 constexpr std::int64_t kPaperChunk = std::numeric_limits<std::int32_t>::max();
 const std::vector<std::int64_t> kChunks = {16, 32, 64, 128, 256, 512, kPaperChunk};
 
-std::string ms(double s) { return str(std::round(s * 1e5) / 1e2, " ms"); }
+std::string ms(double s) {
+  return str(std::round(s * 1e5) / 1e2, " ms");
+}
 
 }  // namespace
 
 ProfilePlanner::ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket)
-    : profile_(std::move(profile)), model_(std::move(model)), bucket_(std::max<std::int64_t>(bucket, 1)) {
+    : profile_(std::move(profile)),
+      model_(std::move(model)),
+      bucket_(std::max<std::int64_t>(bucket, 1)) {
   if (profile_.h != model_.h || profile_.h_kv != model_.h_kv) {
     fail("planner: profile measured for h ", profile_.h, ", h_kv ", profile_.h_kv,
          " but the model has h ", model_.h, ", h_kv ", model_.h_kv, " (re-profile for this model)");
   }
 }
 
-StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s, const std::vector<std::int64_t>& l,
-                                       std::int64_t chunk, bool resident) const {
+StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
+                                       const std::vector<std::int64_t>& l, std::int64_t chunk,
+                                       bool resident) const {
   StepShape shape = model_;
   shape.s = s;
   shape.l = l;
@@ -53,8 +58,9 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   d.predicted = d.transfer;
   if (model_.h >= 2 * model_.h_kv) {
     plan.predicted_step_s = d.transfer.total_s;
-    plan.reason = str("l = 0: an activation (h = ", model_.h, ") is not smaller than the K,V it replaces (2·h_kv = ",
-                      2 * model_.h_kv, "), so recomputing never saves link time; transfer predicted ",
+    plan.reason = str("l = 0: an activation (h = ", model_.h,
+                      ") is not smaller than the K,V it replaces (2·h_kv = ", 2 * model_.h_kv,
+                      "), so recomputing never saves link time; transfer predicted ",
                       ms(d.transfer.total_s), " per step");
     return d;
   }
@@ -90,18 +96,22 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   plan.l = splits_for_ratio(s, best.ratio);
   plan.chunk = best.chunk;
   plan.paper_schedule = best.chunk == kPaperChunk;
-  plan.policy = best.ratio == 0 ? Policy::transfer : best.ratio == 1 ? Policy::recompute : Policy::kvpr;
+  plan.policy = best.ratio == 0   ? Policy::transfer
+                : best.ratio == 1 ? Policy::recompute
+                                  : Policy::kvpr;
   plan.predicted_step_s = best.p.total_s;
-  const bool link_bound = best.p.transfer_s >= best.p.recompute_s + best.p.attention_s + best.p.other_s;
+  const bool link_bound =
+      best.p.transfer_s >= best.p.recompute_s + best.p.attention_s + best.p.other_s;
   if (best.ratio == 0) {
     plan.reason = str("l = 0: no split beats transferring every K,V (", ms(d.transfer.total_s),
                       " per step predicted; full recompute ", ms(d.recompute.total_s), ")");
   } else {
-    plan.reason = str("l/s = ", best.ratio, " with ", plan.paper_schedule ? "the paper schedule" : str(plan.chunk, "-row chunks"),
+    plan.reason = str("l/s = ", best.ratio, " with ",
+                      plan.paper_schedule ? "the paper schedule" : str(plan.chunk, "-row chunks"),
                       ": ", ms(best.p.total_s), " per step predicted vs ", ms(d.transfer.total_s),
                       " transferring all K,V and ", ms(d.recompute.total_s), " recomputing all; ",
-                      link_bound ? "link-bound" : "compute-bound", " (link busy ", ms(best.p.transfer_s),
-                      ", recompute ", ms(best.p.recompute_s), ")");
+                      link_bound ? "link-bound" : "compute-bound", " (link busy ",
+                      ms(best.p.transfer_s), ", recompute ", ms(best.p.recompute_s), ")");
   }
   return d;
 }
@@ -109,8 +119,10 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
 Plan ProfilePlanner::plan(const PlanRequest& request) {
   const auto& s = request.s;
   if (request.policy != Policy::kvpr || request.split) {
-    Plan fixed = CostModelPlanner(64).plan(request);  // the policy fixes l; predict it with the profile
-    fixed.predicted_step_s = predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
+    Plan fixed =
+        CostModelPlanner(64).plan(request);  // the policy fixes l; predict it with the profile
+    fixed.predicted_step_s =
+        predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
     return fixed;
   }
   std::vector<std::int64_t> key{static_cast<std::int64_t>(s.size())};

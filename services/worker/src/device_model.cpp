@@ -19,7 +19,8 @@ Tensor DeviceModel::upload(const Checkpoint& checkpoint, const std::string& name
   return t;
 }
 
-Linear DeviceModel::linear(const Checkpoint& checkpoint, const std::string& prefix, bool with_bias) {
+Linear DeviceModel::linear(const Checkpoint& checkpoint, const std::string& prefix,
+                           bool with_bias) {
   Linear l;
   l.w = upload(checkpoint, prefix + ".weight");
   if (with_bias) l.b = upload(checkpoint, prefix + ".bias");
@@ -38,8 +39,8 @@ DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend
     : config_(checkpoint.config()), backend_(backend) {
   const ModelConfig& c = config_;
   const bool opt = c.arch == Arch::opt;
-  Progress progress(str("loading ", checkpoint.dir().string()), static_cast<std::uint64_t>(c.n_layers),
-                    show_progress);
+  Progress progress(str("loading ", checkpoint.dir().string()),
+                    static_cast<std::uint64_t>(c.n_layers), show_progress);
   embed_tokens = upload(checkpoint, names::embed_tokens(c));
   if (opt) embed_positions = upload(checkpoint, names::embed_positions(c));
   if (c.has_projections()) {

@@ -25,8 +25,8 @@ PhaseTimes& PhaseTimes::operator+=(const PhaseTimes& o) {
 Tensor grown(kernels::Backend& backend, std::unique_ptr<kernels::DeviceBuffer>& buffer,
              std::int64_t rows, std::int64_t cols) {
   const DType dtype = backend.compute_dtype();
-  const std::size_t need = static_cast<std::size_t>(std::max<std::int64_t>(rows * cols, 1)) *
-                           size_of(dtype);
+  const std::size_t need =
+      static_cast<std::size_t>(std::max<std::int64_t>(rows * cols, 1)) * size_of(dtype);
   if (!buffer || buffer->bytes() < need) buffer = backend.alloc(std::max(need, need + need / 2));
   return buffer->tensor(dtype, rows, cols);
 }
@@ -193,8 +193,10 @@ void Engine::resident_append(SeqHandle seq, std::int64_t layer, Tensor k, Tensor
     L.capacity = cap;
   }
   const DType dt = backend_.compute_dtype();
-  backend_.copy_device(Queue::compute, L.k->tensor(dt, L.length + k.rows, h_kv).rows_slice(L.length, k.rows), k);
-  backend_.copy_device(Queue::compute, L.v->tensor(dt, L.length + v.rows, h_kv).rows_slice(L.length, v.rows), v);
+  backend_.copy_device(Queue::compute,
+                       L.k->tensor(dt, L.length + k.rows, h_kv).rows_slice(L.length, k.rows), k);
+  backend_.copy_device(Queue::compute,
+                       L.v->tensor(dt, L.length + v.rows, h_kv).rows_slice(L.length, v.rows), v);
   L.length += k.rows;
 }
 

@@ -133,7 +133,8 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   for (std::size_t i = 0; i < ctx.seqs.size(); ++i) {
     ctx.act_off.push_back(ctx.l_total);
     ctx.kv_off.push_back(ctx.kv_total);
-    for (std::int64_t t = 0; t < ctx.l[i]; ++t) ctx.act_positions.push_back(static_cast<std::int32_t>(t));
+    for (std::int64_t t = 0; t < ctx.l[i]; ++t)
+      ctx.act_positions.push_back(static_cast<std::int32_t>(t));
     ctx.l_total += ctx.l[i];
     ctx.kv_total += ctx.s[i] - ctx.l[i];
   }
@@ -142,7 +143,8 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   if (resident) {
     for (SeqHandle seq : seqs) {
       auto it = resident_.find(seq);
-      if (it == resident_.end()) fail("decode: sequence ", seq, " has no resident K,V (prefilled under another policy?)");
+      if (it == resident_.end())
+        fail("decode: sequence ", seq, " has no resident K,V (prefilled under another policy?)");
       resident_before[seq] = it->second->layers.front().length;
     }
   }
@@ -199,7 +201,8 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
           const auto seq = ctx.seqs[static_cast<std::size_t>(i)];
           resident_append(seq, layer, k_new.rows_slice(i, 1), v_new.rows_slice(i, 1));
           const auto& L = resident_[seq]->layers[static_cast<std::size_t>(layer)];
-          segments.push_back({i, L.k->tensor(dt, L.length, c.h_kv()), L.v->tensor(dt, L.length, c.h_kv())});
+          segments.push_back(
+              {i, L.k->tensor(dt, L.length, c.h_kv()), L.v->tensor(dt, L.length, c.h_kv())});
         }
       } else {
         sl = &slot(static_cast<std::size_t>(layer % 2));
@@ -217,11 +220,13 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
         for (std::int64_t i = 0; i < b; ++i) {
           const auto u = static_cast<std::size_t>(i);
           if (ctx.l[u] > 0) {
-            segments.push_back({i, rk.rows_slice(ctx.act_off[u], ctx.l[u]), rv.rows_slice(ctx.act_off[u], ctx.l[u])});
+            segments.push_back({i, rk.rows_slice(ctx.act_off[u], ctx.l[u]),
+                                rv.rows_slice(ctx.act_off[u], ctx.l[u])});
           }
           const std::int64_t fetched = ctx.s[u] - ctx.l[u];
           if (fetched > 0) {
-            segments.push_back({i, fk.rows_slice(ctx.kv_off[u], fetched), fv.rows_slice(ctx.kv_off[u], fetched)});
+            segments.push_back(
+                {i, fk.rows_slice(ctx.kv_off[u], fetched), fv.rows_slice(ctx.kv_off[u], fetched)});
           }
           segments.push_back({i, k_new.rows_slice(i, 1), v_new.rows_slice(i, 1)});
         }
@@ -259,7 +264,8 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
 
   const auto copy_after = backend_.copy_stats();
   times.transfer = copy_after.busy_s - copy_before.busy_s;
-  times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  times.total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   last_.times = times;
   last_.recompute_tokens = resident ? 0 : ctx.l_total * c.n_layers;
   last_.transfer_tokens = resident ? 0 : ctx.kv_total * c.n_layers;
@@ -283,7 +289,8 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
   ctx.l = {std::clamp<std::int64_t>(l, 0, s)};
   ctx.act_off = {0};
   ctx.kv_off = {0};
-  for (std::int64_t t = 0; t < ctx.l[0]; ++t) ctx.act_positions.push_back(static_cast<std::int32_t>(t));
+  for (std::int64_t t = 0; t < ctx.l[0]; ++t)
+    ctx.act_positions.push_back(static_cast<std::int32_t>(t));
   ctx.l_total = ctx.l[0];
   ctx.kv_total = s - ctx.l[0];
   const DType dt = backend_.compute_dtype();
@@ -308,8 +315,10 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
   }
   if (ctx.kv_total > 0) {
     const auto off = static_cast<std::size_t>(ctx.l_total) * row;
-    backend_.copy_to_host(Queue::compute, k.data() + off, DType::f32, fk.rows_slice(0, ctx.kv_total));
-    backend_.copy_to_host(Queue::compute, v.data() + off, DType::f32, fv.rows_slice(0, ctx.kv_total));
+    backend_.copy_to_host(Queue::compute, k.data() + off, DType::f32,
+                          fk.rows_slice(0, ctx.kv_total));
+    backend_.copy_to_host(Queue::compute, v.data() + off, DType::f32,
+                          fv.rows_slice(0, ctx.kv_total));
   }
   backend_.synchronize();
   (void)dt;

@@ -50,10 +50,10 @@ struct Engine::Slot {
 
 struct Engine::StepContext {
   std::vector<SeqHandle> seqs;
-  std::vector<std::int64_t> s;        // context length before this step
-  std::vector<std::int64_t> l;        // split
-  std::vector<std::int64_t> act_off;  // first activation row of each sequence in a slot
-  std::vector<std::int64_t> kv_off;   // first fetched K,V row of each sequence in a slot
+  std::vector<std::int64_t> s;              // context length before this step
+  std::vector<std::int64_t> l;              // split
+  std::vector<std::int64_t> act_off;        // first activation row of each sequence in a slot
+  std::vector<std::int64_t> kv_off;         // first fetched K,V row of each sequence in a slot
   std::vector<std::int32_t> act_positions;  // position of every activation row
   std::int64_t l_total = 0;
   std::int64_t kv_total = 0;

@@ -52,7 +52,8 @@ double since(std::chrono::steady_clock::time_point t) {
 GenerateResult generate(Engine& engine, const GenerateRequest& request,
                         const std::function<void(std::int64_t, std::int64_t)>& on_step) {
   if (request.prompts.empty()) fail("generate: no prompts");
-  if (request.max_new_tokens < 1) fail("generate: max_new_tokens must be at least 1, got ", request.max_new_tokens);
+  if (request.max_new_tokens < 1)
+    fail("generate: max_new_tokens must be at least 1, got ", request.max_new_tokens);
   const std::int64_t vocab = engine.config().vocab;
   const auto start = std::chrono::steady_clock::now();
   GenerateResult result;

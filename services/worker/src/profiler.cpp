@@ -66,10 +66,12 @@ void fill_random(kernels::Backend& backend, Tensor t, std::uint32_t seed) {
 }  // namespace
 
 std::string hardware_fingerprint(const kernels::BackendOptions& b, const ModelConfig& c) {
-  const unsigned threads = b.threads > 0 ? static_cast<unsigned>(b.threads) : std::thread::hardware_concurrency();
-  return str(b.name, "|", processor_name(), "|threads=", threads, "|link_gbps=", b.emulate_link_gbps,
-             "|latency_s=", b.emulate_link_latency_s, "|h=", c.h, "|h_kv=", c.h_kv(), "|ffn=", c.ffn,
-             "|heads=", c.n_heads, "|dtype=", torch_name(c.dtype));
+  const unsigned threads =
+      b.threads > 0 ? static_cast<unsigned>(b.threads) : std::thread::hardware_concurrency();
+  return str(b.name, "|", processor_name(), "|threads=", threads,
+             "|link_gbps=", b.emulate_link_gbps, "|latency_s=", b.emulate_link_latency_s,
+             "|h=", c.h, "|h_kv=", c.h_kv(), "|ffn=", c.ffn, "|heads=", c.n_heads,
+             "|dtype=", torch_name(c.dtype));
 }
 
 std::filesystem::path profile_cache_path(const std::string& fingerprint) {
@@ -158,15 +160,18 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.125f};
   const auto attend = [&](std::int64_t s, std::int64_t nq) {
     std::vector<kernels::AttnSegment> segs;
-    for (std::int64_t i = 0; i < nq; ++i) segs.push_back({i, keys.rows_slice(0, s), keys.rows_slice(0, s)});
+    for (std::int64_t i = 0; i < nq; ++i)
+      segs.push_back({i, keys.rows_slice(0, s), keys.rows_slice(0, s)});
     return timed(backend, Queue::compute, options.seconds_per_point, [&] {
       backend.attention(qbuf->tensor(dt, nq, c.h), segs, shape, obuf->tensor(dt, nq, c.h));
     });
   };
   const double a_large = attend(s_large, queries);
   const double a_small = attend(s_small, queries);
-  p.attention_s_per_token = std::max(0.0, (a_large - a_small) / static_cast<double>(queries * (s_large - s_small)));
-  p.attention_s_per_query = std::max(0.0, a_small / queries - p.attention_s_per_token * static_cast<double>(s_small));
+  p.attention_s_per_token =
+      std::max(0.0, (a_large - a_small) / static_cast<double>(queries * (s_large - s_small)));
+  p.attention_s_per_query =
+      std::max(0.0, a_small / queries - p.attention_s_per_token * static_cast<double>(s_small));
   kbuf.reset();
 
   // The rest of a layer: q/k/v/o projections and the FFN, for 1 and 8 rows.
@@ -184,15 +189,18 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
     Tensor xin = x->tensor(dt, rows, c.h);
     Tensor wide = y->tensor(dt, rows, c.ffn);
     return timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));      // q
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                       // k
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                       // v
-      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));      // o
-      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);                        // fc1 / gate
-      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);             // up
-      backend.gemm(x->tensor(dt, rows, c.ffn), w2->tensor(dt, c.h, c.ffn), nullptr, xin);   // fc2 / down
-      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f, y->tensor(dt, rows, c.h));
-      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f, y->tensor(dt, rows, c.h));
+      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));  // q
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                    // k
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                    // v
+      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));  // o
+      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);                    // fc1 / gate
+      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);         // up
+      backend.gemm(x->tensor(dt, rows, c.ffn), w2->tensor(dt, c.h, c.ffn), nullptr,
+                   xin);  // fc2 / down
+      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f,
+                         y->tensor(dt, rows, c.h));
+      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f,
+                         y->tensor(dt, rows, c.h));
     });
   };
   const double one = layer_rest(1);
@@ -202,7 +210,8 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   return p;
 }
 
-HardwareProfile cached_profile(kernels::Backend& backend, const kernels::BackendOptions& backend_options,
+HardwareProfile cached_profile(kernels::Backend& backend,
+                               const kernels::BackendOptions& backend_options,
                                const ModelConfig& config, bool remeasure,
                                const ProfileOptions& options) {
   const std::string fingerprint = hardware_fingerprint(backend_options, config);

@@ -10,6 +10,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,7 +19,12 @@
 #include "kvpr/common/error.h"
 #include "kvpr/kernels/registry.h"
 
-namespace kvpr::kernels::testing {
+namespace kvpr {
+// Test names and messages print a DType as "F16", not as a byte dump.
+inline void PrintTo(DType dtype, std::ostream* os) { *os << safetensors_name(dtype); }
+}  // namespace kvpr
+
+namespace kvpr::kernels::cuda_test {
 
 // nullopt when a CUDA backend can be created here; otherwise why not (asked once per process).
 inline const std::optional<std::string>& no_cuda_reason() {
@@ -37,7 +43,7 @@ inline const std::optional<std::string>& no_cuda_reason() {
 
 #define KVPR_SKIP_WITHOUT_CUDA()                                                       \
   do {                                                                                 \
-    if (const auto& why = ::kvpr::kernels::testing::no_cuda_reason()) {                \
+    if (const auto& why = ::kvpr::kernels::cuda_test::no_cuda_reason()) {                \
       GTEST_SKIP() << "no usable CUDA device, GPU test not run: " << *why;             \
     }                                                                                  \
   } while (false)
@@ -135,4 +141,4 @@ inline std::string dtype_name(const ::testing::TestParamInfo<DType>& info) {
   return std::string(safetensors_name(info.param));
 }
 
-}  // namespace kvpr::kernels::testing
+}  // namespace kvpr::kernels::cuda_test

@@ -7,12 +7,12 @@
 namespace kvpr::kernels {
 namespace {
 
-using testing::expect_close;
-using testing::Pair;
-using testing::random_values;
-using testing::round_to;
-using testing::Side;
-using testing::tol_for;
+using cuda_test::expect_close;
+using cuda_test::Pair;
+using cuda_test::random_values;
+using cuda_test::round_to;
+using cuda_test::Side;
+using cuda_test::tol_for;
 
 struct Case {
   const char* name;
@@ -100,7 +100,7 @@ TEST_P(CudaAttention, RejectsARowWithoutKeys) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaAttention,
-                         ::testing::Values(DType::f32, DType::f16, DType::bf16), testing::dtype_name);
+                         ::testing::Values(DType::f32, DType::f16, DType::bf16), cuda_test::dtype_name);
 
 }  // namespace
 }  // namespace kvpr::kernels

@@ -13,9 +13,9 @@
 namespace kvpr::kernels {
 namespace {
 
-using testing::expect_close;
-using testing::Pair;
-using testing::random_values;
+using cuda_test::expect_close;
+using cuda_test::Pair;
+using cuda_test::random_values;
 
 // Host bytes holding `v` as `dtype`.
 std::vector<std::byte> as_bytes(const std::vector<float>& v, DType dtype) {
@@ -27,8 +27,8 @@ std::vector<std::byte> as_bytes(const std::vector<float>& v, DType dtype) {
 // What a value stored as `from` becomes after passing through `via`, read back as f32.
 std::vector<float> through(const std::vector<float>& v, DType from, DType via) {
   std::vector<float> out = v;
-  testing::round_to(from, out);
-  testing::round_to(via, out);
+  cuda_test::round_to(from, out);
+  cuda_test::round_to(via, out);
   return out;
 }
 
@@ -63,7 +63,7 @@ TEST_P(CudaCopies, ConvertEveryDtypePairOnBothQueuesFromPageableMemory) {
   const auto v = random_values(std::size_t{3} << 20, 31, 10.0f);
   for (Queue queue : {Queue::compute, Queue::copy}) {
     for (DType host : {DType::f32, DType::f16, DType::bf16}) {
-      SCOPED_TRACE(testing::Message() << "host " << safetensors_name(host) << " queue "
+      SCOPED_TRACE(::testing::Message() << "host " << safetensors_name(host) << " queue "
                                       << (queue == Queue::copy ? "copy" : "compute"));
       const auto src = as_bytes(v, host);
       const Tensor t = pair_->cuda.alloc(1024, static_cast<std::int64_t>(v.size()) / 1024);
@@ -136,10 +136,10 @@ TEST_P(CudaCopies, EventsOrderTheTwoQueues) {
   std::vector<float> want(x.size());
   for (std::size_t i = 0; i < want.size(); ++i) {
     std::vector<float> pair = {x[i], y[i]};
-    testing::round_to(GetParam(), pair);
+    cuda_test::round_to(GetParam(), pair);
     want[i] = pair[0] + pair[1];
   }
-  testing::round_to(GetParam(), want);
+  cuda_test::round_to(GetParam(), want);
   expect_close(got, want, 0, 0, "ordered add");
   EXPECT_GT(cuda().elapsed_s(start, done), 0.0);
   EXPECT_GE(cuda().elapsed_s(start, landed), 0.0);
@@ -175,7 +175,7 @@ TEST_P(CudaCopies, DroppingABufferWithCopiesInFlightIsSafe) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaCopies, ::testing::Values(DType::f32, DType::f16, DType::bf16),
-                         testing::dtype_name);
+                         cuda_test::dtype_name);
 
 }  // namespace
 }  // namespace kvpr::kernels

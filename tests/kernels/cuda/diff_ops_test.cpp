@@ -11,11 +11,11 @@
 namespace kvpr::kernels {
 namespace {
 
-using testing::expect_close;
-using testing::Pair;
-using testing::random_values;
-using testing::round_to;
-using testing::tol_for;
+using cuda_test::expect_close;
+using cuda_test::Pair;
+using cuda_test::random_values;
+using cuda_test::round_to;
+using cuda_test::tol_for;
 
 class CudaOps : public ::testing::TestWithParam<DType> {
  protected:
@@ -40,7 +40,7 @@ TEST_P(CudaOps, Gemm) {
   for (const Shape& s : {Shape{1, 64, 48, true}, Shape{7, 130, 256, false},
                          Shape{33, 512, 1024, true}, Shape{128, 96, 64, true},
                          Shape{5, 17, 0, true}}) {
-    SCOPED_TRACE(testing::Message() << "m " << s.m << " n " << s.n << " k " << s.k);
+    SCOPED_TRACE(::testing::Message() << "m " << s.m << " n " << s.n << " k " << s.k);
     const auto x = values(static_cast<std::size_t>(s.m * s.k), 1);
     const auto w = values(static_cast<std::size_t>(s.n * s.k), 2, 0.05f);
     const auto b = values(static_cast<std::size_t>(s.n), 3);
@@ -177,7 +177,7 @@ TEST_P(CudaOps, RejectsTensorsOfAnotherDtype) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::f32, DType::f16, DType::bf16),
-                         testing::dtype_name);
+                         cuda_test::dtype_name);
 
 }  // namespace
 }  // namespace kvpr::kernels

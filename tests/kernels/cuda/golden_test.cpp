@@ -63,6 +63,8 @@ struct GoldenParam {
   std::string name;
 };
 
+void PrintTo(const GoldenParam& p, std::ostream* os) { *os << p.name; }
+
 class CudaGolden : public ::testing::TestWithParam<GoldenParam> {};
 
 TEST_P(CudaGolden, Fp32MatchesReference) {
@@ -129,7 +131,9 @@ TEST_P(CudaGolden, Fp32MatchesReference) {
       EXPECT_LE(d, tol) << "decode row " << i;
       w = std::max(w, d);
       if (k.fp16 && k.margins[i] < 0.05) on_path = false;
-      if (on_path) EXPECT_EQ(greedy(logits.data(), vocab), decode_tokens.i64[i]) << "greedy " << i;
+      if (on_path) {
+        EXPECT_EQ(greedy(logits.data(), vocab), decode_tokens.i64[i]) << "greedy " << i;
+      }
     }
     stack.engine->release(seq);
   }

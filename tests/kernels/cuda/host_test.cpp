@@ -20,7 +20,7 @@ TEST(CudaBackend, IsRegisteredByName) {
 }
 
 TEST(CudaBackend, WithoutADeviceFailsAtOnceInOneLine) {
-  if (!testing::no_cuda_reason()) GTEST_SKIP() << "a CUDA device is present here";
+  if (!cuda_test::no_cuda_reason()) GTEST_SKIP() << "a CUDA device is present here";
   BackendOptions options;
   options.name = "cuda";
   try {

@@ -30,7 +30,7 @@ std::string embed_positions(const ModelConfig& c);  // OPT only
 std::string project_in(const ModelConfig& c);       // OPT only
 std::string project_out(const ModelConfig& c);      // OPT only
 std::string final_norm(const ModelConfig& c);       // ".weight" / ".bias" appended by callers
-std::string lm_head(const ModelConfig& c);          // the tensor the head reads (tied: embed_tokens)
+std::string lm_head(const ModelConfig& c);  // the tensor the head reads (tied: embed_tokens)
 // Per layer: "q_proj", "k_proj", "v_proj", "o_proj" (OPT: out_proj), "attn_norm", "ffn_norm",
 // "fc1"/"fc2" (OPT), "gate_proj"/"up_proj"/"down_proj" (LLaMA); the prefix without .weight/.bias.
 std::string layer(const ModelConfig& c, std::int64_t layer, std::string_view part);

@@ -19,7 +19,7 @@ std::string_view to_string(Arch arch);
 struct ModelConfig {
   Arch arch = Arch::opt;
   std::int64_t n_layers = 0;
-  std::int64_t h = 0;           // hidden_size
+  std::int64_t h = 0;  // hidden_size
   std::int64_t n_heads = 0;
   std::int64_t n_kv_heads = 0;  // = n_heads for multi-head attention
   std::int64_t head_dim = 0;    // h / n_heads
@@ -32,8 +32,8 @@ struct ModelConfig {
   int bos_token_id = -1;
   int eos_token_id = -1;
   // OPT
-  bool pre_layer_norm = true;       // do_layer_norm_before
-  bool final_layer_norm = true;     // pre-LN and not _remove_final_layer_norm
+  bool pre_layer_norm = true;            // do_layer_norm_before
+  bool final_layer_norm = true;          // pre-LN and not _remove_final_layer_norm
   std::int64_t word_embed_proj_dim = 0;  // == h unless project_in/project_out exist
   bool enable_bias = true;
   // LLaMA

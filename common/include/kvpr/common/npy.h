@@ -10,7 +10,7 @@ namespace kvpr {
 
 struct NpyArray {
   std::vector<std::int64_t> shape;
-  std::vector<float> f32;    // filled for '<f4' arrays
+  std::vector<float> f32;         // filled for '<f4' arrays
   std::vector<std::int64_t> i64;  // filled for '<i8' and '<i4' arrays
 
   std::int64_t numel() const;

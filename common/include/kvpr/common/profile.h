@@ -21,7 +21,8 @@ struct Curve {
 };
 
 struct HardwareProfile {
-  std::string fingerprint;  // backend, processor, threads, link emulation: what the numbers depend on
+  std::string
+      fingerprint;  // backend, processor, threads, link emulation: what the numbers depend on
   std::string backend;
   std::string description;  // for people: the machine and settings
   std::string created;      // ISO-8601 UTC
@@ -33,9 +34,10 @@ struct HardwareProfile {
   std::int64_t head_dim = 0;
   std::int64_t ffn = 0;
 
-  Curve h2d_bytes_per_s;    // x = bytes of one copy (per-copy latency included)
-  Curve d2h_bytes_per_s;    // x = bytes of one copy
-  Curve recompute_flops_per_s;  // x = rows m of the [m, h] × [h, 2·h_kv] recompute (4·m·h·h_kv FLOPs)
+  Curve h2d_bytes_per_s;  // x = bytes of one copy (per-copy latency included)
+  Curve d2h_bytes_per_s;  // x = bytes of one copy
+  Curve
+      recompute_flops_per_s;  // x = rows m of the [m, h] × [h, 2·h_kv] recompute (4·m·h·h_kv FLOPs)
   double attention_s_per_token = 0;  // one layer, per context token of one query (all heads)
   double attention_s_per_query = 0;  // one layer, fixed cost per query row
   double other_s_per_layer = 0;      // the rest of a layer (norms, q/k/v/o projections, FFN): fixed

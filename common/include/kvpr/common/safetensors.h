@@ -68,7 +68,8 @@ struct TensorToWrite {
   std::vector<std::int64_t> shape;
   const void* data = nullptr;  // numel * size_of(dtype) bytes
 };
-void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors);
+void write_safetensors(const std::filesystem::path& path,
+                       const std::vector<TensorToWrite>& tensors);
 
 // Streams a safetensors file whose tensors do not all fit in memory at once (the model generator).
 // The constructor writes the header for `layout` (data pointers ignored) to PATH.tmp; the data is

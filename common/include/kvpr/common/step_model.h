@@ -23,22 +23,22 @@ struct StepShape {
   std::int64_t h = 0;
   std::int64_t h_kv = 0;
   std::int64_t ffn = 0;
-  bool gated_ffn = false;         // LLaMA's gate/up/down (three FFN GEMMs) vs OPT's fc1/fc2
-  std::int64_t p = 2;             // bytes per stored element
-  std::int64_t block_tokens = 16; // tokens per store block: one copy per block and part
-  std::vector<std::int64_t> s;    // context length of each sequence before the step
-  std::vector<std::int64_t> l;    // split of each sequence
-  std::int64_t chunk = 64;        // activation rows per recompute chunk
-  bool resident = false;          // K,V already on the device: nothing fetched
+  bool gated_ffn = false;          // LLaMA's gate/up/down (three FFN GEMMs) vs OPT's fc1/fc2
+  std::int64_t p = 2;              // bytes per stored element
+  std::int64_t block_tokens = 16;  // tokens per store block: one copy per block and part
+  std::vector<std::int64_t> s;     // context length of each sequence before the step
+  std::vector<std::int64_t> l;     // split of each sequence
+  std::int64_t chunk = 64;         // activation rows per recompute chunk
+  bool resident = false;           // K,V already on the device: nothing fetched
 };
 
 struct StepPrediction {
   double total_s = 0;
-  double transfer_s = 0;   // copy queue busy (fetches and write-backs)
+  double transfer_s = 0;  // copy queue busy (fetches and write-backs)
   double recompute_s = 0;
   double attention_s = 0;
   double other_s = 0;
-  double idle_s = 0;       // compute waiting for data
+  double idle_s = 0;  // compute waiting for data
 };
 
 StepPrediction predict_step(const HardwareProfile& profile, const StepShape& shape);

@@ -33,8 +33,8 @@ class LocalKvStore final : public KvStoreClient {
 
  private:
   struct Sequence {
-    std::int64_t length = 0;    // committed tokens
-    std::int64_t reserved = 0;  // tokens with blocks
+    std::int64_t length = 0;                       // committed tokens
+    std::int64_t reserved = 0;                     // tokens with blocks
     std::vector<std::vector<std::size_t>> blocks;  // [layer][block index] -> arena block
   };
 

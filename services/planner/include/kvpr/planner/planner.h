@@ -27,10 +27,10 @@ Policy parse_policy(std::string_view name);
 struct PlanRequest {
   LayerShape shape;
   std::int64_t n_layers = 0;
-  std::vector<std::int64_t> s;          // context length of each sequence (tokens already stored)
+  std::vector<std::int64_t> s;  // context length of each sequence (tokens already stored)
   Policy policy = Policy::kvpr;
-  std::optional<std::int64_t> split;    // fixed l (clamped to each s); nullopt = choose
-  Rates rates;                          // the worker's rates
+  std::optional<std::int64_t> split;  // fixed l (clamped to each s); nullopt = choose
+  Rates rates;                        // the worker's rates
 };
 
 struct Plan {
@@ -39,7 +39,8 @@ struct Plan {
   std::int64_t chunk = 0;       // activation rows recomputed per pipeline chunk
   bool paper_schedule = false;  // one chunk: all activations land before any recompute
   double ratio = 0;             // l_i ≈ ratio · s_i
-  double predicted_step_s = 0;  // CostModelPlanner: link and recompute only; ProfilePlanner: whole step
+  double predicted_step_s =
+      0;  // CostModelPlanner: link and recompute only; ProfilePlanner: whole step
   std::string reason;
 };
 

@@ -25,9 +25,9 @@ struct CurvePoint {
 struct Decision {
   Plan plan;
   StepPrediction predicted;
-  StepPrediction transfer;   // l = 0, for comparison
-  StepPrediction recompute;  // l = s
-  double lower_bound_s = 0;  // DESIGN.md §1 LB over all layers, from the profile's rates
+  StepPrediction transfer;        // l = 0, for comparison
+  StepPrediction recompute;       // l = s
+  double lower_bound_s = 0;       // DESIGN.md §1 LB over all layers, from the profile's rates
   std::vector<CurvePoint> curve;  // T(l) at the best chunk, ratios 0..1
 };
 

@@ -27,8 +27,8 @@ struct Norm {
 struct DeviceLayer {
   Linear q, k, v, o;
   Norm attn_norm, ffn_norm;
-  Linear fc1, fc2;               // OPT
-  Linear gate, up, down;         // LLaMA
+  Linear fc1, fc2;        // OPT
+  Linear gate, up, down;  // LLaMA
 };
 
 class DeviceModel {
@@ -43,8 +43,8 @@ class DeviceModel {
   Tensor embed_positions;  // OPT: [max_positions + 2, h]
   Linear project_in;       // OPT when word_embed_proj_dim != h
   Linear project_out;
-  Norm final_norm;         // absent (w.data == nullptr) for post-LN OPT
-  Tensor lm_head;          // [vocab, word_embed_proj_dim]
+  Norm final_norm;  // absent (w.data == nullptr) for post-LN OPT
+  Tensor lm_head;   // [vocab, word_embed_proj_dim]
 
  private:
   Tensor upload(const Checkpoint& checkpoint, const std::string& name);

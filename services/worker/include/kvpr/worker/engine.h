@@ -82,9 +82,9 @@ class Engine {
   const EngineOptions& options() const { return options_; }
 
  private:
-  struct Resident;      // device-held K,V of one sequence (policy resident)
-  struct Slot;          // staging buffers of one layer in flight
-  struct StepContext;   // the batch's per-step plan and row offsets
+  struct Resident;     // device-held K,V of one sequence (policy resident)
+  struct Slot;         // staging buffers of one layer in flight
+  struct StepContext;  // the batch's per-step plan and row offsets
   class Clock;
 
   kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);

@@ -24,9 +24,9 @@ struct SequenceResult {
 
 struct GenerateResult {
   std::vector<SequenceResult> sequences;
-  double prefill_s = 0;              // all prompts
-  std::vector<double> step_s;        // wall time of each decode step
-  PhaseTimes decode_times;           // summed over decode steps
+  double prefill_s = 0;        // all prompts
+  std::vector<double> step_s;  // wall time of each decode step
+  PhaseTimes decode_times;     // summed over decode steps
   std::int64_t recompute_tokens = 0;
   std::int64_t transfer_tokens = 0;
   std::uint64_t h2d_bytes = 0;
@@ -41,7 +41,8 @@ struct GenerateResult {
 // Index of the largest value (the first one on ties).
 std::int32_t greedy(const float* logits, std::int64_t vocab);
 
-GenerateResult generate(Engine& engine, const GenerateRequest& request,
-                        const std::function<void(std::int64_t step, std::int64_t steps)>& on_step = {});
+GenerateResult generate(
+    Engine& engine, const GenerateRequest& request,
+    const std::function<void(std::int64_t step, std::int64_t steps)>& on_step = {});
 
 }  // namespace kvpr::worker

@@ -18,8 +18,9 @@ namespace kvpr::worker {
 struct ProfileOptions {
   std::size_t min_copy_bytes = 256;
   std::size_t max_copy_bytes = 256ull << 20;
-  std::int64_t max_rows = 4096;       // largest m of the recompute GEMM curve
-  double seconds_per_point = 0.05;    // repeat a measurement until it took this long (at most 32 times)
+  std::int64_t max_rows = 4096;  // largest m of the recompute GEMM curve
+  double seconds_per_point =
+      0.05;  // repeat a measurement until it took this long (at most 32 times)
   std::function<void(const std::string&)> on_progress;
 };
 
@@ -34,7 +35,8 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& co
                                 const std::string& fingerprint, const ProfileOptions& options);
 
 // The cached profile for this fingerprint, or a fresh measurement that is then cached.
-HardwareProfile cached_profile(kernels::Backend& backend, const kernels::BackendOptions& backend_options,
+HardwareProfile cached_profile(kernels::Backend& backend,
+                               const kernels::BackendOptions& backend_options,
                                const ModelConfig& config, bool remeasure,
                                const ProfileOptions& options);
 

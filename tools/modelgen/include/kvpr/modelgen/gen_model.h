@@ -20,8 +20,8 @@ std::vector<std::string> preset_names();
 ModelConfig preset(const std::string& name);
 
 struct GenOptions {
-  ModelConfig config;              // usually preset(...) with overrides applied
-  std::filesystem::path out;       // created if missing
+  ModelConfig config;         // usually preset(...) with overrides applied
+  std::filesystem::path out;  // created if missing
   std::uint64_t seed = 0;
   bool write_tokenizer = true;
   // Called with (bytes written so far, total bytes) while weights are written.
