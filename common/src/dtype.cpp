@@ -3,6 +3,10 @@
 #include <bit>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace kvpr {
 
 std::size_t size_of(DType dtype) {
@@ -118,7 +122,52 @@ std::uint16_t f32_to_bf16(float value) {
   return static_cast<std::uint16_t>(x >> 16);
 }
 
+#if defined(__x86_64__)
+// The copy queue converts every fp16 byte that crosses the (emulated) link, so the conversion must
+// run at memory speed: F16C converts 8 values per instruction where the scalar path needs a few
+// nanoseconds per value. Both round to nearest even, so results are identical.
+namespace {
+
+__attribute__((target("avx,f16c"))) void f16_to_f32_f16c(const std::uint16_t* src, float* dst,
+                                                         std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, std::uint16_t* dst,
+                                                         std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 f = _mm256_loadu_ps(src + i);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+
+bool has_f16c() {
+  static const bool yes = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return yes;
+}
+
+}  // namespace
+#endif
+
 void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t n) {
+#if defined(__x86_64__)
+  if (has_f16c() && src_dtype == DType::f16 && dst_dtype == DType::f32) {
+    f16_to_f32_f16c(static_cast<const std::uint16_t*>(src), static_cast<float*>(dst), n);
+    return;
+  }
+  if (has_f16c() && src_dtype == DType::f32 && dst_dtype == DType::f16) {
+    f32_to_f16_f16c(static_cast<const float*>(src), static_cast<std::uint16_t*>(dst), n);
+    return;
+  }
+#endif
   if (src_dtype == dst_dtype) {
     std::memcpy(dst, src, n * size_of(src_dtype));
     return;

@@ -84,6 +84,9 @@ HardwareProfile HardwareProfile::from_json(const std::string& text, const std::s
     p.attention_s_per_query = j.at("attention_s_per_query").get<double>();
     p.other_s_per_layer = j.at("other_s_per_layer").get<double>();
     p.other_s_per_row = j.at("other_s_per_row").get<double>();
+    p.vocab = j.value("vocab", std::int64_t{0});
+    p.head_s = j.value("head_s", 0.0);
+    p.head_s_per_row = j.value("head_s_per_row", 0.0);
   } catch (const nlohmann::json::exception& e) {
     fail(origin, ": not a kvpr profile: ", e.what());
   }

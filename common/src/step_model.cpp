@@ -131,6 +131,7 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
     }
     tl.busy(tl.out.other_s, other_layer * (1 - pre_share));
   }
+  tl.busy(tl.out.other_s, profile.head_s + profile.head_s_per_row * b);
   tl.wait_for(tl.copy_free);  // the step ends when the write-backs have landed
   tl.out.total_s = tl.compute;
   return tl.out;

@@ -124,6 +124,9 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
     p.h2d_bytes_per_s.y.push_back(static_cast<double>(bytes) / up);
     p.d2h_bytes_per_s.x.push_back(static_cast<double>(bytes));
     p.d2h_bytes_per_s.y.push_back(static_cast<double>(bytes) / down);
+    // On a slow (emulated) link the curve is flat long before 256 MiB: stop once one copy takes
+    // longer than a few measurement periods; the curve is clamped to its last sample beyond.
+    if (up > 10 * options.seconds_per_point) break;
   }
   backend.unregister_host(host.data());
   device.reset();
@@ -180,33 +183,58 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   auto wq = backend.alloc(static_cast<std::size_t>(c.h * c.h) * size_of(dt));
   auto w1 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
   auto w2 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
-  auto x = backend.alloc(static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt));
-  auto y = backend.alloc(static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt));
+  const auto wide_bytes = static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt);
+  auto x = backend.alloc(wide_bytes);    // layer input
+  auto y = backend.alloc(wide_bytes);    // projections' and FFN's wide outputs
+  auto z = backend.alloc(wide_bytes);    // FFN output, norm weights
   fill_random(backend, wq->tensor(dt, c.h, c.h), 5);
   fill_random(backend, w1->tensor(dt, c.ffn, c.h), 6);
   fill_random(backend, w2->tensor(dt, c.h, c.ffn), 7);
+  fill_random(backend, x->tensor(dt, 8, c.h), 8);
+  fill_random(backend, z->tensor(dt, 2, c.h), 9);
   const auto layer_rest = [&](std::int64_t rows) {
     Tensor xin = x->tensor(dt, rows, c.h);
     Tensor wide = y->tensor(dt, rows, c.ffn);
+    Tensor out = z->tensor(dt, rows + 2, c.h).rows_slice(2, rows);
+    Tensor norm_w = z->tensor(dt, 1, c.h);
+    Tensor norm_b = z->tensor(dt, 2, c.h).rows_slice(1, 1);
+    Tensor wsq = wq->tensor(dt, c.h, c.h);
     return timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));  // q
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                    // k
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));                    // v
-      backend.gemm(xin, wq->tensor(dt, c.h, c.h), nullptr, y->tensor(dt, rows, c.h));  // o
-      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);                    // fc1 / gate
-      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);         // up
-      backend.gemm(x->tensor(dt, rows, c.ffn), w2->tensor(dt, c.h, c.ffn), nullptr,
-                   xin);  // fc2 / down
-      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f,
-                         y->tensor(dt, rows, c.h));
-      backend.layer_norm(xin, x->tensor(dt, 1, c.h), x->tensor(dt, 1, c.h), 1e-5f,
-                         y->tensor(dt, rows, c.h));
+      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
+      backend.gemm(xin, wsq, nullptr, y->tensor(dt, rows, c.h));                 // q
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));              // k
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));              // v
+      backend.gemm(xin, wsq, nullptr, out);                                      // o
+      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
+      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);              // fc1 / gate
+      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);   // up
+      backend.gemm(wide, w2->tensor(dt, c.h, c.ffn), nullptr, out);              // fc2 / down
     });
   };
   const double one = layer_rest(1);
   const double eight = layer_rest(8);
   p.other_s_per_row = std::max(0.0, (eight - one) / 7.0);
   p.other_s_per_layer = std::max(0.0, one - p.other_s_per_row);
+  wq.reset();
+  w1.reset();
+  w2.reset();
+
+  // The LM head: [rows, h] × [vocab, h]ᵀ once per step.
+  note("LM head");
+  p.vocab = c.vocab;
+  auto head = backend.alloc(static_cast<std::size_t>(c.vocab * c.h) * size_of(dt));
+  auto logits = backend.alloc(static_cast<std::size_t>(8 * c.vocab) * size_of(dt));
+  fill_random(backend, head->tensor(dt, c.vocab, c.h), 10);
+  const auto head_time = [&](std::int64_t rows) {
+    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
+      backend.gemm(x->tensor(dt, rows, c.h), head->tensor(dt, c.vocab, c.h), nullptr,
+                   logits->tensor(dt, rows, c.vocab));
+    });
+  };
+  const double head_one = head_time(1);
+  const double head_eight = head_time(8);
+  p.head_s_per_row = std::max(0.0, (head_eight - head_one) / 7.0);
+  p.head_s = std::max(0.0, head_one - p.head_s_per_row);
   return p;
 }
 

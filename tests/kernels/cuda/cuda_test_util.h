@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -25,6 +26,13 @@ inline void PrintTo(DType dtype, std::ostream* os) { *os << safetensors_name(dty
 }  // namespace kvpr
 
 namespace kvpr::kernels::cuda_test {
+
+// tests/data, or $KVPR_TEST_DATA when set: the GPU tests also run from a bundle on another
+// machine (tools/gpu-check), where the build tree's absolute path does not exist.
+inline std::string test_data_dir() {
+  const char* env = std::getenv("KVPR_TEST_DATA");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string(KVPR_TEST_DATA);
+}
 
 // nullopt when a CUDA backend can be created here; otherwise why not (asked once per process).
 inline const std::optional<std::string>& no_cuda_reason() {

@@ -21,7 +21,7 @@ namespace {
 using cuda_testing::CudaStack;
 using cuda_testing::max_abs_diff;
 
-const std::string kGolden = std::string(KVPR_TEST_DATA) + "/golden/";
+const std::string kGolden = kernels::cuda_test::test_data_dir() + "/golden/";
 
 struct Case {
   std::string id, model_dir, dir;

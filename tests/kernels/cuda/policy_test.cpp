@@ -46,7 +46,7 @@ struct ModelCase {
 };
 
 std::vector<ModelCase> model_cases() {
-  const std::string golden = std::string(KVPR_TEST_DATA) + "/golden/models/";
+  const std::string golden = kernels::cuda_test::test_data_dir() + "/golden/models/";
   std::vector<ModelCase> cases = {
       {"golden-opt", golden + "opt-2l-h64", DType::f32, 1e-4f},
       {"golden-opt-fp16-store", golden + "opt-2l-h64-fp16", DType::f32, 1e-2f},

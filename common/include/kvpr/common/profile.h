@@ -42,6 +42,9 @@ struct HardwareProfile {
   double attention_s_per_query = 0;  // one layer, fixed cost per query row
   double other_s_per_layer = 0;      // the rest of a layer (norms, q/k/v/o projections, FFN): fixed
   double other_s_per_row = 0;        // ... and per batch row
+  std::int64_t vocab = 0;            // the LM head the next two were measured for
+  double head_s = 0;                 // final norm + LM head once per step: fixed
+  double head_s_per_row = 0;         // ... and per batch row
 
   std::string to_json() const;
   static HardwareProfile from_json(const std::string& text, const std::string& origin);

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The device half of tools/gpu-check: runs on the machine with the GPU, from the repository root
+# of the carried working tree, using the bundle that tools/gpu/bundle.sh made (binaries + the
+# shared libraries they need, minus glibc and CUDA). Writes everything under OUT_DIR:
+#   gpu-check.log          this script's whole output
+#   status.txt             one line per step: name, exit code, seconds
+#   env/                   nvidia-smi, nvcc and glibc versions, ldd of every bundled binary
+#   tests/NAME.{log,json}  the CUDA backend's GoogleTest binaries (gtest JSON reports)
+#   profile/probe.{txt,json}  copy bandwidth (pageable / pinned / registered) and cuBLAS rates
+#   bench/decode.{txt,json}   kvpr-bench-decode --backend cuda, b ∈ {1,8,32}, s ∈ {1024,4096}
+#   summary.md             tables made from the above (tools/gpu/summarize.py)
+# Every step has a timeout inside one overall budget (default 470 s, KVPR_GPU_CHECK_BUDGET_S), so
+# the whole run stays under 8 minutes; a step that fails does not stop the ones after it. The
+# probe is built here with nvcc and needs no library of this project, so the device profile is
+# recorded even when the bundled binaries cannot start on this machine.
+#
+# Usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]   (default BUNDLE_DIR build-gpu/bundle)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+[ $# -ge 1 ] || { echo "usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]" >&2; exit 2; }
+out=$(realpath -m "$1")
+bundle=$(realpath -m "${2:-build-gpu/bundle}")
+budget=${KVPR_GPU_CHECK_BUDGET_S:-470}
+mkdir -p "$out/env" "$out/tests" "$out/profile" "$out/bench"
+: > "$out/status.txt"
+t_start=$(date +%s)
+failures=0
+
+# step NAME LIMIT_S CMD...: runs CMD with a timeout of min(LIMIT_S, what is left of the budget).
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((budget - ($(date +%s) - t_start)))
+  if [ "$left" -lt 15 ]; then
+    echo "== $name: skipped (budget of ${budget}s spent)"
+    echo "$name skipped 0" >> "$out/status.txt"
+    failures=$((failures + 1))
+    return 1
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  echo "== $name (timeout ${limit}s)"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  echo "$name $rc $(($(date +%s) - t0))" >> "$out/status.txt"
+  [ "$rc" = 0 ] || { echo "== $name: exit code $rc"; failures=$((failures + 1)); }
+  return "$rc"
+}
+
+main() {
+  echo "kvpr gpu-check on $(uname -n), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  { nvidia-smi; nvidia-smi -q | head -80; } > "$out/env/nvidia-smi.txt" 2>&1 || true
+  head -20 "$out/env/nvidia-smi.txt"
+  { /usr/local/cuda/bin/nvcc --version || nvcc --version; } > "$out/env/nvcc.txt" 2>&1 || true
+  { ldd --version | head -1; uname -a; nproc; free -g; } > "$out/env/system.txt" 2>&1 || true
+  cat "$out/env/nvcc.txt" "$out/env/system.txt"
+
+  # The CUDA runtime and cuBLAS the bundle expects (libcudart.so.13, libcublas.so.13).
+  local cuda_dirs="" d sp
+  local candidates=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib)
+  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    candidates+=("$sp"/nvidia/*/lib)
+  done
+  for d in "${candidates[@]}"; do
+    if [ -e "$d/libcublas.so.13" ] || [ -e "$d/libcudart.so.13" ]; then cuda_dirs="$cuda_dirs:$d"; fi
+  done
+  export LD_LIBRARY_PATH="$bundle/lib${cuda_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export KVPR_TEST_DATA="$root/tests/data"
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+  step probe-build 120 /usr/local/cuda/bin/nvcc -std=c++17 -O2 -arch=sm_90 \
+    tools/gpu/cuda_probe.cu -lcublas -o "$out/profile/cuda_probe" &&
+    step probe 120 bash -c "'$out/profile/cuda_probe' '$out/profile/probe.json' > '$out/profile/probe.txt' 2>&1; rc=\$?; cat '$out/profile/probe.txt'; exit \$rc"
+
+  local bundle_ok=1
+  if [ ! -x "$bundle/bin/kernels_cuda_host_test" ]; then
+    echo "== no bundle at $bundle (run tools/gpu-check bundle on the build machine and carry it)"
+    bundle_ok=0
+  else
+    cat "$bundle/MANIFEST"
+    for b in "$bundle"/bin/*; do echo "## $b"; ldd "$b"; done > "$out/env/ldd.txt" 2>&1
+    if grep -q "not found" "$out/env/ldd.txt"; then
+      echo "== bundled binaries miss libraries here:"
+      grep "not found" "$out/env/ldd.txt" | sort -u
+    fi
+    step bundle-starts 60 "$bundle/bin/kernels_cuda_host_test" \
+      --gtest_output="json:$out/tests/kernels_cuda_host_test.json" || bundle_ok=0
+  fi
+
+  if [ "$bundle_ok" = 1 ]; then
+    local t
+    for t in kernels_cuda_diff_test kernels_cuda_model_test; do
+      step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[  (FAILED|PASSED|SKIPPED) |Failure|worst' '$out/tests/$t.log' | head -60; exit \$rc"
+    done
+    step kvpr-run-cuda 60 bash -c "'$bundle/bin/kvpr' run --model '$root/tests/data/golden/models/opt-2l-h64' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/tests/kvpr-run-cuda.json' 2>&1; rc=\$?; cat '$out/tests/kvpr-run-cuda.json'; exit \$rc"
+    step decode-bench 300 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 1,8,32 --context 1024,4096 --steps 5 --warmup 1 --json '$out/bench/decode.json' > '$out/bench/decode.txt' 2> '$out/bench/decode.stderr'; rc=\$?; cat '$out/bench/decode.txt'; tail -5 '$out/bench/decode.stderr'; exit \$rc"
+  else
+    echo "== the bundled binaries do not run here: only the nvcc-built probe ran (see env/ldd.txt)"
+    failures=$((failures + 1))
+  fi
+
+  step summary 30 bash -c "python3 tools/gpu/summarize.py '$out' > '$out/summary.md'; rc=\$?; cat '$out/summary.md'; exit \$rc"
+  echo "gpu-check: $failures failed step(s) in $(($(date +%s) - t_start)) s; everything is under $out"
+  [ "$failures" = 0 ]
+}
+
+main 2>&1 | tee "$out/gpu-check.log"
+exit "${PIPESTATUS[0]}"
