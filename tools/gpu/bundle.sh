@@ -5,7 +5,7 @@
 # libdl, libpthread, librt, the loader) and the CUDA runtime, cuBLAS and driver, which the device
 # machine has. Fails when a library is not found or the bundle exceeds the 64 MiB carry limit.
 #
-# Usage: tools/gpu/bundle.sh [BUILD_DIR]   (default build-gpu; Release, KVPR_CUDA=ON)
+# Usage: tools/gpu/bundle.sh [BUILD_DIR]   (default build-gpu; RelWithDebInfo as the project default, stripped; KVPR_CUDA=ON)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build-gpu}
@@ -14,7 +14,7 @@ limit=$((64 * 1024 * 1024))
 targets=(kernels_cuda_host_test kernels_cuda_diff_test kernels_cuda_model_test kvpr-bench-decode kvpr)
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" -G Ninja -DKVPR_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake -S . -B "$build" -G Ninja -DKVPR_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 grep -q '^KVPR_CUDA:STRING=ON' "$build/CMakeCache.txt" || {
   echo "bundle: $build is not configured with KVPR_CUDA=ON" >&2

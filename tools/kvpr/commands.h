@@ -27,6 +27,7 @@ struct RunOptions {
   std::string logits_out;
   bool json = false;
   std::uint64_t capacity_bytes = 8ull << 30;
+  std::string planner = "nominal";
   bool quiet = false;
 };
 

@@ -3,6 +3,8 @@
 #include <charconv>
 
 #include "kvpr/common/error.h"
+#include "kvpr/planner/profile_planner.h"
+#include "planning.h"
 
 namespace kvpr::cli {
 
@@ -33,7 +35,7 @@ std::optional<std::int64_t> parse_split(const std::string& split) {
 
 Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
                    std::optional<std::int64_t> split, std::uint64_t capacity_bytes,
-                   bool show_progress)
+                   bool show_progress, const std::string& planner_kind)
     : checkpoint(model_dir), backend(kernels::make_backend(backend_options(flags))) {
   model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, show_progress);
   const ModelConfig& c = checkpoint.config();
@@ -43,7 +45,14 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   shape.h_kv = c.h_kv();
   shape.dtype = c.dtype;
   store = std::make_unique<kvstore::LocalKvStore>(shape, capacity_bytes);
-  engine = std::make_unique<worker::Engine>(*model, *backend, *store, planner,
+  if (planner_kind == "nominal") {
+    planner = std::make_unique<planner::CostModelPlanner>();
+  } else if (planner_kind == "measured") {
+    planner = std::make_unique<planner::ProfilePlanner>(measured_profile(flags, c, false), step_shape(c));
+  } else {
+    fail("--planner must be nominal or measured, got '", planner_kind, "'");
+  }
+  engine = std::make_unique<worker::Engine>(*model, *backend, *store, *planner,
                                             worker::EngineOptions{policy, split});
 }
 

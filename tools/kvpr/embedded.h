@@ -16,13 +16,16 @@ namespace kvpr::cli {
 
 struct Embedded {
   Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
-           std::optional<std::int64_t> split, std::uint64_t capacity_bytes, bool show_progress);
+           std::optional<std::int64_t> split, std::uint64_t capacity_bytes, bool show_progress,
+           const std::string& planner_kind = "nominal");
 
   Checkpoint checkpoint;
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<worker::DeviceModel> model;
   std::unique_ptr<kvstore::LocalKvStore> store;
-  planner::CostModelPlanner planner;
+  // "nominal": the cost model with the backend's nominal rates; "measured": the scheduler on this
+  // machine's profile (measured once and cached), re-planning as contexts cross buckets.
+  std::unique_ptr<planner::Planner> planner;
   std::unique_ptr<worker::Engine> engine;
 };
 

@@ -43,7 +43,8 @@ int run_command(const RunOptions& options) {
     fail("--max-new-tokens must be at least 1, got ", options.max_new_tokens);
   const auto policy = planner::parse_policy(options.policy);
   const auto split = parse_split(options.split);
-  Embedded e(options.model, options.backend, policy, split, options.capacity_bytes, !options.quiet);
+  Embedded e(options.model, options.backend, policy, split, options.capacity_bytes, !options.quiet,
+             options.planner);
   const ModelConfig& c = e.checkpoint.config();
 
   std::unique_ptr<Tokenizer> tokenizer;

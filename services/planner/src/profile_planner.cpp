@@ -132,11 +132,14 @@ Plan ProfilePlanner::plan(const PlanRequest& request) {
   if (it == cache_.end()) {
     std::vector<std::int64_t> upper;  // plan for the bucket's end: the contexts grow into it
     for (std::size_t i = 1; i < key.size(); ++i) upper.push_back(key[i] * bucket_);
-    it = cache_.emplace(key, decide(upper).plan).first;
+    Plan planned = decide(upper).plan;
+    planned.reason += str(" [planned for contexts up to ", upper.back(), " tokens]");
+    it = cache_.emplace(key, std::move(planned)).first;
     ++plans_computed_;
   }
   Plan plan = it->second;
   plan.l = splits_for_ratio(s, plan.ratio);
+  plan.predicted_step_s = predict(s, plan.l, plan.chunk, false).total_s;
   return plan;
 }
 

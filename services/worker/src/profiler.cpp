@@ -184,9 +184,9 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   auto w1 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
   auto w2 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
   const auto wide_bytes = static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt);
-  auto x = backend.alloc(wide_bytes);    // layer input
-  auto y = backend.alloc(wide_bytes);    // projections' and FFN's wide outputs
-  auto z = backend.alloc(wide_bytes);    // FFN output, norm weights
+  auto x = backend.alloc(wide_bytes);  // layer input
+  auto y = backend.alloc(wide_bytes);  // projections' and FFN's wide outputs
+  auto z = backend.alloc(wide_bytes);  // FFN output, norm weights
   fill_random(backend, wq->tensor(dt, c.h, c.h), 5);
   fill_random(backend, w1->tensor(dt, c.ffn, c.h), 6);
   fill_random(backend, w2->tensor(dt, c.h, c.ffn), 7);
@@ -201,14 +201,14 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
     Tensor wsq = wq->tensor(dt, c.h, c.h);
     return timed(backend, Queue::compute, options.seconds_per_point, [&] {
       backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
-      backend.gemm(xin, wsq, nullptr, y->tensor(dt, rows, c.h));                 // q
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));              // k
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));              // v
-      backend.gemm(xin, wsq, nullptr, out);                                      // o
+      backend.gemm(xin, wsq, nullptr, y->tensor(dt, rows, c.h));     // q
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // k
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // v
+      backend.gemm(xin, wsq, nullptr, out);                          // o
       backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
-      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);              // fc1 / gate
-      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);   // up
-      backend.gemm(wide, w2->tensor(dt, c.h, c.ffn), nullptr, out);              // fc2 / down
+      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);             // fc1 / gate
+      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);  // up
+      backend.gemm(wide, w2->tensor(dt, c.h, c.ffn), nullptr, out);             // fc2 / down
     });
   };
   const double one = layer_rest(1);

@@ -111,7 +111,8 @@ class Backend {
   // Blocks the host until the event has completed.
   virtual void host_wait(const std::shared_ptr<Event>& event) = 0;
   // Seconds between two completed events' completion times.
-  virtual double elapsed_s(const std::shared_ptr<Event>& from, const std::shared_ptr<Event>& to) = 0;
+  virtual double elapsed_s(const std::shared_ptr<Event>& from,
+                           const std::shared_ptr<Event>& to) = 0;
   virtual void synchronize() = 0;
   virtual CopyStats copy_stats() const = 0;
 
