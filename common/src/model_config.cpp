@@ -12,6 +12,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "json_shown.h"
 #include "kvpr/common/error.h"
 #include "kvpr/common/safetensors.h"
 
@@ -23,33 +24,7 @@ using nlohmann::json;
 
 constexpr std::int64_t kMaxSize = std::int64_t{1} << 24;
 
-// A JSON value for a message: one level deep and about 80 characters, so that neither a huge nor a
-// deeply nested value (dump() recurses) can blow up the message or the stack. model_config.cpp and
-// safetensors.cpp each keep a copy: nlohmann stays out of the public headers.
-std::string shown(const json& value) {
-  const auto leaf = [](const json& v) -> std::string {
-    if (v.is_array()) return v.empty() ? "[]" : "[...]";
-    if (v.is_object()) return v.empty() ? "{}" : "{...}";
-    return v.dump(-1, ' ', false, json::error_handler_t::replace);
-  };
-  std::string out;
-  if (!value.is_structured()) {
-    out = leaf(value);
-  } else {
-    out = value.is_array() ? "[" : "{";
-    for (auto it = value.begin(); it != value.end(); ++it) {
-      if (out.size() > 80) {
-        out += ",...";
-        break;
-      }
-      if (it != value.begin()) out += ",";
-      if (value.is_object()) out += leaf(it.key()) + ":";
-      out += leaf(*it);
-    }
-    out += value.is_array() ? "]" : "}";
-  }
-  return out.size() > 100 ? out.substr(0, 97) + "..." : out;
-}
+using detail::shown;
 
 // Reads typed fields of one config object; `source_` prefixes every error. Null counts as absent
 // because transformers writes null for unset optional fields.

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 
+#include "json_shown.h"
 #include "kvpr/common/error.h"
 
 namespace kvpr {
@@ -49,33 +50,7 @@ bool as_count(const json& value, std::uint64_t& out) {
   return out <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
 }
 
-// A JSON value for a message: one level deep and about 80 characters, so that neither a huge nor a
-// deeply nested value (dump() recurses) can blow up the message or the stack. model_config.cpp and
-// safetensors.cpp each keep a copy: nlohmann stays out of the public headers.
-std::string shown(const json& value) {
-  const auto leaf = [](const json& v) -> std::string {
-    if (v.is_array()) return v.empty() ? "[]" : "[...]";
-    if (v.is_object()) return v.empty() ? "{}" : "{...}";
-    return v.dump(-1, ' ', false, json::error_handler_t::replace);
-  };
-  std::string out;
-  if (!value.is_structured()) {
-    out = leaf(value);
-  } else {
-    out = value.is_array() ? "[" : "{";
-    for (auto it = value.begin(); it != value.end(); ++it) {
-      if (out.size() > 80) {
-        out += ",...";
-        break;
-      }
-      if (it != value.begin()) out += ",";
-      if (value.is_object()) out += leaf(it.key()) + ":";
-      out += leaf(*it);
-    }
-    out += value.is_array() ? "]" : "}";
-  }
-  return out.size() > 100 ? out.substr(0, 97) + "..." : out;
-}
+using detail::shown;
 
 // Bytes of numel elements of `dtype`; false on overflow.
 bool byte_count(const std::vector<std::int64_t>& shape, DType dtype, std::uint64_t& out) {

@@ -115,9 +115,11 @@ Options parse(int argc, char** argv) {
     if (flag == "--backend") {
       o.backend = v;
     } else if (flag == "--batch") {
-      o.batch = parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
+      o.batch =
+          parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
     } else if (flag == "--context") {
-      o.context = parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
+      o.context =
+          parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
     } else if (flag == "--steps") {
       o.steps = int_of(1);
     } else if (flag == "--warmup") {
@@ -179,8 +181,8 @@ std::string prepare_model(const Options& o, std::int64_t max_positions) {
   gen.out = dir;
   gen.seed = 1;
   gen.write_tokenizer = false;
-  std::fprintf(stderr, "kvpr-bench-decode: generating %s (%lld layers, %s) in %s\n", o.preset.c_str(),
-               static_cast<long long>(o.layers), o.dtype.c_str(), dir.c_str());
+  std::fprintf(stderr, "kvpr-bench-decode: generating %s (%lld layers, %s) in %s\n",
+               o.preset.c_str(), static_cast<long long>(o.layers), o.dtype.c_str(), dir.c_str());
   modelgen::generate_model(gen);
   return dir;
 }
@@ -216,8 +218,8 @@ std::vector<kvstore::SeqId> prefill(worker::Engine& engine,
 }
 
 // Runs warmup + steps decode steps of `seqs`; the timed ones go into the returned JSON.
-json decode_steps(worker::Engine& engine, const std::vector<kvstore::SeqId>& seqs,
-                  const Options& o, std::mt19937& rng, std::int64_t vocab) {
+json decode_steps(worker::Engine& engine, const std::vector<kvstore::SeqId>& seqs, const Options& o,
+                  std::mt19937& rng, std::int64_t vocab) {
   std::uniform_int_distribution<std::int32_t> id(3, static_cast<std::int32_t>(vocab - 1));
   json steps = json::array();
   std::vector<double> walls;
@@ -265,7 +267,8 @@ json decode_steps(worker::Engine& engine, const std::vector<kvstore::SeqId>& seq
 }
 
 // The split that minimises the paper schedule's time T_paper under the measured rates.
-std::int64_t paper_split(const LayerShape& shape, const std::vector<std::int64_t>& s, const Rates& rates) {
+std::int64_t paper_split(const LayerShape& shape, const std::vector<std::int64_t>& s,
+                         const Rates& rates) {
   if (shape.h >= 2 * shape.h_kv) return 0;  // recomputing never pays (DESIGN.md §1)
   double best = 1e300;
   std::int64_t best_l = 0;
@@ -289,13 +292,15 @@ json run_shape(const Options& o, kernels::Backend& backend, const worker::Device
   const std::int64_t tokens = s + per_policy * std::max<std::int64_t>(shared_policies, 1) + 1;
   const kvstore::StoreShape shape{c.n_layers, c.h, c.h_kv(), c.dtype, o.block_tokens};
   const std::int64_t blocks_per_seq = (tokens + o.block_tokens - 1) / o.block_tokens;
-  const auto capacity = static_cast<std::uint64_t>(b * blocks_per_seq * c.n_layers) * shape.block_bytes();
+  const auto capacity =
+      static_cast<std::uint64_t>(b * blocks_per_seq * c.n_layers) * shape.block_bytes();
   kvstore::LocalKvStore store(shape, capacity);
   std::optional<bench::StoreRegistration> registration;
   if (o.register_store) registration.emplace(backend, store, b * blocks_per_seq * o.block_tokens);
 
   // Rates: B for one K span (block_tokens rows) from the store's memory, F at m = b·s (capped).
-  const std::size_t span_bytes = static_cast<std::size_t>(o.block_tokens) * shape.row_bytes(kvstore::Part::k);
+  const std::size_t span_bytes =
+      static_cast<std::size_t>(o.block_tokens) * shape.row_bytes(kvstore::Part::k);
   std::vector<std::byte> pageable;
   const std::byte* host = registration ? registration->first() : nullptr;
   std::size_t host_bytes = registration ? registration->first_bytes() : 0;
@@ -306,8 +311,9 @@ json run_shape(const Options& o, kernels::Backend& backend, const worker::Device
   }
   bench::MeasuredRates measured;
   measured.span_bytes = span_bytes;
-  measured.h2d_bytes_per_s = bench::measure_h2d(backend, host, host_bytes, c.dtype, span_bytes,
-                                                std::min<std::size_t>(host_bytes * 4, std::size_t{1} << 30));
+  measured.h2d_bytes_per_s =
+      bench::measure_h2d(backend, host, host_bytes, c.dtype, span_bytes,
+                         std::min<std::size_t>(host_bytes * 4, std::size_t{1} << 30));
   measured.gemm_m = std::min<std::int64_t>(b * s, 16384);
   measured.gemm_flops_per_s = bench::measure_gemm(backend, measured.gemm_m, c.h, c.h_kv());
   const LayerShape layer{c.h, c.h_kv(), static_cast<std::int64_t>(size_of(c.dtype))};
@@ -351,7 +357,8 @@ json run_shape(const Options& o, kernels::Backend& backend, const worker::Device
   double resident_prefill_s = 0;
   if (std::find(o.policies.begin(), o.policies.end(), "resident") != o.policies.end()) {
     planner::CostModelPlanner planner(o.chunk);
-    worker::Engine engine(model, backend, store, planner, {planner::Policy::resident, std::nullopt});
+    worker::Engine engine(model, backend, store, planner,
+                          {planner::Policy::resident, std::nullopt});
     const auto seqs = prefill(engine, prompts, resident_prefill_s);
     std::fprintf(stderr, "kvpr-bench-decode: b %lld s %lld resident\n", static_cast<long long>(b),
                  static_cast<long long>(s));
@@ -384,7 +391,7 @@ json run_shape(const Options& o, kernels::Backend& backend, const worker::Device
     }
     return nullptr;
   };
-  if (const json *t = find("transfer"), *p = find("kvpr-pipelined"); t != nullptr && p != nullptr) {
+  if (const json* t = find("transfer"), *p = find("kvpr-pipelined"); t != nullptr && p != nullptr) {
     summary["step_speedup_pipelined_vs_transfer"] =
         t->at("median_step_s").get<double>() / p->at("median_step_s").get<double>();
     if (!p->at("kv_load_s").is_null() && p->at("kv_load_s").get<double>() > 0) {
@@ -420,7 +427,8 @@ void print_shape(const json& shape) {
               static_cast<long long>(shape["b"].get<std::int64_t>()),
               static_cast<long long>(shape["s"].get<std::int64_t>()),
               shape["rates"]["h2d_bytes_per_s"].get<double>() / 1e9,
-              shape["rates"]["gemm_flops_per_s"].get<double>() / 1e12, shape["lb_s"].get<double>() * 1e3,
+              shape["rates"]["gemm_flops_per_s"].get<double>() / 1e12,
+              shape["lb_s"].get<double>() * 1e3,
               shape["store_registered"].get<bool>() ? "yes" : "no");
   std::printf("  %-15s %8s %10s %12s %12s %10s\n", "policy", "l", "step ms", "kv-load ms",
               "copy busy ms", "kv/LB");

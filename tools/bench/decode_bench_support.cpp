@@ -32,7 +32,8 @@ StoreRegistration::StoreRegistration(kernels::Backend& backend, kvstore::LocalKv
   }
   store.free(seq);
   const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-  std::sort(blocks.begin(), blocks.end(), [](const Run& a, const Run& b) { return a.data < b.data; });
+  std::sort(blocks.begin(), blocks.end(),
+            [](const Run& a, const Run& b) { return a.data < b.data; });
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> merged;  // page-aligned [begin, end)
   for (const Run& b : blocks) {
     const auto begin = reinterpret_cast<std::uintptr_t>(b.data) / page * page;
@@ -86,7 +87,8 @@ double measure_h2d(kernels::Backend& backend, const std::byte* host, std::size_t
     backend.synchronize();
     const auto start = backend.record(Queue::copy);
     for (std::size_t r = 0; r < reps; ++r) {
-      const kernels::Tensor dst = buffer->tensor(dt, 4, n).rows_slice(static_cast<std::int64_t>(r % 4), 1);
+      const kernels::Tensor dst =
+          buffer->tensor(dt, 4, n).rows_slice(static_cast<std::int64_t>(r % 4), 1);
       backend.copy_to_device(Queue::copy, dst, host + (r % spans) * span_bytes, dtype);
     }
     const auto end = backend.record(Queue::copy);
@@ -114,7 +116,8 @@ double measure_gemm(kernels::Backend& backend, std::int64_t m, std::int64_t h, s
   backend.copy_to_device(Queue::compute, w, host.data(), DType::f32);
   backend.gemm(x, w, nullptr, y);  // warm-up (cuBLAS picks its kernel on the first call)
   backend.synchronize();
-  const double flops = 4.0 * static_cast<double>(m) * static_cast<double>(h) * static_cast<double>(h_kv);
+  const double flops =
+      4.0 * static_cast<double>(m) * static_cast<double>(h) * static_cast<double>(h_kv);
   const int reps = std::clamp(static_cast<int>(2e11 / flops), 1, 50);
   double best = 0;
   for (int trial = 0; trial < 3; ++trial) {

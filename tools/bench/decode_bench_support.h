@@ -39,7 +39,7 @@ class StoreRegistration {
     std::size_t bytes;
   };
   kernels::Backend& backend_;
-  std::vector<Run> runs_;      // registered
+  std::vector<Run> runs_;  // registered
   bool registered_ = true;
 };
 

@@ -20,21 +20,21 @@
 #include <string>
 #include <vector>
 
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    cudaError_t err_ = (call);                                                                \
-    if (err_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "cuda_probe: %s: %s\n", #call, cudaGetErrorString(err_));          \
-      std::exit(1);                                                                           \
-    }                                                                                         \
+#define CHECK(call)                                                                  \
+  do {                                                                               \
+    cudaError_t err_ = (call);                                                       \
+    if (err_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "cuda_probe: %s: %s\n", #call, cudaGetErrorString(err_)); \
+      std::exit(1);                                                                  \
+    }                                                                                \
   } while (0)
-#define CHECK_BLAS(call)                                                                      \
-  do {                                                                                        \
-    cublasStatus_t st_ = (call);                                                              \
-    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                       \
-      std::fprintf(stderr, "cuda_probe: %s: %s\n", #call, cublasGetStatusString(st_));        \
-      std::exit(1);                                                                           \
-    }                                                                                         \
+#define CHECK_BLAS(call)                                                               \
+  do {                                                                                 \
+    cublasStatus_t st_ = (call);                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                \
+      std::fprintf(stderr, "cuda_probe: %s: %s\n", #call, cublasGetStatusString(st_)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
   } while (0)
 
 namespace {
@@ -83,8 +83,9 @@ double gemm_rate(cublasHandle_t blas, cudaDataType_t type, int m, int h, int h_k
   const float alpha = 1, beta = 0;
   const int n_out = 2 * h_kv;
   auto run = [&] {  // y[m, 2h_kv] = x[m, h] · w[2h_kv, h]ᵀ, row-major, as kvpr computes it
-    CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, h, &alpha, w, type, h, x, type,
-                            h, &beta, y, type, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, h, &alpha, w, type, h, x,
+                            type, h, &beta, y, type, n_out, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
   };
   run();
   const double flops = 4.0 * m * double(h) * h_kv;
@@ -123,8 +124,9 @@ int main(int argc, char** argv) {
   CHECK(cudaGetDeviceProperties(&props, 0));
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  std::string json = "{\"device\": \"" + std::string(props.name) + "\", \"sm_count\": " +
-                     std::to_string(props.multiProcessorCount) + ", \"copies\": [";
+  std::string json = "{\"device\": \"" + std::string(props.name) +
+                     "\", \"sm_count\": " + std::to_string(props.multiProcessorCount) +
+                     ", \"copies\": [";
 
   const size_t max_bytes = size_t{256} << 20;
   void* device = nullptr;
@@ -138,15 +140,18 @@ int main(int argc, char** argv) {
     } else {
       host = std::malloc(max_bytes);
       std::fill_n(static_cast<char*>(host), max_bytes, 1);
-      if (kind == HostKind::registered) CHECK(cudaHostRegister(host, max_bytes, cudaHostRegisterDefault));
+      if (kind == HostKind::registered)
+        CHECK(cudaHostRegister(host, max_bytes, cudaHostRegisterDefault));
     }
     for (bool to_device : {true, false}) {
       for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
         const double rate = copy_rate(host, device, bytes, to_device, stream);
-        std::printf("%-10s %-4s %12zu %10.2f\n", name(kind), to_device ? "h2d" : "d2h", bytes, rate / 1e9);
-        json += std::string(first ? "" : ", ") + "{\"host\": \"" + name(kind) + "\", \"direction\": \"" +
-                (to_device ? "host_to_device" : "device_to_host") + "\", \"bytes\": " +
-                std::to_string(bytes) + ", \"bytes_per_s\": " + std::to_string(rate) + "}";
+        std::printf("%-10s %-4s %12zu %10.2f\n", name(kind), to_device ? "h2d" : "d2h", bytes,
+                    rate / 1e9);
+        json += std::string(first ? "" : ", ") + "{\"host\": \"" + name(kind) +
+                "\", \"direction\": \"" + (to_device ? "host_to_device" : "device_to_host") +
+                "\", \"bytes\": " + std::to_string(bytes) +
+                ", \"bytes_per_s\": " + std::to_string(rate) + "}";
         first = false;
       }
     }
@@ -163,16 +168,20 @@ int main(int argc, char** argv) {
   CHECK_BLAS(cublasCreate(&blas));
   CHECK_BLAS(cublasSetStream(blas, stream));
   CHECK_BLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
-  json += "], \"gemm\": {\"h\": " + std::to_string(h) + ", \"h_kv\": " + std::to_string(h_kv) + ", \"rates\": [";
+  json += "], \"gemm\": {\"h\": " + std::to_string(h) + ", \"h_kv\": " + std::to_string(h_kv) +
+          ", \"rates\": [";
   std::printf("%-6s %8s %12s\n", "dtype", "m", "TFLOP/s");
   first = true;
-  for (auto [type, tname] : {std::pair{CUDA_R_16F, "f16"}, std::pair{CUDA_R_16BF, "bf16"}, std::pair{CUDA_R_32F, "f32"}}) {
+  for (auto [type, tname] : {std::pair{CUDA_R_16F, "f16"}, std::pair{CUDA_R_16BF, "bf16"},
+                             std::pair{CUDA_R_32F, "f32"}}) {
     for (int m : {1, 8, 32, 128, 512, 2048, 8192, 32768, 131072}) {
-      if (type == CUDA_R_32F && m > 32768) continue;  // slow without tensor cores; the curve is flat by then
+      if (type == CUDA_R_32F && m > 32768)
+        continue;  // slow without tensor cores; the curve is flat by then
       const double rate = gemm_rate(blas, type, m, h, h_kv, stream);
       std::printf("%-6s %8d %12.2f\n", tname, m, rate / 1e12);
-      json += std::string(first ? "" : ", ") + "{\"dtype\": \"" + tname + "\", \"m\": " + std::to_string(m) +
-              ", \"flops_per_s\": " + std::to_string(rate) + "}";
+      json += std::string(first ? "" : ", ") + "{\"dtype\": \"" + tname +
+              "\", \"m\": " + std::to_string(m) + ", \"flops_per_s\": " + std::to_string(rate) +
+              "}";
       first = false;
     }
   }

@@ -36,7 +36,8 @@ void launch(cudaStream_t stream, DType dtype, void* x, std::int64_t n) {
   constexpr unsigned int kThreads = 256;
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    activation_kernel<T, A><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<T*>(x), n);
+    activation_kernel<T, A>
+        <<<blocks_for(n, kThreads), kThreads, 0, stream>>>(static_cast<T*>(x), n);
   });
 }
 

@@ -159,14 +159,16 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttnArgs a)
   __syncthreads();
   if (threadIdx.x == 0) {
     float l_all = 0.0f;
-    for (std::int64_t s = 0; s < a.n_splits; ++s) l_all += weight[s] * a.partial_ml[2 * (base + s) + 1];
+    for (std::int64_t s = 0; s < a.n_splits; ++s)
+      l_all += weight[s] * a.partial_ml[2 * (base + s) + 1];
     sh_l = l_all;
   }
   __syncthreads();
   T* out = static_cast<T*>(a.out) + r * a.n_heads * hd + h * hd;
   for (std::int64_t d = threadIdx.x; d < hd; d += kThreads) {
     float total = 0.0f;
-    for (std::int64_t s = 0; s < a.n_splits; ++s) total += weight[s] * a.partial_acc[(base + s) * hd + d];
+    for (std::int64_t s = 0; s < a.n_splits; ++s)
+      total += weight[s] * a.partial_acc[(base + s) * hd + d];
     out[d] = from_f32<T>(total / sh_l);
   }
 }
@@ -191,7 +193,8 @@ void launch_attention(cudaStream_t stream, DType dtype, const AttnArgs& args) {
     fail("attention: head_dim ", args.head_dim, " / splits ", args.n_splits,
          " outside the kernel's limits");
   }
-  const dim3 grid(static_cast<unsigned int>(args.n_queries), static_cast<unsigned int>(args.n_heads),
+  const dim3 grid(static_cast<unsigned int>(args.n_queries),
+                  static_cast<unsigned int>(args.n_heads),
                   static_cast<unsigned int>(args.n_splits));
   dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

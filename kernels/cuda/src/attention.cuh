@@ -13,10 +13,10 @@
 namespace kvpr::kernels::cuda {
 
 struct AttnArgs {
-  const void* q = nullptr;  // [n_queries, n_heads·head_dim]
-  void* out = nullptr;      // same shape; may alias q
-  const AttnSegDesc* segs = nullptr;           // device copy of AttnPlan::segs
-  const std::int64_t* query_first = nullptr;   // device copy of AttnPlan::query_first
+  const void* q = nullptr;                    // [n_queries, n_heads·head_dim]
+  void* out = nullptr;                        // same shape; may alias q
+  const AttnSegDesc* segs = nullptr;          // device copy of AttnPlan::segs
+  const std::int64_t* query_first = nullptr;  // device copy of AttnPlan::query_first
   float* partial_acc = nullptr;  // [n_queries·n_heads·n_splits, head_dim] when n_splits > 1
   float* partial_ml = nullptr;   // [n_queries·n_heads·n_splits, 2]: running max and sum
   std::int64_t n_queries = 0;

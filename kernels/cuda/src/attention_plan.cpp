@@ -14,7 +14,9 @@ namespace {
 
 constexpr std::string_view kOp = "attention";
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
 
 }  // namespace
 
@@ -91,7 +93,8 @@ AttnPlan plan_attention(const Tensor& q, std::span<const AttnSegment> segments,
   const std::int64_t blocks = n_queries * shape.n_heads;
   const std::int64_t target = 8 * static_cast<std::int64_t>(std::max(sm_count, 1));
   std::int64_t splits = blocks == 0 || blocks >= target ? 1 : ceil_div(target, blocks);
-  splits = std::min(splits, std::max<std::int64_t>(1, ceil_div(plan.max_tokens, kAttnMinSplitTokens)));
+  splits =
+      std::min(splits, std::max<std::int64_t>(1, ceil_div(plan.max_tokens, kAttnMinSplitTokens)));
   splits = std::min(splits, kAttnMaxSplits);
   plan.n_splits = splits;
   plan.split_tokens = std::max<std::int64_t>(1, ceil_div(plan.max_tokens, splits));

@@ -22,11 +22,12 @@ struct AttnSegDesc {
 };
 
 struct AttnPlan {
-  std::vector<AttnSegDesc> segs;          // grouped by query row, in the order given per row
-  std::vector<std::int64_t> query_first;  // segs[query_first[r] .. query_first[r+1]) belong to row r
-  std::int64_t max_tokens = 0;            // longest row, in tokens
-  std::int64_t n_splits = 1;              // token ranges per (row, head), combined afterwards
-  std::int64_t split_tokens = 0;          // tokens per split (the last split may hold fewer)
+  std::vector<AttnSegDesc> segs;  // grouped by query row, in the order given per row
+  std::vector<std::int64_t>
+      query_first;                // segs[query_first[r] .. query_first[r+1]) belong to row r
+  std::int64_t max_tokens = 0;    // longest row, in tokens
+  std::int64_t n_splits = 1;      // token ranges per (row, head), combined afterwards
+  std::int64_t split_tokens = 0;  // tokens per split (the last split may hold fewer)
   // Byte offset of query_first inside the packed blob (after segs, 8-byte aligned).
   std::size_t query_first_offset() const { return segs.size() * sizeof(AttnSegDesc); }
   // segs then query_first, as one blob for a single upload.

@@ -31,7 +31,8 @@ __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, s
 void launch_convert(cudaStream_t stream, DType from, const void* src, DType to, void* dst,
                     std::int64_t n) {
   if (n <= 0) return;
-  if (from == to) fail("cuda backend: launch_convert called for one dtype (", safetensors_name(from), ")");
+  if (from == to)
+    fail("cuda backend: launch_convert called for one dtype (", safetensors_name(from), ")");
   constexpr unsigned int kThreads = 256;
   dispatch(from, [&](auto from_tag) {
     using S = typename decltype(from_tag)::type;

@@ -85,7 +85,8 @@ void CopyLane::to_device(void* dst, DType dst_dtype, const void* src, DType src_
     } else {
       StreamAllocation staging(bytes, stream_);  // freed in stream order, after the convert
       raw_to_device(staging.data(), src, bytes);
-      launch_convert(stream_, src_dtype, staging.data(), dst_dtype, dst, static_cast<std::int64_t>(n));
+      launch_convert(stream_, src_dtype, staging.data(), dst_dtype, dst,
+                     static_cast<std::int64_t>(n));
     }
   }
   stats_.h2d_bytes += bytes;
@@ -101,7 +102,8 @@ void CopyLane::to_host(void* dst, DType dst_dtype, const void* src, DType src_dt
       raw_to_host(dst, src, bytes);
     } else {
       StreamAllocation staging(bytes, stream_);
-      launch_convert(stream_, src_dtype, src, dst_dtype, staging.data(), static_cast<std::int64_t>(n));
+      launch_convert(stream_, src_dtype, src, dst_dtype, staging.data(),
+                     static_cast<std::int64_t>(n));
       raw_to_host(dst, staging.data(), bytes);
     }
   }

@@ -123,6 +123,7 @@ class CudaBackend final : public Backend {
     return device_->registry().add(ptr, bytes);
   }
 
+  // A pointer that was never registered (register_host returned false) is ignored.
   void unregister_host(void* ptr) override {
     device_->synchronize();  // no copy may still be reading or writing the range
     device_->registry().remove(ptr);
@@ -294,7 +295,8 @@ class CudaBackend final : public Backend {
     }
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] >= table.rows) {
-        fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows, " rows");
+        fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows,
+             " rows");
       }
     }
     if (y.numel() == 0) return;
@@ -305,8 +307,7 @@ class CudaBackend final : public Backend {
 
   void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
                  Tensor out) override {
-    const AttnPlan plan =
-        plan_attention(q, segments, shape, out, dtype_, device_->info().sm_count);
+    const AttnPlan plan = plan_attention(q, segments, shape, out, dtype_, device_->info().sm_count);
     if (q.rows == 0) return;
     const std::vector<std::byte> blob = plan.pack();
     auto* device = static_cast<const std::byte*>(device_->args().upload(blob.data(), blob.size()));
@@ -344,9 +345,11 @@ class CudaBackend final : public Backend {
     if (x.rows == 0) return result;
     const std::size_t bytes = result.size() * sizeof(std::int32_t);
     StreamAllocation indices(bytes, compute());
-    launch_argmax(compute(), dtype_, x.data, x.rows, x.cols, static_cast<std::int32_t*>(indices.data()));
+    launch_argmax(compute(), dtype_, x.data, x.rows, x.cols,
+                  static_cast<std::int32_t*>(indices.data()));
     if (argmax_host_.bytes() < bytes) argmax_host_ = PinnedMemory(bytes);
-    check(cudaMemcpyAsync(argmax_host_.data(), indices.data(), bytes, cudaMemcpyDeviceToHost, compute()),
+    check(cudaMemcpyAsync(argmax_host_.data(), indices.data(), bytes, cudaMemcpyDeviceToHost,
+                          compute()),
           "cudaMemcpyAsync");
     check(cudaStreamSynchronize(compute()), "cudaStreamSynchronize(compute)");
     std::memcpy(result.data(), argmax_host_.data(), bytes);
@@ -356,7 +359,8 @@ class CudaBackend final : public Backend {
  private:
   cudaStream_t compute() const { return device_->stream(Queue::compute); }
 
-  void binary(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b, const Tensor& y) {
+  void binary(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b,
+              const Tensor& y) {
     check_dtype(op, "a", a, dtype_);
     check_dtype(op, "b", b, dtype_);
     check_dtype(op, "y", y, dtype_);

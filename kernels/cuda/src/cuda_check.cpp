@@ -11,7 +11,8 @@ namespace kvpr::kernels::cuda {
 
 void check(cudaError_t err, std::string_view call) {
   if (err == cudaSuccess) return;
-  const ErrorKind kind = err == cudaErrorMemoryAllocation ? ErrorKind::overloaded : ErrorKind::failed;
+  const ErrorKind kind =
+      err == cudaErrorMemoryAllocation ? ErrorKind::overloaded : ErrorKind::failed;
   raise(kind, "cuda backend: ", call, ": ", cudaGetErrorString(err), " (", cudaGetErrorName(err),
         ")");
 }

@@ -47,7 +47,9 @@ class Device {
   Device& operator=(const Device&) = delete;
 
   const DeviceInfo& info() const { return info_; }
-  cudaStream_t stream(Queue queue) const { return queue == Queue::copy ? copy_.get() : compute_.get(); }
+  cudaStream_t stream(Queue queue) const {
+    return queue == Queue::copy ? copy_.get() : compute_.get();
+  }
   CopyLane& lane(Queue queue) { return queue == Queue::copy ? copy_lane_ : compute_lane_; }
   UploadRing& args() { return args_; }  // compute stream
   cublasHandle_t blas() const { return blas_.get(); }

@@ -7,7 +7,9 @@
 
 namespace kvpr::kernels::cuda {
 
-Stream::Stream() { check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
+Stream::Stream() {
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+}
 
 Stream::~Stream() {
   if (stream_ != nullptr) log_failure(cudaStreamDestroy(stream_), "cudaStreamDestroy");
@@ -40,7 +42,9 @@ EventHandle& EventHandle::operator=(EventHandle&& other) noexcept {
   return *this;
 }
 
-BlasHandle::BlasHandle() { check_blas(cublasCreate(&handle_), "cublasCreate"); }
+BlasHandle::BlasHandle() {
+  check_blas(cublasCreate(&handle_), "cublasCreate");
+}
 
 BlasHandle::~BlasHandle() {
   if (handle_ == nullptr) return;
@@ -81,7 +85,9 @@ StreamAllocation::StreamAllocation(std::size_t bytes, cudaStream_t stream)
   check(cudaMallocAsync(&data_, bytes == 0 ? 1 : bytes, stream), "cudaMallocAsync");
 }
 
-StreamAllocation::~StreamAllocation() { release(); }
+StreamAllocation::~StreamAllocation() {
+  release();
+}
 
 void StreamAllocation::release() noexcept {
   if (data_ != nullptr) log_failure(cudaFreeAsync(data_, stream_), "cudaFreeAsync");

@@ -27,8 +27,8 @@ __global__ void embedding_kernel(const T* __restrict__ table, const std::int32_t
 
 }  // namespace
 
-void launch_embedding(cudaStream_t stream, DType dtype, const void* table,
-                      const std::int32_t* ids, void* y, std::int64_t n_ids, std::int64_t cols) {
+void launch_embedding(cudaStream_t stream, DType dtype, const void* table, const std::int32_t* ids,
+                      void* y, std::int64_t n_ids, std::int64_t cols) {
   const std::int64_t total = n_ids * cols;
   if (total <= 0) return;
   constexpr unsigned int kThreads = 256;

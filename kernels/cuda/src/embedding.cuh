@@ -11,7 +11,7 @@
 namespace kvpr::kernels::cuda {
 
 // ids[n_ids] is device memory, already checked against the table's rows by the caller.
-void launch_embedding(cudaStream_t stream, DType dtype, const void* table,
-                      const std::int32_t* ids, void* y, std::int64_t n_ids, std::int64_t cols);
+void launch_embedding(cudaStream_t stream, DType dtype, const void* table, const std::int32_t* ids,
+                      void* y, std::int64_t n_ids, std::int64_t cols);
 
 }  // namespace kvpr::kernels::cuda

@@ -26,14 +26,15 @@ bool HostRegistry::add(void* ptr, std::size_t bytes) {
   return true;
 }
 
-void HostRegistry::remove(void* ptr) {
+bool HostRegistry::remove(void* ptr) {
   {
     std::lock_guard lock(mutex_);
     const auto it = ranges_.find(reinterpret_cast<std::uintptr_t>(ptr));
-    if (it == ranges_.end()) fail("unregister_host: ", ptr, " is not the start of a registered range");
+    if (it == ranges_.end()) return false;
     ranges_.erase(it);
   }
   check(cudaHostUnregister(ptr), "cudaHostUnregister");
+  return true;
 }
 
 bool HostRegistry::pinned(const void* ptr, std::size_t bytes) const {

@@ -17,8 +17,10 @@ class HostRegistry {
   // Registers [ptr, ptr + bytes) with cudaHostRegister. Returns false, after one line on stderr
   // saying why and what happens instead, when the runtime refuses.
   bool add(void* ptr, std::size_t bytes);
-  // Unregisters a range `add` registered (Error when ptr is not the start of one).
-  void remove(void* ptr);
+  // Unregisters the range `add` registered at ptr. Returns false, doing nothing, when there is
+  // none: callers pair register/unregister even when registering failed (Backend's contract lets
+  // them), so an unknown pointer is not an error.
+  bool remove(void* ptr);
   // Whether [ptr, ptr + bytes) can be the host side of an asynchronous DMA.
   bool pinned(const void* ptr, std::size_t bytes) const;
   // Unregisters everything still registered; never throws.

@@ -1,5 +1,5 @@
-// Launcher of RMSNorm (rms_norm.cu) over rows of `cols` elements: y = w · (x · rsqrt(mean(x²) + eps)),
-// as LlamaRMSNorm. Host-callable; no device code here.
+// Launcher of RMSNorm (rms_norm.cu) over rows of `cols` elements: y = w · (x · rsqrt(mean(x²) +
+// eps)), as LlamaRMSNorm. Host-callable; no device code here.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -11,7 +11,9 @@ namespace {
 
 constexpr std::size_t kAlign = 256;
 
-std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+std::size_t align_up(std::size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
 }  // namespace
 

@@ -50,8 +50,8 @@ class UploadRing {
   bool open_ = false;  // the last upload has no closing event yet
   std::size_t open_begin_ = 0;
   std::size_t open_end_ = 0;
-  std::deque<Region> closed_;         // oldest first
-  std::vector<EventHandle> spare_;    // events of regions already free
+  std::deque<Region> closed_;       // oldest first
+  std::vector<EventHandle> spare_;  // events of regions already free
 };
 
 }  // namespace kvpr::kernels::cuda

@@ -31,7 +31,8 @@ struct CudaStack {
     const auto& c = checkpoint.config();
     store = std::make_unique<kvstore::LocalKvStore>(
         kvstore::StoreShape{c.n_layers, c.h, c.h_kv(), c.dtype, 16}, std::uint64_t{1} << 28);
-    engine = std::make_unique<Engine>(*model, *backend, *store, planner, EngineOptions{policy, split});
+    engine =
+        std::make_unique<Engine>(*model, *backend, *store, planner, EngineOptions{policy, split});
   }
 
   // Rows [0, n) of one part of one layer of a sequence, converted to f32, as [n, width].

@@ -22,7 +22,9 @@
 
 namespace kvpr {
 // Test names and messages print a DType as "F16", not as a byte dump.
-inline void PrintTo(DType dtype, std::ostream* os) { *os << safetensors_name(dtype); }
+inline void PrintTo(DType dtype, std::ostream* os) {
+  *os << safetensors_name(dtype);
+}
 }  // namespace kvpr
 
 namespace kvpr::kernels::cuda_test {
@@ -49,11 +51,11 @@ inline const std::optional<std::string>& no_cuda_reason() {
   return reason;
 }
 
-#define KVPR_SKIP_WITHOUT_CUDA()                                                       \
-  do {                                                                                 \
-    if (const auto& why = ::kvpr::kernels::cuda_test::no_cuda_reason()) {                \
-      GTEST_SKIP() << "no usable CUDA device, GPU test not run: " << *why;             \
-    }                                                                                  \
+#define KVPR_SKIP_WITHOUT_CUDA()                                           \
+  do {                                                                     \
+    if (const auto& why = ::kvpr::kernels::cuda_test::no_cuda_reason()) {  \
+      GTEST_SKIP() << "no usable CUDA device, GPU test not run: " << *why; \
+    }                                                                      \
   } while (false)
 
 // Rounds values to what `dtype` can hold, so both backends see identical inputs.
@@ -79,8 +81,8 @@ struct Side {
 
   DType dtype() const { return backend->compute_dtype(); }
   Tensor alloc(std::int64_t rows, std::int64_t cols) {
-    buffers.push_back(backend->alloc(static_cast<std::size_t>(std::max<std::int64_t>(rows * cols, 1)) *
-                                     size_of(dtype())));
+    buffers.push_back(backend->alloc(
+        static_cast<std::size_t>(std::max<std::int64_t>(rows * cols, 1)) * size_of(dtype())));
     return buffers.back()->tensor(dtype(), rows, cols);
   }
   Tensor put(const std::vector<float>& v, std::int64_t rows, std::int64_t cols) {
@@ -124,8 +126,8 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
     }
   }
   EXPECT_LE(worst_excess, 0.0f) << what << ": element " << worst << " is " << got[worst]
-                                << ", reference " << want[worst] << " (atol " << atol
-                                << ", rtol " << rtol << ")";
+                                << ", reference " << want[worst] << " (atol " << atol << ", rtol "
+                                << rtol << ")";
 }
 
 // Tolerances for results stored in `dtype` after fp32 arithmetic on identical inputs.

@@ -29,19 +29,22 @@ std::vector<float> run(Side& side, const Case& c, const std::vector<float>& q,
   const std::int64_t h = c.n_heads * c.head_dim;
   const std::int64_t h_kv = c.n_kv_heads * c.head_dim;
   const Tensor tq = side.put(q, rows, h);
-  const Tensor tk = side.put(std::vector<float>(kv.begin(), kv.begin() + total * h_kv), total, h_kv);
+  const Tensor tk =
+      side.put(std::vector<float>(kv.begin(), kv.begin() + total * h_kv), total, h_kv);
   const Tensor tv = side.put(std::vector<float>(kv.begin() + total * h_kv, kv.end()), total, h_kv);
   const Tensor out = c.alias ? tq : side.alloc(rows, h);
   std::vector<AttnSegment> segs;
   if (c.prefill > 0) {
-    for (std::int64_t j = 0; j < rows; ++j) segs.push_back({j, tk.rows_slice(0, j + 1), tv.rows_slice(0, j + 1)});
+    for (std::int64_t j = 0; j < rows; ++j)
+      segs.push_back({j, tk.rows_slice(0, j + 1), tv.rows_slice(0, j + 1)});
   } else {
     std::int64_t row0 = 0;
     for (std::int64_t i = 0; i < rows; ++i) {
       const std::int64_t s = c.s[static_cast<std::size_t>(i)];
       const std::int64_t l = s / 3;
       if (l > 0) segs.push_back({i, tk.rows_slice(row0, l), tv.rows_slice(row0, l)});
-      if (s > l) segs.push_back({i, tk.rows_slice(row0 + l, s - l), tv.rows_slice(row0 + l, s - l)});
+      if (s > l)
+        segs.push_back({i, tk.rows_slice(row0 + l, s - l), tv.rows_slice(row0 + l, s - l)});
       segs.push_back({i, tk.rows_slice(row0 + s, 1), tv.rows_slice(row0 + s, 1)});  // new token
       row0 += s + 1;
     }
@@ -100,7 +103,8 @@ TEST_P(CudaAttention, RejectsARowWithoutKeys) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaAttention,
-                         ::testing::Values(DType::f32, DType::f16, DType::bf16), cuda_test::dtype_name);
+                         ::testing::Values(DType::f32, DType::f16, DType::bf16),
+                         cuda_test::dtype_name);
 
 }  // namespace
 }  // namespace kvpr::kernels

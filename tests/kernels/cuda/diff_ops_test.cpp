@@ -37,9 +37,9 @@ TEST_P(CudaOps, Gemm) {
     std::int64_t m, n, k;
     bool bias;
   };
-  for (const Shape& s : {Shape{1, 64, 48, true}, Shape{7, 130, 256, false},
-                         Shape{33, 512, 1024, true}, Shape{128, 96, 64, true},
-                         Shape{5, 17, 0, true}}) {
+  for (const Shape& s :
+       {Shape{1, 64, 48, true}, Shape{7, 130, 256, false}, Shape{33, 512, 1024, true},
+        Shape{128, 96, 64, true}, Shape{5, 17, 0, true}}) {
     SCOPED_TRACE(::testing::Message() << "m " << s.m << " n " << s.n << " k " << s.k);
     const auto x = values(static_cast<std::size_t>(s.m * s.k), 1);
     const auto w = values(static_cast<std::size_t>(s.n * s.k), 2, 0.05f);
@@ -49,7 +49,8 @@ TEST_P(CudaOps, Gemm) {
     for (auto* side : {&pair_->cpu, &pair_->cuda}) {
       const Tensor tb = side->put(b, 1, s.n);
       const Tensor ty = side->alloc(s.m, s.n);
-      side->backend->gemm(side->put(x, s.m, s.k), side->put(w, s.n, s.k), s.bias ? &tb : nullptr, ty);
+      side->backend->gemm(side->put(x, s.m, s.k), side->put(w, s.n, s.k), s.bias ? &tb : nullptr,
+                          ty);
       out[i++] = side->get(ty);
     }
     const auto t = tol_for(GetParam(), 2e-5f);
@@ -69,11 +70,21 @@ TEST_P(CudaOps, AddMulAndActivations) {
       const Tensor ta = side->put(a, rows, cols);
       const Tensor tb = side->put(b, rows, cols);
       switch (op) {
-        case 0: side->backend->add(ta, tb, ta); break;  // y aliases a
-        case 1: side->backend->mul(ta, tb, tb); break;  // y aliases b
-        case 2: side->backend->activation(Act::relu, ta); break;
-        case 3: side->backend->activation(Act::gelu, ta); break;
-        case 4: side->backend->activation(Act::silu, ta); break;
+        case 0:
+          side->backend->add(ta, tb, ta);
+          break;  // y aliases a
+        case 1:
+          side->backend->mul(ta, tb, tb);
+          break;  // y aliases b
+        case 2:
+          side->backend->activation(Act::relu, ta);
+          break;
+        case 3:
+          side->backend->activation(Act::gelu, ta);
+          break;
+        case 4:
+          side->backend->activation(Act::silu, ta);
+          break;
       }
       out[i++] = side->get(op == 1 ? tb : ta);
     }
@@ -111,12 +122,14 @@ TEST_P(CudaOps, LayerNormAndRmsNorm) {
 }
 
 TEST_P(CudaOps, RopeAtLongPositions) {
-  for (auto [n_heads, head_dim] : {std::pair<std::int64_t, std::int64_t>{4, 16}, {8, 128}, {2, 256}}) {
+  for (auto [n_heads, head_dim] :
+       {std::pair<std::int64_t, std::int64_t>{4, 16}, {8, 128}, {2, 256}}) {
     SCOPED_TRACE(head_dim);
     const std::int64_t rows = 37;
     const auto x = values(static_cast<std::size_t>(rows * n_heads * head_dim), 9);
     std::vector<std::int32_t> positions(static_cast<std::size_t>(rows));
-    for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>((i * 977) % 32768);
+    for (std::size_t i = 0; i < positions.size(); ++i)
+      positions[i] = static_cast<std::int32_t>((i * 977) % 32768);
     std::vector<float> out[2];
     int i = 0;
     for (auto* side : {&pair_->cpu, &pair_->cuda}) {
@@ -152,12 +165,14 @@ TEST_P(CudaOps, ArgmaxTakesTheFirstOfEqualMaxima) {
   const std::int64_t rows = 5, cols = 50272;
   auto x = values(static_cast<std::size_t>(rows * cols), 11);
   // Row 1: the maximum appears three times; row 3: only at the end; row 4: all equal.
-  for (std::int64_t c : {std::int64_t{40000}, std::int64_t{7}, std::int64_t{20000}}) x[static_cast<std::size_t>(cols + c)] = 64.0f;
+  for (std::int64_t c : {std::int64_t{40000}, std::int64_t{7}, std::int64_t{20000}})
+    x[static_cast<std::size_t>(cols + c)] = 64.0f;
   x[static_cast<std::size_t>(3 * cols + cols - 1)] = 64.0f;
   std::fill(x.begin() + 4 * cols, x.end(), 1.0f);
   std::vector<std::int32_t> out[2];
   int i = 0;
-  for (auto* side : {&pair_->cpu, &pair_->cuda}) out[i++] = side->backend->argmax(side->put(x, rows, cols));
+  for (auto* side : {&pair_->cpu, &pair_->cuda})
+    out[i++] = side->backend->argmax(side->put(x, rows, cols));
   EXPECT_EQ(out[1], out[0]);
   EXPECT_EQ(out[1][1], 7);
   EXPECT_EQ(out[1][3], cols - 1);

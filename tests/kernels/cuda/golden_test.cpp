@@ -10,8 +10,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "cuda_test_util.h"
 #include "cuda_stack.h"
+#include "cuda_test_util.h"
 #include "kvpr/common/npy.h"
 #include "kvpr/worker/generator.h"
 
@@ -63,7 +63,9 @@ struct GoldenParam {
   std::string name;
 };
 
-void PrintTo(const GoldenParam& p, std::ostream* os) { *os << p.name; }
+void PrintTo(const GoldenParam& p, std::ostream* os) {
+  *os << p.name;
+}
 
 class CudaGolden : public ::testing::TestWithParam<GoldenParam> {};
 

@@ -136,8 +136,11 @@ TEST(AttentionPlan, RejectsBadCallsLikeTheCpuReference) {
                ErrorKind::failed);
   expect_error(plan({ok0, ok1}, shape, DType::f16), "is not F16", ErrorKind::failed);
   const Tensor wide = f.t(1, 512);
-  expect_error([&] { plan_attention(wide, {}, {1, 1, 512, 1.0f}, wide, DType::f32, 132); },
-               "head_dim 512", ErrorKind::unimplemented);
+  expect_error(
+      [&] {
+        plan_attention(wide, {}, {1, 1, 512, 1.0f}, wide, DType::f32, 132);
+      },
+      "head_dim 512", ErrorKind::unimplemented);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 // (grouped-query LLaMA, fp16 storage, GELU OPT), with fp32 compute; and the same for fp16 compute
 // on one model, within fp16's tolerance. Without a usable CUDA device every case skips.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -61,7 +60,8 @@ std::vector<ModelCase> model_cases() {
   wide.head_dim = 32;
   wide.activation = Activation::gelu;
   wide.dtype = DType::f16;
-  cases.push_back({"opt-wide-gelu-fp16-store", generate("opt-wide-gelu", wide, 14), DType::f32, 1e-2f});
+  cases.push_back(
+      {"opt-wide-gelu-fp16-store", generate("opt-wide-gelu", wide, 14), DType::f32, 1e-2f});
   return cases;
 }
 
@@ -77,8 +77,8 @@ std::vector<std::vector<std::int32_t>> prompts(std::int64_t vocab) {
   return out;
 }
 
-std::vector<std::vector<float>> run(CudaStack& stack, const std::vector<std::vector<std::int32_t>>& ps,
-                                    int steps) {
+std::vector<std::vector<float>> run(CudaStack& stack,
+                                    const std::vector<std::vector<std::int32_t>>& ps, int steps) {
   std::vector<SeqHandle> seqs;
   std::vector<float> logits;
   for (const auto& p : ps) seqs.push_back(stack.engine->prefill(p, logits));

@@ -8,7 +8,10 @@
 
 namespace kvpr::kernels {
 
-// Throws Error(unimplemented) with one line when no usable CUDA device is present.
+// A backend on CUDA device 0 computing in options.compute_dtype (f32, f16 or bf16; accumulation is
+// always fp32, and f32 GEMMs do not use TF32). Throws Error(unimplemented) with one line when no
+// usable CUDA device is present (naming cudaGetDeviceCount's error) or when options ask for the
+// CPU backend's emulated link; other failures name the CUDA call.
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
 
 }  // namespace kvpr::kernels
