@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `kvpr profile`, `kvpr plan` and `kvpr bench` as a user runs them, on a golden checkpoint with a
+# quick profile: the JSON contracts, the GQA reason, the plot file, bad flags.
+set -euo pipefail
+kvpr="$1"
+here="$(cd "$(dirname "$0")" && pwd)"
+golden="$here/../data/golden/models"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export KVPR_CACHE_DIR="$work/cache"
+check() { python3 -c "$1" "${@:2}"; }
+
+"$kvpr" profile --model "$golden/llama-2l-h64-mha" --quick --emulate-link-gbps 0.05 --json --out "$work/p.json" > "$work/p-stdout.json"
+check '
+import json, sys
+p = json.load(open(sys.argv[1]))
+for c in ("h2d_bytes_per_s", "d2h_bytes_per_s", "recompute_flops_per_s"):
+    assert len(p[c]["x"]) >= 4 and all(y > 0 for y in p[c]["y"]), c
+assert p["shape"]["h"] == 64 and p["attention_s_per_token"] >= 0
+# The emulated 0.05 GB/s link shows in the large-copy bandwidth (loose: the machine is shared).
+assert 0.02e9 < p["h2d_bytes_per_s"]["y"][-1] < 0.08e9, p["h2d_bytes_per_s"]
+assert json.load(open(sys.argv[2])) == p
+' "$work/p.json" "$work/p-stdout.json"
+ls "$KVPR_CACHE_DIR"/profiles/*.json > /dev/null
+echo "ok   profile: curves, emulated link visible, cached"
+
+"$kvpr" plan --model "$golden/llama-2l-h64-mha" --batch 2 --context 100 --profile "$work/p.json" --json > "$work/plan.json"
+check '
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("policy", "split", "chunk", "predicted_s", "reason", "curve"):
+    assert k in r, k
+assert len(r["splits"]) == 2 and len(r["curve"]) >= 9
+assert min(p["predicted_s"] for p in r["curve"]) >= r["predicted_s"] * (1 - 1e-9)
+' "$work/plan.json"
+"$kvpr" plan --model "$golden/llama-2l-h64-mha" --batch 64 --context 100 --profile "$work/p.json" \
+  --workload throughput --device-memory 100000000 --json > "$work/tp.json"
+check '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["device_batch"] * r["batches"] >= 64 and r["tokens_per_s"] > 0
+fitting = [o for o in r["throughput_options"] if o["fits"]]
+assert max(o["tokens_per_s"] for o in fitting) == r["tokens_per_s"]
+' "$work/tp.json"
+echo "ok   plan: latency and throughput decisions"
+
+"$kvpr" gen-model --arch llama --preset llama-tiny-gqa --out "$work/gqa" --quiet > /dev/null
+"$kvpr" plan --model "$work/gqa" --batch 1 --context 64 --json > "$work/gqa.json"
+check '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["split"] == 0 and r["reason"].startswith("l = 0"), r["reason"]
+' "$work/gqa.json"
+echo "ok   plan: grouped-query model plans l = 0 with its reason"
+
+"$kvpr" bench --model "$golden/opt-2l-h64" --batch 2 --context 40 --sweep --points 9 --steps 1 \
+  --profile "$work/p-opt.json" --json "$work/bench.json" --plot "$work/bench.png" --quiet > "$work/bench.txt" 2>&1 \
+  && { echo "bench accepted a missing profile file"; exit 1; } || true
+"$kvpr" profile --model "$golden/opt-2l-h64" --quick --json --out "$work/p-opt.json" > /dev/null
+"$kvpr" bench --model "$golden/opt-2l-h64" --batch 2 --context 40 --sweep --points 9 --steps 1 \
+  --profile "$work/p-opt.json" --json "$work/bench.json" --plot "$work/bench.png" --quiet > "$work/bench.txt"
+check '
+import json, sys
+r = json.load(open(sys.argv[1]))
+pts = r["points"]
+assert sum(1 for p in pts if p["label"].startswith("sweep")) == 9
+for p in pts:
+    for k in ("policy", "split", "measured_s", "predicted_s"):
+        assert k in p, k
+for k in ("policy", "split", "measured_s", "predicted_s"):
+    assert k in r["chosen"], k
+assert r["best"]["measured_s"] <= min(p["measured_s"] for p in pts if p["policy"] != "resident")
+assert open(sys.argv[2], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+' "$work/bench.json" "$work/bench.png"
+echo "ok   bench: sweep points, chosen, best, plot"
