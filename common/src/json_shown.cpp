@@ -1,11 +1,5 @@
 #include "json_shown.h"
 
-// g++ 12 at -O2 reports a false -Wrestrict inside std::string's inlined appends here (GCC bug
-// 105329); the code only appends to a local string.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wrestrict"
-#endif
-
 namespace kvpr::detail {
 
 std::string shown(const nlohmann::json& value) {

@@ -494,9 +494,14 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  Options options;
   try {
-    return run(parse(argc, argv));
+    options = parse(argc, argv);
+    return run(options);
   } catch (const std::exception& e) {
+    // No half-written or empty report is left behind.
+    std::error_code ignored;
+    if (!options.json_path.empty()) std::filesystem::remove(options.json_path, ignored);
     std::fprintf(stderr, "kvpr-bench-decode: %s\n", e.what());
     return 1;
   }

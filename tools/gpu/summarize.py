@@ -104,7 +104,7 @@ def bench_section(out):
         return ["## Decode benchmark", "", "No benchmark results (" + bench.get("_error", "?") + ")."]
     m = bench["model"]
     lines = ["## Decode benchmark (kvpr-bench-decode)", "",
-             f"Model: {m['preset']} shape, {m['layers']} layers, h {m['h']}, h_kv {m['h_kv']}, {m['dtype']} "
+             f"Backend: {bench['backend']}. Model: {m['preset']} shape, {m['layers']} layers, h {m['h']}, h_kv {m['h_kv']}, {m['dtype']} "
              f"weights and store; compute {bench['compute_dtype']}; store blocks of {bench['block_tokens']} "
              f"tokens; pipelined chunk {bench['chunk']} rows; median of {bench['steps']} steps "
              f"after {bench['warmup']} warm-up.", "",

@@ -45,15 +45,23 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   shape.h_kv = c.h_kv();
   shape.dtype = c.dtype;
   store = std::make_unique<kvstore::LocalKvStore>(shape, capacity_bytes);
+  // K,V and activations move straight between the store's memory and the device.
+  if (store->arena() != nullptr) backend->register_host(store->arena(), store->arena_bytes());
   if (planner_kind == "nominal") {
     planner = std::make_unique<planner::CostModelPlanner>();
   } else if (planner_kind == "measured") {
-    planner = std::make_unique<planner::ProfilePlanner>(measured_profile(flags, c, false), step_shape(c));
+    planner =
+        std::make_unique<planner::ProfilePlanner>(measured_profile(flags, c, false), step_shape(c));
   } else {
     fail("--planner must be nominal or measured, got '", planner_kind, "'");
   }
   engine = std::make_unique<worker::Engine>(*model, *backend, *store, *planner,
                                             worker::EngineOptions{policy, split});
+}
+
+Embedded::~Embedded() {
+  engine.reset();  // drains the backend's queues
+  if (store && store->arena() != nullptr) backend->unregister_host(store->arena());
 }
 
 }  // namespace kvpr::cli

@@ -18,6 +18,9 @@ struct Embedded {
   Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
            std::optional<std::int64_t> split, std::uint64_t capacity_bytes, bool show_progress,
            const std::string& planner_kind = "nominal");
+  ~Embedded();
+  Embedded(const Embedded&) = delete;
+  Embedded& operator=(const Embedded&) = delete;
 
   Checkpoint checkpoint;
   std::unique_ptr<kernels::Backend> backend;

@@ -52,8 +52,9 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--json", run.json, "Print one JSON object");
   run_cmd->add_option("--kv-capacity", run.capacity_bytes, "Host KV store capacity in bytes");
   run_cmd->add_flag("--quiet", run.quiet, "No progress output");
-  run_cmd->add_option("--planner", run.planner,
-                      "Split planner: nominal (backend's nominal rates) or measured (cached profile)");
+  run_cmd->add_option(
+      "--planner", run.planner,
+      "Split planner: nominal (backend's nominal rates) or measured (cached profile)");
   add_backend_flags(run_cmd, run.backend);
 
   kvpr::cli::GenModelOptions gen;

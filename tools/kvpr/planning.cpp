@@ -50,8 +50,8 @@ void print_profile(const HardwareProfile& p) {
               p.attention_s_per_token * 1e6, p.attention_s_per_query * 1e6);
   std::printf("rest of a layer: %.3f ms + %.3f ms per batch row\n", p.other_s_per_layer * 1e3,
               p.other_s_per_row * 1e3);
-  std::printf("LM head (vocab %lld): %.3f ms + %.3f ms per batch row\n", static_cast<long long>(p.vocab),
-              p.head_s * 1e3, p.head_s_per_row * 1e3);
+  std::printf("LM head (vocab %lld): %.3f ms + %.3f ms per batch row\n",
+              static_cast<long long>(p.vocab), p.head_s * 1e3, p.head_s_per_row * 1e3);
 }
 
 nlohmann::json phases_json(const StepPrediction& p) {

@@ -31,6 +31,10 @@ class LocalKvStore final : public KvStoreClient {
   void free(SeqId seq) override;
   StoreStats stats() const override;
 
+  // The host memory behind every span, for registering it with a device's copy engine once.
+  void* arena() const { return arena_; }
+  std::size_t arena_bytes() const { return arena_bytes_; }
+
  private:
   struct Sequence {
     std::int64_t length = 0;                       // committed tokens
