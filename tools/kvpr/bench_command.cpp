@@ -58,7 +58,7 @@ struct Bench {
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<worker::SeqHandle> seqs;  // prefilled once, shared by the non-resident engines
 
-  // Median step time over options.steps steps after one warm-up, the context reset each time.
+  // Lower-median step time over options.steps steps after one warm-up, the context reset each time.
   Measured run(worker::Engine& engine, const std::vector<worker::SeqHandle>& batch) {
     std::vector<std::int32_t> tokens(batch.size(), 5);
     std::vector<double> totals;
@@ -72,7 +72,8 @@ struct Bench {
     }
     std::sort(totals.begin(), totals.end());
     Measured m;
-    m.measured_s = totals[totals.size() / 2];
+    // The lower median: on a shared 2-core machine a step is only ever slowed down by others.
+    m.measured_s = totals[(totals.size() - 1) / 2];
     const double n = static_cast<double>(options.steps);
     m.phases = {sum.transfer / n, sum.recompute / n, sum.attention / n,
                 sum.other / n,    sum.idle / n,      sum.total / n};
