@@ -7,12 +7,16 @@
 #   A100 on PCIe 4   ~ 312 TFLOP/s / 25 GB/s   = 12,500 FLOP/B
 #   H200 on PCIe 5   ~ 989 TFLOP/s / 55 GB/s   = 18,000 FLOP/B
 #   a slow link      ~ 40,000 FLOP/B (a PCIe 3 x8-class link on the same GPU)
-# usage: tools/bench/planner-sweep.sh BUILD_DIR OUT_DIR [context] [batch]
+# usage: tools/bench/planner-sweep.sh BUILD_DIR OUT_DIR [context] [batch] [threads] [steps]
+# threads: compute threads of the CPU backend (1 leaves the second core to the copy queue's thread,
+# so the two do not preempt each other); steps: measured decode steps per point.
 set -euo pipefail
 build="$1"
 out="$2"
 context="${3:-128}"
 batch="${4:-1}"
+threads="${5:-1}"
+steps="${6:-3}"
 kvpr="$build/tools/kvpr"
 models="$out/models"
 mkdir -p "$out" "$models"
@@ -25,7 +29,7 @@ for preset in opt-6.7b llama2-7b; do
 done
 
 # F: the recompute GEMM rate at the engine's chunk size (64 rows), measured without emulation.
-"$kvpr" profile --model "$models/opt-6.7b" --json > "$out/profile-unthrottled.json" 2>/dev/null
+"$kvpr" profile --model "$models/opt-6.7b" --threads "$threads" --json > "$out/profile-unthrottled.json" 2>/dev/null
 flops=$(python3 -c '
 import json, sys
 p = json.load(open(sys.argv[1]))["recompute_flops_per_s"]
@@ -38,7 +42,7 @@ for ratio in 12500 18000 40000; do
     name="$preset-b$batch-s$context-ratio$ratio"
     echo "== $name: emulated link $gbps GB/s"
     "$kvpr" bench --model "$models/$preset" --batch "$batch" --context "$context" --sweep --points 11 \
-      --steps 2 --emulate-link-gbps "$gbps" --json "$out/$name.json" --plot "$out/$name.png" --quiet \
+      --steps "$steps" --threads "$threads" --emulate-link-gbps "$gbps" --json "$out/$name.json" --plot "$out/$name.png" --quiet \
       | tee "$out/$name.txt"
   done
 done
