@@ -293,7 +293,6 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
     ctx.act_positions.push_back(static_cast<std::int32_t>(t));
   ctx.l_total = ctx.l[0];
   ctx.kv_total = s - ctx.l[0];
-  const DType dt = backend_.compute_dtype();
   Slot& sl = slot(0);
   sl.free.reset();
   const std::int64_t rows = std::max<std::int64_t>(ctx.l_total, 1);
@@ -321,7 +320,6 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                           fv.rows_slice(0, ctx.kv_total));
   }
   backend_.synchronize();
-  (void)dt;
 }
 
 }  // namespace kvpr::worker
