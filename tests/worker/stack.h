@@ -1,7 +1,9 @@
-// An in-process stack for engine tests: checkpoint → CPU backend → device model → host store →
-// cost-model planner → engine, with the policy and split under test.
+// An in-process stack for engine tests: checkpoint → backend (CPU unless the test names another) →
+// device model → host store → cost-model planner → engine, with the policy and split under test.
+// The CUDA model tests (tests/kernels/cuda) build on it with the CUDA backend.
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,8 +18,8 @@ namespace kvpr::worker::testing {
 
 struct Stack {
   Stack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
-        std::uint64_t capacity = 1ull << 28)
-      : checkpoint(dir), backend(kernels::make_backend({})) {
+        std::uint64_t capacity = 1ull << 28, const kernels::BackendOptions& backend_options = {})
+      : checkpoint(dir), backend(kernels::make_backend(backend_options)) {
     model = std::make_unique<DeviceModel>(checkpoint, *backend, false);
     const auto& c = checkpoint.config();
     store = std::make_unique<kvstore::LocalKvStore>(
@@ -46,9 +48,13 @@ struct Stack {
   std::unique_ptr<Engine> engine;
 };
 
+// Largest |a[i] - b[i]|; a NaN anywhere counts as the worst difference.
 inline float max_abs_diff(const float* a, const float* b, std::size_t n) {
   float worst = 0;
-  for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  for (std::size_t i = 0; i < n; ++i) {
+    const float d = std::abs(a[i] - b[i]);
+    if (!(d <= worst)) worst = d;
+  }
   return worst;
 }
 

@@ -1,18 +1,9 @@
 // An in-process engine stack on the CUDA backend for the model-level GPU tests: checkpoint →
 // CUDA backend (compute dtype chosen by the test) → device model → host store → cost-model
-// planner → engine. The same wiring as tests/worker/stack.h, with the backend as a parameter.
+// planner → engine: tests/worker/stack.h with the CUDA backend.
 #pragma once
 
-#include <cmath>
-#include <memory>
-#include <optional>
-#include <string>
-
-#include "kvpr/common/checkpoint.h"
-#include "kvpr/kernels/registry.h"
-#include "kvpr/kvstore/local_kv_store.h"
-#include "kvpr/planner/planner.h"
-#include "kvpr/worker/engine.h"
+#include "../../worker/stack.h"
 
 namespace kvpr::worker::cuda_testing {
 
@@ -23,45 +14,12 @@ inline kernels::BackendOptions cuda_options(DType compute) {
   return options;
 }
 
-struct CudaStack {
+struct CudaStack : kvpr::worker::testing::Stack {
   CudaStack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
             DType compute = DType::f32)
-      : checkpoint(dir), backend(kernels::make_backend(cuda_options(compute))) {
-    model = std::make_unique<DeviceModel>(checkpoint, *backend, false);
-    const auto& c = checkpoint.config();
-    store = std::make_unique<kvstore::LocalKvStore>(
-        kvstore::StoreShape{c.n_layers, c.h, c.h_kv(), c.dtype, 16}, std::uint64_t{1} << 28);
-    engine =
-        std::make_unique<Engine>(*model, *backend, *store, planner, EngineOptions{policy, split});
-  }
-
-  // Rows [0, n) of one part of one layer of a sequence, converted to f32, as [n, width].
-  std::vector<float> stored(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t n) {
-    const auto& shape = store->shape();
-    const auto width = static_cast<std::size_t>(shape.width(part));
-    std::vector<float> out(static_cast<std::size_t>(n) * width);
-    for (const auto& span : store->locate(seq, layer, part, 0, n)) {
-      convert(span.data, shape.dtype, out.data() + static_cast<std::size_t>(span.t0) * width,
-              DType::f32, static_cast<std::size_t>(span.n_tokens) * width);
-    }
-    return out;
-  }
-
-  Checkpoint checkpoint;
-  std::unique_ptr<kernels::Backend> backend;
-  std::unique_ptr<DeviceModel> model;
-  std::unique_ptr<kvstore::LocalKvStore> store;
-  planner::CostModelPlanner planner{4};  // small chunks so tiny prompts still pipeline
-  std::unique_ptr<Engine> engine;
+      : Stack(dir, policy, split, std::uint64_t{1} << 28, cuda_options(compute)) {}
 };
 
-inline float max_abs_diff(const float* a, const float* b, std::size_t n) {
-  float worst = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float d = std::abs(a[i] - b[i]);
-    if (!(d <= worst)) worst = d;  // NaN is the worst
-  }
-  return worst;
-}
+using kvpr::worker::testing::max_abs_diff;
 
 }  // namespace kvpr::worker::cuda_testing
