@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-json3-dev
-          libcli11-dev libgtest-dev libgmock-dev python3 clang-format)
+          libcli11-dev libgtest-dev libgmock-dev python3 clang-format
+          libucx-dev ucx-utils libzmq3-dev cppzmq-dev capnproto libcapnp-dev prometheus-cpp-dev
+          clang libclang-rt-14-dev iproute2 procps curl)
 # npm may come from outside Debian; the Debian packages are needed only when it is absent.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

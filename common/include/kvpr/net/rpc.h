@@ -1,0 +1,105 @@
+// ZeroMQ request/reply plumbing shared by every service and client.
+//
+// - `Router` is a service's listening socket (ROUTER). Each request is two frames, [peer identity,
+//   one Cap'n Proto message]; anything else is drained and reported as malformed so the service can
+//   answer it and keep serving. Owned and used by one thread.
+// - `RpcClient` is a client's DEALER to one service, matching replies to requests by id and giving
+//   up with ErrorKind::disconnected when no reply arrives before the deadline (a dead or
+//   unreachable peer never hangs a caller). Replies to abandoned requests are discarded when they
+//   arrive late. Thread-safe: calls are serialised on an internal mutex.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <zmq.hpp>
+
+#include "kvpr/net/wire.h"
+
+namespace kvpr::net {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// A socket with LINGER 0 (closing never blocks on unsent messages to a dead peer).
+zmq::socket_t make_socket(zmq::context_t& context, zmq::socket_type type);
+
+// Binds and returns the endpoint actually bound: "tcp://HOST:0" binds a free port.
+std::string bind(zmq::socket_t& socket, const std::string& endpoint);
+
+// A process-wide increasing id for requests.
+std::uint64_t next_request_id();
+// Milliseconds since the Unix epoch `timeout` from now (the deadline field of requests).
+std::uint64_t deadline_unix_ms(milliseconds timeout);
+std::uint64_t now_unix_ms();
+
+class Router {
+ public:
+  Router(zmq::context_t& context, const std::string& endpoint);
+
+  struct Request {
+    zmq::message_t peer;
+    zmq::message_t payload;
+    std::string malformed;  // non-empty: the frames did not form one request; reply with this
+  };
+
+  // Waits up to `timeout` for one request.
+  std::optional<Request> receive(milliseconds timeout);
+  void send(const zmq::message_t& peer, zmq::message_t payload);
+  void send(const zmq::message_t& peer, capnp::MessageBuilder& message) {
+    send(peer, encode(message));
+  }
+
+  const std::string& endpoint() const { return endpoint_; }
+  zmq::socket_t& socket() { return socket_; }
+
+ private:
+  zmq::socket_t socket_;
+  std::string endpoint_;
+};
+
+class RpcClient {
+ public:
+  // `peer` names the service in error messages ("kvstore tcp://127.0.0.1:5555").
+  RpcClient(zmq::context_t& context, const std::string& endpoint, std::string peer);
+
+  // Sends `request` (whose root carries `id`) and returns the first reply frame whose root has
+  // the same id. Reply must be a generated struct type with getId().
+  template <typename Reply>
+  std::unique_ptr<Frame> call(capnp::MessageBuilder& request, std::uint64_t id,
+                              milliseconds timeout) {
+    std::lock_guard lock(mutex_);
+    const auto deadline = Clock::now() + timeout;
+    send_locked(encode(request), deadline);
+    for (;;) {
+      auto frame = receive_locked(deadline);
+      if (!frame) {
+        raise(ErrorKind::disconnected, peer_, ": no reply within ", timeout.count(), " ms");
+      }
+      bool match = false;
+      decode_guard([&] { match = frame->root<Reply>().getId() == id; });
+      if (match) return frame;
+    }
+  }
+
+  // Streams: send once, then read frames until the caller has what it needs.
+  void send(capnp::MessageBuilder& request, milliseconds timeout);
+  std::unique_ptr<Frame> receive(milliseconds timeout);
+
+  const std::string& peer() const { return peer_; }
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  void send_locked(zmq::message_t message, Clock::time_point deadline);
+  std::unique_ptr<Frame> receive_locked(Clock::time_point deadline);
+
+  std::mutex mutex_;
+  zmq::socket_t socket_;
+  std::string endpoint_;
+  std::string peer_;
+};
+
+}  // namespace kvpr::net

@@ -1,0 +1,143 @@
+#include "kvpr/net/rpc.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace kvpr::net {
+
+zmq::socket_t make_socket(zmq::context_t& context, zmq::socket_type type) {
+  zmq::socket_t socket(context, type);
+  socket.set(zmq::sockopt::linger, 0);
+  return socket;
+}
+
+std::string bind(zmq::socket_t& socket, const std::string& endpoint) {
+  std::string spec = endpoint;
+  if (spec.starts_with("tcp://") && spec.ends_with(":0")) spec.replace(spec.size() - 1, 1, "*");
+  try {
+    socket.bind(spec);
+  } catch (const zmq::error_t& e) {
+    fail("cannot listen on '", endpoint, "': ", e.what());
+  }
+  return socket.get(zmq::sockopt::last_endpoint);
+}
+
+std::uint64_t next_request_id() {
+  static std::atomic<std::uint64_t> next{1};
+  return next.fetch_add(1);
+}
+
+std::uint64_t now_unix_ms() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<milliseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+std::uint64_t deadline_unix_ms(milliseconds timeout) {
+  return now_unix_ms() + static_cast<std::uint64_t>(timeout.count());
+}
+
+namespace {
+
+int poll_ms(Clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+  return static_cast<int>(std::clamp<long long>(left, 0, 1000));
+}
+
+}  // namespace
+
+Router::Router(zmq::context_t& context, const std::string& endpoint)
+    : socket_(make_socket(context, zmq::socket_type::router)) {
+  // A peer that sends more than this is disconnected by ZeroMQ before the bytes are buffered.
+  socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxMessageBytes));
+  socket_.set(zmq::sockopt::router_mandatory, 0);
+  endpoint_ = bind(socket_, endpoint);
+}
+
+std::optional<Router::Request> Router::receive(milliseconds timeout) {
+  zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, timeout);
+  if ((item.revents & ZMQ_POLLIN) == 0) return std::nullopt;
+  std::vector<zmq::message_t> frames;
+  do {
+    zmq::message_t frame;
+    if (!socket_.recv(frame, zmq::recv_flags::dontwait)) break;
+    frames.push_back(std::move(frame));
+  } while (frames.back().more());
+  if (frames.empty()) return std::nullopt;
+  Request request;
+  request.peer = std::move(frames[0]);
+  if (frames.size() != 2) {
+    request.malformed =
+        str("malformed message: ", frames.size() - 1, " frames, expected 1 Cap'n Proto message");
+  } else {
+    request.payload = std::move(frames[1]);
+  }
+  return request;
+}
+
+void Router::send(const zmq::message_t& peer, zmq::message_t payload) {
+  zmq::message_t id(peer.data(), peer.size());
+  // A peer that went away is dropped silently by ROUTER; nothing else can fail here.
+  socket_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+  socket_.send(payload, zmq::send_flags::dontwait);
+}
+
+RpcClient::RpcClient(zmq::context_t& context, const std::string& endpoint, std::string peer)
+    : socket_(make_socket(context, zmq::socket_type::dealer)),
+      endpoint_(endpoint),
+      peer_(std::move(peer)) {
+  // Queue nothing for a peer that is not connected: a send waits for a live connection instead.
+  socket_.set(zmq::sockopt::immediate, 1);
+  socket_.set(zmq::sockopt::reconnect_ivl, 100);
+  socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
+  try {
+    socket_.connect(endpoint);
+  } catch (const zmq::error_t& e) {
+    fail(peer_, ": cannot connect to '", endpoint, "': ", e.what());
+  }
+}
+
+void RpcClient::send(capnp::MessageBuilder& request, milliseconds timeout) {
+  std::lock_guard lock(mutex_);
+  send_locked(encode(request), Clock::now() + timeout);
+}
+
+std::unique_ptr<Frame> RpcClient::receive(milliseconds timeout) {
+  std::lock_guard lock(mutex_);
+  return receive_locked(Clock::now() + timeout);
+}
+
+void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) {
+  for (;;) {
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
+    zmq::poll(&item, 1, milliseconds(poll_ms(deadline)));
+    if ((item.revents & ZMQ_POLLOUT) != 0 && socket_.send(message, zmq::send_flags::dontwait)) {
+      return;
+    }
+    if (Clock::now() >= deadline) {
+      raise(ErrorKind::disconnected, peer_, ": not reachable at ", endpoint_);
+    }
+  }
+}
+
+std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline) {
+  for (;;) {
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, milliseconds(poll_ms(deadline)));
+    if ((item.revents & ZMQ_POLLIN) != 0) {
+      zmq::message_t frame;
+      if (socket_.recv(frame, zmq::recv_flags::dontwait)) {
+        while (frame.more()) {  // a well-behaved service sends one frame; drop any extras
+          zmq::message_t extra;
+          if (!socket_.recv(extra, zmq::recv_flags::dontwait)) break;
+          if (!extra.more()) break;
+        }
+        return std::make_unique<Frame>(frame);
+      }
+    }
+    if (Clock::now() >= deadline) return nullptr;
+  }
+}
+
+}  // namespace kvpr::net

@@ -1,0 +1,109 @@
+# The kvstore daemon's control protocol (ZeroMQ DEALER -> ROUTER, one message per frame).
+# Bulk rows never travel here: a registered client reads and writes the daemon's arena through UCX
+# (a zero-copy mapping on the same host, ucp_get/ucp_put across hosts); these messages only manage
+# sequences and say where their rows live (byte offsets into the arena).
+@0xa55dcd8be1b291a4;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("kvpr::wire");
+
+using Common = import "common.capnp";
+
+enum Part {
+  act @0;
+  k @1;
+  v @2;
+}
+
+struct StoreShape {
+  nLayers @0 :Int64;
+  h @1 :Int64;     # width of an activation row
+  hKv @2 :Int64;   # width of a K row and of a V row
+  dtype @3 :Common.DType;
+}
+
+struct KvRequest {
+  id @0 :UInt64;              # echoed in the reply
+  deadlineUnixMs @1 :UInt64;  # 0: none; a request past its deadline is answered with an error
+  client @2 :UInt64;          # from `registered`; 0 before registering
+  union {
+    register @3 :Register;
+    heartbeat @4 :Void;       # renews the client's lease
+    unregister @5 :Void;      # frees every sequence of the client
+    open @6 :Void;
+    reserve @7 :SeqTokens;    # blocks for nTokens more tokens in every layer (idempotent)
+    commit @8 :SeqTokens;     # the next nTokens reserved tokens now hold data
+    locate @9 :Locate;        # where tokens [t0, t1) of one part of one layer live
+    length @10 :UInt64;       # committed tokens of this sequence
+    truncate @11 :SeqTokens;  # keep the first nTokens tokens
+    free @12 :UInt64;         # this sequence
+    stats @13 :Void;
+  }
+}
+
+struct Register {
+  name @0 :Text;            # for logs and metrics
+  shape @1 :StoreShape;
+  ucxAddress @2 :Data;      # the client's UCX worker address (for the daemon's endpoint back)
+}
+
+struct SeqTokens {
+  seq @0 :UInt64;
+  nTokens @1 :Int64;
+}
+
+struct Locate {
+  seq @0 :UInt64;
+  layer @1 :Int64;
+  part @2 :Part;
+  t0 @3 :Int64;
+  t1 @4 :Int64;
+}
+
+struct KvReply {
+  id @0 :UInt64;
+  union {
+    error @1 :Common.Error;
+    registered @2 :Registered;
+    ok @3 :Void;
+    opened @4 :UInt64;        # the new sequence
+    reserved @5 :Reserved;
+    spans @6 :List(Span);
+    length @7 :Int64;
+    stats @8 :Stats;
+  }
+}
+
+struct Registered {
+  client @0 :UInt64;
+  blockTokens @1 :Int64;    # tokens per block for the registered shape
+  leaseMs @2 :UInt64;       # heartbeat more often than this or lose every sequence
+  arenaAddress @3 :UInt64;  # the arena's address in the daemon (for the rkey)
+  arenaBytes @4 :UInt64;
+  rkey @5 :Data;            # packed UCX remote key of the arena
+  ucxAddress @6 :Data;      # the daemon's UCX worker address
+}
+
+struct Reserved {
+  reservedTokens @0 :Int64;  # tokens with blocks, after this call
+  firstBlock @1 :Int64;      # index (per layer) of the first new block
+  blocksPerLayer @2 :Int64;  # new blocks in each layer
+  offsets @3 :List(UInt64);  # arena offsets of the new blocks, layer-major
+}
+
+struct Span {
+  offset @0 :UInt64;  # arena offset of row t0
+  t0 @1 :Int64;
+  nTokens @2 :Int64;
+}
+
+struct Stats {
+  capacityBytes @0 :UInt64;
+  usedBytes @1 :UInt64;
+  sequences @2 :UInt64;
+  clients @3 :UInt64;
+  lookups @4 :UInt64;
+  allocationFailures @5 :UInt64;
+  leaseExpiries @6 :UInt64;
+  rejectedMessages @7 :UInt64;
+}
