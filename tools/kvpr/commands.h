@@ -29,6 +29,8 @@ struct RunOptions {
   std::uint64_t capacity_bytes = 8ull << 30;
   std::string planner = "nominal";
   bool quiet = false;
+  std::string connect;    // worker endpoints, comma-separated: run on a deployment
+  double timeout_s = 30;  // --connect: a worker silent this long is taken for dead
 };
 
 struct GenModelOptions {

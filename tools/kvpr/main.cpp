@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "commands.h"
+#include "deploy.h"
 #include "kvpr/common/error.h"
 
 namespace {
@@ -56,6 +57,10 @@ int main(int argc, char** argv) {
       "--planner", run.planner,
       "Split planner: nominal (backend's nominal rates) or measured (cached profile)");
   add_backend_flags(run_cmd, run.backend);
+  run_cmd->add_option("--connect", run.connect,
+                      "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
+  run_cmd->add_option("--timeout", run.timeout_s,
+                      "--connect: seconds without any word from a worker before giving up");
 
   kvpr::cli::GenModelOptions gen;
   auto* gen_cmd = app.add_subcommand(
@@ -115,6 +120,24 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--quiet", bench.quiet, "No progress output");
   add_backend_flags(bench_cmd, bench.backend);
 
+  kvpr::cli::UpOptions up;
+  auto* up_cmd = app.add_subcommand(
+      "up", "Start a node deployment on loopback: kvstore, planners and workers as processes");
+  up_cmd->add_option("--model", up.model, "Checkpoint directory the workers load")->required();
+  up_cmd->add_option("--workers", up.workers, "Worker processes");
+  up_cmd->add_option("--planners", up.planners, "Planner replicas");
+  up_cmd->add_option("--run-dir", up.run_dir, "Folder for logs and deployment.json (default: new)");
+  up_cmd->add_option("--kv-capacity", up.capacity_bytes, "kvstore capacity in bytes");
+  up_cmd->add_option("--lease-ms", up.lease_ms, "kvstore lease of a silent worker");
+  up_cmd->add_option("--profile", up.profile, "Workers' planning: nominal or measured");
+  up_cmd->add_option("--ready-timeout", up.ready_timeout_s, "Seconds to wait for the services");
+  add_backend_flags(up_cmd, up.backend);
+
+  kvpr::cli::DownOptions down;
+  auto* down_cmd = app.add_subcommand("down", "Stop a deployment started by kvpr up");
+  down_cmd->add_option("--run-dir", down.run_dir, "The deployment's folder")->required();
+  down_cmd->add_option("--timeout", down.timeout_s, "Seconds each group gets to drain");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -132,6 +155,8 @@ int main(int argc, char** argv) {
     if (prof_cmd->parsed()) return kvpr::cli::profile_command(prof);
     if (plan_cmd->parsed()) return kvpr::cli::plan_command(plan);
     if (bench_cmd->parsed()) return kvpr::cli::bench_command(bench);
+    if (up_cmd->parsed()) return kvpr::cli::up_command(up);
+    if (down_cmd->parsed()) return kvpr::cli::down_command(down);
   } catch (const kvpr::Error& e) {
     report(kvpr::to_string(e.kind()), e.what());
     return 1;

@@ -9,15 +9,7 @@
 namespace kvpr::cli {
 
 StepShape step_shape(const ModelConfig& c) {
-  StepShape s;
-  s.n_layers = c.n_layers;
-  s.h = c.h;
-  s.h_kv = c.h_kv();
-  s.ffn = c.ffn;
-  s.gated_ffn = c.arch == Arch::llama;
-  s.p = static_cast<std::int64_t>(size_of(c.dtype));
-  s.block_tokens = 16;
-  return s;
+  return worker::step_shape(c, 16);
 }
 
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,

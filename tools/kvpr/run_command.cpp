@@ -1,6 +1,7 @@
 // `kvpr run`: prompts in, greedy tokens out, through the embedded services.
 #include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -9,6 +10,8 @@
 #include "kvpr/common/npy.h"
 #include "kvpr/common/tokenizer.h"
 #include "kvpr/worker/generator.h"
+#include "kvpr/worker/worker_client.h"
+#include "kvpr/worker/worker_service.h"
 #include "report.h"
 
 namespace kvpr::cli {
@@ -33,6 +36,59 @@ std::vector<std::int32_t> parse_tokens(const std::string& list, std::int64_t voc
   return ids;
 }
 
+// The embedded deployment: the worker service runs in this process on the in-process store and
+// planner, and this command talks to it over inproc:// exactly as it talks to a remote worker.
+worker::GenerateResult run_embedded(const RunOptions& options, const worker::RemoteGenerate& work,
+                                    const worker::StepCallback& on_step) {
+  Embedded e(options.model, options.backend, work.policy, work.split, options.capacity_bytes,
+             !options.quiet, options.planner);
+  zmq::context_t context;
+  worker::WorkerServiceOptions service_options;
+  service_options.endpoint = "inproc://kvpr-embedded-worker";
+  service_options.name = "embedded";
+  worker::WorkerService service(context, *e.model, *e.backend, *e.store, *e.planner,
+                                service_options);
+  service.start();
+  worker::WorkerClient client(context, service.endpoint(), std::chrono::hours(24));
+  auto result = client.generate(work, on_step);
+  service.stop();
+  return result;
+}
+
+worker::GenerateResult run_connected(const RunOptions& options, const worker::RemoteGenerate& work,
+                                     const worker::StepCallback& on_step) {
+  const BackendFlags defaults;
+  if (options.backend.backend != defaults.backend ||
+      options.backend.emulate_link_gbps != defaults.emulate_link_gbps ||
+      options.backend.emulate_link_latency_us != defaults.emulate_link_latency_us ||
+      options.backend.threads != defaults.threads || options.planner != "nominal") {
+    fail(
+        "--backend, --emulate-link-*, --threads and --planner configure the embedded services; "
+        "with --connect they are flags of kvpr-worker");
+  }
+  std::vector<std::string> endpoints;
+  for (std::size_t pos = 0; pos <= options.connect.size();) {
+    const auto comma = std::min(options.connect.find(',', pos), options.connect.size());
+    const std::string endpoint = options.connect.substr(pos, comma - pos);
+    if (endpoint.find("://") == std::string::npos) {
+      fail("--connect: '", endpoint, "' is not an endpoint such as tcp://127.0.0.1:5557");
+    }
+    endpoints.push_back(endpoint);
+    pos = comma + 1;
+  }
+  if (options.timeout_s <= 0) fail("--timeout must be positive, got ", options.timeout_s);
+  zmq::context_t context;
+  const auto idle = std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_s * 1e3));
+  std::vector<std::unique_ptr<worker::WorkerClient>> clients;
+  std::vector<worker::WorkerClient*> workers;
+  for (const auto& endpoint : endpoints) {
+    clients.push_back(std::make_unique<worker::WorkerClient>(context, endpoint, idle));
+    workers.push_back(clients.back().get());
+  }
+  if (workers.size() == 1) return workers[0]->generate(work, on_step);
+  return worker::generate_spread(workers, work);
+}
+
 }  // namespace
 
 int run_command(const RunOptions& options) {
@@ -41,14 +97,13 @@ int run_command(const RunOptions& options) {
   }
   if (options.max_new_tokens < 1)
     fail("--max-new-tokens must be at least 1, got ", options.max_new_tokens);
-  const auto policy = planner::parse_policy(options.policy);
-  const auto split = parse_split(options.split);
-  Embedded e(options.model, options.backend, policy, split, options.capacity_bytes, !options.quiet,
-             options.planner);
-  const ModelConfig& c = e.checkpoint.config();
+  worker::RemoteGenerate work;
+  work.policy = planner::parse_policy(options.policy);
+  work.split = parse_split(options.split);
+  const ModelConfig c = load_model_config(std::filesystem::path(options.model) / "config.json");
 
   std::unique_ptr<Tokenizer> tokenizer;
-  worker::GenerateRequest request;
+  worker::GenerateRequest& request = work.request;
   request.max_new_tokens = options.max_new_tokens;
   request.keep_logits = !options.logits_out.empty();
   if (!options.prompts.empty()) {
@@ -67,9 +122,11 @@ int run_command(const RunOptions& options) {
 
   Progress progress("generating", static_cast<std::uint64_t>(options.max_new_tokens - 1),
                     !options.quiet);
-  const auto result = worker::generate(*e.engine, request, [&](std::int64_t step, std::int64_t) {
-    progress.update(static_cast<std::uint64_t>(step));
-  });
+  const auto on_step = [&](const worker::StepEvent& event) {
+    progress.update(static_cast<std::uint64_t>(event.step));
+  };
+  const auto result = options.connect.empty() ? run_embedded(options, work, on_step)
+                                              : run_connected(options, work, on_step);
   progress.finish();
 
   if (!options.logits_out.empty()) {

@@ -18,12 +18,15 @@ Metrics::Metrics(int port, const std::string& bind_host)
   }
   rejected_ = &prometheus::BuildCounter()
                    .Name("kvpr_rejected_messages_total")
-                   .Help("Requests answered with an error because they were malformed, of an "
-                         "unknown type, out of range or past their deadline")
+                   .Help(
+                       "Requests answered with an error because they were malformed, of an "
+                       "unknown type, out of range or past their deadline")
                    .Register(*registry_);
 }
 
-Metrics::~Metrics() { exposer_.reset(); }
+Metrics::~Metrics() {
+  exposer_.reset();
+}
 
 prometheus::Counter& Metrics::rejected(const std::string& reason) {
   return rejected_->Add({{"reason", reason}});

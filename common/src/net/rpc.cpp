@@ -28,9 +28,9 @@ std::uint64_t next_request_id() {
 }
 
 std::uint64_t now_unix_ms() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<milliseconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count());
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
 }
 
 std::uint64_t deadline_unix_ms(milliseconds timeout) {

@@ -1,7 +1,8 @@
 #include "kvpr/net/wire.h"
 
-#include <cstring>
 #include <kj/exception.h>
+
+#include <cstring>
 
 namespace kvpr::net {
 

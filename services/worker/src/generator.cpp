@@ -50,7 +50,7 @@ double since(std::chrono::steady_clock::time_point t) {
 }  // namespace
 
 GenerateResult generate(Engine& engine, const GenerateRequest& request,
-                        const std::function<void(std::int64_t, std::int64_t)>& on_step) {
+                        const StepCallback& on_step) {
   if (request.prompts.empty()) fail("generate: no prompts");
   if (request.max_new_tokens < 1)
     fail("generate: max_new_tokens must be at least 1, got ", request.max_new_tokens);
@@ -61,15 +61,18 @@ GenerateResult generate(Engine& engine, const GenerateRequest& request,
   SequenceGuard guard(engine);
   std::vector<std::int32_t> next;
   std::vector<float> logits;
+  std::vector<float> first;  // [sequences, vocab] of the prompts' last positions
   for (std::size_t i = 0; i < request.prompts.size(); ++i) {
     guard.seqs_.push_back(engine.prefill(request.prompts[i], logits));
     next.push_back(greedy(logits.data(), vocab));
     auto& seq = result.sequences[i];
     seq.tokens.push_back(next.back());
     if (request.keep_logits) seq.logits.assign(logits.begin(), logits.end());
+    first.insert(first.end(), logits.begin(), logits.end());
   }
   result.prefill_s = since(start);
   const std::int64_t steps = request.max_new_tokens - 1;
+  if (on_step) on_step({0, steps, next, first, nullptr});
   for (std::int64_t step = 0; step < steps; ++step) {
     logits = engine.decode(guard.seqs_, next);
     const StepStats& st = engine.last_step();
@@ -87,7 +90,7 @@ GenerateResult generate(Engine& engine, const GenerateRequest& request,
       seq.tokens.push_back(next[i]);
       if (request.keep_logits) seq.logits.insert(seq.logits.end(), row, row + vocab);
     }
-    if (on_step) on_step(step + 1, steps);
+    if (on_step) on_step({step + 1, steps, next, logits, &st});
   }
   result.total_s = since(start);
   return result;

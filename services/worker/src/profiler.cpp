@@ -253,4 +253,16 @@ HardwareProfile cached_profile(kernels::Backend& backend,
   return profile;
 }
 
+StepShape step_shape(const ModelConfig& c, std::int64_t block_tokens) {
+  StepShape s;
+  s.n_layers = c.n_layers;
+  s.h = c.h;
+  s.h_kv = c.h_kv();
+  s.ffn = c.ffn;
+  s.gated_ffn = c.arch == Arch::llama;
+  s.p = static_cast<std::int64_t>(size_of(c.dtype));
+  s.block_tokens = block_tokens;
+  return s;
+}
+
 }  // namespace kvpr::worker

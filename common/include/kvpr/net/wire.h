@@ -10,10 +10,10 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <kj/array.h>
 
 #include <cstddef>
 #include <functional>
-#include <kj/array.h>
 #include <string>
 #include <zmq.hpp>
 

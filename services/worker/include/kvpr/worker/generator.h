@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "kvpr/worker/engine.h"
@@ -38,11 +39,20 @@ struct GenerateResult {
   double decode_tokens_per_s() const;
 };
 
+// What generation has produced after the prefill (step 0) and after each decode step.
+struct StepEvent {
+  std::int64_t step = 0;   // 0: tokens chosen from the prompts' last logits; k: decode step k
+  std::int64_t steps = 0;  // decode steps in all (max_new_tokens - 1)
+  std::span<const std::int32_t> tokens;  // one per sequence
+  std::span<const float> logits;         // [sequences, vocab]: the rows the tokens came from
+  const StepStats* stats = nullptr;      // the decode step's stats (null for step 0)
+};
+using StepCallback = std::function<void(const StepEvent&)>;
+
 // Index of the largest value (the first one on ties).
 std::int32_t greedy(const float* logits, std::int64_t vocab);
 
-GenerateResult generate(
-    Engine& engine, const GenerateRequest& request,
-    const std::function<void(std::int64_t step, std::int64_t steps)>& on_step = {});
+GenerateResult generate(Engine& engine, const GenerateRequest& request,
+                        const StepCallback& on_step = {});
 
 }  // namespace kvpr::worker

@@ -1,0 +1,168 @@
+// kvpr-worker: one worker process. Loads a checkpoint onto its backend, registers with the kvstore
+// daemon (whose memory it maps through UCX) and the planner replicas (to which it reports its
+// profile), and serves generation requests until SIGTERM, then drains. main() parses and wires.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/common/checkpoint.h"
+#include "kvpr/common/error.h"
+#include "kvpr/kernels/registry.h"
+#include "kvpr/kvstore/remote_kv_store.h"
+#include "kvpr/net/service.h"
+#include "kvpr/planner/caching_planner.h"
+#include "kvpr/planner/planner.h"
+#include "kvpr/planner/remote_planner.h"
+#include "kvpr/worker/device_model.h"
+#include "kvpr/worker/profiler.h"
+#include "kvpr/worker/worker_service.h"
+
+namespace {
+
+struct Flags {
+  std::string model;
+  std::string listen = "tcp://127.0.0.1:5557";
+  std::string kvstore = "tcp://127.0.0.1:5555";
+  std::vector<std::string> planners;
+  std::string backend = "cpu";
+  double emulate_link_gbps = 0;
+  double emulate_link_latency_us = 0;
+  int threads = 0;
+  std::string profile = "nominal";
+  int metrics_port = 0;
+  std::string name = "worker";
+  std::string ready_file;
+  int kv_timeout_ms = 2000;
+  int planner_timeout_ms = 1000;
+};
+
+int serve(const Flags& f) {
+  using namespace kvpr;
+  if (f.profile != "nominal" && f.profile != "measured") {
+    fail("--profile must be nominal or measured, got '", f.profile, "'");
+  }
+  if (f.emulate_link_gbps < 0) fail("--emulate-link-gbps must be >= 0, got ", f.emulate_link_gbps);
+  kernels::BackendOptions options;
+  options.name = f.backend;
+  options.emulate_link_gbps = f.emulate_link_gbps;
+  options.emulate_link_latency_s = f.emulate_link_latency_us * 1e-6;
+  options.threads = f.threads;
+
+  Checkpoint checkpoint(f.model);
+  const ModelConfig& c = checkpoint.config();
+  auto backend = kernels::make_backend(options);
+  worker::DeviceModel model(checkpoint, *backend, false);
+
+  zmq::context_t context;
+  kvstore::StoreShape shape;
+  shape.n_layers = c.n_layers;
+  shape.h = c.h;
+  shape.h_kv = c.h_kv();
+  shape.dtype = c.dtype;
+  kvstore::RemoteKvStore store(context, shape,
+                               {f.kvstore, f.name, std::chrono::milliseconds(f.kv_timeout_ms)});
+  // The store's memory is mapped again after the kvstore restarts; the device registers the
+  // current mapping before each request.
+  void* registered = nullptr;
+  std::uint64_t generation = 0;
+  auto map_store = [&] {
+    if (registered != nullptr && generation == store.generation()) return;
+    if (registered != nullptr) backend->unregister_host(registered);
+    registered = nullptr;
+    if (store.zero_copy() && store.arena() != nullptr) {
+      backend->register_host(store.arena(), store.arena_bytes());
+      registered = store.arena();
+    }
+    generation = store.generation();
+  };
+  map_store();
+
+  std::unique_ptr<planner::Planner> planner;
+  std::unique_ptr<planner::RemotePlanner> remote;
+  const StepShape step = worker::step_shape(c, store.shape().block_tokens);
+  if (f.planners.empty()) {
+    planner = std::make_unique<planner::CostModelPlanner>();
+  } else {
+    std::string fingerprint;
+    std::optional<HardwareProfile> profile;
+    if (f.profile == "measured") {
+      worker::ProfileOptions po;
+      profile = worker::cached_profile(*backend, options, c, false, po);
+      fingerprint = profile->fingerprint;
+    }
+    remote = std::make_unique<planner::RemotePlanner>(
+        context, f.planners, step, fingerprint, std::chrono::milliseconds(f.planner_timeout_ms));
+    if (profile) remote->report(*profile);
+    planner = std::make_unique<planner::CachingPlanner>(*remote);
+  }
+
+  worker::WorkerServiceOptions so;
+  so.endpoint = f.listen;
+  so.name = f.name;
+  so.model_name = std::filesystem::weakly_canonical(f.model).filename().string();
+  so.metrics_port = f.metrics_port;
+  so.prepare = map_store;
+  worker::WorkerService service(context, model, *backend, store, *planner, so);
+  service.start();
+  std::printf("%s: serving %s on %s (kvstore %s, %s zero-copy; %zu planner(s)); metrics on :%d\n",
+              f.name.c_str(), f.model.c_str(), service.endpoint().c_str(), f.kvstore.c_str(),
+              store.zero_copy() ? "" : "not", f.planners.size(), service.metrics_port());
+  std::fflush(stdout);
+  if (!f.ready_file.empty()) {
+    net::write_ready_file(f.ready_file,
+                          {f.name, "worker", service.endpoint(), service.metrics_port()});
+  }
+  while (!net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::printf("%s: stopping; finishing queued requests\n", f.name.c_str());
+  std::fflush(stdout);
+  service.stop();
+  if (registered != nullptr) backend->unregister_host(registered);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvpr-worker: runs prefill and decode steps for clients on one device"};
+  Flags f;
+  app.add_option("--model", f.model, "Checkpoint directory (config.json + safetensors)")
+      ->required();
+  app.add_option("--listen", f.listen, "ZeroMQ endpoint for clients (tcp://HOST:0: a free port)");
+  app.add_option("--kvstore", f.kvstore, "The kvstore daemon's endpoint");
+  app.add_option("--planner", f.planners,
+                 "A planner replica's endpoint; repeat for several (none: plan in-process)");
+  app.add_option("--backend", f.backend, "Kernel backend: cpu or cuda");
+  app.add_option("--emulate-link-gbps", f.emulate_link_gbps,
+                 "CPU backend: throttle host<->device copies to this many GB/s (0 = off)");
+  app.add_option("--emulate-link-latency-us", f.emulate_link_latency_us,
+                 "CPU backend: latency added to every copy, in microseconds");
+  app.add_option("--threads", f.threads, "Compute threads (0 = backend default)");
+  app.add_option("--profile", f.profile,
+                 "nominal (backend's nominal rates) or measured (profile, cached, reported)");
+  app.add_option("--metrics-port", f.metrics_port, "Prometheus port (0: a free one; -1: off)");
+  app.add_option("--name", f.name, "Name in logs and metrics");
+  app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
+  app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
+  app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
+    return 1;
+  }
+  kvpr::net::install_stop_signals();
+  try {
+    return serve(f);
+  } catch (const kvpr::Error& e) {
+    std::fprintf(stderr, "kvpr-worker: %s: %s\n", std::string(kvpr::to_string(e.kind())).c_str(),
+                 e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvpr-worker: failed: %s\n", e.what());
+  }
+  return 1;
+}

@@ -1,0 +1,111 @@
+// A worker as a service: clients submit generation requests over ZeroMQ (worker.capnp) and get
+// back a stream of events — accepted, the tokens of every step, keep-alives while a step runs
+// long, and a summary or an error. The worker runs on the seams it is given (a loaded model on a
+// backend, a KvStoreClient and a Planner), so the same object serves the embedded runtime
+// (in-process store and planner, inproc:// transport) and the `kvpr-worker` process (the kvstore
+// daemon and planner replicas over tcp://).
+//
+// Threads: a router thread owns the listening socket (decodes, validates, queues, answers stats,
+// forwards events, sends keep-alives); an executor thread runs one request at a time on a fresh
+// Engine with the request's policy and split. stop() refuses new requests, finishes the queued and
+// running ones, delivers their last events and returns.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/kernels/backend.h"
+#include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/planner/planner.h"
+#include "kvpr/worker/device_model.h"
+
+namespace kvpr {
+class Error;
+}  // namespace kvpr
+
+namespace capnp {
+class MessageBuilder;
+}  // namespace capnp
+
+namespace kvpr::net {
+class Metrics;
+class Router;
+}  // namespace kvpr::net
+
+namespace kvpr::worker {
+
+struct WorkerMetrics;
+
+struct WorkerServiceOptions {
+  std::string endpoint = "tcp://127.0.0.1:0";
+  std::string name = "worker";
+  std::string model_name;  // metrics label
+  int metrics_port = -1;   // 0: a free port; -1: not served
+  std::chrono::milliseconds keepalive{500};
+  std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
+  std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
+};
+
+class WorkerService {
+ public:
+  WorkerService(zmq::context_t& context, const DeviceModel& model, kernels::Backend& backend,
+                kvstore::KvStoreClient& store, planner::Planner& planner,
+                WorkerServiceOptions options);
+  ~WorkerService();
+  WorkerService(const WorkerService&) = delete;
+  WorkerService& operator=(const WorkerService&) = delete;
+
+  void start();
+  void stop();
+
+  const std::string& endpoint() const;
+  int metrics_port() const;
+
+ private:
+  struct Job;
+
+  void route();
+  void execute();
+  bool run_job(Job& job, zmq::socket_t& events);  // false: the request failed
+  void handle_request(zmq::message_t& peer, const zmq::message_t& payload);
+  void send_event(const zmq::message_t& peer, capnp::MessageBuilder& message);
+  void reply_error(const zmq::message_t& peer, std::uint64_t id, const Error& error);
+  void reject(const std::string& reason);
+
+  zmq::context_t& context_;
+  const DeviceModel& model_;
+  kernels::Backend& backend_;
+  kvstore::KvStoreClient& store_;
+  planner::Planner& planner_;
+  WorkerServiceOptions options_;
+
+  std::unique_ptr<net::Metrics> metrics_;
+  std::unique_ptr<WorkerMetrics> instruments_;
+  std::unique_ptr<net::Router> router_;
+  std::string events_endpoint_;
+  std::unique_ptr<zmq::socket_t> events_in_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Job>> queue_;
+  Job* running_ = nullptr;  // guarded by mutex_
+  bool stopping_ = false;
+  bool started_ = false;
+  bool executor_done_ = false;  // the executor has returned: drain its last events and stop
+  std::uint64_t completed_ = 0;
+  std::uint64_t failed_ = 0;
+  std::uint64_t rejected_ = 0;
+
+  std::thread router_thread_;
+  std::thread executor_thread_;
+};
+
+}  // namespace kvpr::worker

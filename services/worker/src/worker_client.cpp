@@ -1,0 +1,182 @@
+#include "kvpr/worker/worker_client.h"
+
+#include <algorithm>
+#include <exception>
+#include <thread>
+
+#include "kvpr/common/error.h"
+#include "kvpr/net/rpc.h"
+#include "worker_wire.h"
+
+namespace kvpr::worker {
+
+WorkerClient::WorkerClient(zmq::context_t& context, const std::string& endpoint,
+                           std::chrono::milliseconds idle_timeout)
+    : rpc_(std::make_unique<net::RpcClient>(context, endpoint, "worker " + endpoint)),
+      endpoint_(endpoint),
+      idle_timeout_(idle_timeout) {}
+
+WorkerClient::~WorkerClient() = default;
+
+GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCallback& on_step) {
+  const GenerateRequest& request = remote.request;
+  if (request.prompts.empty()) fail("generate: no prompts");
+  const std::uint64_t id = net::next_request_id();
+  {
+    capnp::MallocMessageBuilder message;
+    auto r = message.initRoot<wire::WorkerRequest>();
+    r.setId(id);
+    auto g = r.initGenerate();
+    auto prompts = g.initPrompts(static_cast<unsigned>(request.prompts.size()));
+    for (unsigned i = 0; i < request.prompts.size(); ++i) {
+      const auto& p = request.prompts[i];
+      auto ids = prompts.init(i, static_cast<unsigned>(p.size()));
+      for (unsigned j = 0; j < p.size(); ++j) ids.set(j, p[j]);
+    }
+    g.setMaxNewTokens(request.max_new_tokens);
+    g.setPolicy(wire_adapter::to_wire(remote.policy));
+    g.setSplit(remote.split.value_or(-1));
+    g.setKeepLogits(request.keep_logits);
+    rpc_->send(message, idle_timeout_);
+  }
+  GenerateResult result;
+  result.sequences.resize(request.prompts.size());
+  const std::size_t b = request.prompts.size();
+  for (;;) {
+    auto frame = rpc_->receive(idle_timeout_);
+    if (!frame) {
+      raise(ErrorKind::disconnected, rpc_->peer(), ": no event for ", idle_timeout_.count(),
+            " ms (request ", id, ")");
+    }
+    bool done = false;
+    net::decode_guard([&] {
+      const auto event = frame->root<wire::WorkerEvent>();
+      if (event.getId() != id) return;  // a late event of an abandoned request
+      switch (event.which()) {
+        case wire::WorkerEvent::ERROR:
+          net::throw_error(event.getError(), rpc_->peer());
+        case wire::WorkerEvent::ACCEPTED:
+        case wire::WorkerEvent::WORKING:
+        case wire::WorkerEvent::STATS:
+          return;
+        case wire::WorkerEvent::TOKENS: {
+          const auto t = event.getTokens();
+          const auto tokens = t.getTokens();
+          if (tokens.size() != b) {
+            fail(rpc_->peer(), ": step ", t.getStep(), " has ", tokens.size(), " tokens for ", b,
+                 " sequences");
+          }
+          std::vector<std::int32_t> ids;
+          for (const std::int32_t token : tokens) ids.push_back(token);
+          std::vector<float> logits;
+          logits.reserve(t.getLogits().size());
+          for (const float x : t.getLogits()) logits.push_back(x);
+          if (request.keep_logits && (logits.empty() || logits.size() % b != 0)) {
+            fail(rpc_->peer(), ": step ", t.getStep(), " carries ", logits.size(), " logits for ",
+                 b, " sequences");
+          }
+          const std::size_t vocab = logits.size() / b;
+          for (std::size_t i = 0; i < b; ++i) {
+            auto& seq = result.sequences[i];
+            seq.tokens.push_back(ids[i]);
+            if (request.keep_logits) {
+              const float* row = logits.data() + i * vocab;
+              seq.logits.insert(seq.logits.end(), row, row + vocab);
+            }
+          }
+          if (on_step) {
+            on_step({t.getStep(), request.max_new_tokens - 1, ids, logits, nullptr});
+          }
+          return;
+        }
+        case wire::WorkerEvent::DONE:
+          wire_adapter::get_summary(event.getDone(), result);
+          last_worker_ = event.getDone().getWorker().cStr();
+          done = true;
+          return;
+      }
+      fail(rpc_->peer(), ": unknown event type ", static_cast<int>(event.which()));
+    });
+    if (done) break;
+  }
+  for (std::size_t i = 0; i < b; ++i) {
+    const auto n = static_cast<std::int64_t>(result.sequences[i].tokens.size());
+    if (n != request.max_new_tokens) {
+      fail(rpc_->peer(), ": sequence ", i, " got ", n, " tokens, expected ",
+           request.max_new_tokens);
+    }
+  }
+  return result;
+}
+
+WorkerStatus WorkerClient::status() {
+  const std::uint64_t id = net::next_request_id();
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<wire::WorkerRequest>();
+  r.setId(id);
+  r.setStats();
+  auto frame = rpc_->call<wire::WorkerEvent>(message, id, idle_timeout_);
+  WorkerStatus status;
+  net::decode_guard([&] {
+    const auto event = frame->root<wire::WorkerEvent>();
+    if (event.isError()) net::throw_error(event.getError(), rpc_->peer());
+    if (!event.isStats()) fail(rpc_->peer(), ": stats request answered with another event");
+    const auto s = event.getStats();
+    status = {s.getName().cStr(), s.getQueued(), s.getRunning(),
+              s.getCompleted(),   s.getFailed(), s.getRejectedMessages()};
+  });
+  return status;
+}
+
+GenerateResult generate_spread(const std::vector<WorkerClient*>& workers,
+                               const RemoteGenerate& request) {
+  if (workers.empty()) fail("generate: no workers to send the batch to");
+  const std::size_t n = std::min(workers.size(), request.request.prompts.size());
+  if (n == 1) return workers[0]->generate(request);
+  std::vector<RemoteGenerate> parts(n, request);
+  std::vector<std::vector<std::size_t>> index(n);
+  for (auto& part : parts) part.request.prompts.clear();
+  for (std::size_t i = 0; i < request.request.prompts.size(); ++i) {
+    parts[i % n].request.prompts.push_back(request.request.prompts[i]);
+    index[i % n].push_back(i);
+  }
+  std::vector<GenerateResult> results(n);
+  std::vector<std::exception_ptr> errors(n);
+  std::vector<std::thread> threads;
+  for (std::size_t w = 0; w < n; ++w) {
+    threads.emplace_back([&, w] {
+      try {
+        results[w] = workers[w]->generate(parts[w]);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+  GenerateResult merged;
+  merged.sequences.resize(request.request.prompts.size());
+  for (std::size_t w = 0; w < n; ++w) {
+    GenerateResult& r = results[w];
+    for (std::size_t j = 0; j < index[w].size(); ++j) {
+      merged.sequences[index[w][j]] = std::move(r.sequences[j]);
+    }
+    merged.prefill_s = std::max(merged.prefill_s, r.prefill_s);
+    if (merged.step_s.size() < r.step_s.size()) merged.step_s.resize(r.step_s.size());
+    for (std::size_t k = 0; k < r.step_s.size(); ++k) {
+      merged.step_s[k] = std::max(merged.step_s[k], r.step_s[k]);
+    }
+    if (r.decode_times.total >= merged.decode_times.total) merged.decode_times = r.decode_times;
+    merged.recompute_tokens += r.recompute_tokens;
+    merged.transfer_tokens += r.transfer_tokens;
+    merged.h2d_bytes += r.h2d_bytes;
+    merged.d2h_bytes += r.d2h_bytes;
+    merged.last_plan = r.last_plan;
+    merged.total_s = std::max(merged.total_s, r.total_s);
+  }
+  return merged;
+}
+
+}  // namespace kvpr::worker

@@ -1,0 +1,105 @@
+#include "worker_metrics.h"
+
+namespace kvpr::worker {
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& worker,
+                             const std::string& model_name) {
+  const prometheus::Labels labels{{"worker", worker}, {"model_name", model_name}};
+  const auto buckets = net::latency_buckets();
+  time_to_first_token = &prometheus::BuildHistogram()
+                             .Name("kvpr_time_to_first_token_seconds")
+                             .Help("From a request's acceptance to its first generated token")
+                             .Labels(labels)
+                             .Register(registry)
+                             .Add({}, buckets);
+  inter_token = &prometheus::BuildHistogram()
+                     .Name("kvpr_inter_token_latency_seconds")
+                     .Help("Time between consecutive tokens of a request")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({}, buckets);
+  auto& step = prometheus::BuildHistogram()
+                   .Name("kvpr_decode_step_seconds")
+                   .Help(
+                       "Decode step time by phase (transfer overlaps the compute phases; "
+                       "total is wall time)")
+                   .Labels(labels)
+                   .Register(registry);
+  step_transfer = &step.Add({{"phase", "transfer"}}, buckets);
+  step_recompute = &step.Add({{"phase", "recompute"}}, buckets);
+  step_attention = &step.Add({{"phase", "attention"}}, buckets);
+  step_other = &step.Add({{"phase", "other"}}, buckets);
+  step_idle = &step.Add({{"phase", "idle"}}, buckets);
+  step_total = &step.Add({{"phase", "total"}}, buckets);
+  auto& bytes = prometheus::BuildCounter()
+                    .Name("kvpr_transfer_bytes_total")
+                    .Help("Bytes copied between host and device by decode steps")
+                    .Labels(labels)
+                    .Register(registry);
+  h2d_bytes = &bytes.Add({{"direction", "host_to_device"}});
+  d2h_bytes = &bytes.Add({{"direction", "device_to_host"}});
+  h2d_seconds =
+      &prometheus::BuildCounter()
+           .Name("kvpr_transfer_seconds_total")
+           .Help("Seconds the copy queue was busy during decode steps (both directions share it)")
+           .Labels(labels)
+           .Register(registry)
+           .Add({{"direction", "both"}});
+  recompute_tokens = &prometheus::BuildCounter()
+                          .Name("kvpr_kv_recompute_tokens_total")
+                          .Help("K,V rows rebuilt from stored activations (all layers)")
+                          .Labels(labels)
+                          .Register(registry)
+                          .Add({});
+  transfer_tokens = &prometheus::BuildCounter()
+                         .Name("kvpr_kv_transfer_tokens_total")
+                         .Help("K,V rows fetched from host memory (all layers)")
+                         .Labels(labels)
+                         .Register(registry)
+                         .Add({});
+  tokens = &prometheus::BuildCounter()
+                .Name("kvpr_generated_tokens_total")
+                .Help("Tokens generated")
+                .Labels(labels)
+                .Register(registry)
+                .Add({});
+  auto& requests = prometheus::BuildCounter()
+                       .Name("kvpr_requests_total")
+                       .Help("Generation requests finished, by outcome")
+                       .Labels(labels)
+                       .Register(registry);
+  requests_completed = &requests.Add({{"outcome", "completed"}});
+  requests_failed = &requests.Add({{"outcome", "failed"}});
+  split_ratio = &prometheus::BuildGauge()
+                     .Name("kvpr_split_ratio")
+                     .Help(
+                         "Share of each context recomputed from activations in the last step "
+                         "(l / s)")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({});
+  queue_depth = &prometheus::BuildGauge()
+                     .Name("kvpr_worker_queue_depth")
+                     .Help("Requests waiting for the executor")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({});
+}
+
+void WorkerMetrics::observe_step(const StepStats& step) {
+  step_transfer->Observe(step.times.transfer);
+  step_recompute->Observe(step.times.recompute);
+  step_attention->Observe(step.times.attention);
+  step_other->Observe(step.times.other);
+  step_idle->Observe(step.times.idle);
+  step_total->Observe(step.times.total);
+  h2d_bytes->Increment(static_cast<double>(step.h2d_bytes));
+  d2h_bytes->Increment(static_cast<double>(step.d2h_bytes));
+  h2d_seconds->Increment(step.times.transfer);
+  recompute_tokens->Increment(static_cast<double>(step.recompute_tokens));
+  transfer_tokens->Increment(static_cast<double>(step.transfer_tokens));
+  // Policies other than kvpr have no ratio of their own: resident and recompute use all of s.
+  split_ratio->Set(step.plan.ratio);
+}
+
+}  // namespace kvpr::worker

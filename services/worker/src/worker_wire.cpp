@@ -1,0 +1,162 @@
+#include "worker_wire.h"
+
+#include <cmath>
+
+#include "kvpr/common/error.h"
+#include "kvpr/net/wire.h"
+
+namespace kvpr::worker::wire_adapter {
+
+planner::Policy from_wire(wire::Policy policy) {
+  switch (policy) {
+    case wire::Policy::RESIDENT:
+      return planner::Policy::resident;
+    case wire::Policy::TRANSFER:
+      return planner::Policy::transfer;
+    case wire::Policy::RECOMPUTE:
+      return planner::Policy::recompute;
+    case wire::Policy::KVPR:
+      return planner::Policy::kvpr;
+  }
+  fail("unknown policy ", static_cast<int>(policy));
+}
+
+wire::Policy to_wire(planner::Policy policy) {
+  switch (policy) {
+    case planner::Policy::resident:
+      return wire::Policy::RESIDENT;
+    case planner::Policy::transfer:
+      return wire::Policy::TRANSFER;
+    case planner::Policy::recompute:
+      return wire::Policy::RECOMPUTE;
+    case planner::Policy::kvpr:
+      return wire::Policy::KVPR;
+  }
+  return wire::Policy::KVPR;
+}
+
+namespace {
+
+GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits) {
+  GenerateJob job;
+  const auto prompts = g.getPrompts();
+  if (prompts.size() == 0 || prompts.size() > kMaxSequences) {
+    fail("generate: ", prompts.size(), " prompts; expected 1 to ", kMaxSequences);
+  }
+  const std::int64_t n_new = g.getMaxNewTokens();
+  if (n_new < 1 || n_new > kMaxNewTokens) {
+    fail("generate: maxNewTokens ", n_new, " is outside [1, ", kMaxNewTokens, "]");
+  }
+  for (unsigned i = 0; i < prompts.size(); ++i) {
+    const auto p = prompts[i];
+    if (p.size() == 0) fail("generate: prompt ", i, " is empty");
+    if (static_cast<std::int64_t>(p.size()) + n_new > limits.max_positions) {
+      fail("generate: prompt ", i, " has ", p.size(), " tokens; with ", n_new,
+           " new tokens it passes the model's ", limits.max_positions, " positions");
+    }
+    std::vector<std::int32_t> ids;
+    ids.reserve(p.size());
+    for (const std::int32_t id : p) {
+      if (id < 0 || id >= limits.vocab) {
+        fail("generate: prompt ", i, " has token id ", id, " outside the vocabulary [0, ",
+             limits.vocab, ")");
+      }
+      ids.push_back(id);
+    }
+    job.request.prompts.push_back(std::move(ids));
+  }
+  job.request.max_new_tokens = n_new;
+  job.request.keep_logits = g.getKeepLogits();
+  job.policy = from_wire(g.getPolicy());
+  const std::int64_t split = g.getSplit();
+  if (split < -1) fail("generate: split ", split, " must be -1 (auto) or a token count");
+  if (split >= 0) job.split = split;
+  return job;
+}
+
+}  // namespace
+
+DecodedRequest decode_request(const void* data, std::size_t size, const ModelLimits& limits,
+                              std::uint64_t& id) {
+  net::Frame frame(data, size);
+  DecodedRequest out;
+  net::decode_guard([&] {
+    const auto r = frame.root<wire::WorkerRequest>();
+    id = r.getId();
+    out.id = id;
+    out.deadline_unix_ms = r.getDeadlineUnixMs();
+    switch (r.which()) {
+      case wire::WorkerRequest::GENERATE:
+        out.kind = DecodedRequest::Kind::generate;
+        out.job = decode_generate(r.getGenerate(), limits);
+        return;
+      case wire::WorkerRequest::STATS:
+        out.kind = DecodedRequest::Kind::stats;
+        return;
+    }
+    raise(ErrorKind::unimplemented, "unknown worker request type ", static_cast<int>(r.which()));
+  });
+  return out;
+}
+
+void set_plan(wire::Plan::Builder out, const planner::Plan& plan) {
+  out.setPolicy(to_wire(plan.policy));
+  auto l = out.initL(static_cast<unsigned>(plan.l.size()));
+  for (unsigned i = 0; i < plan.l.size(); ++i) l.set(i, plan.l[i]);
+  out.setChunk(plan.chunk);
+  out.setPaperSchedule(plan.paper_schedule);
+  out.setRatio(plan.ratio);
+  out.setPredictedStepS(plan.predicted_step_s);
+  out.setReason(plan.reason);
+}
+
+planner::Plan get_plan(wire::Plan::Reader in) {
+  planner::Plan plan;
+  plan.policy = from_wire(in.getPolicy());
+  for (const auto l : in.getL()) plan.l.push_back(l);
+  plan.chunk = in.getChunk();
+  plan.paper_schedule = in.getPaperSchedule();
+  plan.ratio = in.getRatio();
+  plan.predicted_step_s = in.getPredictedStepS();
+  plan.reason = in.getReason().cStr();
+  return plan;
+}
+
+void set_summary(wire::Summary::Builder out, const GenerateResult& result,
+                 const std::string& worker) {
+  out.setPrefillS(result.prefill_s);
+  auto steps = out.initStepS(static_cast<unsigned>(result.step_s.size()));
+  for (unsigned i = 0; i < result.step_s.size(); ++i) steps.set(i, result.step_s[i]);
+  auto d = out.initDecode();
+  const PhaseTimes& t = result.decode_times;
+  d.setTransfer(t.transfer);
+  d.setRecompute(t.recompute);
+  d.setAttention(t.attention);
+  d.setOther(t.other);
+  d.setIdle(t.idle);
+  d.setTotal(t.total);
+  out.setRecomputeTokens(result.recompute_tokens);
+  out.setTransferTokens(result.transfer_tokens);
+  out.setH2dBytes(result.h2d_bytes);
+  out.setD2hBytes(result.d2h_bytes);
+  set_plan(out.initLastPlan(), result.last_plan);
+  out.setTotalS(result.total_s);
+  out.setWorker(worker);
+}
+
+void get_summary(wire::Summary::Reader in, GenerateResult& result) {
+  result.prefill_s = in.getPrefillS();
+  result.step_s.clear();
+  for (const double s : in.getStepS()) result.step_s.push_back(s);
+  const auto d = in.getDecode();
+  result.decode_times = {d.getTransfer(), d.getRecompute(), d.getAttention(),
+                         d.getOther(),    d.getIdle(),      d.getTotal()};
+  result.recompute_tokens = in.getRecomputeTokens();
+  result.transfer_tokens = in.getTransferTokens();
+  result.h2d_bytes = in.getH2dBytes();
+  result.d2h_bytes = in.getD2hBytes();
+  result.last_plan = get_plan(in.getLastPlan());
+  result.total_s = in.getTotalS();
+}
+
+}  // namespace kvpr::worker::wire_adapter

@@ -1,0 +1,53 @@
+// The worker protocol's adapter: the only code that touches the generated worker.capnp types.
+// Requests are decoded and validated against the loaded model here (a bad value is a
+// kvpr::Error(failed) naming it); events are encoded here for the service and decoded here for
+// the client.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvpr/planner/planner.h"
+#include "kvpr/worker/generator.h"
+#include "schemas/worker.capnp.h"
+
+namespace kvpr::worker::wire_adapter {
+
+struct ModelLimits {
+  std::int64_t vocab = 0;
+  std::int64_t max_positions = 0;
+};
+
+inline constexpr std::size_t kMaxSequences = 4096;
+inline constexpr std::int64_t kMaxNewTokens = 1 << 20;
+
+struct GenerateJob {
+  GenerateRequest request;
+  planner::Policy policy = planner::Policy::kvpr;
+  std::optional<std::int64_t> split;
+};
+
+struct DecodedRequest {
+  std::uint64_t id = 0;
+  std::uint64_t deadline_unix_ms = 0;
+  enum class Kind { generate, stats } kind = Kind::stats;
+  GenerateJob job;  // kind == generate
+};
+
+// Throws kvpr::Error(failed) for undecodable bytes, an unknown request type or an out-of-range
+// field. `id` receives the request id as soon as it could be read (0 before), for the error reply.
+DecodedRequest decode_request(const void* data, std::size_t size, const ModelLimits& limits,
+                              std::uint64_t& id);
+
+planner::Policy from_wire(wire::Policy policy);
+wire::Policy to_wire(planner::Policy policy);
+void set_plan(wire::Plan::Builder out, const planner::Plan& plan);
+planner::Plan get_plan(wire::Plan::Reader in);
+void set_summary(wire::Summary::Builder out, const GenerateResult& result,
+                 const std::string& worker);
+// Fills the summary fields of `result` (not its sequences).
+void get_summary(wire::Summary::Reader in, GenerateResult& result);
+
+}  // namespace kvpr::worker::wire_adapter

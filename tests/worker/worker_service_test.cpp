@@ -1,0 +1,208 @@
+// The worker service over real ZeroMQ sockets (tcp loopback), on the in-process store and planner:
+// results equal an in-process generate() bit for bit; bad wire input is answered, counted and
+// survived; deadlines, drain on stop, and a silent worker never hangs a client.
+#include "kvpr/worker/worker_service.h"
+
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/common/error.h"
+#include "kvpr/net/rpc.h"
+#include "kvpr/worker/generator.h"
+#include "kvpr/worker/worker_client.h"
+#include "schemas/worker.capnp.h"
+#include "stack.h"
+
+namespace kvpr::worker {
+namespace {
+
+using std::chrono::milliseconds;
+
+const std::string kModel = std::string(KVPR_TEST_DATA) + "/golden/models/opt-2l-h64";
+
+struct Served {
+  explicit Served(WorkerServiceOptions options = {})
+      : stack(kModel, planner::Policy::kvpr, std::nullopt),
+        service(context, *stack.model, *stack.backend, *stack.store, stack.planner, options) {
+    service.start();
+  }
+  testing::Stack stack;
+  zmq::context_t context;
+  WorkerService service;
+};
+
+RemoteGenerate request(std::vector<std::vector<std::int32_t>> prompts, std::int64_t n) {
+  RemoteGenerate r;
+  r.request.prompts = std::move(prompts);
+  r.request.max_new_tokens = n;
+  r.request.keep_logits = true;
+  r.policy = planner::Policy::kvpr;
+  r.split = 3;
+  return r;
+}
+
+TEST(WorkerService, MatchesInProcessGenerateBitForBit) {
+  Served served;
+  WorkerClient client(served.context, served.service.endpoint());
+  const auto work = request({{2, 31, 45, 60, 7}, {2, 9}}, 6);
+  std::vector<std::int64_t> steps;
+  const auto remote = client.generate(work, [&](const StepEvent& e) { steps.push_back(e.step); });
+  EXPECT_EQ(steps, (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5}));
+
+  testing::Stack local(kModel, planner::Policy::kvpr, 3);
+  const auto expected = generate(*local.engine, work.request);
+  ASSERT_EQ(remote.sequences.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(remote.sequences[i].tokens, expected.sequences[i].tokens);
+    EXPECT_EQ(remote.sequences[i].logits, expected.sequences[i].logits);  // exact
+  }
+  EXPECT_EQ(remote.step_s.size(), 5u);
+  EXPECT_EQ(remote.last_plan.l, (std::vector<std::int64_t>{3, 3}));
+  EXPECT_EQ(served.stack.store->stats().sequences, 0u);  // released after the request
+  EXPECT_EQ(client.status().completed, 1u);
+}
+
+// Sends raw frames on a DEALER and returns the one-frame reply (decoded as a WorkerEvent).
+struct Raw {
+  explicit Raw(Served& served)
+      : socket(net::make_socket(served.context, zmq::socket_type::dealer)) {
+    socket.connect(served.service.endpoint());
+  }
+  void send(const std::vector<std::string>& frames) {
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      zmq::message_t m(frames[i].data(), frames[i].size());
+      socket.send(m, i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  // The reply's error reason, or "" for a non-error reply.
+  std::string error_reply(std::uint64_t* id = nullptr) {
+    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, milliseconds(3000));
+    if ((item.revents & ZMQ_POLLIN) == 0) return "NO REPLY";
+    zmq::message_t m;
+    (void)socket.recv(m);
+    net::Frame frame(m);
+    const auto event = frame.root<wire::WorkerEvent>();
+    if (id != nullptr) *id = event.getId();
+    return event.isError() ? std::string(event.getError().getReason().cStr()) : "";
+  }
+  zmq::socket_t socket;
+};
+
+std::string bytes(capnp::MallocMessageBuilder& m) {
+  const auto msg = net::encode(m);
+  return std::string(static_cast<const char*>(msg.data()), msg.size());
+}
+
+std::string generate_message(std::uint64_t id, const std::vector<std::int32_t>& prompt,
+                             std::int64_t n, std::int64_t split = -1, std::uint64_t deadline = 0) {
+  capnp::MallocMessageBuilder m;
+  auto r = m.initRoot<wire::WorkerRequest>();
+  r.setId(id);
+  r.setDeadlineUnixMs(deadline);
+  auto g = r.initGenerate();
+  auto p = g.initPrompts(1).init(0, static_cast<unsigned>(prompt.size()));
+  for (unsigned i = 0; i < prompt.size(); ++i) p.set(i, prompt[i]);
+  g.setMaxNewTokens(n);
+  g.setSplit(split);
+  return bytes(m);
+}
+
+TEST(WorkerService, BadWireInputIsAnsweredCountedAndSurvived) {
+  Served served;
+  Raw raw(served);
+  const std::string valid = generate_message(7, {2, 5}, 2);
+  struct Case {
+    std::string what;
+    std::vector<std::string> frames;
+    std::string expect;  // in the reason
+  };
+  capnp::MallocMessageBuilder unknown;
+  {
+    // A union discriminant past the last member this build knows: set it in the raw words.
+    auto r = unknown.initRoot<wire::WorkerRequest>();
+    r.setId(9);
+    r.setStats();
+  }
+  std::string unknown_bytes = bytes(unknown);
+  // Data section: id (8 bytes), deadline (8 bytes), discriminant (2 bytes) after the 16-byte
+  // segment table and root pointer.
+  unknown_bytes[16 + 16] = 42;
+  const std::vector<Case> cases{
+      {"garbage", {"this is not a message"}, "malformed"},
+      {"three frames", {valid, valid}, "frames"},
+      {"truncated", {valid.substr(0, valid.size() - 16)}, "malformed"},
+      {"oversized", {std::string(net::kMaxMessageBytes + 8, '\0')}, "over the limit"},
+      {"unknown type", {unknown_bytes}, "unknown worker request type"},
+      {"token outside vocab", {generate_message(1, {2, 999999}, 2)}, "999999"},
+      {"empty prompt", {generate_message(1, {}, 2)}, "empty"},
+      {"zero new tokens", {generate_message(1, {2}, 0)}, "maxNewTokens 0"},
+      {"bad split", {generate_message(1, {2}, 2, -5)}, "split -5"},
+      {"past positions", {generate_message(1, {2, 3}, 255)}, "positions"},
+      {"past deadline", {generate_message(1, {2, 3}, 2, -1, 1000)}, "deadline"},
+  };
+  for (const auto& c : cases) {
+    raw.send(c.frames);
+    const std::string reason = raw.error_reply();
+    EXPECT_NE(reason.find(c.expect), std::string::npos) << c.what << ": " << reason;
+  }
+  WorkerClient client(served.context, served.service.endpoint());
+  EXPECT_EQ(client.status().rejected_messages, cases.size());
+  // Still serving.
+  const auto ok = client.generate(request({{2, 5}}, 3));
+  EXPECT_EQ(ok.sequences[0].tokens.size(), 3u);
+}
+
+TEST(WorkerService, StopDrainsQueuedAndRunningRequests) {
+  auto served = std::make_unique<Served>();
+  std::vector<GenerateResult> results(3);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&, i] {
+      WorkerClient client(served->context, served->service.endpoint());
+      results[static_cast<std::size_t>(i)] = client.generate(request({{2, 5, 7}}, 250));
+    });
+  }
+  WorkerClient probe(served->context, served->service.endpoint());
+  WorkerStatus st;
+  for (int i = 0; i < 200 && st.queued + st.running < 2; ++i) {
+    std::this_thread::sleep_for(milliseconds(5));
+    st = probe.status();
+  }
+  ASSERT_GE(st.queued + st.running, 2u) << "the requests were not in flight when stop() began";
+  served->service.stop();  // returns once all three are answered
+  for (auto& t : clients) t.join();
+  for (const auto& r : results) EXPECT_EQ(r.sequences.at(0).tokens.size(), 250u);
+}
+
+TEST(WorkerClient, SilentWorkerGivesDisconnectedWithinTheDeadline) {
+  zmq::context_t context;
+  net::Router silent(context, "tcp://127.0.0.1:0");  // accepts connections, never answers
+  WorkerClient client(context, silent.endpoint(), milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    client.generate(request({{2, 5}}, 2));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(2000));
+}
+
+TEST(WorkerClient, DeadEndpointGivesDisconnected) {
+  zmq::context_t context;
+  std::string endpoint;
+  {
+    net::Router gone(context, "tcp://127.0.0.1:0");
+    endpoint = gone.endpoint();
+  }
+  WorkerClient client(context, endpoint, milliseconds(300));
+  EXPECT_THROW(client.status(), Error);
+}
+
+}  // namespace
+}  // namespace kvpr::worker

@@ -1,0 +1,236 @@
+#include "deploy.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "kvpr/common/error.h"
+
+extern char** environ;
+
+namespace kvpr::cli {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// The services are installed next to the kvpr executable (KVPR_BIN_DIR overrides).
+fs::path binary(const std::string& name) {
+  fs::path dir;
+  if (const char* env = std::getenv("KVPR_BIN_DIR")) {
+    dir = env;
+  } else {
+    dir = fs::read_symlink("/proc/self/exe").parent_path();
+  }
+  fs::path path = dir / name;
+  if (!fs::exists(path)) fail("cannot find ", name, " at ", path.string(), " (set KVPR_BIN_DIR)");
+  return path;
+}
+
+struct Started {
+  std::string name;
+  std::string role;
+  pid_t pid = -1;
+  fs::path ready_file;
+  fs::path log;
+};
+
+// Starts `argv` detached (its own session, stdin from /dev/null, stdout/stderr to `log`).
+pid_t spawn(const std::vector<std::string>& argv, const fs::path& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], &actions, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) fail("cannot start ", argv[0], ": ", std::strerror(rc));
+  return pid;
+}
+
+bool alive(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, WNOHANG) == pid) return false;  // our child and it exited
+  return kill(pid, 0) == 0;
+}
+
+std::string tail(const fs::path& log) {
+  std::ifstream in(log);
+  std::string line;
+  std::string last;
+  while (std::getline(in, line)) {
+    if (!line.empty()) last = line;
+  }
+  return last.empty() ? "(no output)" : last;
+}
+
+nlohmann::json wait_ready(const Started& s, Clock::time_point deadline) {
+  for (;;) {
+    if (fs::exists(s.ready_file)) {
+      std::ifstream in(s.ready_file);
+      return nlohmann::json::parse(in);
+    }
+    if (!alive(s.pid)) fail(s.name, " exited before it was ready: ", tail(s.log));
+    if (Clock::now() > deadline) fail(s.name, " was not ready in time; its log: ", s.log.string());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+void stop_all(const std::vector<pid_t>& pids, double timeout_s) {
+  for (pid_t pid : pids) kill(pid, SIGTERM);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  for (pid_t pid : pids) {
+    while (alive(pid) && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (alive(pid)) {
+      std::fprintf(stderr, "kvpr: process %d did not stop in %.0f s; killing it\n", pid, timeout_s);
+      kill(pid, SIGKILL);
+    }
+  }
+}
+
+std::string flag(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+}  // namespace
+
+int up_command(const UpOptions& o) {
+  if (o.workers < 1) fail("--workers must be at least 1, got ", o.workers);
+  if (o.planners < 1) fail("--planners must be at least 1, got ", o.planners);
+  if (!fs::exists(fs::path(o.model) / "config.json")) {
+    fail("--model: no config.json in '", o.model, "'");
+  }
+  fs::path run_dir = o.run_dir;
+  if (run_dir.empty()) {
+    std::string templ = (fs::temp_directory_path() / "kvpr-XXXXXX").string();
+    if (mkdtemp(templ.data()) == nullptr) fail("cannot create a run folder in /tmp");
+    run_dir = templ;
+  }
+  fs::create_directories(run_dir);
+  run_dir = fs::canonical(run_dir);
+  if (fs::exists(run_dir / "deployment.json")) {
+    fail("--run-dir '", run_dir.string(), "' holds a running deployment; kvpr down it first");
+  }
+  const auto deadline = Clock::now() + std::chrono::duration<double>(o.ready_timeout_s);
+  const fs::path model = fs::absolute(o.model);
+  std::vector<Started> started;
+  std::vector<nlohmann::json> services;
+  try {
+    auto launch = [&](const std::string& name, const std::string& role,
+                      std::vector<std::string> argv) {
+      Started s{name, role, -1, run_dir / (name + ".ready.json"), run_dir / (name + ".log")};
+      fs::remove(s.ready_file);
+      argv.insert(argv.end(),
+                  {"--name", name, "--ready-file", s.ready_file.string(), "--metrics-port", "0"});
+      s.pid = spawn(argv, s.log);
+      started.push_back(s);
+      auto ready = wait_ready(started.back(), deadline);
+      services.push_back({{"name", name},
+                          {"role", role},
+                          {"pid", s.pid},
+                          {"endpoint", ready.at("endpoint")},
+                          {"metrics_port", ready.at("metrics_port")},
+                          {"log", s.log.string()}});
+      return ready.at("endpoint").get<std::string>();
+    };
+    const std::string kvstore =
+        launch("kvstore", "kvstore",
+               {binary("kvpr-kvstore").string(), "--listen", "tcp://127.0.0.1:0", "--capacity",
+                std::to_string(o.capacity_bytes), "--lease-ms", std::to_string(o.lease_ms)});
+    std::vector<std::string> planners;
+    for (int i = 0; i < o.planners; ++i) {
+      planners.push_back(
+          launch("planner-" + std::to_string(i), "planner",
+                 {binary("kvpr-planner").string(), "--listen", "tcp://127.0.0.1:0"}));
+    }
+    std::string connect;
+    for (int i = 0; i < o.workers; ++i) {
+      std::vector<std::string> argv{binary("kvpr-worker").string(),
+                                    "--model",
+                                    model.string(),
+                                    "--listen",
+                                    "tcp://127.0.0.1:0",
+                                    "--kvstore",
+                                    kvstore,
+                                    "--backend",
+                                    o.backend.backend,
+                                    "--emulate-link-gbps",
+                                    flag(o.backend.emulate_link_gbps),
+                                    "--emulate-link-latency-us",
+                                    flag(o.backend.emulate_link_latency_us),
+                                    "--threads",
+                                    std::to_string(o.backend.threads),
+                                    "--profile",
+                                    o.profile};
+      for (const auto& p : planners) argv.insert(argv.end(), {"--planner", p});
+      const std::string endpoint = launch("worker-" + std::to_string(i), "worker", argv);
+      connect += (connect.empty() ? "" : ",") + endpoint;
+    }
+    nlohmann::json out{{"connect", connect}, {"run_dir", run_dir.string()}, {"services", services}};
+    std::ofstream(run_dir / "deployment.json") << out.dump(2) << "\n";
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+  } catch (...) {
+    std::vector<pid_t> pids;
+    for (auto it = started.rbegin(); it != started.rend(); ++it) pids.push_back(it->pid);
+    stop_all(pids, 5);
+    throw;
+  }
+}
+
+int down_command(const DownOptions& o) {
+  const fs::path file = fs::path(o.run_dir) / "deployment.json";
+  if (!fs::exists(file)) fail("--run-dir: no deployment.json in '", o.run_dir, "'");
+  nlohmann::json deployment;
+  try {
+    std::ifstream in(file);
+    deployment = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    fail(file.string(), " is not a deployment description: ", e.what());
+  }
+  // Workers drain first (they still need the store and planners), the kvstore goes last.
+  std::size_t total = 0;
+  std::size_t stopped = 0;
+  for (const char* role : {"worker", "planner", "kvstore"}) {
+    std::vector<pid_t> running;
+    for (const auto& s : deployment.at("services")) {
+      if (s.at("role") != role) continue;
+      ++total;
+      const auto pid = s.at("pid").get<pid_t>();
+      if (alive(pid)) running.push_back(pid);
+    }
+    stop_all(running, o.timeout_s);
+    stopped += running.size();
+  }
+  fs::remove(file);
+  std::printf("stopped %zu of %zu services (%zu had already exited)\n", stopped, total,
+              total - stopped);
+  return 0;
+}
+
+}  // namespace kvpr::cli

@@ -1,0 +1,36 @@
+// `kvpr up` and `kvpr down`: a node deployment on loopback. `up` starts the kvstore daemon, the
+// planner replicas and the workers as detached processes (each in its own session, logging to
+// RUN_DIR/<name>.log), waits until every one has written its ready file, writes
+// RUN_DIR/deployment.json and prints it: {"connect", "run_dir", "services": [{"name", "role",
+// "pid", "endpoint", "metrics_port"}]}. `down` sends SIGTERM (workers first, the kvstore last),
+// waits for each to drain and exit, and SIGKILLs what is still there after the timeout.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "commands.h"
+
+namespace kvpr::cli {
+
+struct UpOptions {
+  std::string model;
+  int workers = 1;
+  int planners = 1;
+  std::string run_dir;  // empty: a new folder under $TMPDIR
+  std::uint64_t capacity_bytes = 8ull << 30;
+  std::int64_t lease_ms = 10000;
+  std::string profile = "nominal";  // workers' planning: nominal or measured
+  double ready_timeout_s = 120;
+  BackendFlags backend;
+};
+
+struct DownOptions {
+  std::string run_dir;
+  double timeout_s = 30;
+};
+
+int up_command(const UpOptions& options);
+int down_command(const DownOptions& options);
+
+}  // namespace kvpr::cli
