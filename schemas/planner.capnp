@@ -73,6 +73,8 @@ struct Plan {
   ratio @4 :Float64;
   predictedStepS @5 :Float64;
   reason @6 :Text;
+  fingerprint @7 :Text;       # the profile the plan was made with; empty: the cost model on the
+                              # request's rates (a replica that lost the worker's profile)
 }
 
 struct PlannerReply {

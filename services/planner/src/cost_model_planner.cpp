@@ -39,6 +39,7 @@ Plan CostModelPlanner::plan(const PlanRequest& request) {
       break;
     case Policy::recompute:
       plan.l = s;
+      plan.ratio = 1;
       plan.reason = "policy recompute rebuilds every K,V from activations";
       break;
     case Policy::kvpr:
@@ -49,6 +50,7 @@ Plan CostModelPlanner::plan(const PlanRequest& request) {
         plan.reason = str("fixed split l = ", *request.split, " (clamped to each context length)");
       } else {
         auto choice = choose_split(request.shape, s, request.rates, chunk_);
+        plan.ratio = choice.ratio;
         plan.l = std::move(choice.l);
         plan.reason = std::move(choice.reason);
       }

@@ -20,9 +20,7 @@ std::string ms(double s) {
 }  // namespace
 
 ProfilePlanner::ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket)
-    : profile_(std::move(profile)),
-      model_(std::move(model)),
-      bucket_(std::max<std::int64_t>(bucket, 1)) {
+    : profile_(std::move(profile)), model_(std::move(model)), cache_(bucket) {
   if (profile_.h != model_.h || profile_.h_kv != model_.h_kv) {
     fail("planner: profile measured for h ", profile_.h, ", h_kv ", profile_.h_kv,
          " but the model has h ", model_.h, ", h_kv ", model_.h_kv, " (re-profile for this model)");
@@ -125,20 +123,11 @@ Plan ProfilePlanner::plan(const PlanRequest& request) {
         predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
     return fixed;
   }
-  std::vector<std::int64_t> key{static_cast<std::int64_t>(s.size())};
-  for (auto si : s) key.push_back((si + bucket_ - 1) / bucket_);
-  std::lock_guard lock(mutex_);
-  auto it = cache_.find(key);
-  if (it == cache_.end()) {
-    std::vector<std::int64_t> upper;  // plan for the bucket's end: the contexts grow into it
-    for (std::size_t i = 1; i < key.size(); ++i) upper.push_back(key[i] * bucket_);
-    Plan planned = decide(upper).plan;
-    planned.reason += str(" [planned for contexts up to ", upper.back(), " tokens]");
-    it = cache_.emplace(key, std::move(planned)).first;
-    ++plans_computed_;
-  }
-  Plan plan = it->second;
-  plan.l = splits_for_ratio(s, plan.ratio);
+  Plan plan = cache_.get(request, [&](const PlanRequest& upper) {
+    Plan planned = decide(upper.s).plan;
+    planned.reason += str(" [planned for contexts up to ", upper.s.back(), " tokens]");
+    return planned;
+  });
   plan.predicted_step_s = predict(s, plan.l, plan.chunk, false).total_s;
   return plan;
 }

@@ -1,6 +1,8 @@
 // The planner seam: given a batch's shape, which KV policy and which split `l` per sequence a
 // decode step uses, with the predicted time and the reason. Implemented in-process by the cost
-// model (CostModelPlanner) and, later, by the planner service's client.
+// model (CostModelPlanner) and by the profile scheduler (ProfilePlanner, profile_planner.h); across
+// processes by the planner service's client (RemotePlanner, remote_planner.h); CachingPlanner
+// (caching_planner.h) caches any of them by shape bucket.
 #pragma once
 
 #include <cstdint>

@@ -5,11 +5,10 @@
 // past a bucket, and the planner stays off the per-step critical path.
 #pragma once
 
-#include <map>
-#include <mutex>
 #include <vector>
 
 #include "kvpr/common/step_model.h"
+#include "kvpr/planner/plan_cache.h"
 #include "kvpr/planner/planner.h"
 
 namespace kvpr::planner {
@@ -44,15 +43,13 @@ class ProfilePlanner final : public Planner {
                          std::int64_t chunk, bool resident) const;
 
   const HardwareProfile& profile() const { return profile_; }
-  std::int64_t plans_computed() const { return plans_computed_; }
+  const StepShape& model() const { return model_; }
+  std::int64_t plans_computed() const { return cache_.misses(); }
 
  private:
   HardwareProfile profile_;
   StepShape model_;
-  std::int64_t bucket_;
-  std::mutex mutex_;
-  std::map<std::vector<std::int64_t>, Plan> cache_;  // by bucketed shape, l stored as ratio
-  std::int64_t plans_computed_ = 0;
+  PlanCache cache_;  // policy kvpr with the split left to the planner
 };
 
 }  // namespace kvpr::planner

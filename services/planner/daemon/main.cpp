@@ -1,0 +1,81 @@
+// `kvpr-planner`: one planner replica (PlannerService) as a process. main() parses flags,
+// constructs and wires; SIGTERM/SIGINT stop it after the requests already received are answered.
+// Every error ends in one line on stderr and exit code 1.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/common/error.h"
+#include "kvpr/net/service.h"
+#include "kvpr/planner/planner_service.h"
+
+namespace {
+
+void report(const std::string& kind, std::string message) {
+  for (char& ch : message) {
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  }
+  std::fprintf(stderr, "kvpr-planner: %s: %s\n", kind.c_str(), message.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvpr-planner: plans KV splits from workers' hardware profiles (one replica)"};
+  kvpr::planner::PlannerServiceOptions options;
+  options.endpoint = "tcp://127.0.0.1:5556";
+  options.metrics_port = 0;
+  std::string ready_file;
+  app.add_option("--listen", options.endpoint,
+                 "ZeroMQ endpoint to serve on (tcp://HOST:0 picks a free port)")
+      ->capture_default_str();
+  app.add_option("--metrics-port", options.metrics_port,
+                 "Prometheus /metrics port: 0 picks a free one, -1 serves none")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 65535));
+  app.add_option("--name", options.name, "Replica name, in logs and the ready file")
+      ->capture_default_str();
+  app.add_option("--ready-file", ready_file,
+                 "Write {name, role, pid, endpoint, metrics_port} here once listening");
+  app.add_option("--bucket", options.bucket, "Plans are cached per context bucket of N tokens")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 20));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    report("bad arguments", e.what());
+    return 1;
+  }
+
+  try {
+    kvpr::net::install_stop_signals();
+    zmq::context_t context;
+    kvpr::planner::PlannerService service(context, options);
+    service.start();
+    if (!ready_file.empty()) {
+      kvpr::net::write_ready_file(
+          ready_file, {service.name(), "planner", service.endpoint(), service.metrics_port()});
+    }
+    std::printf(
+        "kvpr-planner %s listening on %s (metrics %s)\n", service.name().c_str(),
+        service.endpoint().c_str(),
+        service.metrics_port() >= 0 ? std::to_string(service.metrics_port()).c_str() : "off");
+    std::fflush(stdout);
+    while (!kvpr::net::stop_requested()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    service.stop();
+    return 0;
+  } catch (const kvpr::Error& e) {
+    report(std::string(kvpr::to_string(e.kind())), e.what());
+  } catch (const std::exception& e) {
+    report("failed", e.what());
+  }
+  return 1;
+}
