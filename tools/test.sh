@@ -18,3 +18,25 @@ if [ "${KVPR_SKIP_SANITIZERS:-0}" != 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
 fi
+
+# libFuzzer (clang): every message decoder, from seed corpora of valid messages, for a bounded time.
+if [ "${KVPR_SKIP_FUZZ:-0}" != 1 ]; then
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DKVPR_CUDA=OFF -DKVPR_FUZZ=ON \
+        -DKVPR_WERROR=OFF >/dev/null
+  fuzzers=(fuzz_worker_request fuzz_kvstore_request fuzz_planner_request)
+  ninja -C build-fuzz fuzz_seeds "${fuzzers[@]}"
+  corpus=$(mktemp -d)
+  build-fuzz/tests/fuzz/fuzz_seeds "$corpus"
+  for f in "${fuzzers[@]}"; do
+    seeds="$corpus/$(echo "$f" | sed 's/fuzz_\(.*\)_request/\1/')"
+    echo "fuzzing $f for ${KVPR_FUZZ_SECONDS:-30} s"
+    if ! build-fuzz/tests/fuzz/"$f" -max_total_time="${KVPR_FUZZ_SECONDS:-30}" \
+         -rss_limit_mb=4096 -timeout=10 "$seeds" > "$corpus/$f.log" 2>&1; then
+      tail -40 "$corpus/$f.log"
+      echo "fuzzer $f found a failure"
+      exit 1
+    fi
+    grep -E "^Done" "$corpus/$f.log"
+  done
+  rm -rf "$corpus"
+fi

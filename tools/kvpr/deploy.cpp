@@ -99,7 +99,8 @@ nlohmann::json wait_ready(const Started& s, Clock::time_point deadline) {
 
 void stop_all(const std::vector<pid_t>& pids, double timeout_s) {
   for (pid_t pid : pids) kill(pid, SIGTERM);
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(timeout_s));
   for (pid_t pid : pids) {
     while (alive(pid) && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -136,10 +137,11 @@ int up_command(const UpOptions& o) {
   if (fs::exists(run_dir / "deployment.json")) {
     fail("--run-dir '", run_dir.string(), "' holds a running deployment; kvpr down it first");
   }
-  const auto deadline = Clock::now() + std::chrono::duration<double>(o.ready_timeout_s);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(o.ready_timeout_s));
   const fs::path model = fs::absolute(o.model);
   std::vector<Started> started;
-  std::vector<nlohmann::json> services;
+  nlohmann::json services = nlohmann::json::array();
   try {
     auto launch = [&](const std::string& name, const std::string& role,
                       std::vector<std::string> argv) {
@@ -150,13 +152,13 @@ int up_command(const UpOptions& o) {
       s.pid = spawn(argv, s.log);
       started.push_back(s);
       auto ready = wait_ready(started.back(), deadline);
-      services.push_back({{"name", name},
-                          {"role", role},
-                          {"pid", s.pid},
-                          {"endpoint", ready.at("endpoint")},
-                          {"metrics_port", ready.at("metrics_port")},
-                          {"log", s.log.string()}});
-      return ready.at("endpoint").get<std::string>();
+      services.push_back(nlohmann::json{{"name", name},
+                                        {"role", role},
+                                        {"pid", s.pid},
+                                        {"endpoint", ready.at("endpoint")},
+                                        {"metrics_port", ready.at("metrics_port")},
+                                        {"log", s.log.string()}});
+      return ready.at("endpoint").template get<std::string>();
     };
     const std::string kvstore =
         launch("kvstore", "kvstore",

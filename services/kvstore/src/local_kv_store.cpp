@@ -1,38 +1,41 @@
 #include "kvpr/kvstore/local_kv_store.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 
 #include "kvpr/common/error.h"
+#include "kvpr/kvstore/block_layout.h"
 
 namespace kvpr::kvstore {
+namespace {
 
-LocalKvStore::LocalKvStore(const StoreShape& shape, std::uint64_t capacity_bytes)
-    : shape_(shape), capacity_bytes_(capacity_bytes) {
+// Far more than any context; keeps token arithmetic away from overflow.
+constexpr std::int64_t kMaxTokens = std::int64_t{1} << 40;
+
+void check_shape(const StoreShape& shape) {
   if (shape.n_layers <= 0 || shape.h <= 0 || shape.h_kv <= 0 || shape.block_tokens <= 0) {
     fail("kvstore: invalid shape (layers ", shape.n_layers, ", h ", shape.h, ", h_kv ", shape.h_kv,
          ", block_tokens ", shape.block_tokens, ")");
   }
-  n_blocks_ = static_cast<std::size_t>(capacity_bytes / shape.block_bytes());
-  arena_bytes_ = n_blocks_ * shape.block_bytes();
-  if (arena_bytes_ > 0) {
-    void* p = mmap(nullptr, arena_bytes_, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) {
-      raise(ErrorKind::overloaded, "kvstore: cannot map ", arena_bytes_,
-            " bytes of host memory: ", std::strerror(errno));
-    }
-    arena_ = static_cast<std::byte*>(p);
+}
+
+}  // namespace
+
+LocalKvStore::LocalKvStore(const StoreShape& shape, std::uint64_t capacity_bytes) : shape_(shape) {
+  check_shape(shape);
+  owned_pool_ = std::make_unique<PagePool>(shape.block_bytes(), capacity_bytes);
+  pool_ = owned_pool_.get();
+}
+
+LocalKvStore::LocalKvStore(const StoreShape& shape, PagePool& pool) : shape_(shape), pool_(&pool) {
+  check_shape(shape);
+  if (shape.block_bytes() > pool.page_bytes()) {
+    fail("kvstore: a block of ", shape.block_tokens, " tokens (", shape.block_bytes(),
+         " bytes) does not fit a page of ", pool.page_bytes(), " bytes");
   }
-  free_blocks_.reserve(n_blocks_);
-  for (std::size_t i = n_blocks_; i > 0; --i) free_blocks_.push_back(i - 1);
 }
 
 LocalKvStore::~LocalKvStore() {
-  if (arena_ != nullptr) munmap(arena_, arena_bytes_);
+  for (auto& [id, s] : sequences_) release(s);
 }
 
 LocalKvStore::Sequence& LocalKvStore::find(SeqId seq) {
@@ -47,41 +50,53 @@ const LocalKvStore::Sequence& LocalKvStore::find(SeqId seq) const {
   return it->second;
 }
 
-std::byte* LocalKvStore::block_ptr(std::size_t block) const {
-  return arena_ + block * shape_.block_bytes();
+void LocalKvStore::release(Sequence& s) {
+  for (auto& layer_blocks : s.blocks) {
+    pool_->release(layer_blocks);
+    pages_held_ -= layer_blocks.size();
+    layer_blocks.clear();
+  }
 }
 
 SeqId LocalKvStore::open() {
   std::lock_guard lock(mutex_);
-  const SeqId id = next_id_++;
+  const SeqId id = pool_->next_sequence_id();
   sequences_[id].blocks.resize(static_cast<std::size_t>(shape_.n_layers));
   return id;
 }
 
-void LocalKvStore::reserve(SeqId seq, std::int64_t n_tokens) {
-  if (n_tokens < 0) fail("kvstore: reserve of ", n_tokens, " tokens");
+Reservation LocalKvStore::reserve_blocks(SeqId seq, std::int64_t n_tokens) {
+  if (n_tokens < 0 || n_tokens > kMaxTokens) fail("kvstore: reserve of ", n_tokens, " tokens");
   std::lock_guard lock(mutex_);
   Sequence& s = find(seq);
-  const std::int64_t bt = shape_.block_tokens;
   const std::int64_t target = std::max(s.reserved, s.length + n_tokens);
-  const auto have = static_cast<std::size_t>((s.reserved + bt - 1) / bt);
-  const auto need = static_cast<std::size_t>((target + bt - 1) / bt);
-  const std::size_t per_layer = need - have;
-  const std::size_t total = per_layer * static_cast<std::size_t>(shape_.n_layers);
-  if (total > free_blocks_.size()) {
+  const std::int64_t have = blocks_for(shape_, s.reserved);
+  const std::int64_t per_layer = blocks_for(shape_, target) - have;
+  const auto total = static_cast<std::size_t>(per_layer * shape_.n_layers);
+  std::vector<std::size_t> pages;
+  if (!pool_->allocate(total, pages)) {
     ++allocation_failures_;
     raise(ErrorKind::overloaded, "kvstore: overloaded: sequence ", seq, " needs ", total,
-          " more blocks (", total * shape_.block_bytes(), " bytes) for ", n_tokens,
-          " tokens but only ", free_blocks_.size(), " of ", n_blocks_, " are free (capacity ",
-          capacity_bytes_, " bytes)");
+          " more blocks (", total * pool_->page_bytes(), " bytes) for ", n_tokens,
+          " tokens but only ", pool_->free_pages(), " of ", pool_->n_pages(),
+          " are free (capacity ", pool_->capacity_bytes(), " bytes)");
   }
+  Reservation r;
+  r.first_block = have;
+  r.blocks_per_layer = per_layer;
+  r.offsets.reserve(total);
+  std::size_t next = 0;
   for (auto& layer_blocks : s.blocks) {
-    for (std::size_t i = 0; i < per_layer; ++i) {
-      layer_blocks.push_back(free_blocks_.back());
-      free_blocks_.pop_back();
+    for (std::int64_t i = 0; i < per_layer; ++i) {
+      layer_blocks.push_back(pages[next]);
+      r.offsets.push_back(pool_->offset_of_page(pages[next]));
+      ++next;
     }
   }
+  pages_held_ += total;
   s.reserved = target;
+  r.reserved_tokens = target;
+  return r;
 }
 
 std::vector<HostSpan> LocalKvStore::locate(SeqId seq, std::int64_t layer, Part part,
@@ -94,28 +109,15 @@ std::vector<HostSpan> LocalKvStore::locate(SeqId seq, std::int64_t layer, Part p
     fail("kvstore: token range [", t0, ", ", t1, ") outside the ", s.reserved,
          " reserved tokens of sequence ", seq);
   }
-  const std::int64_t bt = shape_.block_tokens;
-  const std::size_t row = shape_.row_bytes(part);
-  std::size_t part_offset = 0;
-  if (part != Part::act) part_offset += static_cast<std::size_t>(bt) * shape_.row_bytes(Part::act);
-  if (part == Part::v) part_offset += static_cast<std::size_t>(bt) * shape_.row_bytes(Part::k);
-  std::vector<HostSpan> spans;
   const auto& blocks = s.blocks[static_cast<std::size_t>(layer)];
-  for (std::int64_t t = t0; t < t1;) {
-    const std::int64_t b = t / bt;
-    const std::int64_t in_block = t % bt;
-    const std::int64_t n = std::min(bt - in_block, t1 - t);
-    std::byte* base = block_ptr(blocks[static_cast<std::size_t>(b)]) + part_offset;
-    spans.push_back({base + static_cast<std::size_t>(in_block) * row, t, n});
-    t += n;
-  }
-  return spans;
+  return spans_of(shape_, part, t0, t1,
+                  [&](std::int64_t b) { return pool_->page(blocks[static_cast<std::size_t>(b)]); });
 }
 
 void LocalKvStore::commit(SeqId seq, std::int64_t n_tokens) {
   std::lock_guard lock(mutex_);
   Sequence& s = find(seq);
-  if (n_tokens < 0 || s.length + n_tokens > s.reserved) {
+  if (n_tokens < 0 || n_tokens > s.reserved - s.length) {
     fail("kvstore: commit of ", n_tokens, " tokens to sequence ", seq, " with ", s.length,
          " committed and ", s.reserved, " reserved");
   }
@@ -133,32 +135,32 @@ void LocalKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
   if (n_tokens < 0 || n_tokens > s.length) {
     fail("kvstore: truncate of sequence ", seq, " to ", n_tokens, " tokens; it has ", s.length);
   }
-  const std::int64_t bt = shape_.block_tokens;
-  const auto keep = static_cast<std::size_t>((n_tokens + bt - 1) / bt);
+  const auto keep = static_cast<std::size_t>(blocks_for(shape_, n_tokens));
+  std::vector<std::size_t> dropped;
   for (auto& layer_blocks : s.blocks) {
-    while (layer_blocks.size() > keep) {
-      free_blocks_.push_back(layer_blocks.back());
-      layer_blocks.pop_back();
-    }
+    if (layer_blocks.size() <= keep) continue;
+    dropped.insert(dropped.end(), layer_blocks.begin() + static_cast<std::ptrdiff_t>(keep),
+                   layer_blocks.end());
+    layer_blocks.resize(keep);
   }
+  pool_->release(dropped);
+  pages_held_ -= dropped.size();
   s.length = n_tokens;
-  s.reserved = std::min(s.reserved, static_cast<std::int64_t>(keep) * bt);
+  s.reserved = std::min(s.reserved, static_cast<std::int64_t>(keep) * shape_.block_tokens);
 }
 
 void LocalKvStore::free(SeqId seq) {
   std::lock_guard lock(mutex_);
   Sequence& s = find(seq);
-  for (auto& layer_blocks : s.blocks) {
-    free_blocks_.insert(free_blocks_.end(), layer_blocks.begin(), layer_blocks.end());
-  }
+  release(s);
   sequences_.erase(seq);
 }
 
 StoreStats LocalKvStore::stats() const {
   std::lock_guard lock(mutex_);
   StoreStats st;
-  st.capacity_bytes = capacity_bytes_;
-  st.used_bytes = (n_blocks_ - free_blocks_.size()) * shape_.block_bytes();
+  st.capacity_bytes = pool_->capacity_bytes();
+  st.used_bytes = pages_held_ * pool_->page_bytes();
   st.sequences = sequences_.size();
   st.lookups = lookups_;
   st.allocation_failures = allocation_failures_;

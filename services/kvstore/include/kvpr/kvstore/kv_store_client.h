@@ -1,7 +1,7 @@
 // The seam between a worker and the host memory that holds its sequences: per sequence and layer,
 // the attention-input activation and the K and V of every context token, in the model's dtype,
-// in paged blocks. Implemented in-process (LocalKvStore: embedded mode and tests) and, later, by
-// the kvstore daemon's client over ZeroMQ + UCX.
+// in paged blocks. Implemented in-process (LocalKvStore: embedded mode and tests) and by the
+// kvstore daemon's client over ZeroMQ + UCX (RemoteKvStore).
 //
 // Writes never fail half-way: `reserve` takes the blocks for n more tokens in every layer up front
 // (all or nothing, `overloaded` when the store is full), the caller writes the rows through the

@@ -1,61 +1,83 @@
-// The in-process KvStoreClient: one arena of `capacity_bytes` of host memory cut into fixed-size
-// blocks, a free list, and a block table per sequence and layer. Thread-safe (one mutex); the host
-// memory behind returned spans is read and written by the backend's copy thread without the lock,
-// which is safe because a block belongs to one sequence until that sequence is freed.
+// The in-process KvStoreClient: a block table per sequence and layer over pages of a PagePool.
+// Either it owns a private pool whose pages are exactly its blocks (embedded mode and tests:
+// LocalKvStore(shape, capacity_bytes)), or it is one client's view of a pool shared with other
+// views of other shapes (the kvstore daemon: one view per registered client; a block then uses the
+// first block_bytes() of a page). Destroying a view returns every page it holds to the pool.
+//
+// Thread-safe (one mutex); the host memory behind returned spans is read and written by the
+// backend's copy thread without the lock, which is safe because a block belongs to one sequence
+// until that sequence is freed.
 #pragma once
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
 #include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/kvstore/page_pool.h"
 
 namespace kvpr::kvstore {
 
+// What one reserve call added (the daemon sends it to a remote client, which keeps its own block
+// table): blocks [first_block, first_block + blocks_per_layer) of every layer.
+struct Reservation {
+  std::int64_t reserved_tokens = 0;  // tokens with blocks, after the call
+  std::int64_t first_block = 0;
+  std::int64_t blocks_per_layer = 0;
+  std::vector<std::uint64_t> offsets;  // arena offsets of the new blocks, layer-major
+};
+
 class LocalKvStore final : public KvStoreClient {
  public:
+  // Owns a pool of capacity_bytes cut into blocks of shape.block_bytes().
   LocalKvStore(const StoreShape& shape, std::uint64_t capacity_bytes);
+  // A view over pool, which must outlive it; shape.block_bytes() must fit pool.page_bytes().
+  LocalKvStore(const StoreShape& shape, PagePool& pool);
   ~LocalKvStore() override;
   LocalKvStore(const LocalKvStore&) = delete;
   LocalKvStore& operator=(const LocalKvStore&) = delete;
 
   const StoreShape& shape() const override { return shape_; }
   SeqId open() override;
-  void reserve(SeqId seq, std::int64_t n_tokens) override;
+  void reserve(SeqId seq, std::int64_t n_tokens) override { reserve_blocks(seq, n_tokens); }
   std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
                                std::int64_t t1) override;
   void commit(SeqId seq, std::int64_t n_tokens) override;
   std::int64_t length(SeqId seq) const override;
   void truncate(SeqId seq, std::int64_t n_tokens) override;
   void free(SeqId seq) override;
+  // A view reports its own used bytes (pages held), sequences, lookups and failed reserves, and
+  // the pool's capacity.
   StoreStats stats() const override;
 
+  // reserve() that also says which blocks were added.
+  Reservation reserve_blocks(SeqId seq, std::int64_t n_tokens);
+
   // The host memory behind every span, for registering it with a device's copy engine once.
-  void* arena() const { return arena_; }
-  std::size_t arena_bytes() const { return arena_bytes_; }
+  void* arena() const { return pool_->arena(); }
+  std::size_t arena_bytes() const { return pool_->arena_bytes(); }
+  const PagePool& pool() const { return *pool_; }
 
  private:
   struct Sequence {
     std::int64_t length = 0;                       // committed tokens
     std::int64_t reserved = 0;                     // tokens with blocks
-    std::vector<std::vector<std::size_t>> blocks;  // [layer][block index] -> arena block
+    std::vector<std::vector<std::size_t>> blocks;  // [layer][block index] -> pool page
   };
 
   Sequence& find(SeqId seq);
   const Sequence& find(SeqId seq) const;
-  std::byte* block_ptr(std::size_t block) const;
+  void release(Sequence& s);
 
   StoreShape shape_;
-  std::uint64_t capacity_bytes_;
-  std::size_t n_blocks_;
-  std::byte* arena_ = nullptr;  // mmap'ed, MAP_NORESERVE: pages are committed when first written
-  std::size_t arena_bytes_ = 0;
+  std::unique_ptr<PagePool> owned_pool_;  // set when constructed with a capacity
+  PagePool* pool_;
 
   mutable std::mutex mutex_;
-  std::vector<std::size_t> free_blocks_;
   std::map<SeqId, Sequence> sequences_;
-  SeqId next_id_ = 1;
+  std::size_t pages_held_ = 0;
   mutable std::uint64_t lookups_ = 0;
   std::uint64_t allocation_failures_ = 0;
 };

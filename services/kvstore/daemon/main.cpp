@@ -1,0 +1,118 @@
+// kvpr-kvstore: the kvstore daemon. Parses flags, constructs the service, wires signals and the
+// ready file; everything else lives in KvStoreService.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/common/error.h"
+#include "kvpr/kvstore/kv_store_service.h"
+#include "kvpr/net/service.h"
+
+namespace {
+
+// "8G", "512M", "64k", "1GiB", "4096": bytes (binary multiples).
+std::uint64_t parse_bytes(const std::string& text, const std::string& flag) {
+  std::size_t end = 0;
+  unsigned long long value = 0;
+  try {
+    value = std::stoull(text, &end);
+  } catch (const std::exception&) {
+    kvpr::fail(flag, ": '", text, "' is not a size (e.g. 8G, 512M, 4096)");
+  }
+  std::string suffix = text.substr(end);
+  for (const char* tail : {"iB", "B", "i"}) {
+    const std::string t = tail;
+    if (suffix.size() > t.size() && suffix.ends_with(t)) {
+      suffix.resize(suffix.size() - t.size());
+      break;
+    }
+  }
+  int shift = 0;
+  if (suffix.empty() || suffix == "B") {
+    shift = 0;
+  } else if (suffix == "k" || suffix == "K") {
+    shift = 10;
+  } else if (suffix == "m" || suffix == "M") {
+    shift = 20;
+  } else if (suffix == "g" || suffix == "G") {
+    shift = 30;
+  } else if (suffix == "t" || suffix == "T") {
+    shift = 40;
+  } else {
+    kvpr::fail(flag, ": '", text, "' has an unknown unit (use K, M, G or T)");
+  }
+  if (shift > 0 && value > (~0ull >> shift)) kvpr::fail(flag, ": '", text, "' is too large");
+  return static_cast<std::uint64_t>(value) << shift;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvpr-kvstore: host memory for KV caches, shared over ZeroMQ + UCX"};
+  std::string listen = "tcp://127.0.0.1:5555";
+  std::string capacity = "8G";
+  std::string page_bytes = "256K";
+  std::int64_t lease_ms = 10000;
+  int metrics_port = 0;
+  std::string name = "kvstore";
+  std::string ready_file;
+  app.add_option("--listen", listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
+      ->capture_default_str();
+  app.add_option("--capacity", capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
+      ->capture_default_str();
+  app.add_option("--page-bytes", page_bytes, "Page size of the arena (suffixes K, M)")
+      ->capture_default_str();
+  app.add_option("--lease-ms", lease_ms, "Client lease: no request for this long frees its data")
+      ->capture_default_str();
+  app.add_option("--metrics-port", metrics_port, "Prometheus port (0: a free port; -1: off)")
+      ->capture_default_str();
+  app.add_option("--name", name, "Service name (logs, ready file)")->capture_default_str();
+  app.add_option("--ready-file", ready_file, "Write {endpoint, metrics_port, pid} here once ready");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
+    return 1;
+  }
+  try {
+    kvpr::kvstore::KvStoreServiceOptions options;
+    options.endpoint = listen;
+    options.capacity_bytes = parse_bytes(capacity, "--capacity");
+    options.page_bytes = static_cast<std::size_t>(parse_bytes(page_bytes, "--page-bytes"));
+    if (lease_ms <= 0) kvpr::fail("--lease-ms: ", lease_ms, " is not positive");
+    if (metrics_port < -1 || metrics_port > 65535) {
+      kvpr::fail("--metrics-port: ", metrics_port, " is not a port, 0 or -1");
+    }
+    options.lease = std::chrono::milliseconds(lease_ms);
+    options.metrics_port = metrics_port;
+    options.name = name;
+
+    kvpr::net::install_stop_signals();
+    zmq::context_t context;
+    kvpr::kvstore::KvStoreService service(context, options);
+    service.start();
+    std::printf("kvpr-kvstore %s: listening on %s, capacity %llu bytes (%zu-byte pages), %s\n",
+                name.c_str(), service.endpoint().c_str(),
+                static_cast<unsigned long long>(service.arena_bytes()), options.page_bytes,
+                service.metrics_port() >= 0
+                    ? ("metrics on port " + std::to_string(service.metrics_port())).c_str()
+                    : "metrics off");
+    std::fflush(stdout);
+    if (!ready_file.empty()) {
+      kvpr::net::write_ready_file(ready_file,
+                                  {name, "kvstore", service.endpoint(), service.metrics_port()});
+    }
+    while (!kvpr::net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    service.stop();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,84 @@
+// The KvStoreClient of a kvstore daemon (KvStoreService): sequences are managed over ZeroMQ
+// (schemas/kvstore.capnp) and rows move over UCX, never through the control channel.
+//
+// On the same host the daemon's arena is mapped into this process (ucp_rkey_ptr) and spans point
+// straight into it: zero copy, the engine's copy queue reads and writes the daemon's memory. When
+// it cannot be mapped (another host, or UCX_TLS without shared memory) spans point into a local
+// mirror of the arena (an anonymous mapping whose pages are committed when touched): locate()
+// re-reads the committed rows of the range with ucp_get, writes land in the mirror, and commit()
+// pushes the committed rows with ucp_put and a flush before it tells the daemon. Either way the
+// block table of every sequence is kept here from the daemon's reserve replies, so locate() and
+// length() need no round trip.
+//
+// Failure model: every round trip gives up after options.timeout with ErrorKind::disconnected
+// (a dead daemon never hangs a caller). The registration is then considered lost; the next
+// open() re-registers when the daemon answers again (new client id, UCX endpoint, rkey and
+// mapping, generation() + 1). Sequences of a lost registration are gone: using them is an error.
+// The mapping of the previous registration stays valid until the next successful re-register
+// (a copy still reading it does not crash) or until this store is destroyed.
+//
+// Threads: thread-safe (one mutex around the block tables and every UCX call); a heartbeat thread
+// renews the lease every lease/3 on its own socket.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "kvpr/kvstore/kv_store_client.h"
+
+namespace kvpr::kvstore {
+
+struct RemoteKvStoreOptions {
+  std::string endpoint = "tcp://127.0.0.1:5555";
+  std::string name = "client";  // for the daemon's logs
+  std::chrono::milliseconds timeout{2000};
+  bool heartbeat = true;  // false: no heartbeats, the lease runs out (tests)
+};
+
+class RemoteKvStore final : public KvStoreClient {
+ public:
+  // Registers with the daemon (throws ErrorKind::disconnected when it does not answer in time).
+  // shape.block_tokens is ignored: the daemon picks it, and shape() reports it.
+  RemoteKvStore(zmq::context_t& context, const StoreShape& shape,
+                RemoteKvStoreOptions options = {});
+  ~RemoteKvStore() override;  // unregisters (best effort), closes UCX; never throws
+  RemoteKvStore(const RemoteKvStore&) = delete;
+  RemoteKvStore& operator=(const RemoteKvStore&) = delete;
+
+  const StoreShape& shape() const override;
+  SeqId open() override;
+  void reserve(SeqId seq, std::int64_t n_tokens) override;
+  std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
+                               std::int64_t t1) override;
+  void commit(SeqId seq, std::int64_t n_tokens) override;
+  std::int64_t length(SeqId seq) const override;
+  void truncate(SeqId seq, std::int64_t n_tokens) override;
+  void free(SeqId seq) override;
+  // capacity, used bytes, sequences and allocation failures of the whole daemon; lookups are this
+  // client's locate calls (answered here, the daemon never sees them).
+  StoreStats stats() const override;
+
+  // The daemon's locate over the wire, as spans in arena() (no rows are fetched): for checking
+  // the local block table.
+  std::vector<HostSpan> locate_at_daemon(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
+                                         std::int64_t t1);
+
+  bool zero_copy() const;  // spans point into the daemon's memory
+  // The memory behind every span of the current registration (the mapped arena, or the mirror),
+  // to register with a device once per generation.
+  void* arena() const;
+  std::size_t arena_bytes() const;
+  std::uint64_t generation() const;  // 1 after the first registration, +1 per re-register
+  std::uint64_t client_id() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvpr::kvstore

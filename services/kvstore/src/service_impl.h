@@ -1,0 +1,95 @@
+// KvStoreService's state, shared by its lifecycle (kv_store_service.cpp: threads, leases,
+// metrics) and its wire adapter (service_handle.cpp: decode, execute, encode). Private.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <zmq.hpp>
+
+#include "kvpr/kvstore/kv_store_service.h"
+#include "kvpr/kvstore/local_kv_store.h"
+#include "kvpr/kvstore/page_pool.h"
+#include "kvpr/net/metrics.h"
+#include "kvpr/net/rpc.h"
+#include "ucx.h"
+
+namespace kvpr::kvstore {
+
+struct ServiceInstruments {
+  explicit ServiceInstruments(prometheus::Registry& registry);
+
+  prometheus::Gauge& capacity_bytes;
+  prometheus::Gauge& used_bytes;
+  prometheus::Gauge& sequences;
+  prometheus::Gauge& clients;
+  prometheus::Counter& lookups;
+  prometheus::Counter& allocation_failures;
+  prometheus::Counter& lease_expiries;
+  prometheus::Counter& evictions;  // stays 0: live data is never dropped
+  prometheus::Family<prometheus::Counter>& requests;
+};
+
+struct KvStoreService::Impl {
+  Impl(zmq::context_t& context, KvStoreServiceOptions options);
+  ~Impl();
+
+  // Wire adapter (service_handle.cpp). Callers hold no lock; handle() takes mutex.
+  zmq::message_t handle(const void* data, std::size_t size);
+  zmq::message_t error_reply(std::uint64_t id, const Error& error);
+
+  // Lifecycle (kv_store_service.cpp).
+  void route();
+  void progress();
+  void expire_leases();          // takes mutex
+  void refresh_gauges_locked();  // mutex held
+  void reject(const std::string& reason);
+
+  struct Client {
+    std::string name;
+    std::unique_ptr<LocalKvStore> store;  // a view over pool
+    net::Clock::time_point lease_end;
+  };
+
+  zmq::context_t& context;
+  KvStoreServiceOptions options;
+
+  // UCX, in conversation order (destroyed in reverse).
+  ucx::Context ucx_context;
+  ucx::Worker worker;  // progressed by the progress thread only
+  ucx::WorkerAddress worker_address;
+  ucx::MemoryMap memory;
+  ucx::RkeyBuffer rkey;
+  std::unique_ptr<PagePool> pool;  // borrows memory
+
+  std::unique_ptr<net::Metrics> metrics;
+  std::unique_ptr<ServiceInstruments> instruments;
+
+  mutable std::mutex mutex;  // guards everything below and the views' block tables
+  std::map<std::uint64_t, Client> clients;
+  std::uint64_t epoch = 0;  // random; high bits of client and sequence ids
+  std::uint64_t next_client = 1;
+  std::uint64_t lookups = 0;
+  std::uint64_t lease_expiries = 0;
+  std::uint64_t requests = 0;
+  std::atomic<std::uint64_t> rejected{0};
+
+  std::unique_ptr<net::Router> router;  // the router thread's, once started
+  std::string endpoint;
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> progress_stop{false};
+  bool started = false;
+  std::thread router_thread;
+  std::thread progress_thread;
+};
+
+}  // namespace kvpr::kvstore

@@ -1,0 +1,270 @@
+// RemoteKvStore against an in-process KvStoreService on tcp://127.0.0.1:0. Built twice: as
+// kvstore_remote_test (UCX picks shared memory: spans point into the daemon's arena, zero copy)
+// and as kvstore_remote_tcp_test (UCX_TLS=tcp before any UCX context: the path of a client on
+// another host, with a mirror, ucp_get on locate and ucp_put on commit). Both must give the same
+// bytes and the same semantics as LocalKvStore.
+#include "kvpr/kvstore/remote_kv_store.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "kvpr/common/error.h"
+#include "kvpr/kvstore/kv_store_service.h"
+#include "kvpr/kvstore/local_kv_store.h"
+#include "kvpr/net/metrics.h"
+#include "kvstore_test_support.h"
+#include "service_test_support.h"
+
+namespace kvpr::kvstore {
+namespace {
+
+#ifdef KVPR_TEST_UCX_TLS_TCP
+// Runs before main(), so before any UCX context of this process reads its configuration.
+const int kForceTcp = [] { return setenv("UCX_TLS", "tcp", 1); }();
+constexpr bool kExpectZeroCopy = false;
+#define RemoteKvStoreTest RemoteKvStoreTcpTest  // distinct CTest names for the two builds
+#else
+constexpr bool kExpectZeroCopy = true;
+#endif
+
+using std::chrono::milliseconds;
+using testing::count_bad_rows;
+using testing::fill;
+using testing::metric;
+using testing::pattern;
+using testing::small_shape;
+
+constexpr std::size_t kPage = 1024;  // small_shape: 64 bytes per token and layer -> 16 tokens
+
+class RemoteKvStoreTest : public ::testing::Test {
+ protected:
+  void start(std::uint64_t capacity = 1 << 20, milliseconds lease = milliseconds(10000)) {
+    KvStoreServiceOptions options;
+    options.capacity_bytes = capacity;
+    options.page_bytes = kPage;
+    options.lease = lease;
+    service_ = std::make_unique<KvStoreService>(context_, options);
+    service_->start();
+  }
+
+  RemoteKvStoreOptions client_options(const std::string& name) {
+    RemoteKvStoreOptions options;
+    options.endpoint = service_->endpoint();
+    options.name = name;
+    options.timeout = milliseconds(2000);
+    return options;
+  }
+
+  std::unique_ptr<RemoteKvStore> client(const std::string& name = "test") {
+    return std::make_unique<RemoteKvStore>(context_, small_shape(), client_options(name));
+  }
+
+  zmq::context_t context_;
+  std::unique_ptr<KvStoreService> service_;
+};
+
+TEST_F(RemoteKvStoreTest, BehavesLikeLocalKvStore) {
+  start();
+  auto remote_store = client();
+  RemoteKvStore& remote = *remote_store;
+  EXPECT_EQ(remote.zero_copy(), kExpectZeroCopy);
+  EXPECT_EQ(remote.generation(), 1u);
+  EXPECT_EQ(remote.shape().block_tokens, 16);
+  EXPECT_GE(remote.arena_bytes(), std::size_t{1} << 19);
+  LocalKvStore local(remote.shape(), 1 << 20);
+
+  for (KvStoreClient* store : std::vector<KvStoreClient*>{&local, &remote}) {
+    SCOPED_TRACE(store == &local ? "local" : "remote");
+    const SeqId a = store->open();
+    const SeqId b = store->open();
+    store->reserve(a, 40);
+    store->reserve(b, 3);
+    store->reserve(a, 40);  // idempotent
+    fill(*store, a, 0, 40, 1);
+    fill(*store, b, 0, 3, 2);
+    store->commit(a, 40);
+    store->commit(b, 3);
+    EXPECT_EQ(store->length(a), 40);
+    const auto spans = store->locate(a, 1, Part::v, 13, 35);  // [13,16) [16,32) [32,35)
+    ASSERT_EQ(spans.size(), 3u);
+    EXPECT_EQ(spans[0].n_tokens, 3);
+    EXPECT_EQ(spans[1].t0, 16);
+    EXPECT_EQ(spans[2].n_tokens, 3);
+    EXPECT_EQ(count_bad_rows(*store, a, 0, 40, 1), 0);
+    EXPECT_EQ(count_bad_rows(*store, b, 0, 3, 2), 0);
+    EXPECT_EQ(store->stats().used_bytes, (2u * 3 + 2u * 1) * kPage);
+
+    store->truncate(a, 17);  // keeps blocks [0,16) [16,32)
+    EXPECT_EQ(store->length(a), 17);
+    EXPECT_EQ(store->stats().used_bytes, (2u * 2 + 2u * 1) * kPage);
+    EXPECT_EQ(count_bad_rows(*store, a, 0, 17, 1), 0);
+    store->reserve(a, 20);
+    fill(*store, a, 17, 37, 1);
+    store->commit(a, 20);
+    EXPECT_EQ(count_bad_rows(*store, a, 0, 37, 1), 0);
+    EXPECT_EQ(count_bad_rows(*store, b, 0, 3, 2), 0);
+
+    EXPECT_THROW(store->commit(a, 100), Error);
+    EXPECT_THROW(store->locate(a, 0, Part::k, 0, 49), Error);  // past the reservation
+    EXPECT_THROW(store->locate(a, 2, Part::k, 0, 1), Error);   // no layer 2
+    EXPECT_THROW(store->locate(a, 0, Part::k, 5, 4), Error);
+    EXPECT_THROW(store->truncate(a, 38), Error);
+    EXPECT_THROW(store->reserve(a, -1), Error);
+    EXPECT_THROW(store->length(99), Error);
+    EXPECT_THROW(store->free(99), Error);
+    store->free(a);
+    store->free(b);
+    EXPECT_EQ(store->stats().used_bytes, 0u);
+    EXPECT_EQ(store->stats().sequences, 0u);
+  }
+}
+
+TEST_F(RemoteKvStoreTest, RowsReachTheDaemonAndItsLocateAgreesWithTheClientsTable) {
+  start();
+  auto a = client("a");
+  auto b = client("b");
+  const SeqId sa = a->open();
+  const SeqId sb = b->open();
+  a->reserve(sa, 20);
+  b->reserve(sb, 20);
+  fill(*a, sa, 0, 20, 1);
+  fill(*b, sb, 0, 20, 2);
+  a->commit(sa, 20);
+  b->commit(sb, 20);
+
+  const auto& shape = a->shape();
+  const auto* daemon = static_cast<const std::byte*>(service_->arena());
+  for (std::int64_t layer = 0; layer < shape.n_layers; ++layer) {
+    for (Part part : {Part::act, Part::k, Part::v}) {
+      const auto mine = a->locate(sa, layer, part, 3, 20);
+      const auto theirs = a->locate_at_daemon(sa, layer, part, 3, 20);
+      ASSERT_EQ(mine.size(), theirs.size());
+      for (std::size_t i = 0; i < mine.size(); ++i) {
+        EXPECT_EQ(mine[i].data, theirs[i].data);
+        EXPECT_EQ(mine[i].t0, theirs[i].t0);
+        EXPECT_EQ(mine[i].n_tokens, theirs[i].n_tokens);
+        // The committed rows are in the daemon's own memory, whichever way they travelled.
+        const std::size_t offset =
+            static_cast<std::size_t>(mine[i].data - static_cast<std::byte*>(a->arena()));
+        float first = 0;
+        std::memcpy(&first, daemon + offset, sizeof first);
+        EXPECT_EQ(first, pattern(mine[i].t0, layer, part, 0, 1));
+      }
+    }
+  }
+  EXPECT_EQ(count_bad_rows(*b, sb, 0, 20, 2), 0);  // the other client's rows are intact
+
+  // Every locate reads the daemon's current rows (a fresh ucp_get on the tcp path).
+  const auto span = a->locate_at_daemon(sa, 1, Part::k, 5, 6).at(0);
+  const std::size_t offset =
+      static_cast<std::size_t>(span.data - static_cast<std::byte*>(a->arena()));
+  const float changed = -1.5f;
+  std::memcpy(static_cast<std::byte*>(service_->arena()) + offset, &changed, sizeof changed);
+  float seen = 0;
+  std::memcpy(&seen, a->locate(sa, 1, Part::k, 5, 6).at(0).data, sizeof seen);
+  EXPECT_EQ(seen, changed);
+
+  // Sequences belong to their client.
+  EXPECT_THROW(b->locate_at_daemon(sa, 0, Part::act, 0, 1), Error);
+  EXPECT_EQ(service_->stats().clients, 2u);
+  EXPECT_EQ(service_->stats().sequences, 2u);
+}
+
+TEST_F(RemoteKvStoreTest, FullStoreAnswersOverloadedWithTheNumbersAndKeepsLiveData) {
+  start(8 * kPage + 100);
+  auto a = client("a");
+  auto b = client("b");
+  const SeqId sa = a->open();
+  a->reserve(sa, 64);  // 2 layers x 4 blocks: every page
+  fill(*a, sa, 0, 64, 1);
+  a->commit(sa, 64);
+  const SeqId sb = b->open();
+  try {
+    b->reserve(sb, 1);
+    FAIL() << "reserve past capacity succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::overloaded) << e.what();
+    EXPECT_NE(std::string(e.what()).find("0 of 8"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("2 more blocks"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(count_bad_rows(*a, sa, 0, 64, 1), 0);
+  EXPECT_EQ(service_->stats().allocation_failures, 1u);
+  EXPECT_EQ(service_->stats().rejected_messages, 0u);  // a full store is not a bad message
+  auto& registry = service_->metrics().registry();
+  EXPECT_EQ(metric(registry, "kvpr_kvstore_allocation_failures_total"), 1.0);
+  EXPECT_EQ(metric(registry, "kvpr_kvstore_used_bytes"), 8.0 * kPage);
+  EXPECT_EQ(metric(registry, "kvpr_kvstore_capacity_bytes"), 8.0 * kPage);
+  EXPECT_EQ(metric(registry, "kvpr_kvstore_evictions_total"), 0.0);
+  a->free(sa);
+  b->reserve(sb, 1);  // the memory came back
+  EXPECT_EQ(metric(registry, "kvpr_kvstore_used_bytes"), 2.0 * kPage);
+}
+
+TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
+  start(1 << 20, milliseconds(300));
+  auto options = client_options("silent");
+  options.heartbeat = false;
+  RemoteKvStore silent(context_, small_shape(), options);
+  auto alive = client("alive");  // heartbeats every 100 ms
+  const SeqId s = silent.open();
+  const SeqId t = alive->open();
+  silent.reserve(s, 20);
+  alive->reserve(t, 20);
+  fill(*alive, t, 0, 20, 3);
+  alive->commit(t, 20);
+  const std::uint64_t before = service_->stats().used_bytes;
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (service_->stats().lease_expiries == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  ASSERT_EQ(service_->stats().lease_expiries, 1u);
+  std::this_thread::sleep_for(milliseconds(400));  // the heartbeating client outlives its lease
+  const auto st = service_->stats();
+  EXPECT_EQ(st.lease_expiries, 1u);
+  EXPECT_EQ(st.clients, 1u);
+  EXPECT_EQ(st.used_bytes, before - 2 * 2 * kPage);
+  EXPECT_EQ(metric(service_->metrics().registry(), "kvpr_kvstore_lease_expiries_total"), 1.0);
+  EXPECT_EQ(count_bad_rows(*alive, t, 0, 20, 3), 0);
+
+  try {
+    silent.reserve(s, 1);
+    FAIL() << "a sequence of an expired lease was still usable";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown client"), std::string::npos) << e.what();
+  }
+  const SeqId again = silent.open();  // registers anew
+  EXPECT_EQ(silent.generation(), 2u);
+  EXPECT_THROW(silent.reserve(s, 1), Error);  // the old sequence is gone
+  silent.reserve(again, 5);
+  fill(silent, again, 0, 5, 4);
+  silent.commit(again, 5);
+  EXPECT_EQ(count_bad_rows(silent, again, 0, 5, 4), 0);
+}
+
+TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {
+  start();
+  auto options = client_options("a");
+  options.timeout = milliseconds(300);
+  RemoteKvStore a(context_, small_shape(), options);
+  const SeqId s = a.open();
+  a.reserve(s, 4);
+  service_->stop();
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    a.commit(s, 4);
+    FAIL() << "commit succeeded with the service stopped";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(1500));
+}
+
+}  // namespace
+}  // namespace kvpr::kvstore
