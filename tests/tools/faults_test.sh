@@ -104,17 +104,18 @@ done
 echo "ok   one planner replica killed: three more requests decoded"
 "$kvpr" down --run-dir "$run_dir" --timeout 5 > /dev/null
 kill -9 "${extra_pids[@]}" 2> /dev/null || true
+wait "${extra_pids[@]}" 2> /dev/null || true
 extra_pids=()
 
 # 4. Capacity: a small kvstore; a long request on worker 1 does not fit while worker 0 decodes.
-"$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet \
-  --logits-out "$work/alone.npy" > /dev/null
+"$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \
+  --threads 1 --emulate-link-gbps 0.02 --logits-out "$work/alone.npy" > /dev/null
 "$kvpr" up --model "$model" --workers 2 --planners 1 --run-dir "$run_dir" --threads 1 \
   --kv-capacity 2097152 --emulate-link-gbps 0.02 > /dev/null
 w0=$(service worker-0 endpoint)
 w1=$(service worker-1 endpoint)
-"$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --connect "$w0" \
-  --logits-out "$work/running.npy" > /dev/null &
+"$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \
+  --connect "$w0" --logits-out "$work/running.npy" > /dev/null &
 client=$!
 sleep 1
 long=$(python3 -c 'print(",".join(str(5 + i % 400) for i in range(1500)))')
