@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# deploy/systemd: every unit restarts on failure with a delay, stops with SIGTERM and a drain
+# timeout, reads its flags from an EnvironmentFile whose example exists in deploy/systemd/env,
+# runs as the kvpr user (or DynamicUser); the example prometheus.yml scrapes exactly the
+# --metrics-port values of those env files; and `systemd-analyze verify` accepts the units
+# (templates instantiated as @0, binaries replaced by /bin/true since they are not installed here).
+# The verify step is skipped, saying so, without systemd-analyze.
+#   systemd_test.sh REPO
+set -euo pipefail
+repo="$(cd "$1" && pwd)"
+dir="$repo/deploy/systemd"
+python3 - "$dir" "$repo/deploy/prometheus" <<'PY'
+import glob, json, os, re, sys
+dir, prom = sys.argv[1], sys.argv[2]
+problems = []
+units = sorted(glob.glob(os.path.join(dir, "*.service")))
+names = {os.path.basename(u) for u in units}
+for want in ("kvpr-kvstore.service", "kvpr-planner@.service", "kvpr-worker@.service"):
+    if want not in names:
+        problems.append(f"missing {want}")
+metrics_ports = set()
+for u in units:
+    name = os.path.basename(u)
+    text = open(u).read()
+    keys = {}
+    section = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            keys.setdefault((section, k), []).append(v)
+    def has(k, pattern=None, section="[Service]"):
+        vals = keys.get((section, k), [])
+        return any(re.fullmatch(pattern, v) for v in vals) if pattern else bool(vals)
+    for k, pat in (("Restart", "on-failure"), ("RestartSec", r"\d+s?"), ("KillSignal", "SIGTERM"),
+                   ("TimeoutStopSec", r"\d+s?"), ("ExecStart", None), ("EnvironmentFile", None)):
+        if not has(k, pat):
+            problems.append(f"{name}: no {k}{'=' + pat if pat else ''}")
+    if not (has("User", "kvpr") or has("DynamicUser", "yes")):
+        problems.append(f"{name}: neither User=kvpr nor DynamicUser=yes")
+    instances = ["0", "1"] if "@" in name else [""]
+    for inst in instances:
+        env = {}
+        for f in keys.get(("[Service]", "EnvironmentFile"), []):
+            optional = f.startswith("-")
+            f = f.lstrip("-").replace("%i", inst)
+            example = os.path.join(dir, "env", os.path.basename(f))
+            if not f.startswith("/etc/kvpr/"):
+                problems.append(f"{name}: EnvironmentFile {f} is not under /etc/kvpr")
+            elif os.path.exists(example):
+                for line in open(example):
+                    m = re.match(r'\s*([A-Z_][A-Z0-9_]*)="?(.*?)"?\s*$', line)
+                    if m and not line.lstrip().startswith("#"):
+                        env[m.group(1)] = m.group(2)
+            elif not optional:
+                problems.append(f"{name}: no example {os.path.relpath(example, dir)} for {f}")
+        for start in keys.get(("[Service]", "ExecStart"), []):
+            for var in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", start):
+                if var not in env:
+                    problems.append(f"{name} (instance '{inst}'): ExecStart uses ${var}, "
+                                    "which no example env file sets")
+            line = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), start)
+            metrics_ports |= set(re.findall(r"--metrics-port[ =](\d+)", line))
+# The example scrape config covers exactly those ports (static targets and the file_sd file).
+scraped = set()
+text = open(os.path.join(prom, "prometheus.yml")).read()
+scraped |= set(re.findall(r'"[\w.-]+:(\d+)"', text))
+for f in glob.glob(os.path.join(prom, "targets", "*.json")):
+    for group in json.load(open(f)):
+        scraped |= {t.rsplit(":", 1)[1] for t in group["targets"]}
+if scraped != metrics_ports:
+    problems.append(f"prometheus.yml scrapes ports {sorted(scraped)}, the units serve {sorted(metrics_ports)}")
+if problems:
+    print("\n".join("FAIL " + p for p in problems))
+    sys.exit(1)
+print(f"ok   {len(units)} units: restart, SIGTERM drain, env files, user; "
+      f"example scrape config matches metrics ports {sorted(metrics_ports)}")
+PY
+
+if ! command -v systemd-analyze > /dev/null; then
+  echo "note systemd-analyze verify skipped: systemd-analyze not installed"
+  exit 0
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for unit in "$dir"/*.service; do
+  name=$(basename "$unit")
+  sed -E 's#/usr/local/bin/(kvpr[a-z-]*)#/bin/true \1#' "$unit" > "$work/${name/@./@0.}"
+done
+if ! systemd-analyze verify --man=no "$work"/*.service > "$work/out.txt" 2>&1 || [ -s "$work/out.txt" ]; then
+  echo "FAIL systemd-analyze verify:"; cat "$work/out.txt"; exit 1
+fi
+echo "ok   systemd-analyze verify: $(cd "$work" && echo *.service)"
