@@ -9,7 +9,7 @@
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
-#include "planner_wire.h"
+#include "kvpr/planner/planner_wire.h"
 
 namespace kvpr::planner {
 namespace {

@@ -15,6 +15,7 @@
 #include "kvpr/net/service.h"
 #include "kvpr/planner/caching_planner.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/planner/profile_planner.h"
 #include "kvpr/planner/remote_planner.h"
 #include "kvpr/worker/device_model.h"
 #include "kvpr/worker/profiler.h"
@@ -82,19 +83,24 @@ int serve(const Flags& f) {
 
   std::unique_ptr<planner::Planner> planner;
   std::unique_ptr<planner::RemotePlanner> remote;
+  double link_bytes_per_s = 0;
   const StepShape step = worker::step_shape(c, store.shape().block_tokens);
+  std::optional<HardwareProfile> profile;
+  if (f.profile == "measured") {
+    worker::ProfileOptions po;
+    profile = worker::cached_profile(*backend, options, c, false, po);
+    link_bytes_per_s = profile->h2d_bytes_per_s.at(64.0 * (1 << 20));
+  }
   if (f.planners.empty()) {
-    planner = std::make_unique<planner::CostModelPlanner>();
-  } else {
-    std::string fingerprint;
-    std::optional<HardwareProfile> profile;
-    if (f.profile == "measured") {
-      worker::ProfileOptions po;
-      profile = worker::cached_profile(*backend, options, c, false, po);
-      fingerprint = profile->fingerprint;
+    if (profile) {
+      planner = std::make_unique<planner::ProfilePlanner>(*profile, step);
+    } else {
+      planner = std::make_unique<planner::CostModelPlanner>();
     }
+  } else {
     remote = std::make_unique<planner::RemotePlanner>(
-        context, f.planners, step, fingerprint, std::chrono::milliseconds(f.planner_timeout_ms));
+        context, f.planners, step, profile ? profile->fingerprint : std::string(),
+        std::chrono::milliseconds(f.planner_timeout_ms));
     if (profile) remote->report(*profile);
     planner = std::make_unique<planner::CachingPlanner>(*remote);
   }
@@ -105,6 +111,7 @@ int serve(const Flags& f) {
   so.model_name = std::filesystem::weakly_canonical(f.model).filename().string();
   so.metrics_port = f.metrics_port;
   so.prepare = map_store;
+  so.link_bytes_per_s = link_bytes_per_s;
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
   std::printf("%s: serving %s on %s (kvstore %s, %s zero-copy; %zu planner(s)); metrics on :%d\n",

@@ -6,6 +6,7 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/net/rpc.h"
+#include "kvpr/planner/planner_wire.h"
 #include "worker_wire.h"
 
 namespace kvpr::worker {
@@ -34,7 +35,7 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCa
       for (unsigned j = 0; j < p.size(); ++j) ids.set(j, p[j]);
     }
     g.setMaxNewTokens(request.max_new_tokens);
-    g.setPolicy(wire_adapter::to_wire(remote.policy));
+    g.setPolicy(planner::wire_adapter::encode_policy(remote.policy));
     g.setSplit(remote.split.value_or(-1));
     g.setKeepLogits(request.keep_logits);
     rpc_->send(message, idle_timeout_);
@@ -90,7 +91,11 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCa
           return;
         }
         case wire::WorkerEvent::DONE:
-          wire_adapter::get_summary(event.getDone(), result);
+          std::vector<std::int64_t> s_max;
+          for (const auto& p : request.prompts) {
+            s_max.push_back(static_cast<std::int64_t>(p.size()) + request.max_new_tokens);
+          }
+          wire_adapter::get_summary(event.getDone(), s_max, result);
           last_worker_ = event.getDone().getWorker().cStr();
           done = true;
           return;

@@ -78,6 +78,23 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                      .Labels(labels)
                      .Register(registry)
                      .Add({});
+  predicted_step = &prometheus::BuildGauge()
+                        .Name("kvpr_plan_predicted_step_seconds")
+                        .Help(
+                            "The last decode step's plan: its predicted time (the cost model "
+                            "predicts link and recompute only; the profile scheduler the whole "
+                            "step); compare with kvpr_decode_step_seconds")
+                        .Labels(labels)
+                        .Register(registry)
+                        .Add({});
+  profile_h2d = &prometheus::BuildGauge()
+                     .Name("kvpr_profile_host_to_device_bytes_per_second")
+                     .Help(
+                         "The host-to-device rate this worker's plans assume: its measured "
+                         "profile's, else the backend's nominal rate")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({});
   queue_depth = &prometheus::BuildGauge()
                      .Name("kvpr_worker_queue_depth")
                      .Help("Requests waiting for the executor")
@@ -100,6 +117,7 @@ void WorkerMetrics::observe_step(const StepStats& step) {
   transfer_tokens->Increment(static_cast<double>(step.transfer_tokens));
   // Policies other than kvpr have no ratio of their own: resident and recompute use all of s.
   split_ratio->Set(step.plan.ratio);
+  predicted_step->Set(step.plan.predicted_step_s);
 }
 
 }  // namespace kvpr::worker

@@ -34,6 +34,8 @@ struct WorkerMetrics {
   prometheus::Counter* requests_completed = nullptr;
   prometheus::Counter* requests_failed = nullptr;
   prometheus::Gauge* split_ratio = nullptr;
+  prometheus::Gauge* predicted_step = nullptr;
+  prometheus::Gauge* profile_h2d = nullptr;
   prometheus::Gauge* queue_depth = nullptr;
 };
 

@@ -50,6 +50,9 @@ WorkerService::WorkerService(zmq::context_t& context, const DeviceModel& model,
   metrics_ = std::make_unique<net::Metrics>(options_.metrics_port);
   instruments_ =
       std::make_unique<WorkerMetrics>(metrics_->registry(), options_.name, options_.model_name);
+  instruments_->profile_h2d->Set(options_.link_bytes_per_s > 0
+                                     ? options_.link_bytes_per_s
+                                     : backend_.nominal_rates().h2d_bytes_per_s);
 }
 
 WorkerService::~WorkerService() {

@@ -4,36 +4,9 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/net/wire.h"
+#include "kvpr/planner/planner_wire.h"
 
 namespace kvpr::worker::wire_adapter {
-
-planner::Policy from_wire(wire::Policy policy) {
-  switch (policy) {
-    case wire::Policy::RESIDENT:
-      return planner::Policy::resident;
-    case wire::Policy::TRANSFER:
-      return planner::Policy::transfer;
-    case wire::Policy::RECOMPUTE:
-      return planner::Policy::recompute;
-    case wire::Policy::KVPR:
-      return planner::Policy::kvpr;
-  }
-  fail("unknown policy ", static_cast<int>(policy));
-}
-
-wire::Policy to_wire(planner::Policy policy) {
-  switch (policy) {
-    case planner::Policy::resident:
-      return wire::Policy::RESIDENT;
-    case planner::Policy::transfer:
-      return wire::Policy::TRANSFER;
-    case planner::Policy::recompute:
-      return wire::Policy::RECOMPUTE;
-    case planner::Policy::kvpr:
-      return wire::Policy::KVPR;
-  }
-  return wire::Policy::KVPR;
-}
 
 namespace {
 
@@ -67,7 +40,7 @@ GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits)
   }
   job.request.max_new_tokens = n_new;
   job.request.keep_logits = g.getKeepLogits();
-  job.policy = from_wire(g.getPolicy());
+  job.policy = planner::wire_adapter::decode_policy(g.getPolicy(), "generate.policy");
   const std::int64_t split = g.getSplit();
   if (split < -1) fail("generate: split ", split, " must be -1 (auto) or a token count");
   if (split >= 0) job.split = split;
@@ -99,29 +72,6 @@ DecodedRequest decode_request(const void* data, std::size_t size, const ModelLim
   return out;
 }
 
-void set_plan(wire::Plan::Builder out, const planner::Plan& plan) {
-  out.setPolicy(to_wire(plan.policy));
-  auto l = out.initL(static_cast<unsigned>(plan.l.size()));
-  for (unsigned i = 0; i < plan.l.size(); ++i) l.set(i, plan.l[i]);
-  out.setChunk(plan.chunk);
-  out.setPaperSchedule(plan.paper_schedule);
-  out.setRatio(plan.ratio);
-  out.setPredictedStepS(plan.predicted_step_s);
-  out.setReason(plan.reason);
-}
-
-planner::Plan get_plan(wire::Plan::Reader in) {
-  planner::Plan plan;
-  plan.policy = from_wire(in.getPolicy());
-  for (const auto l : in.getL()) plan.l.push_back(l);
-  plan.chunk = in.getChunk();
-  plan.paper_schedule = in.getPaperSchedule();
-  plan.ratio = in.getRatio();
-  plan.predicted_step_s = in.getPredictedStepS();
-  plan.reason = in.getReason().cStr();
-  return plan;
-}
-
 void set_summary(wire::Summary::Builder out, const GenerateResult& result,
                  const std::string& worker) {
   out.setPrefillS(result.prefill_s);
@@ -139,12 +89,13 @@ void set_summary(wire::Summary::Builder out, const GenerateResult& result,
   out.setTransferTokens(result.transfer_tokens);
   out.setH2dBytes(result.h2d_bytes);
   out.setD2hBytes(result.d2h_bytes);
-  set_plan(out.initLastPlan(), result.last_plan);
+  planner::wire_adapter::encode_plan(result.last_plan, "", out.initLastPlan());
   out.setTotalS(result.total_s);
   out.setWorker(worker);
 }
 
-void get_summary(wire::Summary::Reader in, GenerateResult& result) {
+void get_summary(wire::Summary::Reader in, const std::vector<std::int64_t>& s_max,
+                 GenerateResult& result) {
   result.prefill_s = in.getPrefillS();
   result.step_s.clear();
   for (const double s : in.getStepS()) result.step_s.push_back(s);
@@ -155,7 +106,7 @@ void get_summary(wire::Summary::Reader in, GenerateResult& result) {
   result.transfer_tokens = in.getTransferTokens();
   result.h2d_bytes = in.getH2dBytes();
   result.d2h_bytes = in.getD2hBytes();
-  result.last_plan = get_plan(in.getLastPlan());
+  result.last_plan = planner::wire_adapter::decode_plan(in.getLastPlan(), s_max);
   result.total_s = in.getTotalS();
 }
 

@@ -41,13 +41,11 @@ struct DecodedRequest {
 DecodedRequest decode_request(const void* data, std::size_t size, const ModelLimits& limits,
                               std::uint64_t& id);
 
-planner::Policy from_wire(wire::Policy policy);
-wire::Policy to_wire(planner::Policy policy);
-void set_plan(wire::Plan::Builder out, const planner::Plan& plan);
-planner::Plan get_plan(wire::Plan::Reader in);
 void set_summary(wire::Summary::Builder out, const GenerateResult& result,
                  const std::string& worker);
-// Fills the summary fields of `result` (not its sequences).
-void get_summary(wire::Summary::Reader in, GenerateResult& result);
+// Fills the summary fields of `result` (not its sequences); the last plan's splits are checked
+// against `s_max`, each sequence's prompt length plus its new tokens.
+void get_summary(wire::Summary::Reader in, const std::vector<std::int64_t>& s_max,
+                 GenerateResult& result);
 
 }  // namespace kvpr::worker::wire_adapter

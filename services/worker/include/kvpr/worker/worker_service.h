@@ -52,6 +52,7 @@ struct WorkerServiceOptions {
   std::chrono::milliseconds keepalive{500};
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
+  double link_bytes_per_s = 0;    // the host->device rate plans assume (0: the backend's nominal)
 };
 
 class WorkerService {
