@@ -1,17 +1,23 @@
-// Prometheus metrics of a service: the registry and the HTTP exposer that serves /metrics, plus
-// the helpers every service shares (latency buckets, the rejected-messages counter). The registry
-// is declared before the exposer so the exposer stops serving before the registry goes away.
+// Prometheus metrics of a service: a prometheus-cpp registry and the HTTP endpoint that serves it
+// as /metrics, plus the helpers every service shares (latency buckets, the rejected-messages
+// counter).
+//
+// The endpoint is a small blocking HTTP/1.1 server on its own std::thread rather than
+// prometheus-cpp's civetweb Exposer: civetweb starts its threads with a fixed 100 KiB stack, which
+// cannot hold the static TLS of cuBLAS (~94 KiB) and OpenBLAS together, so in a worker linked
+// with the CUDA backend it failed to start at all. One request at a time is plenty for scrapes.
 #pragma once
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 
 namespace kvpr::net {
 
@@ -31,10 +37,15 @@ class Metrics {
   prometheus::Counter& rejected(const std::string& reason);
 
  private:
+  void serve();
+  void answer(int client);
+
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  int port_ = -1;
   prometheus::Family<prometheus::Counter>* rejected_ = nullptr;
+  int port_ = -1;
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};  // a pipe that stops the server thread
+  std::thread server_;
 };
 
 // Bucket bounds in seconds from 100 µs to ~100 s, for request and step latencies.
