@@ -130,3 +130,19 @@ echo "ok   capacity: $(cat "$work/err.txt")"
 wait $client
 cmp "$work/alone.npy" "$work/running.npy"
 echo "ok   capacity: the running sequence finished with the same logits as alone"
+"$kvpr" down --run-dir "$run_dir" --timeout 5 > /dev/null
+
+# 5. kvpr down while a request decodes: the worker drains it before it exits.
+"$kvpr" up --model "$model" --workers 1 --planners 1 --run-dir "$run_dir" --threads 1 \
+  --emulate-link-gbps 0.005 > /dev/null
+w0=$(service worker-0 endpoint)
+"$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \
+  --connect "$w0" --logits-out "$work/drained.npy" > /dev/null 2> "$work/err.txt" &
+client=$!
+sleep 1
+[ ! -f "$work/drained.npy" ] || { echo "FAIL the request finished before kvpr down began"; exit 1; }
+"$kvpr" down --run-dir "$run_dir" --timeout 60 > "$work/down.txt"
+wait $client || { echo "FAIL the request in flight at kvpr down failed: $(cat "$work/err.txt")"; exit 1; }
+cmp "$work/alone.npy" "$work/drained.npy"
+grep -q "stopped 3 of 3" "$work/down.txt"
+echo "ok   kvpr down: the request in flight finished (same logits) before the worker exited"
