@@ -30,8 +30,9 @@ if [ "${KVPR_SKIP_FUZZ:-0}" != 1 ]; then
   for f in "${fuzzers[@]}"; do
     seeds="$corpus/$(echo "$f" | sed 's/fuzz_\(.*\)_request/\1/')"
     echo "fuzzing $f for ${KVPR_FUZZ_SECONDS:-30} s"
-    if ! build-fuzz/tests/fuzz/"$f" -max_total_time="${KVPR_FUZZ_SECONDS:-30}" \
-         -rss_limit_mb=4096 -timeout=10 "$seeds" > "$corpus/$f.log" 2>&1; then
+    if ! LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp build-fuzz/tests/fuzz/"$f" \
+         -max_total_time="${KVPR_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 -timeout=10 \
+         -artifact_prefix="$corpus/" "$seeds" > "$corpus/$f.log" 2>&1; then
       tail -40 "$corpus/$f.log"
       echo "fuzzer $f found a failure"
       exit 1
