@@ -86,6 +86,7 @@ struct BenchOptions {
   bool sweep = false;
   std::int64_t points = 11;
   std::int64_t steps = 3;
+  std::int64_t confirm = 3;  // rounds re-measuring the chosen and the best point side by side
   std::string json;
   std::string plot;
   std::string profile;

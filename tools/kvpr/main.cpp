@@ -112,6 +112,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--sweep", bench.sweep, "Also sweep l across [0, s]");
   bench_cmd->add_option("--points", bench.points, "Sweep points (at least 9)");
   bench_cmd->add_option("--steps", bench.steps, "Measured decode steps per point");
+  bench_cmd->add_option("--confirm", bench.confirm,
+                        "Rounds re-measuring the chosen and the best point side by side");
   bench_cmd->add_option("--json", bench.json, "Write the results as JSON here");
   bench_cmd->add_option("--plot", bench.plot, "Write a plot of T(l) here (.png)");
   bench_cmd->add_option("--profile", bench.profile,
