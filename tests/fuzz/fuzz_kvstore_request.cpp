@@ -15,6 +15,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     o.page_bytes = 64 << 10;
     return o;
   }());
-  const auto reply = service.handle(data, size);
-  return reply.size() > 0 ? 0 : 0;
+  (void)service.handle(data, size);  // the reply itself is checked by the wire tests
+  return 0;
 }

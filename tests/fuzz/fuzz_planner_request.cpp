@@ -9,6 +9,6 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static zmq::context_t context;
   static kvpr::planner::PlannerService service(context, {});
-  const auto reply = service.handle(data, size);
-  return reply.size() > 0 ? 0 : 0;
+  (void)service.handle(data, size);  // the reply itself is checked by the wire tests
+  return 0;
 }

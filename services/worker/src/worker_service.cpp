@@ -165,19 +165,23 @@ void WorkerService::handle_request(zmq::message_t& peer, const zmq::message_t& p
   }
 }
 
+// Moves every event the executor has queued ([peer, payload] on the inproc pipe) to its client.
+void WorkerService::forward_events() {
+  for (;;) {
+    zmq::message_t peer;
+    if (!events_in_->recv(peer, zmq::recv_flags::dontwait)) return;
+    zmq::message_t payload;
+    (void)events_in_->recv(payload, zmq::recv_flags::none);
+    router_->send(peer, std::move(payload));
+  }
+}
+
 void WorkerService::route() {
   for (;;) {
     zmq::pollitem_t items[] = {{router_->socket().handle(), 0, ZMQ_POLLIN, 0},
                                {events_in_->handle(), 0, ZMQ_POLLIN, 0}};
     zmq::poll(items, 2, std::chrono::milliseconds(20));
-    // Events first: they belong to work already accepted.
-    for (;;) {
-      zmq::message_t peer;
-      if (!events_in_->recv(peer, zmq::recv_flags::dontwait)) break;
-      zmq::message_t payload;
-      (void)events_in_->recv(payload, zmq::recv_flags::none);
-      router_->send(peer, std::move(payload));
-    }
+    forward_events();  // first: they belong to work already accepted
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
       if (auto request = router_->receive(std::chrono::milliseconds(0))) {
         if (!request->malformed.empty()) {
@@ -202,14 +206,7 @@ void WorkerService::route() {
       }
     }
     if (executor_done_) {
-      // The executor has joined: every event it sent is already in the pipe.
-      for (;;) {
-        zmq::message_t peer;
-        if (!events_in_->recv(peer, zmq::recv_flags::dontwait)) break;
-        zmq::message_t payload;
-        (void)events_in_->recv(payload, zmq::recv_flags::none);
-        router_->send(peer, std::move(payload));
-      }
+      forward_events();  // the executor has joined: its last events are in the pipe
       return;
     }
   }

@@ -74,6 +74,7 @@ class WorkerService {
   struct Job;
 
   void route();
+  void forward_events();
   void execute();
   bool run_job(Job& job, zmq::socket_t& events);  // false: the request failed
   void handle_request(zmq::message_t& peer, const zmq::message_t& payload);
