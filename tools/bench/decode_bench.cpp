@@ -31,11 +31,11 @@
 
 #include "decode_bench_support.h"
 #include "kvpr/common/checkpoint.h"
-#include "kvpr/common/cost_model.h"
 #include "kvpr/common/error.h"
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/local_kv_store.h"
 #include "kvpr/modelgen/gen_model.h"
+#include "kvpr/planner/cost_model.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
 #include "kvpr/worker/engine.h"
@@ -44,8 +44,13 @@ namespace {
 
 using namespace kvpr;
 using nlohmann::json;
-
-constexpr std::int64_t kPaperChunk = std::int64_t{1} << 40;  // one chunk covers every row
+using planner::choose_split;
+using planner::kPaperChunk;
+using planner::layer_cost;
+using planner::LayerShape;
+using planner::lower_bound_s;
+using planner::Rates;
+using planner::splits_for_ratio;
 
 struct Options {
   std::string backend = "cpu";

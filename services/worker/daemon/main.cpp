@@ -84,7 +84,7 @@ int serve(const Flags& f) {
   std::unique_ptr<planner::Planner> planner;
   std::unique_ptr<planner::RemotePlanner> remote;
   double link_bytes_per_s = 0;
-  const StepShape step = worker::step_shape(c, store.shape().block_tokens);
+  const planner::StepShape step = worker::step_shape(c, store.shape().block_tokens);
   std::optional<HardwareProfile> profile;
   if (f.profile == "measured") {
     worker::ProfileOptions po;

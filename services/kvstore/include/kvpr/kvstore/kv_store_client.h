@@ -11,22 +11,26 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kvpr/common/dtype.h"
+#include "kvpr/common/kv_part.h"
 
 namespace kvpr::kvstore {
 
 using SeqId = std::uint64_t;
 
-enum class Part { act, k, v };
+using kvpr::Part;
+
+inline constexpr std::int64_t kBlockTokens = 16;  // tokens per block unless a store says otherwise
 
 struct StoreShape {
   std::int64_t n_layers = 0;
   std::int64_t h = 0;     // width of an activation row
   std::int64_t h_kv = 0;  // width of a K row and of a V row
   DType dtype = DType::f32;
-  std::int64_t block_tokens = 16;
+  std::int64_t block_tokens = kBlockTokens;
 
   std::int64_t width(Part part) const { return part == Part::act ? h : h_kv; }
   std::size_t row_bytes(Part part) const {
@@ -68,6 +72,13 @@ class KvStoreClient {
                                        std::int64_t t1) = 0;
   // The next n reserved tokens now hold data in every layer.
   virtual void commit(SeqId seq, std::int64_t n_tokens) = 0;
+  // The same for a whole batch.
+  virtual void reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+    for (SeqId seq : seqs) reserve(seq, n_tokens);
+  }
+  virtual void commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+    for (SeqId seq : seqs) commit(seq, n_tokens);
+  }
   virtual std::int64_t length(SeqId seq) const = 0;  // committed tokens
   // Drops tokens [n_tokens, length) and their blocks (a rollback: benchmarks, rejected drafts).
   virtual void truncate(SeqId seq, std::int64_t n_tokens) = 0;
