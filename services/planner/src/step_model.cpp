@@ -47,12 +47,15 @@ class Replay {
       case OpKind::chunk_landed:
         if (op.chunk == 0) slot.chunks.clear();
         slot.chunks.push_back(copy_);
+        span(op, true, copy_, copy_);
         break;
       case OpKind::kv_landed:
         slot.kv = copy_;
+        span(op, true, copy_, copy_);
         break;
       case OpKind::embed:
-        break;  // part of the head's and layers' measured rest
+        span(op, false, compute_, compute_);  // part of the head's and layers' measured rest
+        break;
       case OpKind::project:
         busy(op, out_.other_s, project_s_);
         break;
@@ -124,7 +127,7 @@ class Replay {
     }
   }
   void span(const DecodeOp& op, bool copy_queue, double begin, double end) {
-    if (on_span_) on_span_({op.kind, op.layer, copy_queue, begin, end});
+    if (on_span_) on_span_({op.kind, op.layer, op.chunk, copy_queue, begin, end});
   }
 
   const HardwareProfile& profile_;

@@ -44,10 +44,11 @@ struct StepPrediction {
 };
 
 // One predicted span of the replay, in seconds from the step's start (for comparison with the
-// engine's recorded trace).
+// engine's recorded trace); chunk_landed, kv_landed and embed are zero-length marks.
 struct PredictedSpan {
   OpKind kind = OpKind::drain;
   std::int32_t layer = -1;
+  std::int32_t chunk = -1;
   bool copy_queue = false;
   double begin_s = 0;
   double end_s = 0;
