@@ -116,8 +116,8 @@ int main(int argc, char** argv) {
     kvpr::log::info("kvpr-kvstore ", name, ": stopping");
     service.stop();
     return 0;
-  } catch (const std::exception& e) {
-    kvpr::log::error("kvpr-kvstore: ", e.what());
+  } catch (const std::exception& e) {  // the process's last word: one plain line, as a CLI's
+    std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
     return 1;
   }
 }

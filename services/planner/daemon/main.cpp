@@ -1,7 +1,7 @@
 // `kvpr-planner`: one planner replica (PlannerService) as a process. main() parses flags,
 // constructs and wires; SIGTERM/SIGINT stop it after the requests already received are answered.
-// A bad flag ends in one line on stderr and exit code 1; once running, everything is logged
-// (kvpr/common/log.h) and a fatal error is logged before exit code 1.
+// Every error that ends the process is one plain line on stderr ("kvpr-planner: KIND: ...") and
+// exit code 1; while it serves, diagnostics go through the log (kvpr/common/log.h).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -17,11 +17,11 @@
 
 namespace {
 
-std::string one_line(std::string message) {
+void report(const std::string& kind, std::string message) {
   for (char& ch : message) {
     if (ch == '\n' || ch == '\r') ch = ' ';
   }
-  return message;
+  std::fprintf(stderr, "kvpr-planner: %s: %s\n", kind.c_str(), message.c_str());
 }
 
 }  // namespace
@@ -55,13 +55,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "kvpr-planner: bad arguments: %s\n", one_line(e.what()).c_str());
+    report("bad arguments", e.what());
     return 1;
   }
   try {
     kvpr::log::init("kvpr-planner", log_level);
   } catch (const kvpr::Error& e) {
-    std::fprintf(stderr, "kvpr-planner: bad arguments: %s\n", e.what());
+    report("bad arguments", e.what());
     return 1;
   }
 
@@ -84,9 +84,9 @@ int main(int argc, char** argv) {
     service.stop();
     return 0;
   } catch (const kvpr::Error& e) {
-    kvpr::log::error("kvpr-planner: ", kvpr::to_string(e.kind()), ": ", one_line(e.what()));
+    report(std::string(kvpr::to_string(e.kind())), e.what());
   } catch (const std::exception& e) {
-    kvpr::log::error("kvpr-planner: failed: ", one_line(e.what()));
+    report("failed", e.what());
   }
   return 1;
 }

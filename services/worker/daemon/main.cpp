@@ -174,10 +174,11 @@ int main(int argc, char** argv) {
   kvpr::net::install_stop_signals();
   try {
     return serve(f);
-  } catch (const kvpr::Error& e) {
-    kvpr::log::error("kvpr-worker: ", kvpr::to_string(e.kind()), ": ", e.what());
+  } catch (const kvpr::Error& e) {  // the process's last word: one plain line, as a CLI's
+    std::fprintf(stderr, "kvpr-worker: %s: %s\n", std::string(kvpr::to_string(e.kind())).c_str(),
+                 e.what());
   } catch (const std::exception& e) {
-    kvpr::log::error("kvpr-worker: failed: ", e.what());
+    std::fprintf(stderr, "kvpr-worker: failed: %s\n", e.what());
   }
   return 1;
 }
