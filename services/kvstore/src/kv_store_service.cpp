@@ -3,6 +3,7 @@
 #include <random>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "service_impl.h"
 
 namespace kvpr::kvstore {
@@ -137,14 +138,14 @@ void KvStoreService::Impl::route() {
       if (auto request = router->receive(kPoll)) answer(*request);
       expire_leases();
     } catch (const std::exception& e) {  // a ZeroMQ failure: keep serving
-      std::fprintf(stderr, "kvstore: %s\n", e.what());
+      log::error("kvstore: ", e.what());
     }
   }
   // Drain: answer what has already arrived, then return.
   try {
     while (auto request = router->receive(net::milliseconds(0))) answer(*request);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvstore: %s\n", e.what());
+    log::error("kvstore: while draining: ", e.what());
   }
 }
 

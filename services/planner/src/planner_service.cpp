@@ -3,9 +3,9 @@
 #include <capnp/message.h>
 
 #include <chrono>
-#include <cstdio>
 #include <numeric>
 
+#include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
@@ -142,7 +142,7 @@ void PlannerService::serve() {
         return;
       }
     } catch (const std::exception& e) {  // a socket error: log it and keep serving
-      std::fprintf(stderr, "planner %s: %s\n", options_.name.c_str(), e.what());
+      log::error("planner ", options_.name, ": ", e.what());
       if (draining) return;
     }
   }
