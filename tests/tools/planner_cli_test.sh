@@ -58,7 +58,8 @@ echo "ok   plan: grouped-query model plans l = 0 with its reason"
   && { echo "bench accepted a missing profile file"; exit 1; } || true
 "$kvpr" profile --model "$golden/opt-2l-h64" --quick --json --out "$work/p-opt.json" > /dev/null
 "$kvpr" bench --model "$golden/opt-2l-h64" --batch 2 --context 40 --sweep --points 9 --steps 1 \
-  --profile "$work/p-opt.json" --json "$work/bench.json" --plot "$work/bench.png" --quiet > "$work/bench.txt"
+  --profile "$work/p-opt.json" --json "$work/bench.json" --plot "$work/bench.png" \
+  --trace "$work/bench-trace.json" --emulate-link-gbps 0.05 --quiet > "$work/bench.txt"
 check '
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -71,5 +72,20 @@ for k in ("policy", "split", "measured_s", "predicted_s"):
     assert k in r["chosen"], k
 assert r["best"]["measured_s"] <= min(p["measured_s"] for p in pts if p["policy"] != "resident")
 assert open(sys.argv[2], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-' "$work/bench.json" "$work/bench.png"
-echo "ok   bench: sweep points, chosen, best, plot"
+for p in pts:  # every point against the whole-step lower bound max(link bytes / B, device work)
+    assert p["step_lower_bound_s"] > 0 and p["over_step_lower_bound"] == p["measured_s"] / p["step_lower_bound_s"]
+assert r["ratios"]["chosen_over_step_lower_bound"] > 0
+t = json.load(open(sys.argv[3]))["traceEvents"]
+spans = [e for e in t if e["ph"] == "X"]
+steps = [e for e in spans if e["tid"] == 0]
+assert len(steps) == 1 and steps[0]["name"].startswith("chosen"), steps  # --steps 1 of the chosen point
+names = {(e["tid"], e["name"]) for e in spans}
+for want in [(1, "project"), (1, "attend"), (1, "finish_layer"), (1, "head"), (2, "fetch_kv"), (2, "write_back")]:
+    assert want in names, (want, names)
+layers = {e["args"]["layer"] for e in spans if e["name"] == "attend"}
+assert layers == {0, 1}, layers
+# The copy spans add up to at most the step: the copy queue busy time.
+copy_s = sum(e["dur"] for e in spans if e["tid"] == 2) / 1e6
+assert 0 < copy_s <= steps[0]["dur"] / 1e6 * 1.05, (copy_s, steps[0]["dur"])
+' "$work/bench.json" "$work/bench.png" "$work/bench-trace.json"
+echo "ok   bench: sweep points, chosen, best, plot, whole-step lower bound, trace"

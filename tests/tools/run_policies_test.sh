@@ -72,3 +72,23 @@ done
 grep -q '"l = 0' <("$kvpr" run --model "$work/llama" --prompt "grouped query" --max-new-tokens 2 --json --quiet) \
   || { echo "grouped-query model did not plan l = 0"; exit 1; }
 echo "ok   grouped-query model plans l = 0"
+
+# --trace: every decode step's queue spans as a Chrome trace; the embedded run only.
+"$kvpr" run --model "$work/opt" --prompt-tokens 2,31,45,7,8,9 --prompt-tokens 2,5 --max-new-tokens 5 \
+  --split 3 --emulate-link-gbps 0.05 --trace "$work/trace.json" --quiet > /dev/null
+check '
+import json, sys
+events = json.load(open(sys.argv[1]))["traceEvents"]
+spans = [e for e in events if e["ph"] == "X"]
+assert len([e for e in spans if e["tid"] == 0]) == 4, "one step span per decode step"
+for step in range(4):
+    mine = [e for e in spans if e["args"]["step"] == step]
+    assert {e["name"] for e in mine if e["tid"] == 2} >= {"fetch_act", "fetch_kv", "write_back"}
+    assert {e["name"] for e in mine if e["tid"] == 1} >= {"project", "recompute", "attend", "head"}
+tracks = {e["args"]["name"] for e in events if e["ph"] == "M"}
+assert tracks == {"decode steps", "compute queue", "copy queue"}, tracks
+' "$work/trace.json"
+"$kvpr" run --model "$work/opt" --prompt-tokens 2,31 --connect tcp://127.0.0.1:1 --trace "$work/t2.json" \
+  2> "$work/trace-err.txt" && { echo "--trace with --connect was accepted"; exit 1; }
+grep -q "kvpr-worker --trace" "$work/trace-err.txt" || { cat "$work/trace-err.txt"; exit 1; }
+echo "ok   --trace writes each step's copy and compute spans"

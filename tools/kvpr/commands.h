@@ -31,6 +31,7 @@ struct RunOptions {
   bool quiet = false;
   std::string connect;    // worker endpoints, comma-separated: run on a deployment
   double timeout_s = 30;  // --connect: a worker silent this long is taken for dead
+  std::string trace;      // Chrome trace of every decode step's queue spans
 };
 
 struct GenModelOptions {
@@ -93,6 +94,7 @@ struct BenchOptions {
   bool remeasure = false;
   BackendFlags backend;
   bool quiet = false;
+  std::string trace;  // Chrome trace of the chosen point's measured steps
 };
 
 int profile_command(const ProfileOptions& options);

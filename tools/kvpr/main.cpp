@@ -51,6 +51,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--logits-out", run.logits_out,
                       "Write the logits of every generated token (.npy)");
   run_cmd->add_flag("--json", run.json, "Print one JSON object");
+  run_cmd->add_option("--trace", run.trace,
+                      "Write every decode step's copy and compute spans here (Chrome trace JSON)");
   run_cmd->add_option("--kv-capacity", run.capacity_bytes, "Host KV store capacity in bytes");
   run_cmd->add_flag("--quiet", run.quiet, "No progress output");
   run_cmd->add_option(
@@ -116,6 +118,8 @@ int main(int argc, char** argv) {
                         "Rounds re-measuring the chosen and the best point side by side");
   bench_cmd->add_option("--json", bench.json, "Write the results as JSON here");
   bench_cmd->add_option("--plot", bench.plot, "Write a plot of T(l) here (.png)");
+  bench_cmd->add_option("--trace", bench.trace,
+                        "Write the chosen point's steps as a Chrome trace (JSON) here");
   bench_cmd->add_option("--profile", bench.profile,
                         "Hardware profile file (default: measured, cached)");
   bench_cmd->add_flag("--remeasure", bench.remeasure, "Measure the profile again");

@@ -46,6 +46,7 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
   worker::WorkerServiceOptions service_options;
   service_options.endpoint = "inproc://kvpr-embedded-worker";
   service_options.name = "embedded";
+  service_options.trace_path = options.trace;
   worker::WorkerService service(context, *e.model, *e.backend, *e.store, *e.planner,
                                 service_options);
   service.start();
@@ -77,6 +78,9 @@ worker::GenerateResult run_connected(const RunOptions& options, const worker::Re
     pos = comma + 1;
   }
   if (options.timeout_s <= 0) fail("--timeout must be positive, got ", options.timeout_s);
+  if (!options.trace.empty()) {
+    fail("--trace records the embedded run; a deployment's workers take kvpr-worker --trace FILE");
+  }
   zmq::context_t context;
   const auto idle = std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_s * 1e3));
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;

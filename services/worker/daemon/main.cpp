@@ -40,6 +40,7 @@ struct Flags {
   int kv_timeout_ms = 2000;
   int planner_timeout_ms = 1000;
   std::string log_level;
+  std::string trace;
 };
 
 int serve(const Flags& f) {
@@ -114,6 +115,7 @@ int serve(const Flags& f) {
   so.metrics_port = f.metrics_port;
   so.prepare = map_store;
   so.link_bytes_per_s = link_bytes_per_s;
+  so.trace_path = f.trace;
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
   log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
@@ -154,6 +156,8 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
+  app.add_option("--trace", f.trace,
+                 "Write every decode step's copy and compute spans here (Chrome trace JSON)");
   app.add_option(
       "--log-level", f.log_level,
       "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");

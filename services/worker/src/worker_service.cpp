@@ -6,6 +6,7 @@
 #include "kvpr/net/rpc.h"
 #include "kvpr/worker/engine.h"
 #include "kvpr/worker/generator.h"
+#include "kvpr/worker/trace.h"
 #include "worker_metrics.h"
 #include "worker_wire.h"
 
@@ -46,6 +47,7 @@ WorkerService::WorkerService(zmq::context_t& context, const DeviceModel& model,
       store_(store),
       planner_(planner),
       options_(std::move(options)) {
+  if (!options_.trace_path.empty()) trace_ = std::make_unique<TraceWriter>(options_.trace_path);
   metrics_ = std::make_unique<net::Metrics>(options_.metrics_port);
   instruments_ =
       std::make_unique<WorkerMetrics>(metrics_->registry(), options_.name, options_.model_name);
@@ -88,6 +90,7 @@ void WorkerService::stop() {
     executor_done_ = true;
   }
   if (router_thread_.joinable()) router_thread_.join();
+  if (trace_) trace_->write();
   started_ = false;
 }
 
@@ -250,7 +253,7 @@ bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
     }
     if (options_.prepare) options_.prepare();
     Engine engine(model_, backend_, store_, planner_,
-                  EngineOptions{job.work.policy, job.work.split});
+                  EngineOptions{job.work.policy, job.work.split, trace_ != nullptr});
     auto last = Clock::now();
     const bool keep = job.work.request.keep_logits;
     const auto result = generate(engine, job.work.request, [&](const StepEvent& ev) {
@@ -262,6 +265,7 @@ bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
       } else {
         m.inter_token->Observe(std::chrono::duration<double>(now - last).count());
         m.observe_step(*ev.stats);
+        if (trace_) trace_->add_step(*ev.stats, str("request ", job.id, " step ", ev.step));
       }
       last = now;
       m.tokens->Increment(static_cast<double>(ev.tokens.size()));

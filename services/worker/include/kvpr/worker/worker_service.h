@@ -43,6 +43,7 @@ class Router;
 namespace kvpr::worker {
 
 struct WorkerMetrics;
+class TraceWriter;
 
 struct WorkerServiceOptions {
   std::string endpoint = "tcp://127.0.0.1:0";
@@ -53,6 +54,7 @@ struct WorkerServiceOptions {
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
   double link_bytes_per_s = 0;    // the host->device rate plans assume (0: the backend's nominal)
+  std::string trace_path;         // write every decode step's queue spans here (Chrome trace)
 };
 
 class WorkerService {
@@ -91,6 +93,7 @@ class WorkerService {
 
   std::unique_ptr<net::Metrics> metrics_;
   std::unique_ptr<WorkerMetrics> instruments_;
+  std::unique_ptr<TraceWriter> trace_;  // when options.trace_path is set
   std::unique_ptr<net::Router> router_;
   std::string events_endpoint_;
   std::unique_ptr<zmq::socket_t> events_in_;
