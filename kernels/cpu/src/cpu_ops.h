@@ -1,8 +1,8 @@
 // The CPU backend's ops as free functions over tensor views: the numerical reference of kvpr.
-// Private to kernels/cpu. They are called through Backend's checking front (op_checks.h), so their
-// arguments are valid (dtype f32, shapes, index ranges); gemm adds the BLAS integer range, before
-// touching any output. They run on the calling thread (the compute queue) and
-// keep no state between calls; gemm uses OpenBLAS, whose thread count is process-wide.
+// Private to kernels/cpu. They are called only through Backend's checking front (op_checks.h), so
+// their arguments are valid (dtype f32, shapes, index ranges); gemm adds the BLAS integer range
+// before touching any output. They run on the calling thread (the compute queue) and keep no state
+// between calls; gemm uses OpenBLAS, whose thread count is process-wide.
 #pragma once
 
 #include <cstdint>
