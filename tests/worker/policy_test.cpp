@@ -1,13 +1,18 @@
-// Every policy and every split gives the logits of keeping all K,V on the device: batches of mixed
-// context lengths, several decode steps, on the golden checkpoints and on generated configurations
-// the golden set lacks (grouped-query attention, post-LN OPT with project_in/out, tied LLaMA head,
-// fp16 and bf16 storage, other widths).
+// Every policy and every split gives the logits of keeping all K,V on the device, on every
+// registered backend (backends.h): batches of mixed context lengths, several decode steps, on the
+// golden checkpoints and on generated configurations the golden set lacks (grouped-query
+// attention, post-LN OPT with project_in/out, tied LLaMA head, fp16 and bf16 storage, other
+// widths); and the step statistics and a full store, which do not depend on the numerics.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <filesystem>
+#include <functional>
+#include <ostream>
 #include <random>
 
+#include "backends.h"
 #include "kvpr/common/error.h"
 #include "kvpr/modelgen/gen_model.h"
 #include "stack.h"
@@ -15,61 +20,92 @@
 namespace kvpr::worker {
 namespace {
 
+using testing::BackendCase;
 using testing::max_abs_diff;
 using testing::Stack;
 
+// The backend rows of this suite; each is a column of model_cases()' tolerances.
+const std::array<BackendCase, 3> kBackends = {BackendCase{"cpu", DType::f32},
+                                              BackendCase{"cuda", DType::f32},
+                                              BackendCase{"cuda", DType::f16}};
+
 struct ModelCase {
   std::string name;
-  std::string dir;
-  float tol;
+  // Makes the checkpoint (under `root` when generated) and returns its folder.
+  std::function<std::string(const std::filesystem::path& root)> make;
+  // Max |logits − resident| per backend row of kBackends; unset: not run there.
+  std::array<std::optional<float>, kBackends.size()> tol;
 };
 
-std::filesystem::path generated_root() {
-  static const auto root = [] {
-    auto p =
-        std::filesystem::temp_directory_path() / ("kvpr-policy-test-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(p);
-    return p;
-  }();
-  return root;
-}
-
-std::string generate(const std::string& name, ModelConfig config, std::uint64_t seed) {
+std::string generate(const std::filesystem::path& root, const std::string& name, ModelConfig config,
+                     std::uint64_t seed) {
   modelgen::GenOptions options;
   options.config = config;
-  options.out = generated_root() / name;
+  options.out = root / name;
   options.seed = seed;
   options.write_tokenizer = false;
   modelgen::generate_model(options);
   return options.out.string();
 }
 
-std::vector<ModelCase> model_cases() {
-  const std::string golden = std::string(KVPR_TEST_DATA) + "/golden/models/";
-  std::vector<ModelCase> cases = {
-      {"golden-opt", golden + "opt-2l-h64", 1e-5f},
-      {"golden-opt-fp16", golden + "opt-2l-h64-fp16", 1e-2f},
-      {"golden-llama", golden + "llama-2l-h64-mha", 1e-5f},
+std::function<std::string(const std::filesystem::path&)> golden(const std::string& model) {
+  return [model](const std::filesystem::path&) {
+    return testing::test_data_dir() + "/golden/models/" + model;
   };
-  ModelConfig gqa = modelgen::preset("llama-tiny-gqa");
-  cases.push_back({"llama-gqa", generate("llama-gqa", gqa, 11), 1e-5f});
-  ModelConfig tied = modelgen::preset("llama-tiny");
-  tied.tie_word_embeddings = true;
-  tied.n_layers = 3;
-  tied.dtype = DType::bf16;
-  cases.push_back({"llama-tied-bf16", generate("llama-tied-bf16", tied, 12), 5e-2f});
-  ModelConfig post = modelgen::preset("opt-tiny");
-  post.pre_layer_norm = false;
-  post.final_layer_norm = false;
-  post.word_embed_proj_dim = 32;
-  post.dtype = DType::f16;
-  cases.push_back({"opt-postln-proj-fp16", generate("opt-postln-proj-fp16", post, 13), 1e-2f});
-  ModelConfig wide = modelgen::preset("opt-tiny");
-  wide.h = 96;
-  wide.n_heads = 3;
-  wide.head_dim = 32;
-  wide.activation = Activation::gelu;
-  cases.push_back({"opt-wide-gelu", generate("opt-wide-gelu", wide, 14), 1e-5f});
+}
+
+std::function<std::string(const std::filesystem::path&)> generated(const std::string& name,
+                                                                   const std::string& preset,
+                                                                   std::uint64_t seed,
+                                                                   void (*edit)(ModelConfig&)) {
+  return [=](const std::filesystem::path& root) {
+    ModelConfig config = modelgen::preset(preset);
+    edit(config);
+    return generate(root, name, config, seed);
+  };
+}
+
+// The configurations the golden set lacks, as edits of a modelgen preset.
+void as_is(ModelConfig&) {}
+void tied_bf16(ModelConfig& c) {
+  c.tie_word_embeddings = true;
+  c.n_layers = 3;
+  c.dtype = DType::bf16;
+}
+void postln_proj_fp16(ModelConfig& c) {
+  c.pre_layer_norm = false;
+  c.final_layer_norm = false;
+  c.word_embed_proj_dim = 32;
+  c.dtype = DType::f16;
+}
+void wide_gelu(ModelConfig& c) {
+  c.h = 96;
+  c.n_heads = 3;
+  c.head_dim = 32;
+  c.activation = Activation::gelu;
+}
+void wide_gelu_fp16(ModelConfig& c) {
+  wide_gelu(c);
+  c.dtype = DType::f16;
+}
+
+// This suite's one table of tolerances: max |logits − resident| per model and backend row of
+// kBackends; `no`: not run on that backend.
+const std::vector<ModelCase>& model_cases() {
+  constexpr std::nullopt_t no = std::nullopt;
+  // clang-format off
+  static const std::vector<ModelCase> cases = {
+      // name                  checkpoint                                                            cpu F32  cuda F32  cuda F16
+      {"golden-opt",           golden("opt-2l-h64"),                                                 {1e-5f,  1e-4f,    no}},
+      {"golden-opt-fp16",      golden("opt-2l-h64-fp16"),                                            {1e-2f,  1e-2f,    no}},
+      {"golden-llama",         golden("llama-2l-h64-mha"),                                           {1e-5f,  1e-4f,    5e-2f}},
+      {"llama-gqa",            generated("llama-gqa", "llama-tiny-gqa", 11, as_is),                  {1e-5f,  1e-4f,    no}},
+      {"llama-tied-bf16",      generated("llama-tied-bf16", "llama-tiny", 12, tied_bf16),            {5e-2f,  no,       no}},
+      {"opt-postln-proj-fp16", generated("opt-postln-proj-fp16", "opt-tiny", 13, postln_proj_fp16),  {1e-2f,  no,       no}},
+      {"opt-wide-gelu",        generated("opt-wide-gelu", "opt-tiny", 14, wide_gelu),                {1e-5f,  no,       no}},
+      {"opt-wide-gelu-fp16",   generated("opt-wide-gelu-fp16", "opt-tiny", 14, wide_gelu_fp16),      {no,     1e-2f,    no}},
+  };
+  // clang-format on
   return cases;
 }
 
@@ -93,11 +129,7 @@ std::vector<std::vector<float>> run(Stack& stack, const std::vector<std::vector<
   std::vector<float> logits;
   std::vector<std::vector<float>> out;
   const bool record = feed.empty();
-  std::vector<std::int32_t> next;
-  for (const auto& p : ps) {
-    seqs.push_back(stack.engine->prefill(p, logits));
-    next.push_back(0);
-  }
+  for (const auto& p : ps) seqs.push_back(stack.engine->prefill(p, logits));
   for (int step = 0; step < steps; ++step) {
     if (record) {
       std::vector<std::int32_t> tokens;
@@ -111,12 +143,50 @@ std::vector<std::vector<float>> run(Stack& stack, const std::vector<std::vector<
   return out;
 }
 
-TEST(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
+// A backend row of kBackends, by index.
+struct Column {
+  std::size_t index = 0;
+};
+
+void PrintTo(const Column& c, std::ostream* os) {
+  *os << kBackends[c.index].label();
+}
+
+class PolicyEquivalence : public ::testing::TestWithParam<Column> {
+ protected:
+  void SetUp() override { KVPR_SKIP_UNLESS_AVAILABLE(backend()); }
+  std::size_t column() const { return GetParam().index; }
+  const BackendCase& backend() const { return kBackends[column()]; }
+  Stack stack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
+              std::uint64_t capacity = std::uint64_t{1} << 28) const {
+    return Stack(dir, policy, split, capacity, backend().options());
+  }
+};
+
+std::vector<Column> registered_columns() {
+  std::vector<Column> out;
+  for (std::size_t i = 0; i < kBackends.size(); ++i) {
+    if (testing::registered(kBackends[i].name)) out.push_back({i});
+  }
+  return out;
+}
+
+std::string column_name(const ::testing::TestParamInfo<Column>& p) {
+  return kBackends[p.param.index].label();
+}
+
+TEST_P(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
   constexpr int kSteps = 3;
+  const auto root = std::filesystem::temp_directory_path() /
+                    ("kvpr-policy-test-" + std::to_string(::getpid()) + "-" + backend().label());
+  std::filesystem::create_directories(root);
   for (const auto& m : model_cases()) {
+    const std::optional<float> tol = m.tol[column()];
+    if (!tol) continue;
     SCOPED_TRACE(m.name);
+    const std::string dir = m.make(root);
     std::vector<std::vector<std::int32_t>> feed;
-    Stack base(m.dir, planner::Policy::resident, std::nullopt);
+    Stack base = stack(dir, planner::Policy::resident, std::nullopt);
     const auto ps = prompts(base.checkpoint.config().vocab);
     const auto reference = run(base, ps, feed, kSteps);
     const std::int64_t s = 33;  // the longest prompt
@@ -134,33 +204,34 @@ TEST(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
     for (const auto& v : variants) {
       SCOPED_TRACE(std::string(planner::to_string(v.policy)) + " split " +
                    (v.split ? std::to_string(*v.split) : "auto"));
-      Stack stack(m.dir, v.policy, v.split);
-      const auto got = run(stack, ps, feed, kSteps);
+      Stack under_test = stack(dir, v.policy, v.split);
+      const auto got = run(under_test, ps, feed, kSteps);
       for (int step = 0; step < kSteps; ++step) {
         const auto& a = got[static_cast<std::size_t>(step)];
         const auto& b = reference[static_cast<std::size_t>(step)];
         ASSERT_EQ(a.size(), b.size());
         const float d = max_abs_diff(a.data(), b.data(), a.size());
-        EXPECT_LE(d, m.tol) << "step " << step;
+        EXPECT_LE(d, *tol) << "step " << step;
         worst = std::max(worst, d);
       }
-      EXPECT_EQ(stack.store->stats().used_bytes, 0u);
+      EXPECT_EQ(under_test.store->stats().used_bytes, 0u);
     }
-    std::printf("[policy %s] worst |logits - resident| = %.3g (tolerance %.0e)\n", m.name.c_str(),
-                worst, m.tol);
+    std::printf("[policy %s %s] worst |logits - resident| = %.3g (tolerance %.0e)\n",
+                backend().label().c_str(), m.name.c_str(), worst, *tol);
   }
-  std::filesystem::remove_all(generated_root());
+  std::filesystem::remove_all(root);
 }
 
-TEST(PolicyEquivalence, StepStatsCountRecomputedAndTransferredRows) {
-  const std::string dir = std::string(KVPR_TEST_DATA) + "/golden/models/llama-2l-h64-mha";
-  Stack stack(dir, planner::Policy::kvpr, 4);
+TEST_P(PolicyEquivalence, StepStatsCountRecomputedAndTransferredRows) {
+  const std::string dir = testing::test_data_dir() + "/golden/models/llama-2l-h64-mha";
+  Stack st_stack = stack(dir, planner::Policy::kvpr, 4);
   std::vector<float> logits;
   const std::vector<std::int32_t> a = {1, 5, 9, 14, 20, 3, 7}, b = {1, 8};
-  const SeqHandle seqs[] = {stack.engine->prefill(a, logits), stack.engine->prefill(b, logits)};
+  const SeqHandle seqs[] = {st_stack.engine->prefill(a, logits),
+                            st_stack.engine->prefill(b, logits)};
   const std::int32_t tokens[] = {4, 4};
-  stack.engine->decode(seqs, tokens);
-  const auto& st = stack.engine->last_step();
+  st_stack.engine->decode(seqs, tokens);
+  const auto& st = st_stack.engine->last_step();
   // l = min(4, s): 4 + 2 rows recomputed, 3 + 0 fetched, in each of 2 layers.
   EXPECT_EQ(st.recompute_tokens, 12);
   EXPECT_EQ(st.transfer_tokens, 6);
@@ -170,25 +241,36 @@ TEST(PolicyEquivalence, StepStatsCountRecomputedAndTransferredRows) {
   EXPECT_GT(st.times.total, 0.0);
 }
 
-TEST(PolicyEquivalence, FullStoreFailsTheStepWithoutLosingData) {
-  const std::string dir = std::string(KVPR_TEST_DATA) + "/golden/models/opt-2l-h64";
+TEST_P(PolicyEquivalence, FullStoreFailsTheStepWithoutLosingData) {
+  const std::string dir = testing::test_data_dir() + "/golden/models/opt-2l-h64";
   // Capacity for exactly one 16-token block per layer.
-  Stack stack(dir, planner::Policy::kvpr, std::nullopt, 2 * 16 * (64 + 2 * 64) * 4);
+  Stack full = stack(dir, planner::Policy::kvpr, std::nullopt, 2 * 16 * (64 + 2 * 64) * 4);
   std::vector<float> logits;
   std::vector<std::int32_t> prompt(16, 5);
   prompt[0] = 2;
-  const SeqHandle seq = stack.engine->prefill(prompt, logits);
+  const SeqHandle seq = full.engine->prefill(prompt, logits);
   const SeqHandle seqs[] = {seq};
   const std::int32_t tok[] = {7};
   try {
-    stack.engine->decode(seqs, tok);
+    full.engine->decode(seqs, tok);
     FAIL() << "decode past capacity succeeded";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::overloaded) << e.what();
   }
-  EXPECT_EQ(stack.engine->length(seq), 16);  // nothing committed, nothing lost
-  EXPECT_THROW(stack.engine->prefill(prompt, logits), Error);
-  EXPECT_EQ(stack.store->stats().sequences, 1u);  // the failed prefill left nothing behind
+  EXPECT_EQ(full.engine->length(seq), 16);  // nothing committed, nothing lost
+  EXPECT_THROW(full.engine->prefill(prompt, logits), Error);
+  EXPECT_EQ(full.store->stats().sequences, 1u);  // the failed prefill left nothing behind
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, PolicyEquivalence, ::testing::ValuesIn(registered_columns()),
+                         column_name);
+
+TEST(Tolerances, PolicyCoversEveryRegisteredBackend) {
+  for (const std::string& name : kernels::backend_names()) {
+    EXPECT_TRUE(std::any_of(kBackends.begin(), kBackends.end(),
+                            [&](const auto& b) { return b.name == name; }))
+        << "backend '" << name << "' has no column in the policy tolerance table";
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // An in-process stack for engine tests: checkpoint → backend (CPU unless the test names another) →
 // device model → host store → cost-model planner → engine, with the policy and split under test.
-// The CUDA model tests (tests/kernels/cuda) build on it with the CUDA backend.
+// The golden and policy suites build it on every backend (backends.h).
 #pragma once
 
 #include <cmath>

@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 build=${1:-build-gpu}
 bundle="$build/bundle"
 limit=$((64 * 1024 * 1024))
-targets=(kernels_cuda_host_test kernels_cuda_diff_test kernels_cuda_model_test kvpr-bench-decode kvpr)
+targets=(kernels_cuda_host_test kernels_cuda_diff_test worker_golden_test worker_policy_test
+  kvpr-bench-decode kvpr)
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -G Ninja -DKVPR_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -90,9 +90,13 @@ main() {
   fi
 
   if [ "$bundle_ok" = 1 ]; then
-    local t
-    for t in kernels_cuda_diff_test kernels_cuda_model_test; do
-      step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
+    # The model suites run on every backend: here only their device cases (not cpu_*), as in
+    # tests/worker/CMakeLists.txt.
+    local t filter
+    for t in kernels_cuda_diff_test worker_golden_test worker_policy_test; do
+      filter='*'
+      [ "$t" = kernels_cuda_diff_test ] || filter='-*/cpu_*:Tolerances.*'
+      step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
     done
     step kvpr-run-cuda 60 bash -c "'$bundle/bin/kvpr' run --model '$root/tests/data/golden/models/opt-2l-h64' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/tests/kvpr-run-cuda.json' 2>&1; rc=\$?; cat '$out/tests/kvpr-run-cuda.json'; exit \$rc"
     step decode-bench 300 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 1,8,32 --context 1024,4096 --steps 5 --warmup 1 --json '$out/bench/decode.json' > '$out/bench/decode.txt' 2> '$out/bench/decode.stderr'; rc=\$?; cat '$out/bench/decode.txt'; tail -5 '$out/bench/decode.stderr'; exit \$rc"

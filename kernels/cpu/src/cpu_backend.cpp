@@ -62,10 +62,6 @@ std::shared_ptr<CpuEvent> as_cpu_event(std::string_view op, const std::shared_pt
   return cpu_event;
 }
 
-void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
-  if (p == nullptr && t.numel() != 0) fail(op, ": the host pointer for ", describe(t), " is null");
-}
-
 // The compute thread count the options ask for, after checking all options (before the copy
 // thread starts).
 int checked_threads(const BackendOptions& options) {
@@ -138,65 +134,53 @@ class CpuBackend final : public Backend {
   // Bytes and counts include copies run on the compute queue; busy_s is the copy thread's alone.
   CopyStats copy_stats() const override { return copy_queue_.stats(); }
 
-  void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
-    check_view("copy_to_device", "dst", dst);
-    check_host_pointer("copy_to_device", src, dst);
+  // --- the ops, called by Backend's checking front (backend.h) with checked arguments ---
+ protected:
+  void do_copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
     const auto n = static_cast<std::size_t>(dst.numel());
     submit(queue, CopyKind::host_to_device, n * size_of(src_dtype), [dst, src, src_dtype, n] {
       if (n > 0) convert(src, src_dtype, dst.data, dst.dtype, n);
     });
   }
 
-  void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
-    check_view("copy_to_host", "src", src);
-    check_host_pointer("copy_to_host", dst, src);
+  void do_copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
     const auto n = static_cast<std::size_t>(src.numel());
     submit(queue, CopyKind::device_to_host, n * size_of(dst_dtype), [dst, dst_dtype, src, n] {
       if (n > 0) convert(src.data, src.dtype, dst, dst_dtype, n);
     });
   }
 
-  void copy_device(Queue queue, Tensor dst, Tensor src) override {
-    check_view("copy_device", "dst", dst);
-    check_view("copy_device", "src", src);
-    if (dst.numel() != src.numel()) {
-      fail("copy_device: src ", describe(src), " and dst ", describe(dst),
-           " differ in element count");
-    }
+  void do_copy_device(Queue queue, Tensor dst, Tensor src) override {
     const auto n = static_cast<std::size_t>(src.numel());
-    const auto* s0 = static_cast<const char*>(src.data);
-    const auto* d0 = static_cast<const char*>(dst.data);
-    if (n > 0 && s0 < d0 + dst.bytes() && d0 < s0 + src.bytes()) {
-      if (s0 == d0 && src.dtype == dst.dtype) return;  // a copy onto itself: nothing to do
-      fail("copy_device: src ", describe(src), " and dst ", describe(dst), " overlap");
-    }
     submit(queue, CopyKind::device_to_device, 0, [dst, src, n] {
       if (n > 0) convert(src.data, src.dtype, dst.data, dst.dtype, n);
     });
   }
 
-  void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override { cpu::gemm(x, w, bias, y); }
-  void add(Tensor a, Tensor b, Tensor y) override { cpu::add(a, b, y); }
-  void mul(Tensor a, Tensor b, Tensor y) override { cpu::mul(a, b, y); }
-  void activation(Act act, Tensor x) override { cpu::activation(act, x); }
-  void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
+  void do_gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override {
+    cpu::gemm(x, w, bias, y);
+  }
+  void do_add(Tensor a, Tensor b, Tensor y) override { cpu::add(a, b, y); }
+  void do_mul(Tensor a, Tensor b, Tensor y) override { cpu::mul(a, b, y); }
+  void do_activation(Act act, Tensor x) override { cpu::activation(act, x); }
+  void do_layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
     cpu::layer_norm(x, weight, bias, eps, y);
   }
-  void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
+  void do_rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
     cpu::rms_norm(x, weight, eps, y);
   }
-  void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
-            std::int64_t head_dim, float theta) override {
+  void do_rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+               std::int64_t head_dim, float theta) override {
     cpu::rope(x, positions, n_heads, head_dim, theta);
   }
-  void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
+  void do_embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
     cpu::embedding(table, ids, y);
   }
-  void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                 Tensor out) override {
+  void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                    Tensor out) override {
     cpu::attention(q, segments, shape, out);
   }
-  std::vector<std::int32_t> argmax(Tensor x) override { return cpu::argmax(x); }
+  std::vector<std::int32_t> do_argmax(Tensor x) override { return cpu::argmax(x); }
 
  private:
   // Copies on the compute queue run here and now; on the copy queue, on the copy thread.

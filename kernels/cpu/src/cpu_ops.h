@@ -1,31 +1,17 @@
 // The CPU backend's ops as free functions over tensor views: the numerical reference of kvpr.
-// Private to kernels/cpu. Each op validates every argument first (dtype f32, shapes, index ranges)
-// and throws one Error line naming the op and the offending shapes before touching any output, so
-// a rejected call leaves memory as it was. They run on the calling thread (the compute queue) and
-// keep no state between calls; gemm uses OpenBLAS, whose thread count is process-wide.
+// Private to kernels/cpu. They are called only through Backend's checking front (op_checks.h), so
+// their arguments are valid (dtype f32, shapes, index ranges); gemm adds the BLAS integer range
+// before touching any output. They run on the calling thread (the compute queue) and keep no state
+// between calls; gemm uses OpenBLAS, whose thread count is process-wide.
 #pragma once
 
 #include <cstdint>
 #include <span>
-#include <string>
-#include <string_view>
 #include <vector>
 
 #include "kvpr/kernels/backend.h"
 
 namespace kvpr::kernels::cpu {
-
-// --- argument checks shared by the ops, the attention kernel and the backend's copies ---
-// "[rows, cols] F32", as messages print a tensor.
-std::string describe(const Tensor& t);
-// Non-negative shape, and data present unless empty. `what` names the argument in messages.
-void check_view(std::string_view op, std::string_view what, const Tensor& t);
-// check_view plus dtype f32.
-void check_f32(std::string_view op, std::string_view what, const Tensor& t);
-// A per-column vector (bias, norm weight): any [1, n] / [n, 1] view of n elements.
-void check_vector(std::string_view op, std::string_view what, const Tensor& t, std::int64_t n);
-void check_same_shape(std::string_view op, std::string_view what_a, const Tensor& a,
-                      std::string_view what_b, const Tensor& b);
 
 // --- ops (semantics in backend.h) ---
 void gemm(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y);

@@ -1,8 +1,8 @@
-// The host half of the CUDA attention op: checks the arguments as the CPU reference does, groups
-// the K,V segments by query row (keeping their order, a stable counting sort), and decides how many
-// token splits each (query, head) gets. The result is packed into one byte blob, uploaded once per
-// call and read by attention.cu. Pure host C++ (no CUDA calls), so it is unit-tested on machines
-// without a GPU.
+// The host half of the CUDA attention op: refuses what the kernel cannot do (the arguments
+// themselves were checked by Backend's front, op_checks.h), groups the K,V segments by query row
+// (keeping their order, a stable counting sort), and decides how many token splits each (query,
+// head) gets. The result is packed into one byte blob, uploaded once per call and read by
+// attention.cu. Pure host C++ (no CUDA calls), so it is unit-tested on machines without a GPU.
 #pragma once
 
 #include <cstddef>
@@ -38,10 +38,11 @@ constexpr std::int64_t kAttnMaxHeadDim = 256;  // 8 elements per lane of a warp
 constexpr std::int64_t kAttnMaxSplits = 128;
 constexpr std::int64_t kAttnMinSplitTokens = 128;
 
-// Validates q, out, the shape and every segment (dtype `dtype`, widths, query rows, a row without
-// keys) with one-line Errors naming the op and the value; then builds the plan. `sm_count` sizes
-// the split: rows·heads blocks that do not fill ~8 blocks per SM are split along the tokens.
+// Builds the plan for arguments that passed check_attention (op_checks.h); throws
+// ErrorKind::unimplemented, in one line, for a shape beyond the kernel's limits (head_dim, n_heads,
+// rows of the grid). `sm_count` sizes the split: rows·heads blocks that do not fill ~8 blocks per
+// SM are split along the tokens.
 AttnPlan plan_attention(const Tensor& q, std::span<const AttnSegment> segments,
-                        const AttnShape& shape, const Tensor& out, DType dtype, int sm_count);
+                        const AttnShape& shape, int sm_count);
 
 }  // namespace kvpr::kernels::cuda

@@ -1,5 +1,6 @@
-// The CUDA backend: the Backend interface on one device. This file only wires — argument checks
-// (cuda_checks.h, attention_plan.h), one launcher per op (the .cu/.cuh pairs), the copy lanes and
+// The CUDA backend: the Backend interface on one device. This file only wires — the device's own
+// limits (int ranges, grid sizes, attention_plan.h) on top of the arguments Backend's front has
+// checked (op_checks.h), one launcher per op (the .cu/.cuh pairs), the copy lanes and
 // the upload ring (cuda_device.h) — so that each piece can be read on its own.
 //
 // Queues: Queue::compute and Queue::copy are two CUDA streams; record/wait are cudaEventRecord and
@@ -25,12 +26,12 @@
 #include "attention_plan.h"
 #include "binary.cuh"
 #include "cuda_check.h"
-#include "cuda_checks.h"
 #include "cuda_device.h"
 #include "embedding.cuh"
 #include "gemm.cuh"
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
+#include "kvpr/kernels/op_checks.h"
 #include "layer_norm.cuh"
 #include "rms_norm.cuh"
 #include "rope.cuh"
@@ -72,13 +73,11 @@ const CudaEvent& as_cuda_event(std::string_view op, const std::shared_ptr<Event>
   return *cuda_event;
 }
 
-void check_host_pointer(std::string_view op, const void* p, const Tensor& t) {
-  if (p == nullptr && t.numel() != 0) fail(op, ": the host pointer for ", describe(t), " is null");
-}
-
-void check_int_dim(std::string_view op, std::string_view what, std::int64_t n) {
-  if (n > std::numeric_limits<int>::max()) {
-    raise(ErrorKind::unimplemented, op, ": ", what, " = ", n, " exceeds cuBLAS's int range");
+// Row kernels launch one block per row: rows must fit the grid (2³¹ − 1).
+void check_grid_rows(std::string_view op, std::string_view what, std::int64_t rows) {
+  if (rows > std::numeric_limits<std::int32_t>::max()) {
+    raise(ErrorKind::unimplemented, op, ": ", what, " has ", rows,
+          " rows, more than one CUDA grid dimension holds");
   }
 }
 
@@ -163,111 +162,57 @@ class CudaBackend final : public Backend {
   void synchronize() override { device_->synchronize(); }
   CopyStats copy_stats() const override { return device_->copy_stats(); }
 
-  // --- copies ---
-  void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
-    check_view("copy_to_device", "dst", dst);
-    check_host_pointer("copy_to_device", src, dst);
+  // --- the ops, called by Backend's checking front (backend.h) with checked arguments ---
+ protected:
+  void do_copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) override {
     device_->lane(queue).to_device(dst.data, dst.dtype, src, src_dtype,
                                    static_cast<std::size_t>(dst.numel()));
   }
 
-  void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
-    check_view("copy_to_host", "src", src);
-    check_host_pointer("copy_to_host", dst, src);
+  void do_copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) override {
     device_->lane(queue).to_host(dst, dst_dtype, src.data, src.dtype,
                                  static_cast<std::size_t>(src.numel()));
   }
 
-  void copy_device(Queue queue, Tensor dst, Tensor src) override {
-    check_view("copy_device", "dst", dst);
-    check_view("copy_device", "src", src);
-    if (dst.numel() != src.numel()) {
-      fail("copy_device: src ", describe(src), " and dst ", describe(dst),
-           " differ in element count");
-    }
-    if (overlaps(dst, src)) {
-      if (dst.data == src.data && src.dtype == dst.dtype) return;  // onto itself: nothing to do
-      fail("copy_device: src ", describe(src), " and dst ", describe(dst), " overlap");
-    }
+  void do_copy_device(Queue queue, Tensor dst, Tensor src) override {
     device_->lane(queue).on_device(dst.data, dst.dtype, src.data, src.dtype,
                                    static_cast<std::size_t>(src.numel()));
   }
 
-  // --- compute ---
-  void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override {
-    constexpr std::string_view kOp = "gemm";
-    check_dtype(kOp, "x", x, dtype_);
-    check_dtype(kOp, "w", w, dtype_);
-    check_dtype(kOp, "y", y, dtype_);
+  void do_gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) override {
     const std::int64_t m = x.rows;
     const std::int64_t k = x.cols;
     const std::int64_t n = w.rows;
-    if (w.cols != k || y.rows != m || y.cols != n) {
-      fail(kOp, ": x ", describe(x), " · w ", describe(w), "ᵀ does not give y ", describe(y));
-    }
-    if (bias != nullptr) check_vector(kOp, "bias", *bias, n, dtype_);
-    if (overlaps(y, x) || overlaps(y, w) || (bias != nullptr && overlaps(y, *bias))) {
-      fail(kOp, ": y ", describe(y), " overlaps an input");
-    }
-    check_int_dim(kOp, "m", m);
-    check_int_dim(kOp, "n", n);
-    check_int_dim(kOp, "k", k);
+    check_dims_fit("gemm", {{"m", m}, {"n", n}, {"k", k}}, std::numeric_limits<int>::max(),
+                   "cuBLAS's int range");
     launch_gemm(device_->blas(), compute(), dtype_, x.data, w.data,
                 bias != nullptr ? bias->data : nullptr, y.data, m, n, k);
   }
 
-  void add(Tensor a, Tensor b, Tensor y) override { binary("add", BinaryOp::add, a, b, y); }
-  void mul(Tensor a, Tensor b, Tensor y) override { binary("mul", BinaryOp::mul, a, b, y); }
+  void do_add(Tensor a, Tensor b, Tensor y) override {
+    launch_binary(compute(), BinaryOp::add, dtype_, a.data, b.data, y.data, a.numel());
+  }
+  void do_mul(Tensor a, Tensor b, Tensor y) override {
+    launch_binary(compute(), BinaryOp::mul, dtype_, a.data, b.data, y.data, a.numel());
+  }
 
-  void activation(Act act, Tensor x) override {
-    check_dtype("activation", "x", x, dtype_);
-    if (act != Act::relu && act != Act::gelu && act != Act::silu) {
-      fail("activation: unknown activation ", static_cast<int>(act));
-    }
+  void do_activation(Act act, Tensor x) override {
     launch_activation(compute(), act, dtype_, x.data, x.numel());
   }
 
-  void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
-    constexpr std::string_view kOp = "layer_norm";
-    check_dtype(kOp, "x", x, dtype_);
-    check_dtype(kOp, "y", y, dtype_);
-    check_same_shape(kOp, "x", x, "y", y);
-    check_vector(kOp, "weight", weight, x.cols, dtype_);
-    check_vector(kOp, "bias", bias, x.cols, dtype_);
-    check_grid_rows(kOp, "x", x.rows);
+  void do_layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) override {
+    check_grid_rows("layer_norm", "x", x.rows);
     launch_layer_norm(compute(), dtype_, x.data, weight.data, bias.data, eps, y.data, x.rows,
                       x.cols);
   }
 
-  void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
-    constexpr std::string_view kOp = "rms_norm";
-    check_dtype(kOp, "x", x, dtype_);
-    check_dtype(kOp, "y", y, dtype_);
-    check_same_shape(kOp, "x", x, "y", y);
-    check_vector(kOp, "weight", weight, x.cols, dtype_);
-    check_grid_rows(kOp, "x", x.rows);
+  void do_rms_norm(Tensor x, Tensor weight, float eps, Tensor y) override {
+    check_grid_rows("rms_norm", "x", x.rows);
     launch_rms_norm(compute(), dtype_, x.data, weight.data, eps, y.data, x.rows, x.cols);
   }
 
-  void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
-            std::int64_t head_dim, float theta) override {
-    constexpr std::string_view kOp = "rope";
-    check_dtype(kOp, "x", x, dtype_);
-    if (n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) {
-      fail(kOp, ": n_heads ", n_heads, " × head_dim ", head_dim,
-           " is not a positive count of even-width heads");
-    }
-    if (x.cols != n_heads * head_dim) {
-      fail(kOp, ": x ", describe(x), " is not [rows, n_heads ", n_heads, " × head_dim ", head_dim,
-           "]");
-    }
-    if (static_cast<std::int64_t>(positions.size()) != x.rows) {
-      fail(kOp, ": ", positions.size(), " positions for x ", describe(x));
-    }
-    if (!(theta > 0.0f)) fail(kOp, ": theta ", theta, " is not positive");
-    for (std::size_t i = 0; i < positions.size(); ++i) {
-      if (positions[i] < 0) fail(kOp, ": position ", positions[i], " of row ", i, " is negative");
-    }
+  void do_rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+               std::int64_t head_dim, float theta) override {
     if (x.rows == 0) return;
     // One upload: positions, padded to 8 bytes, then inv_freq computed as the CPU reference does.
     const std::int64_t half = head_dim / 2;
@@ -285,29 +230,16 @@ class CudaBackend final : public Backend {
                 reinterpret_cast<const float*>(device + pos_bytes), x.rows, n_heads, head_dim);
   }
 
-  void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
-    constexpr std::string_view kOp = "embedding";
-    check_dtype(kOp, "table", table, dtype_);
-    check_dtype(kOp, "y", y, dtype_);
-    if (y.rows != static_cast<std::int64_t>(ids.size()) || y.cols != table.cols) {
-      fail(kOp, ": ", ids.size(), " ids from table ", describe(table), " do not fill y ",
-           describe(y));
-    }
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= table.rows) {
-        fail(kOp, ": id ", ids[i], " (position ", i, ") is out of the table's ", table.rows,
-             " rows");
-      }
-    }
+  void do_embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) override {
     if (y.numel() == 0) return;
     const void* device = device_->args().upload(ids.data(), ids.size() * sizeof(std::int32_t));
     launch_embedding(compute(), dtype_, table.data, static_cast<const std::int32_t*>(device),
                      y.data, y.rows, y.cols);
   }
 
-  void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                 Tensor out) override {
-    const AttnPlan plan = plan_attention(q, segments, shape, out, dtype_, device_->info().sm_count);
+  void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                    Tensor out) override {
+    const AttnPlan plan = plan_attention(q, segments, shape, device_->info().sm_count);
     if (q.rows == 0) return;
     const std::vector<std::byte> blob = plan.pack();
     auto* device = static_cast<const std::byte*>(device_->args().upload(blob.data(), blob.size()));
@@ -333,14 +265,8 @@ class CudaBackend final : public Backend {
     launch_attention(compute(), dtype_, args);
   }
 
-  std::vector<std::int32_t> argmax(Tensor x) override {
-    constexpr std::string_view kOp = "argmax";
-    check_dtype(kOp, "x", x, dtype_);
-    if (x.cols == 0 && x.rows > 0) fail("argmax: x ", describe(x), " has rows of no elements");
-    if (x.cols > std::numeric_limits<std::int32_t>::max()) {
-      fail("argmax: x ", describe(x), " has more columns than an int32 index can name");
-    }
-    check_grid_rows(kOp, "x", x.rows);
+  std::vector<std::int32_t> do_argmax(Tensor x) override {
+    check_grid_rows("argmax", "x", x.rows);
     std::vector<std::int32_t> result(static_cast<std::size_t>(x.rows));
     if (x.rows == 0) return result;
     const std::size_t bytes = result.size() * sizeof(std::int32_t);
@@ -358,16 +284,6 @@ class CudaBackend final : public Backend {
 
  private:
   cudaStream_t compute() const { return device_->stream(Queue::compute); }
-
-  void binary(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b,
-              const Tensor& y) {
-    check_dtype(op, "a", a, dtype_);
-    check_dtype(op, "b", b, dtype_);
-    check_dtype(op, "y", y, dtype_);
-    check_same_shape(op, "a", a, "b", b);
-    check_same_shape(op, "a", a, "y", y);
-    launch_binary(compute(), kind, dtype_, a.data, b.data, y.data, a.numel());
-  }
 
   std::shared_ptr<Device> device_;
   DType dtype_;

@@ -1,4 +1,5 @@
-// See cuda_handles.h. Move assignment releases what the target held first, then steals.
+// See cuda_handles.h. Each constructor creates into a local and hands it to its UniqueHandle only
+// once the call succeeded; each deleter logs a failed release (log_failure) and carries on.
 #include "cuda_handles.h"
 
 #include "cuda_check.h"
@@ -7,118 +8,70 @@
 namespace kvpr::kernels::cuda {
 
 Stream::Stream() {
-  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  cudaStream_t stream = nullptr;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  handle_.reset(stream);
 }
 
-Stream::~Stream() {
-  if (stream_ != nullptr) log_failure(cudaStreamDestroy(stream_), "cudaStreamDestroy");
-}
-
-Stream& Stream::operator=(Stream&& other) noexcept {
-  if (this != &other) {
-    if (stream_ != nullptr) log_failure(cudaStreamDestroy(stream_), "cudaStreamDestroy");
-    stream_ = std::exchange(other.stream_, nullptr);
-  }
-  return *this;
+void Stream::Destroy::operator()(cudaStream_t stream) const noexcept {
+  log_failure(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
 
 EventHandle::EventHandle(bool timing) {
-  check(cudaEventCreateWithFlags(&event_, timing ? cudaEventDefault : cudaEventDisableTiming),
+  cudaEvent_t event = nullptr;
+  check(cudaEventCreateWithFlags(&event, timing ? cudaEventDefault : cudaEventDisableTiming),
         "cudaEventCreateWithFlags");
+  handle_.reset(event);
 }
 
-EventHandle::~EventHandle() {
-  // Destroying an event that is recorded but not yet complete is allowed: the runtime releases it
-  // once the device reaches it.
-  if (event_ != nullptr) log_failure(cudaEventDestroy(event_), "cudaEventDestroy");
-}
-
-EventHandle& EventHandle::operator=(EventHandle&& other) noexcept {
-  if (this != &other) {
-    if (event_ != nullptr) log_failure(cudaEventDestroy(event_), "cudaEventDestroy");
-    event_ = std::exchange(other.event_, nullptr);
-  }
-  return *this;
+// Destroying an event that is recorded but not yet complete is allowed: the runtime releases it
+// once the device reaches it.
+void EventHandle::Destroy::operator()(cudaEvent_t event) const noexcept {
+  log_failure(cudaEventDestroy(event), "cudaEventDestroy");
 }
 
 BlasHandle::BlasHandle() {
-  check_blas(cublasCreate(&handle_), "cublasCreate");
+  cublasHandle_t handle = nullptr;
+  check_blas(cublasCreate(&handle), "cublasCreate");
+  handle_.reset(handle);
 }
 
-BlasHandle::~BlasHandle() {
-  if (handle_ == nullptr) return;
-  const cublasStatus_t status = cublasDestroy(handle_);
+void BlasHandle::Destroy::operator()(cublasHandle_t handle) const noexcept {
+  const cublasStatus_t status = cublasDestroy(handle);
   if (status != CUBLAS_STATUS_SUCCESS) {
     log::warn("cuda backend: cublasDestroy: ", cublasGetStatusString(status),
               " [in a destructor; continuing]");
   }
 }
 
-BlasHandle& BlasHandle::operator=(BlasHandle&& other) noexcept {
-  if (this != &other) {
-    BlasHandle dying(std::move(*this));
-    handle_ = std::exchange(other.handle_, nullptr);
-  }
-  return *this;
+DeviceMemory::DeviceMemory(std::size_t bytes) {
+  void* data = nullptr;
+  check(cudaMalloc(&data, bytes == 0 ? 1 : bytes), "cudaMalloc");
+  memory_.reset({data, bytes});
 }
 
-DeviceMemory::DeviceMemory(std::size_t bytes) : bytes_(bytes) {
-  check(cudaMalloc(&data_, bytes == 0 ? 1 : bytes), "cudaMalloc");
+void DeviceMemory::Free::operator()(const MemoryRange& memory) const noexcept {
+  log_failure(cudaFree(memory.data), "cudaFree");
 }
 
-DeviceMemory::~DeviceMemory() {
-  if (data_ != nullptr) log_failure(cudaFree(data_), "cudaFree");
+StreamAllocation::StreamAllocation(std::size_t bytes, cudaStream_t stream) {
+  void* data = nullptr;
+  check(cudaMallocAsync(&data, bytes == 0 ? 1 : bytes, stream), "cudaMallocAsync");
+  memory_ = UniqueHandle<MemoryRange, FreeAsync>({data, bytes}, FreeAsync{stream});
 }
 
-DeviceMemory& DeviceMemory::operator=(DeviceMemory&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) log_failure(cudaFree(data_), "cudaFree");
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
+void StreamAllocation::FreeAsync::operator()(const MemoryRange& memory) const noexcept {
+  log_failure(cudaFreeAsync(memory.data, stream), "cudaFreeAsync");
 }
 
-StreamAllocation::StreamAllocation(std::size_t bytes, cudaStream_t stream)
-    : bytes_(bytes), stream_(stream) {
-  check(cudaMallocAsync(&data_, bytes == 0 ? 1 : bytes, stream), "cudaMallocAsync");
+PinnedMemory::PinnedMemory(std::size_t bytes) {
+  void* data = nullptr;
+  check(cudaHostAlloc(&data, bytes == 0 ? 1 : bytes, cudaHostAllocDefault), "cudaHostAlloc");
+  memory_.reset({data, bytes});
 }
 
-StreamAllocation::~StreamAllocation() {
-  release();
-}
-
-void StreamAllocation::release() noexcept {
-  if (data_ != nullptr) log_failure(cudaFreeAsync(data_, stream_), "cudaFreeAsync");
-  data_ = nullptr;
-  bytes_ = 0;
-}
-
-StreamAllocation& StreamAllocation::operator=(StreamAllocation&& other) noexcept {
-  if (this != &other) {
-    release();
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-    stream_ = other.stream_;
-  }
-  return *this;
-}
-
-PinnedMemory::PinnedMemory(std::size_t bytes) : bytes_(bytes) {
-  check(cudaHostAlloc(&data_, bytes == 0 ? 1 : bytes, cudaHostAllocDefault), "cudaHostAlloc");
-}
-
-PinnedMemory::~PinnedMemory() {
-  if (data_ != nullptr) log_failure(cudaFreeHost(data_), "cudaFreeHost");
-}
-
-PinnedMemory& PinnedMemory::operator=(PinnedMemory&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) log_failure(cudaFreeHost(data_), "cudaFreeHost");
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
+void PinnedMemory::Free::operator()(const MemoryRange& memory) const noexcept {
+  log_failure(cudaFreeHost(memory.data), "cudaFreeHost");
 }
 
 }  // namespace kvpr::kernels::cuda

@@ -1,7 +1,8 @@
-// Move-only owners of the CUDA runtime and cuBLAS handles the backend holds: streams, events, a
-// cuBLAS handle, device memory (plain and stream-ordered) and pinned host memory. Each owner
-// creates its handle in the constructor (an Error naming the call when that fails) and releases
-// it in the destructor, which never throws: a failed release is written to stderr.
+// Owners of the CUDA runtime and cuBLAS handles the backend holds: streams, events, a cuBLAS
+// handle, device memory (plain and stream-ordered) and pinned host memory. Each owner creates its
+// handle in the constructor (an Error naming the call when that fails) and holds it in a
+// UniqueHandle (kvpr/common/unique_handle.h), which makes it move-only and releases it when the
+// owner dies; a failed release is written to stderr, never thrown.
 //
 // Lifetimes: every owner here must be destroyed before the CUDA context goes away; the backend's
 // shared Device (cuda_device.h) holds them in the order that guarantees it.
@@ -11,7 +12,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
-#include <utility>
+
+#include "kvpr/common/unique_handle.h"
 
 namespace kvpr::kernels::cuda {
 
@@ -19,44 +21,45 @@ namespace kvpr::kernels::cuda {
 class Stream {
  public:
   Stream();
-  ~Stream();
-  Stream(Stream&& other) noexcept : stream_(std::exchange(other.stream_, nullptr)) {}
-  Stream& operator=(Stream&& other) noexcept;
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return stream_; }
+  cudaStream_t get() const { return handle_.get(); }
 
  private:
-  cudaStream_t stream_ = nullptr;
+  struct Destroy {
+    void operator()(cudaStream_t stream) const noexcept;
+  };
+  UniqueHandle<cudaStream_t, Destroy> handle_;
 };
 
 // An event, with timing (elapsed_s needs it) or without (cheaper, for fences).
 class EventHandle {
  public:
   explicit EventHandle(bool timing);
-  ~EventHandle();
-  EventHandle(EventHandle&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
-  EventHandle& operator=(EventHandle&& other) noexcept;
-  EventHandle(const EventHandle&) = delete;
-  EventHandle& operator=(const EventHandle&) = delete;
-  cudaEvent_t get() const { return event_; }
+  cudaEvent_t get() const { return handle_.get(); }
 
  private:
-  cudaEvent_t event_ = nullptr;
+  struct Destroy {
+    void operator()(cudaEvent_t event) const noexcept;
+  };
+  UniqueHandle<cudaEvent_t, Destroy> handle_;
 };
 
 class BlasHandle {
  public:
   BlasHandle();
-  ~BlasHandle();
-  BlasHandle(BlasHandle&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
-  BlasHandle& operator=(BlasHandle&& other) noexcept;
-  BlasHandle(const BlasHandle&) = delete;
-  BlasHandle& operator=(const BlasHandle&) = delete;
-  cublasHandle_t get() const { return handle_; }
+  cublasHandle_t get() const { return handle_.get(); }
 
  private:
-  cublasHandle_t handle_ = nullptr;
+  struct Destroy {
+    void operator()(cublasHandle_t handle) const noexcept;
+  };
+  UniqueHandle<cublasHandle_t, Destroy> handle_;
+};
+
+// An allocation and its size, as the memory owners below hold it.
+struct MemoryRange {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  bool operator==(const MemoryRange&) const = default;
 };
 
 // cudaMalloc'ed memory, usable on every stream at once; for the backend's fixed buffers.
@@ -64,18 +67,14 @@ class DeviceMemory {
  public:
   DeviceMemory() = default;
   explicit DeviceMemory(std::size_t bytes);
-  ~DeviceMemory();
-  DeviceMemory(DeviceMemory&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  DeviceMemory& operator=(DeviceMemory&& other) noexcept;
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  void* data() const { return data_; }
-  std::size_t bytes() const { return bytes_; }
+  void* data() const { return memory_.get().data; }
+  std::size_t bytes() const { return memory_.get().bytes; }
 
  private:
-  void* data_ = nullptr;
-  std::size_t bytes_ = 0;
+  struct Free {
+    void operator()(const MemoryRange& memory) const noexcept;
+  };
+  UniqueHandle<MemoryRange, Free> memory_;
 };
 
 // Stream-ordered memory from the device's memory pool: allocated in `stream`'s order and freed in
@@ -86,22 +85,15 @@ class StreamAllocation {
  public:
   StreamAllocation() = default;
   StreamAllocation(std::size_t bytes, cudaStream_t stream);
-  ~StreamAllocation();
-  StreamAllocation(StreamAllocation&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)),
-        bytes_(std::exchange(other.bytes_, 0)),
-        stream_(other.stream_) {}
-  StreamAllocation& operator=(StreamAllocation&& other) noexcept;
-  StreamAllocation(const StreamAllocation&) = delete;
-  StreamAllocation& operator=(const StreamAllocation&) = delete;
-  void* data() const { return data_; }
-  std::size_t bytes() const { return bytes_; }
+  void* data() const { return memory_.get().data; }
+  std::size_t bytes() const { return memory_.get().bytes; }
 
  private:
-  void release() noexcept;
-  void* data_ = nullptr;
-  std::size_t bytes_ = 0;
-  cudaStream_t stream_ = nullptr;
+  struct FreeAsync {
+    cudaStream_t stream = nullptr;
+    void operator()(const MemoryRange& memory) const noexcept;
+  };
+  UniqueHandle<MemoryRange, FreeAsync> memory_;
 };
 
 // Page-locked host memory (cudaHostAlloc).
@@ -109,18 +101,14 @@ class PinnedMemory {
  public:
   PinnedMemory() = default;
   explicit PinnedMemory(std::size_t bytes);
-  ~PinnedMemory();
-  PinnedMemory(PinnedMemory&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  PinnedMemory& operator=(PinnedMemory&& other) noexcept;
-  PinnedMemory(const PinnedMemory&) = delete;
-  PinnedMemory& operator=(const PinnedMemory&) = delete;
-  void* data() const { return data_; }
-  std::size_t bytes() const { return bytes_; }
+  void* data() const { return memory_.get().data; }
+  std::size_t bytes() const { return memory_.get().bytes; }
 
  private:
-  void* data_ = nullptr;
-  std::size_t bytes_ = 0;
+  struct Free {
+    void operator()(const MemoryRange& memory) const noexcept;
+  };
+  UniqueHandle<MemoryRange, Free> memory_;
 };
 
 }  // namespace kvpr::kernels::cuda

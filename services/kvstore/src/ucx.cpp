@@ -23,11 +23,6 @@ bool is_peer_failure(ucs_status_t status) {
   }
 }
 
-template <typename T>
-T take(T& value) {
-  return std::exchange(value, T{});
-}
-
 }  // namespace
 
 void throw_status(const char* call, ucs_status_t status) {
@@ -48,21 +43,11 @@ Context::Context(std::uint64_t features) {
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = features;
   params.mt_workers_shared = 0;
-  const ucs_status_t status = ucp_init(&params, config, &handle_);
+  ucp_context_h context = nullptr;
+  const ucs_status_t status = ucp_init(&params, config, &context);
   ucp_config_release(config);
   check("ucp_init", status);
-}
-
-Context::~Context() {
-  if (handle_ != nullptr) ucp_cleanup(handle_);
-}
-
-Context::Context(Context&& other) noexcept : handle_(take(other.handle_)) {}
-
-Context& Context::operator=(Context&& other) noexcept {
-  Context moved(std::move(other));  // releases what this held on return
-  std::swap(handle_, moved.handle_);
-  return *this;
+  handle_.reset(context);
 }
 
 // --- Worker ----------------------------------------------------------------------------------
@@ -71,19 +56,9 @@ Worker::Worker(const Context& context, ucs_thread_mode_t thread_mode) {
   ucp_worker_params_t params{};
   params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   params.thread_mode = thread_mode;
-  check("ucp_worker_create", ucp_worker_create(context.get(), &params, &handle_));
-}
-
-Worker::~Worker() {
-  if (handle_ != nullptr) ucp_worker_destroy(handle_);
-}
-
-Worker::Worker(Worker&& other) noexcept : handle_(take(other.handle_)) {}
-
-Worker& Worker::operator=(Worker&& other) noexcept {
-  Worker moved(std::move(other));  // releases what this held on return
-  std::swap(handle_, moved.handle_);
-  return *this;
+  ucp_worker_h worker = nullptr;
+  check("ucp_worker_create", ucp_worker_create(context.get(), &params, &worker));
+  handle_.reset(worker);
 }
 
 ucs_status_t Worker::wait(void* request, std::chrono::steady_clock::time_point deadline) const {
@@ -95,7 +70,7 @@ ucs_status_t Worker::wait(void* request, std::chrono::steady_clock::time_point d
       ucp_request_free(request);
       return status;
     }
-    ucp_worker_progress(handle_);
+    ucp_worker_progress(get());
     if ((spins & 0xff) == 0 && std::chrono::steady_clock::now() >= deadline) {
       return UCS_ERR_TIMED_OUT;
     }
@@ -104,23 +79,10 @@ ucs_status_t Worker::wait(void* request, std::chrono::steady_clock::time_point d
 
 // --- WorkerAddress ---------------------------------------------------------------------------
 
-WorkerAddress::WorkerAddress(const Worker& worker) : worker_(worker.get()) {
-  check("ucp_worker_get_address", ucp_worker_get_address(worker_, &address_, &length_));
-}
-
-WorkerAddress::~WorkerAddress() {
-  if (address_ != nullptr) ucp_worker_release_address(worker_, address_);
-}
-
-WorkerAddress::WorkerAddress(WorkerAddress&& other) noexcept
-    : worker_(take(other.worker_)), address_(take(other.address_)), length_(take(other.length_)) {}
-
-WorkerAddress& WorkerAddress::operator=(WorkerAddress&& other) noexcept {
-  WorkerAddress moved(std::move(other));  // releases what this held on return
-  std::swap(worker_, moved.worker_);
-  std::swap(address_, moved.address_);
-  std::swap(length_, moved.length_);
-  return *this;
+WorkerAddress::WorkerAddress(const Worker& worker) {
+  Address a;
+  check("ucp_worker_get_address", ucp_worker_get_address(worker.get(), &a.address, &a.length));
+  handle_ = UniqueHandle<Address, Release>(a, Release{worker.get()});
 }
 
 // --- Endpoint --------------------------------------------------------------------------------
@@ -133,45 +95,30 @@ void on_endpoint_error(void* arg, ucp_ep_h, ucs_status_t status) {
 
 }  // namespace
 
-Endpoint::Endpoint(const Worker& worker, std::span<const std::byte> peer_address)
-    : worker_(worker.get()), error_(std::make_unique<std::atomic<ucs_status_t>>(UCS_OK)) {
+Endpoint::Endpoint(const Worker& worker, std::span<const std::byte> peer_address) {
+  auto error = std::make_unique<std::atomic<ucs_status_t>>(UCS_OK);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER;
   params.address = reinterpret_cast<const ucp_address_t*>(peer_address.data());
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = on_endpoint_error;
-  params.err_handler.arg = error_.get();
-  check("ucp_ep_create", ucp_ep_create(worker_, &params, &handle_));
-}
-
-Endpoint::~Endpoint() {
-  close();
-}
-
-Endpoint::Endpoint(Endpoint&& other) noexcept
-    : worker_(take(other.worker_)), handle_(take(other.handle_)), error_(std::move(other.error_)) {}
-
-Endpoint& Endpoint::operator=(Endpoint&& other) noexcept {
-  if (this != &other) {
-    close();
-    worker_ = take(other.worker_);
-    handle_ = take(other.handle_);
-    error_ = std::move(other.error_);
-  }
-  return *this;
+  params.err_handler.arg = error.get();
+  ucp_ep_h endpoint = nullptr;
+  check("ucp_ep_create", ucp_ep_create(worker.get(), &params, &endpoint));
+  handle_ = UniqueHandle<ucp_ep_h, Close>(endpoint, Close{worker.get(), std::move(error)});
 }
 
 bool Endpoint::failed() const {
-  return error_ != nullptr && error_->load() != UCS_OK;
+  const auto& error = handle_.deleter().error;
+  return error != nullptr && error->load() != UCS_OK;
 }
 
-void Endpoint::close() {
-  if (handle_ == nullptr) return;
+void Endpoint::Close::operator()(ucp_ep_h endpoint) const noexcept {
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;
-  void* request = ucp_ep_close_nbx(take(handle_), &params);
+  void* request = ucp_ep_close_nbx(endpoint, &params);
   if (request == nullptr) return;
   if (UCS_PTR_IS_ERR(request)) {
     log::warn("kvstore: ucp_ep_close_nbx: ", ucs_status_string(UCS_PTR_STATUS(request)));
@@ -180,7 +127,7 @@ void Endpoint::close() {
   // A forced close completes locally, without the peer; the bound only guards against a UCX bug.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   while (ucp_request_check_status(request) == UCS_INPROGRESS) {
-    ucp_worker_progress(worker_);
+    ucp_worker_progress(worker);
     if (std::chrono::steady_clock::now() >= deadline) {
       log::warn("kvstore: ucp_ep_close_nbx did not complete in 2 s");
       return;  // the request stays with UCX; the worker's destruction reclaims it
@@ -191,14 +138,15 @@ void Endpoint::close() {
 
 // --- MemoryMap -------------------------------------------------------------------------------
 
-MemoryMap::MemoryMap(const Context& context, std::size_t length) : context_(context.get()) {
+MemoryMap::MemoryMap(const Context& context, std::size_t length) {
   ucp_mem_map_params_t params{};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                       UCP_MEM_MAP_PARAM_FIELD_FLAGS;
   params.address = nullptr;
   params.length = length;
   params.flags = UCP_MEM_MAP_ALLOCATE;
-  const ucs_status_t status = ucp_mem_map(context_, &params, &handle_);
+  ucp_mem_h memory = nullptr;
+  const ucs_status_t status = ucp_mem_map(context.get(), &params, &memory);
   if (status == UCS_ERR_NO_MEMORY) {
     raise(ErrorKind::overloaded, "ucp_mem_map: cannot allocate ", length,
           " bytes: ", ucs_status_string(status));
@@ -206,79 +154,41 @@ MemoryMap::MemoryMap(const Context& context, std::size_t length) : context_(cont
   check("ucp_mem_map", status);
   ucp_mem_attr_t attr{};
   attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
-  const ucs_status_t query = ucp_mem_query(handle_, &attr);
+  const ucs_status_t query = ucp_mem_query(memory, &attr);
   if (query != UCS_OK) {
-    ucp_mem_unmap(context_, handle_);
+    ucp_mem_unmap(context.get(), memory);
     throw_status("ucp_mem_query", query);
   }
-  address_ = attr.address;
-  length_ = attr.length;
+  handle_ = UniqueHandle<Mapping, Unmap>({memory, attr.address, attr.length}, Unmap{context.get()});
 }
 
-MemoryMap::~MemoryMap() {
-  if (handle_ == nullptr) return;
-  const ucs_status_t status = ucp_mem_unmap(context_, handle_);
+void MemoryMap::Unmap::operator()(const Mapping& mapping) const noexcept {
+  const ucs_status_t status = ucp_mem_unmap(context, mapping.memory);
   if (status != UCS_OK) {
     log::warn("kvstore: ucp_mem_unmap: ", ucs_status_string(status));
   }
 }
 
-MemoryMap::MemoryMap(MemoryMap&& other) noexcept
-    : context_(take(other.context_)),
-      handle_(take(other.handle_)),
-      address_(take(other.address_)),
-      length_(take(other.length_)) {}
-
-MemoryMap& MemoryMap::operator=(MemoryMap&& other) noexcept {
-  MemoryMap moved(std::move(other));  // releases what this held on return
-  std::swap(context_, moved.context_);
-  std::swap(handle_, moved.handle_);
-  std::swap(address_, moved.address_);
-  std::swap(length_, moved.length_);
-  return *this;
-}
-
 // --- RkeyBuffer ------------------------------------------------------------------------------
 
 RkeyBuffer::RkeyBuffer(const Context& context, const MemoryMap& memory) {
-  check("ucp_rkey_pack", ucp_rkey_pack(context.get(), memory.get(), &buffer_, &length_));
-}
-
-RkeyBuffer::~RkeyBuffer() {
-  if (buffer_ != nullptr) ucp_rkey_buffer_release(buffer_);
-}
-
-RkeyBuffer::RkeyBuffer(RkeyBuffer&& other) noexcept
-    : buffer_(take(other.buffer_)), length_(take(other.length_)) {}
-
-RkeyBuffer& RkeyBuffer::operator=(RkeyBuffer&& other) noexcept {
-  RkeyBuffer moved(std::move(other));  // releases what this held on return
-  std::swap(buffer_, moved.buffer_);
-  std::swap(length_, moved.length_);
-  return *this;
+  Packed packed;
+  check("ucp_rkey_pack",
+        ucp_rkey_pack(context.get(), memory.get(), &packed.buffer, &packed.length));
+  handle_.reset(packed);
 }
 
 // --- RemoteKey -------------------------------------------------------------------------------
 
 RemoteKey::RemoteKey(const Endpoint& endpoint, std::span<const std::byte> packed) {
-  check("ucp_ep_rkey_unpack", ucp_ep_rkey_unpack(endpoint.get(), packed.data(), &handle_));
-}
-
-RemoteKey::~RemoteKey() {
-  if (handle_ != nullptr) ucp_rkey_destroy(handle_);
-}
-
-RemoteKey::RemoteKey(RemoteKey&& other) noexcept : handle_(take(other.handle_)) {}
-
-RemoteKey& RemoteKey::operator=(RemoteKey&& other) noexcept {
-  RemoteKey moved(std::move(other));  // releases what this held on return
-  std::swap(handle_, moved.handle_);
-  return *this;
+  ucp_rkey_h rkey = nullptr;
+  check("ucp_ep_rkey_unpack", ucp_ep_rkey_unpack(endpoint.get(), packed.data(), &rkey));
+  handle_.reset(rkey);
 }
 
 void* RemoteKey::ptr(std::uint64_t remote_address) const {
   void* local = nullptr;
-  if (ucp_rkey_ptr(handle_, remote_address, &local) != UCS_OK) return nullptr;
+  if (ucp_rkey_ptr(get(), remote_address, &local) != UCS_OK) return nullptr;
   return local;
 }
 

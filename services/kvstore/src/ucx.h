@@ -6,7 +6,9 @@
 // that for free.
 //
 // Failures on the control path throw kvpr::Error naming the UCX call and ucs_status_string.
-// Destructors never throw; a failed close is written to stderr.
+// Each owner holds its handle in a UniqueHandle (kvpr/common/unique_handle.h), which makes it
+// move-only and releases it through a noexcept deleter: destructors never throw; a failed close is
+// written to stderr.
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -20,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "kvpr/common/unique_handle.h"
+
 namespace kvpr::kvstore::ucx {
 
 // kvpr::Error(failed or disconnected) "CALL: <ucs_status_string>".
@@ -31,33 +35,33 @@ class Context {
   Context() = default;
   // features: UCP_FEATURE_* (RMA, WAKEUP).
   explicit Context(std::uint64_t features);
-  ~Context();
-  Context(Context&& other) noexcept;
-  Context& operator=(Context&& other) noexcept;
 
-  ucp_context_h get() const { return handle_; }
+  ucp_context_h get() const { return handle_.get(); }
 
  private:
-  ucp_context_h handle_ = nullptr;
+  struct Cleanup {
+    void operator()(ucp_context_h context) const noexcept { ucp_cleanup(context); }
+  };
+  UniqueHandle<ucp_context_h, Cleanup> handle_;
 };
 
 class Worker {
  public:
   Worker() = default;
   Worker(const Context& context, ucs_thread_mode_t thread_mode);
-  ~Worker();
-  Worker(Worker&& other) noexcept;
-  Worker& operator=(Worker&& other) noexcept;
 
-  ucp_worker_h get() const { return handle_; }
-  unsigned progress() const { return ucp_worker_progress(handle_); }
+  ucp_worker_h get() const { return handle_.get(); }
+  unsigned progress() const { return ucp_worker_progress(get()); }
   // Progresses until request (a ucs_status_ptr_t from a *_nbx call) completes or deadline passes;
   // frees it. Returns its status, or UCS_ERR_TIMED_OUT (request still owned by UCX: the caller
   // must close the endpoint, which completes it, then call wait again).
   ucs_status_t wait(void* request, std::chrono::steady_clock::time_point deadline) const;
 
  private:
-  ucp_worker_h handle_ = nullptr;
+  struct Destroy {
+    void operator()(ucp_worker_h worker) const noexcept { ucp_worker_destroy(worker); }
+  };
+  UniqueHandle<ucp_worker_h, Destroy> handle_;
 };
 
 // The worker's address, for a peer to create an endpoint to it.
@@ -65,18 +69,24 @@ class WorkerAddress {
  public:
   WorkerAddress() = default;
   explicit WorkerAddress(const Worker& worker);
-  ~WorkerAddress();
-  WorkerAddress(WorkerAddress&& other) noexcept;
-  WorkerAddress& operator=(WorkerAddress&& other) noexcept;
 
   std::span<const std::byte> bytes() const {
-    return {reinterpret_cast<const std::byte*>(address_), length_};
+    return {reinterpret_cast<const std::byte*>(handle_.get().address), handle_.get().length};
   }
 
  private:
-  ucp_worker_h worker_ = nullptr;
-  ucp_address_t* address_ = nullptr;
-  std::size_t length_ = 0;
+  struct Address {
+    ucp_address_t* address = nullptr;
+    std::size_t length = 0;
+    bool operator==(const Address&) const = default;
+  };
+  struct Release {
+    ucp_worker_h worker = nullptr;
+    void operator()(const Address& a) const noexcept {
+      ucp_worker_release_address(worker, a.address);
+    }
+  };
+  UniqueHandle<Address, Release> handle_;
 };
 
 // An endpoint to a peer worker, with peer-failure reporting: once the peer is gone, failed()
@@ -86,21 +96,22 @@ class Endpoint {
  public:
   Endpoint() = default;
   Endpoint(const Worker& worker, std::span<const std::byte> peer_address);
-  ~Endpoint();
-  Endpoint(Endpoint&& other) noexcept;
-  Endpoint& operator=(Endpoint&& other) noexcept;
 
-  ucp_ep_h get() const { return handle_; }
+  ucp_ep_h get() const { return handle_.get(); }
   bool failed() const;
   // Closes now (forced); pending operations complete with an error. Safe to call twice.
-  void close();
+  void close() { handle_.reset(); }
 
  private:
-  ucp_worker_h worker_ = nullptr;
-  ucp_ep_h handle_ = nullptr;
-  // The peer failure the error handler saw (UCS_OK: none); heap-allocated so its address, the
-  // handler's argument, survives moves.
-  std::unique_ptr<std::atomic<ucs_status_t>> error_;
+  // Closes the endpoint on its worker. Owns the peer failure the error handler saw (UCS_OK: none),
+  // heap-allocated so that its address, the handler's argument, survives moves; as part of the
+  // deleter it outlives every close of the endpoint it belongs to.
+  struct Close {
+    ucp_worker_h worker = nullptr;
+    std::unique_ptr<std::atomic<ucs_status_t>> error;
+    void operator()(ucp_ep_h endpoint) const noexcept;
+  };
+  UniqueHandle<ucp_ep_h, Close> handle_;
 };
 
 // Memory mapped (and, with allocate, allocated) by UCX for remote access.
@@ -110,19 +121,23 @@ class MemoryMap {
   // Allocates length bytes with UCP_MEM_MAP_ALLOCATE: on the same host a peer maps it with
   // ucp_rkey_ptr (shared memory), elsewhere it reaches it with get/put.
   MemoryMap(const Context& context, std::size_t length);
-  ~MemoryMap();
-  MemoryMap(MemoryMap&& other) noexcept;
-  MemoryMap& operator=(MemoryMap&& other) noexcept;
 
-  ucp_mem_h get() const { return handle_; }
-  void* address() const { return address_; }
-  std::size_t length() const { return length_; }
+  ucp_mem_h get() const { return handle_.get().memory; }
+  void* address() const { return handle_.get().address; }
+  std::size_t length() const { return handle_.get().length; }
 
  private:
-  ucp_context_h context_ = nullptr;
-  ucp_mem_h handle_ = nullptr;
-  void* address_ = nullptr;
-  std::size_t length_ = 0;
+  struct Mapping {
+    ucp_mem_h memory = nullptr;
+    void* address = nullptr;
+    std::size_t length = 0;
+    bool operator==(const Mapping&) const = default;
+  };
+  struct Unmap {
+    ucp_context_h context = nullptr;
+    void operator()(const Mapping& mapping) const noexcept;
+  };
+  UniqueHandle<Mapping, Unmap> handle_;
 };
 
 // The packed remote key of a MemoryMap, as sent to peers.
@@ -130,17 +145,21 @@ class RkeyBuffer {
  public:
   RkeyBuffer() = default;
   RkeyBuffer(const Context& context, const MemoryMap& memory);
-  ~RkeyBuffer();
-  RkeyBuffer(RkeyBuffer&& other) noexcept;
-  RkeyBuffer& operator=(RkeyBuffer&& other) noexcept;
 
   std::span<const std::byte> bytes() const {
-    return {static_cast<const std::byte*>(buffer_), length_};
+    return {static_cast<const std::byte*>(handle_.get().buffer), handle_.get().length};
   }
 
  private:
-  void* buffer_ = nullptr;
-  std::size_t length_ = 0;
+  struct Packed {
+    void* buffer = nullptr;
+    std::size_t length = 0;
+    bool operator==(const Packed&) const = default;
+  };
+  struct Release {
+    void operator()(const Packed& packed) const noexcept { ucp_rkey_buffer_release(packed.buffer); }
+  };
+  UniqueHandle<Packed, Release> handle_;
 };
 
 // A peer's remote key unpacked on an endpoint. While it lives, a same-host mapping obtained with
@@ -149,17 +168,17 @@ class RemoteKey {
  public:
   RemoteKey() = default;
   RemoteKey(const Endpoint& endpoint, std::span<const std::byte> packed);
-  ~RemoteKey();
-  RemoteKey(RemoteKey&& other) noexcept;
-  RemoteKey& operator=(RemoteKey&& other) noexcept;
 
-  ucp_rkey_h get() const { return handle_; }
+  ucp_rkey_h get() const { return handle_.get(); }
   // The local address of the peer's remote_address, or nullptr when this endpoint's transports
   // cannot map it (another host, or UCX_TLS without shared memory).
   void* ptr(std::uint64_t remote_address) const;
 
  private:
-  ucp_rkey_h handle_ = nullptr;
+  struct Destroy {
+    void operator()(ucp_rkey_h rkey) const noexcept { ucp_rkey_destroy(rkey); }
+  };
+  UniqueHandle<ucp_rkey_h, Destroy> handle_;
 };
 
 }  // namespace kvpr::kvstore::ucx

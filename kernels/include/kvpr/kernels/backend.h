@@ -9,7 +9,9 @@
 // (`argmax`, `read`) synchronise the compute queue.
 //
 // Tensors are non-owning views of device memory: row-major, contiguous rows of `cols` elements.
-// A backend may refuse a dtype it does not compute in (the CPU backend computes in fp32 only).
+// Compute ops take tensors in the backend's compute dtype (the CPU backend computes in fp32 only).
+// Every op's arguments are checked once, by the interface itself (op_checks.h), before the backend
+// sees them.
 #pragma once
 
 #include <cstddef>
@@ -117,30 +119,55 @@ class Backend {
   virtual CopyStats copy_stats() const = 0;
 
   // --- copies (on either queue; host data converted from/to src/dst dtype on the way) ---
+  // The copies and compute ops below are the front every caller uses: each checks its arguments
+  // (op_checks.h) and only then hands the call to the backend's do_* of the same name, so every
+  // backend rejects a bad call with the same message and sees only valid ones.
   // dst.numel() elements are read from `src`, stored as `src_dtype`.
-  virtual void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) = 0;
+  void copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype);
   // src.numel() elements are written to `dst` as `dst_dtype`.
-  virtual void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) = 0;
-  virtual void copy_device(Queue queue, Tensor dst, Tensor src) = 0;
+  void copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src);
+  // Overlapping views are refused, except a copy onto itself, which does nothing.
+  void copy_device(Queue queue, Tensor dst, Tensor src);
 
-  // --- compute (on the compute queue) ---
+  // --- compute (on the compute queue; tensors in compute_dtype()) ---
   // y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n]); w in Hugging Face's [out, in] layout.
-  virtual void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) = 0;
-  virtual void add(Tensor a, Tensor b, Tensor y) = 0;  // elementwise; y may alias a or b
-  virtual void mul(Tensor a, Tensor b, Tensor y) = 0;  // elementwise; y may alias a or b
-  virtual void activation(Act act, Tensor x) = 0;      // in place; gelu is the exact erf form
-  virtual void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) = 0;
-  virtual void rms_norm(Tensor x, Tensor weight, float eps, Tensor y) = 0;
+  void gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y);
+  void add(Tensor a, Tensor b, Tensor y);  // elementwise; y may alias a or b
+  void mul(Tensor a, Tensor b, Tensor y);  // elementwise; y may alias a or b
+  void activation(Act act, Tensor x);      // in place; gelu is the exact erf form
+  void layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y);
+  void rms_norm(Tensor x, Tensor weight, float eps, Tensor y);
   // In place on x[m, n_heads·head_dim]: rotate-half RoPE, row i at positions[i].
-  virtual void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
-                    std::int64_t head_dim, float theta) = 0;
+  void rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+            std::int64_t head_dim, float theta);
   // y[i] = table[ids[i]]; ids are checked against table.rows.
-  virtual void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) = 0;
+  void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y);
   // out[i] = softmax(scale · q[i]·Kᵀ) · V over all segments whose query is i (fp32 softmax).
-  virtual void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                         Tensor out) = 0;
+  void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                 Tensor out);
   // Index of the largest value of each row (first on ties); synchronises.
-  virtual std::vector<std::int32_t> argmax(Tensor x) = 0;
+  std::vector<std::int32_t> argmax(Tensor x);
+
+ protected:
+  // What a backend implements, called only with arguments the checker accepted (shapes, dtypes,
+  // index ranges, no forbidden overlap). A backend adds only checks of its own limits (integer
+  // ranges of BLAS or of a CUDA grid), as ErrorKind::unimplemented.
+  virtual void do_copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) = 0;
+  virtual void do_copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) = 0;
+  // Never called for a copy onto itself.
+  virtual void do_copy_device(Queue queue, Tensor dst, Tensor src) = 0;
+  virtual void do_gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) = 0;
+  virtual void do_add(Tensor a, Tensor b, Tensor y) = 0;
+  virtual void do_mul(Tensor a, Tensor b, Tensor y) = 0;
+  virtual void do_activation(Act act, Tensor x) = 0;
+  virtual void do_layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) = 0;
+  virtual void do_rms_norm(Tensor x, Tensor weight, float eps, Tensor y) = 0;
+  virtual void do_rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+                       std::int64_t head_dim, float theta) = 0;
+  virtual void do_embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) = 0;
+  virtual void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                            Tensor out) = 0;
+  virtual std::vector<std::int32_t> do_argmax(Tensor x) = 0;
 };
 
 }  // namespace kvpr::kernels

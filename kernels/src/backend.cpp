@@ -1,0 +1,77 @@
+// The checking front of Backend (backend.h): every op's arguments pass the one checker
+// (op_checks.h) before the backend's do_* sees them.
+#include "kvpr/kernels/backend.h"
+
+#include "kvpr/kernels/op_checks.h"
+
+namespace kvpr::kernels {
+
+void Backend::copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) {
+  check_copy_to_device(dst, src);
+  do_copy_to_device(queue, dst, src, src_dtype);
+}
+
+void Backend::copy_to_host(Queue queue, void* dst, DType dst_dtype, Tensor src) {
+  check_copy_to_host(dst, src);
+  do_copy_to_host(queue, dst, dst_dtype, src);
+}
+
+void Backend::copy_device(Queue queue, Tensor dst, Tensor src) {
+  check_copy_device(dst, src);
+  if (dst.data == src.data && dst.dtype == src.dtype) return;  // onto itself: nothing to do
+  do_copy_device(queue, dst, src);
+}
+
+void Backend::gemm(Tensor x, Tensor w, const Tensor* bias, Tensor y) {
+  check_gemm(x, w, bias, y, compute_dtype());
+  do_gemm(x, w, bias, y);
+}
+
+void Backend::add(Tensor a, Tensor b, Tensor y) {
+  check_binary("add", a, b, y, compute_dtype());
+  do_add(a, b, y);
+}
+
+void Backend::mul(Tensor a, Tensor b, Tensor y) {
+  check_binary("mul", a, b, y, compute_dtype());
+  do_mul(a, b, y);
+}
+
+void Backend::activation(Act act, Tensor x) {
+  check_activation(act, x, compute_dtype());
+  do_activation(act, x);
+}
+
+void Backend::layer_norm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor y) {
+  check_layer_norm(x, weight, bias, y, compute_dtype());
+  do_layer_norm(x, weight, bias, eps, y);
+}
+
+void Backend::rms_norm(Tensor x, Tensor weight, float eps, Tensor y) {
+  check_rms_norm(x, weight, y, compute_dtype());
+  do_rms_norm(x, weight, eps, y);
+}
+
+void Backend::rope(Tensor x, std::span<const std::int32_t> positions, std::int64_t n_heads,
+                   std::int64_t head_dim, float theta) {
+  check_rope(x, positions, n_heads, head_dim, theta, compute_dtype());
+  do_rope(x, positions, n_heads, head_dim, theta);
+}
+
+void Backend::embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) {
+  check_embedding(table, ids, y, compute_dtype());
+  do_embedding(table, ids, y);
+}
+
+void Backend::attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
+                        Tensor out) {
+  check_attention(q, segments, shape, out, compute_dtype());
+  do_attention(q, segments, shape, out);
+}
+
+std::vector<std::int32_t> Backend::argmax(Tensor x) {
+  check_argmax(x, compute_dtype());
+  return do_argmax(x);
+}
+
+}  // namespace kvpr::kernels
