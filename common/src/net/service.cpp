@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -20,6 +21,33 @@ void on_signal(int) {
 }
 
 }  // namespace
+
+void serve(Router& router, const ServeLoop& loop) {
+  std::vector<zmq::pollitem_t> items;
+  items.push_back(zmq::pollitem_t{router.socket().handle(), 0, ZMQ_POLLIN, 0});
+  for (zmq::socket_ref socket : loop.also_wake) {
+    items.push_back(zmq::pollitem_t{socket.handle(), 0, ZMQ_POLLIN, 0});
+  }
+  bool draining = false;
+  for (;;) {
+    try {
+      draining = draining || loop.stopping();
+      zmq::poll(items.data(), items.size(), draining ? std::chrono::milliseconds(0) : loop.poll);
+      if (loop.tick) loop.tick();
+      std::optional<Router::Request> request;
+      if ((items[0].revents & ZMQ_POLLIN) != 0)
+        request = router.receive(std::chrono::milliseconds(0));
+      if (request) {
+        router.send(request->peer, loop.answer(*request));
+      } else if (draining) {
+        return;
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: %s\n", loop.name.c_str(), e.what());
+      if (draining) return;
+    }
+  }
+}
 
 void install_stop_signals() {
   struct sigaction action {};

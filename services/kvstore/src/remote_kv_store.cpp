@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -10,7 +11,10 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <thread>
+#include <utility>
 
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/block_layout.h"
@@ -49,6 +53,28 @@ struct Sequence {
   std::vector<std::vector<std::uint64_t>> blocks;  // [layer][block] -> arena offset
 };
 
+// Committed rows [t0, t1) of one part of one layer, fetched ahead by prefetch().
+struct FetchKey {
+  SeqId seq = 0;
+  std::int64_t layer = 0;
+  Part part = Part::act;
+  std::int64_t t0 = 0;
+  std::int64_t t1 = 0;
+  auto operator<=>(const FetchKey&) const = default;
+};
+
+// The gets of one prefetch: those still in flight (owned here until they complete) and the first
+// error of those that landed.
+struct Fetch {
+  std::vector<void*> pending;
+  ucs_status_t status = UCS_OK;
+};
+
+// Prefetches not yet located; past this many the oldest are completed and dropped first.
+constexpr std::size_t kMaxFetches = 4096;
+// How often the progress thread drives the worker while gets are in flight.
+constexpr std::chrono::microseconds kProgressInterval{50};
+
 }  // namespace
 
 struct RemoteKvStore::Impl {
@@ -78,6 +104,20 @@ struct RemoteKvStore::Impl {
   void add_pieces(std::vector<Piece>& pieces, const Sequence& q, std::int64_t layer, Part part,
                   std::int64_t t0, std::int64_t t1) const;
   void transfer_locked(const std::vector<Piece>& pieces, bool put);
+  // Posts the pieces' puts (and one flush) or gets; returns the requests in flight and sets
+  // first_error when posting failed part-way (what was posted must still complete).
+  std::vector<void*> post_locked(const std::vector<Piece>& pieces, bool put,
+                                 ucs_status_t& first_error);
+  // Waits up to options.timeout for pending (freeing each); throws disconnected on a timeout
+  // (the endpoint is closed, which completes them) and the first error otherwise.
+  void complete_locked(std::vector<void*>& pending, ucs_status_t first_error, bool put);
+  // Frees the landed requests of every fetch (progress thread, after progressing the worker).
+  void reap_locked();
+  bool fetches_in_flight_locked() const;
+  // Completes and drops the fetches of seq (all of them without one), errors ignored: before the
+  // blocks they write into can change hands (free, truncate, re-register, destruction).
+  void drain_fetches_locked(std::optional<SeqId> seq);
+  void progress_loop();
   void heartbeat_loop();
 
   RemoteKvStoreOptions options;
@@ -98,6 +138,12 @@ struct RemoteKvStore::Impl {
   bool answered = false;  // the last call_locked got a reply (an error reply included)
   std::uint64_t generation = 0;
   std::uint64_t lookups = 0;
+  std::map<FetchKey, Fetch> fetches;  // prefetched ranges not yet located (mirror path only)
+
+  // Drives the worker while prefetched gets are in flight (sleeps otherwise).
+  std::condition_variable progress_wake;  // with mutex
+  bool progress_stop = false;
+  std::thread progress_thread;
 
   std::atomic<std::uint64_t> client_id{0};
   std::atomic<std::int64_t> lease_ms{10000};
@@ -199,7 +245,9 @@ void RemoteKvStore::Impl::register_locked() {
     next->mirror = p;
     next->base = static_cast<std::byte*>(p);
   }
-  // The registration is live: the previous one (its endpoint, rkey and mapping) goes now.
+  // The registration is live: the previous one (its endpoint, rkey and mapping) goes now, after
+  // the gets still writing into its mirror.
+  if (session != nullptr) drain_fetches_locked(std::nullopt);
   session = std::move(next);
   sequences.clear();
   shape.block_tokens = block_tokens;
@@ -265,16 +313,16 @@ void RemoteKvStore::Impl::add_pieces(std::vector<Piece>& pieces, const Sequence&
   }
 }
 
-void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool put) {
+std::vector<void*> RemoteKvStore::Impl::post_locked(const std::vector<Piece>& pieces, bool put,
+                                                    ucs_status_t& first_error) {
   Session& s = *session;
   if (s.endpoint.get() == nullptr || s.endpoint.failed()) {
     lost = true;
     raise(ErrorKind::disconnected, peer, ": the UCX endpoint to the daemon is gone");
   }
-  const auto deadline = Clock::now() + options.timeout;
   ucp_request_param_t param{};
   std::vector<void*> pending;
-  ucs_status_t first_error = UCS_OK;
+  first_error = UCS_OK;
   for (const Piece& piece : pieces) {
     if (piece.bytes == 0) continue;
     const std::uint64_t remote = s.arena_address + static_cast<std::uint64_t>(piece.data - s.base);
@@ -295,17 +343,24 @@ void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool
       pending.push_back(flush);
     }
   }
+  return pending;
+}
+
+void RemoteKvStore::Impl::complete_locked(std::vector<void*>& pending, ucs_status_t first_error,
+                                          bool put) {
+  const auto deadline = Clock::now() + options.timeout;
   bool timed_out = false;
   for (void* request : pending) {
     ucs_status_t status = worker.wait(request, timed_out ? Clock::time_point::max() : deadline);
     if (status == UCS_ERR_TIMED_OUT) {
       // The daemon stopped answering: closing the endpoint completes what is still pending.
       timed_out = true;
-      s.endpoint.close();
+      session->endpoint.close();
       status = worker.wait(request, Clock::time_point::max());
     }
     if (status != UCS_OK && first_error == UCS_OK) first_error = status;
   }
+  pending.clear();
   if (timed_out) {
     lost = true;
     raise(ErrorKind::disconnected, peer, ": ", put ? "ucp_put" : "ucp_get",
@@ -314,6 +369,61 @@ void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool
   if (first_error != UCS_OK) {
     lost = true;
     ucx::throw_status(put ? "ucp_put_nbx" : "ucp_get_nbx", first_error);
+  }
+}
+
+void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool put) {
+  ucs_status_t first_error = UCS_OK;
+  std::vector<void*> pending = post_locked(pieces, put, first_error);
+  complete_locked(pending, first_error, put);
+}
+
+void RemoteKvStore::Impl::reap_locked() {
+  for (auto& [key, fetch] : fetches) {
+    std::erase_if(fetch.pending, [&](void* request) {
+      const ucs_status_t status = ucp_request_check_status(request);
+      if (status == UCS_INPROGRESS) return false;
+      ucp_request_free(request);
+      if (status != UCS_OK && fetch.status == UCS_OK) fetch.status = status;
+      return true;
+    });
+  }
+}
+
+bool RemoteKvStore::Impl::fetches_in_flight_locked() const {
+  for (const auto& [key, fetch] : fetches) {
+    if (!fetch.pending.empty()) return true;
+  }
+  return false;
+}
+
+void RemoteKvStore::Impl::drain_fetches_locked(std::optional<SeqId> seq) {
+  for (auto it = fetches.begin(); it != fetches.end();) {
+    if (seq && it->first.seq != *seq) {
+      ++it;
+      continue;
+    }
+    try {
+      complete_locked(it->second.pending, UCS_OK, false);
+    } catch (const Error&) {  // the rows are not wanted any more; lost is already marked
+    }
+    it = fetches.erase(it);
+  }
+}
+
+void RemoteKvStore::Impl::progress_loop() {
+  std::unique_lock lock(mutex);
+  while (!progress_stop) {
+    if (!fetches_in_flight_locked()) {
+      progress_wake.wait(lock);
+      continue;
+    }
+    while (worker.progress() != 0) {
+    }
+    reap_locked();
+    lock.unlock();
+    std::this_thread::sleep_for(kProgressInterval);
+    lock.lock();
   }
 }
 
@@ -353,6 +463,7 @@ RemoteKvStore::RemoteKvStore(zmq::context_t& context, const StoreShape& shape,
     s.register_locked();
   }
   if (s.options.heartbeat) s.heartbeat_thread = std::thread([&s] { s.heartbeat_loop(); });
+  s.progress_thread = std::thread([&s] { s.progress_loop(); });
 }
 
 RemoteKvStore::~RemoteKvStore() {
@@ -365,7 +476,14 @@ RemoteKvStore::~RemoteKvStore() {
     s.heartbeat_wake.notify_all();
     s.heartbeat_thread.join();
   }
+  {
+    std::lock_guard lock(s.mutex);
+    s.progress_stop = true;
+  }
+  s.progress_wake.notify_all();
+  s.progress_thread.join();
   std::lock_guard lock(s.mutex);
+  s.drain_fetches_locked(std::nullopt);
   if (s.session != nullptr && !s.lost) {
     try {  // best effort: a lease that runs out frees the same memory later
       s.exchange(
@@ -401,32 +519,85 @@ SeqId RemoteKvStore::open() {
   }
 }
 
-void RemoteKvStore::reserve(SeqId seq, std::int64_t n_tokens) {
+void RemoteKvStore::reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("reserve", seqs, n_tokens, kMaxTokens);
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
-  Sequence& q = s.find_locked(seq);
+  // The block tables are here: only the sequences whose blocks fall short go to the daemon.
+  std::vector<SeqId> short_of;
+  std::vector<Sequence*> growing;
+  for (const SeqId seq : seqs) s.find_locked(seq);  // all known before anything changes
+  for (const SeqId seq : seqs) {
+    Sequence& q = s.find_locked(seq);
+    const std::int64_t target = q.length + n_tokens;
+    const auto held = static_cast<std::int64_t>(q.blocks.front().size());
+    if (blocks_for(s.shape, target) <= held) {
+      // Inside blocks it holds: reserved here, and the daemon learns it with the commit.
+      q.reserved = std::max(q.reserved, target);
+      continue;
+    }
+    short_of.push_back(seq);
+    growing.push_back(&q);
+  }
+  if (short_of.empty()) return;
   auto frame = s.call_locked([&](wire::KvRequest::Builder request) {
-    auto st = request.initReserve();
-    st.setSeq(seq);
-    st.setNTokens(n_tokens);
+    auto batch = request.initReserveBatch();
+    auto list = batch.initSeqs(static_cast<unsigned>(short_of.size()));
+    for (unsigned i = 0; i < short_of.size(); ++i) list.set(i, short_of[i]);
+    batch.setNTokens(n_tokens);
   });
   net::decode_guard([&] {
-    const auto r = frame->root<wire::KvReply>().getReserved();
-    const std::int64_t first = r.getFirstBlock();
-    const std::int64_t per_layer = r.getBlocksPerLayer();
-    const auto offsets = r.getOffsets();
-    if (first < 0 || per_layer < 0 ||
-        offsets.size() != static_cast<std::size_t>(per_layer * s.shape.n_layers)) {
-      fail(s.peer, ": reserve reply with ", offsets.size(), " offsets for ", per_layer,
-           " blocks per layer");
+    const auto replies = frame->root<wire::KvReply>().getReservedBatch();
+    if (replies.size() != short_of.size()) {
+      fail(s.peer, ": reserve of ", short_of.size(), " sequences answered with ", replies.size(),
+           " reservations");
     }
-    unsigned next = 0;
-    for (auto& layer_blocks : q.blocks) {
-      layer_blocks.resize(std::min(layer_blocks.size(), static_cast<std::size_t>(first)));
-      for (std::int64_t i = 0; i < per_layer; ++i) layer_blocks.push_back(offsets[next++]);
+    for (unsigned i = 0; i < replies.size(); ++i) {
+      const auto r = replies[i];
+      const std::int64_t first = r.getFirstBlock();
+      const std::int64_t per_layer = r.getBlocksPerLayer();
+      const auto offsets = r.getOffsets();
+      if (first < 0 || per_layer < 0 ||
+          offsets.size() != static_cast<std::size_t>(per_layer * s.shape.n_layers)) {
+        fail(s.peer, ": reserve reply with ", offsets.size(), " offsets for ", per_layer,
+             " blocks per layer");
+      }
+      Sequence& q = *growing[i];
+      unsigned next = 0;
+      for (auto& layer_blocks : q.blocks) {
+        layer_blocks.resize(std::min(layer_blocks.size(), static_cast<std::size_t>(first)));
+        for (std::int64_t b = 0; b < per_layer; ++b) layer_blocks.push_back(offsets[next++]);
+      }
+      q.reserved = r.getReservedTokens();
     }
-    q.reserved = r.getReservedTokens();
   });
+}
+
+void RemoteKvStore::prefetch(std::span<const Range> ranges) {
+  Impl& s = *impl_;
+  std::lock_guard lock(s.mutex);
+  if (s.fetches.size() + ranges.size() > kMaxFetches) s.drain_fetches_locked(std::nullopt);
+  for (const Range& r : ranges) {
+    const Sequence& q = s.find_locked(r.seq);
+    if (r.layer < 0 || r.layer >= s.shape.n_layers) {
+      fail(s.peer, ": prefetch of layer ", r.layer, " out of range");
+    }
+    if (r.t0 < 0 || r.t1 < r.t0 || r.t1 > q.reserved) {
+      fail(s.peer, ": prefetch of token range [", r.t0, ", ", r.t1, ") outside the ", q.reserved,
+           " reserved tokens of sequence ", r.seq);
+    }
+    // Same host: spans point into the daemon's memory, nothing to fetch. Else only committed
+    // rows live at the daemon; reserved ones are this client's until commit.
+    if (s.session->zero_copy) continue;
+    const FetchKey key{r.seq, r.layer, r.part, r.t0, std::min(r.t1, q.length)};
+    if (key.t0 >= key.t1 || s.fetches.contains(key)) continue;
+    std::vector<Impl::Piece> pieces;
+    s.add_pieces(pieces, q, r.layer, r.part, key.t0, key.t1);
+    Fetch fetch;
+    fetch.pending = s.post_locked(pieces, false, fetch.status);
+    s.fetches.emplace(key, std::move(fetch));
+  }
+  s.progress_wake.notify_one();
 }
 
 std::vector<HostSpan> RemoteKvStore::locate(SeqId seq, std::int64_t layer, Part part,
@@ -441,37 +612,72 @@ std::vector<HostSpan> RemoteKvStore::locate(SeqId seq, std::int64_t layer, Part 
          " reserved tokens of sequence ", seq);
   }
   if (!s.session->zero_copy && t0 < q.length) {
-    // Committed rows come from the daemon; reserved ones are this client's until commit.
-    std::vector<Impl::Piece> pieces;
-    s.add_pieces(pieces, q, layer, part, t0, std::min(t1, q.length));
-    s.transfer_locked(pieces, false);
+    // Committed rows come from the daemon; reserved ones are this client's until commit. A
+    // prefetch that covers them is waited for (only its gets still in flight); else fetch now.
+    const FetchKey want{seq, layer, part, t0, std::min(t1, q.length)};
+    auto covering = s.fetches.end();
+    for (auto it = s.fetches.lower_bound({seq, layer, part, 0, 0});
+         it != s.fetches.end() && it->first.seq == seq && it->first.layer == layer &&
+         it->first.part == part && it->first.t0 <= want.t0;
+         ++it) {
+      if (it->first == want) {
+        covering = it;
+        break;
+      }
+      if (it->first.t1 >= want.t1) covering = it;
+    }
+    if (covering != s.fetches.end()) {
+      Fetch& fetch = covering->second;
+      const ucs_status_t status = std::exchange(fetch.status, UCS_OK);
+      const bool exact = covering->first == want;
+      try {
+        s.complete_locked(fetch.pending, status, false);
+      } catch (const Error&) {
+        s.fetches.erase(covering);
+        throw;
+      }
+      if (exact) s.fetches.erase(covering);  // a wider one may serve another range still
+    } else {
+      std::vector<Impl::Piece> pieces;
+      s.add_pieces(pieces, q, layer, part, want.t0, want.t1);
+      s.transfer_locked(pieces, false);
+    }
   }
   return s.spans_locked(q, layer, part, t0, t1);
 }
 
-void RemoteKvStore::commit(SeqId seq, std::int64_t n_tokens) {
+void RemoteKvStore::commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("commit", seqs, n_tokens, kMaxTokens);
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
-  Sequence& q = s.find_locked(seq);
-  if (n_tokens < 0 || n_tokens > q.reserved - q.length) {
-    fail(s.peer, ": commit of ", n_tokens, " tokens to sequence ", seq, " with ", q.length,
-         " committed and ", q.reserved, " reserved");
+  std::vector<Sequence*> found;
+  for (const SeqId seq : seqs) {
+    Sequence& q = s.find_locked(seq);
+    if (n_tokens > q.reserved - q.length) {
+      fail(s.peer, ": commit of ", n_tokens, " tokens to sequence ", seq, " with ", q.length,
+           " committed and ", q.reserved, " reserved");
+    }
+    found.push_back(&q);
   }
-  if (!s.session->zero_copy && n_tokens > 0) {
+  if (found.empty() || n_tokens == 0) return;
+  if (!s.session->zero_copy) {  // the rows first (one flush for the batch), then the lengths
     std::vector<Impl::Piece> pieces;
-    for (std::int64_t layer = 0; layer < s.shape.n_layers; ++layer) {
-      for (Part part : {Part::act, Part::k, Part::v}) {
-        s.add_pieces(pieces, q, layer, part, q.length, q.length + n_tokens);
+    for (const Sequence* q : found) {
+      for (std::int64_t layer = 0; layer < s.shape.n_layers; ++layer) {
+        for (Part part : {Part::act, Part::k, Part::v}) {
+          s.add_pieces(pieces, *q, layer, part, q->length, q->length + n_tokens);
+        }
       }
     }
     s.transfer_locked(pieces, true);
   }
   s.call_locked([&](wire::KvRequest::Builder request) {
-    auto st = request.initCommit();
-    st.setSeq(seq);
-    st.setNTokens(n_tokens);
+    auto batch = request.initCommitBatch();
+    auto list = batch.initSeqs(static_cast<unsigned>(seqs.size()));
+    for (unsigned i = 0; i < seqs.size(); ++i) list.set(i, seqs[i]);
+    batch.setNTokens(n_tokens);
   });
-  q.length += n_tokens;
+  for (Sequence* q : found) q->length += n_tokens;
 }
 
 std::int64_t RemoteKvStore::length(SeqId seq) const {
@@ -484,6 +690,7 @@ void RemoteKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
   Sequence& q = s.find_locked(seq);
+  s.drain_fetches_locked(seq);  // their gets write into blocks truncate may hand back
   s.call_locked([&](wire::KvRequest::Builder request) {
     auto st = request.initTruncate();
     st.setSeq(seq);
@@ -501,7 +708,8 @@ void RemoteKvStore::free(SeqId seq) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
   s.find_locked(seq);
-  s.sequences.erase(seq);  // gone for this client even when the daemon cannot be told
+  s.drain_fetches_locked(seq);  // their gets write into blocks the daemon will hand out again
+  s.sequences.erase(seq);       // gone for this client even when the daemon cannot be told
   s.call_locked([&](wire::KvRequest::Builder request) { request.setFree(seq); });
 }
 
