@@ -124,7 +124,11 @@ class BpeModel {
 
 // tokenizer_byte_bpe.cpp: GPT-2's byte <-> printable-character table and pre-tokenizer.
 const std::string& byte_level_symbol(unsigned char byte);
+// gpt2_pretokenizer.cpp: GPT-2's pre-tokenization regex (PCRE2), and HF's single_word test: is
+// the character at pos (or the one that ends at end) a letter, a number or '_'?
 std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text);
+bool is_word_char(std::string_view text, std::size_t pos);
+bool word_char_before(std::string_view text, std::size_t end);
 // `root` is the whole tokenizer.json (for its ByteLevel pre-tokenizer options), or null for
 // vocab.json + merges.txt.
 std::unique_ptr<Tokenizer> make_byte_bpe_tokenizer(BpeModel model, SpecialIds ids,

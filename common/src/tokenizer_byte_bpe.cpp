@@ -1,8 +1,8 @@
 // Byte-level BPE as GPT-2 and OPT use it, and the BPE model's encoding loop that the
 // SentencePiece tokenizer shares (the model is built and checked in tokenizer_load.cpp).
 //
-// Input text is cut into words by GPT-2's pre-tokenization regex (reimplemented by hand over
-// code points below, since std::regex knows no \p{L}), each word's bytes are mapped to printable
+// Input text is cut into words by GPT-2's pre-tokenization regex (PCRE2, in
+// gpt2_pretokenizer.cpp), each word's bytes are mapped to printable
 // stand-in characters (GPT-2's bytes_to_unicode), and the BPE model merges those. Decoding maps
 // the stand-ins back to bytes and replaces invalid UTF-8 by U+FFFD, like errors="replace".
 //
@@ -21,7 +21,7 @@
 
 #include "kvpr/common/error.h"
 #include "tokenizer_bpe.h"
-#include "tokenizer_unicode.h"
+#include "tokenizer_utf8.h"
 
 namespace kvpr::tokenizer_detail {
 namespace {
@@ -56,67 +56,6 @@ constexpr std::size_t kMaxCachedWords = 1 << 16;
 
 bool is_ascii_space(char c) {
   return c == ' ' || (c >= '\t' && c <= '\r');
-}
-// HF's single_word test: a letter, a number or '_' right before `end` or right at `begin` means
-// the added token sits inside a word. (Rust's notion also counts combining marks; rare enough
-// next to an added token to leave out.)
-bool is_word_char(std::string_view text, std::size_t begin) {
-  const Utf8Step step = next_utf8(text, begin);
-  return step.valid && (step.cp == '_' || is_letter(step.cp) || is_number(step.cp));
-}
-bool word_char_before(std::string_view text, std::size_t end) {
-  std::size_t begin = end - 1;
-  while (begin > 0 && end - begin < 4 && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) {
-    --begin;
-  }
-  return is_word_char(text, begin);
-}
-
-enum class CharKind { letter, number, space, other };
-
-// The class of the character at `pos` and its size in bytes; invalid UTF-8 counts as `other`
-// (Python could not even hold it in a str; keeping its bytes is what byte-level BPE needs).
-CharKind kind_at(std::string_view text, std::size_t pos, std::size_t& size) {
-  const Utf8Step step = next_utf8(text, pos);
-  size = step.size;
-  if (!step.valid) return CharKind::other;
-  if (is_letter(step.cp)) return CharKind::letter;
-  if (is_number(step.cp)) return CharKind::number;
-  if (is_space(step.cp)) return CharKind::space;
-  return CharKind::other;
-}
-
-// End of the regex match that starts at `pos`; the alternatives are tried in GPT-2's order:
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-std::size_t match_end(std::string_view text, std::size_t pos) {
-  if (text[pos] == '\'') {
-    for (const std::string_view suffix : {"s", "t", "re", "ve", "m", "ll", "d"}) {
-      if (text.substr(pos + 1).starts_with(suffix)) return pos + 1 + suffix.size();
-    }
-  }
-  // " ?X+" for the three non-space classes: only an ASCII space may lead, and the class run
-  // after it decides which alternative matched.
-  const std::size_t start = pos + (text[pos] == ' ' ? 1 : 0);
-  if (start < text.size()) {
-    std::size_t size = 0;
-    const CharKind kind = kind_at(text, start, size);
-    if (kind != CharKind::space) {
-      std::size_t end = start + size;
-      while (end < text.size() && kind_at(text, end, size) == kind) end += size;
-      return end;
-    }
-  }
-  // "\s+(?!\S)" backtracks to leave the run's last space to the word after it (so " world"
-  // keeps its space); "\s+" takes a lone space before a word.
-  std::size_t end = pos;
-  std::size_t last = pos;
-  std::size_t size = 0;
-  while (end < text.size() && kind_at(text, end, size) == CharKind::space) {
-    last = end;
-    end += size;
-  }
-  if (end < text.size() && last > pos) return last;
-  return end;
 }
 
 class ByteBpeTokenizer final : public Tokenizer {
@@ -332,16 +271,6 @@ void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out
 
 const std::string& byte_level_symbol(unsigned char byte) {
   return byte_level_tables().symbols[byte];
-}
-
-std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text) {
-  std::vector<std::string_view> words;
-  for (std::size_t pos = 0; pos < text.size();) {
-    const std::size_t end = match_end(text, pos);
-    words.push_back(text.substr(pos, end - pos));
-    pos = end;
-  }
-  return words;
 }
 
 std::unique_ptr<Tokenizer> make_byte_bpe_tokenizer(BpeModel model, SpecialIds ids,

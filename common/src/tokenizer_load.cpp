@@ -9,7 +9,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/tokenizer.h"
 #include "tokenizer_bpe.h"
-#include "tokenizer_unicode.h"
+#include "tokenizer_utf8.h"
 
 namespace kvpr {
 namespace tokenizer_detail {

@@ -11,7 +11,7 @@
 
 #include "kvpr/common/error.h"
 #include "tokenizer_bpe.h"
-#include "tokenizer_unicode.h"
+#include "tokenizer_utf8.h"
 
 namespace kvpr::tokenizer_detail {
 namespace {

@@ -14,10 +14,10 @@
 #include <zmq.hpp>
 
 #include "kvpr/common/profile.h"
-#include "kvpr/common/step_model.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/planner/step_model.h"
 #include "schemas/planner.capnp.h"
 
 namespace kvpr::planner::testing {

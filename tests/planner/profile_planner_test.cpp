@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "kvpr/common/step_model.h"
+#include "kvpr/planner/step_model.h"
 
 namespace kvpr::planner {
 namespace {
@@ -42,6 +42,7 @@ StepShape model(std::int64_t h = 4096, std::int64_t h_kv = 4096) {
   s.h_kv = h_kv;
   s.ffn = 4 * h;
   s.p = 2;
+  s.block_tokens = 16;
   return s;
 }
 

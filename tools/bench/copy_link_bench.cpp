@@ -5,7 +5,7 @@
 // because the emulation can only slow copies down: a setting above that ceiling cannot be met.
 //
 // Usage: kvpr-bench-link [--gbps X] [--latency-us Y] [--bytes N] [--reps R] [--json FILE]
-// Arguments are parsed by hand (no CLI11: it would be most of this file's build time).
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -43,48 +43,6 @@ struct Result {
   double expected_bytes_per_s = 0;  // what the emulated link allows, latency included
   double unthrottled_bytes_per_s = 0;
 };
-
-double parse_number(std::string_view flag, const char* text) {
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || *end != '\0' || !(value >= 0)) {
-    kvpr::fail(flag, ": '", text, "' is not a non-negative number");
-  }
-  return value;
-}
-
-Options parse(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::puts(
-          "usage: kvpr-bench-link [--gbps X] [--latency-us Y] [--bytes N] [--reps R] "
-          "[--json FILE]\n  --gbps 0 measures the unthrottled copy queue only");
-      std::exit(0);
-    }
-    if (i + 1 >= argc) kvpr::fail(flag, ": missing value (see --help)");
-    const char* value = argv[++i];
-    if (flag == "--gbps") {
-      options.gbps = parse_number(flag, value);
-    } else if (flag == "--latency-us") {
-      options.latency_us = parse_number(flag, value);
-    } else if (flag == "--bytes") {
-      options.bytes = static_cast<std::size_t>(parse_number(flag, value));
-      if (options.bytes < 4 || options.bytes % 4 != 0) {
-        kvpr::fail("--bytes: ", value, " is not a positive multiple of 4");
-      }
-    } else if (flag == "--reps") {
-      options.reps = static_cast<int>(parse_number(flag, value));
-      if (options.reps < 1) kvpr::fail("--reps: ", value, " is not a positive count");
-    } else if (flag == "--json") {
-      options.json_path = value;
-    } else {
-      kvpr::fail("unknown argument '", flag, "' (see --help)");
-    }
-  }
-  return options;
-}
 
 // Seconds for `reps` back-to-back copies of `bytes`, timed on the host from before the first
 // enqueue to the return of host_wait on a marker after the last: an upper bound that includes
@@ -185,15 +143,35 @@ int run(const Options& options) {
     }
     results.push_back(r);
   }
-  if (json) write_json(json, options.json_path, options, results);
+  if (json.is_open()) write_json(json, options.json_path, options, results);
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  Options options;
+  CLI::App app(
+      "kvpr-bench-link: host->device copies through a backend's copy queue, measured "
+      "against the emulated link");
+  app.add_option("--gbps", options.gbps,
+                 "emulated link rate in GB/s; 0 measures the unthrottled copy queue only")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--latency-us", options.latency_us, "emulated per-copy latency")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--bytes", options.bytes,
+                 "one copy size, a multiple of 4 (default: the sweep 64 KiB .. 64 MiB)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--reps", options.reps,
+                 "copies per size (default: enough for 1 GiB, within [8, 20000])")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--json", options.json_path, "also write the results to FILE");
+  CLI11_PARSE(app, argc, argv);
   try {
-    return run(parse(argc, argv));
+    if (options.bytes % 4 != 0) kvpr::fail("--bytes: ", options.bytes, " is not a multiple of 4");
+    return run(options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvpr-bench-link: %s\n", e.what());
     return 1;

@@ -16,7 +16,8 @@
 //
 // Model: --model DIR is reused when it holds a checkpoint; otherwise the preset (default opt-6.7b,
 // --layers 2, --dtype f16) is generated there, with max_position_embeddings raised to cover the
-// longest context. Arguments are parsed by hand (no CLI11: compile time).
+// longest context.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,11 +32,11 @@
 
 #include "decode_bench_support.h"
 #include "kvpr/common/checkpoint.h"
-#include "kvpr/common/cost_model.h"
 #include "kvpr/common/error.h"
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/local_kv_store.h"
 #include "kvpr/modelgen/gen_model.h"
+#include "kvpr/planner/cost_model.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
 #include "kvpr/worker/engine.h"
@@ -44,8 +45,13 @@ namespace {
 
 using namespace kvpr;
 using nlohmann::json;
-
-constexpr std::int64_t kPaperChunk = std::int64_t{1} << 40;  // one chunk covers every row
+using planner::choose_split;
+using planner::kPaperChunk;
+using planner::layer_cost;
+using planner::LayerShape;
+using planner::lower_bound_s;
+using planner::Rates;
+using planner::splits_for_ratio;
 
 struct Options {
   std::string backend = "cpu";
@@ -65,95 +71,11 @@ struct Options {
   bool register_store = true;
 };
 
-std::int64_t parse_int(std::string_view flag, std::string_view text, std::int64_t min) {
-  char* end = nullptr;
-  const std::string s(text);
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || v < min) fail(flag, ": '", s, "' is not an integer >= ", min);
-  return v;
-}
-
-template <typename T, typename F>
-std::vector<T> parse_list(std::string_view text, F parse_one) {
-  std::vector<T> out;
-  std::size_t pos = 0;
-  while (pos <= text.size()) {
-    const std::size_t comma = std::min(text.find(',', pos), text.size());
-    out.push_back(parse_one(text.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
-  return out;
-}
-
 DType parse_dtype(std::string_view flag, std::string_view name) {
   if (name == "f32") return DType::f32;
   if (name == "f16") return DType::f16;
   if (name == "bf16") return DType::bf16;
   fail(flag, ": '", name, "' is not f32, f16 or bf16");
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::puts(
-          "usage: kvpr-bench-decode [--backend cpu|cuda] [--batch B[,B...]] [--context S[,S...]]\n"
-          "         [--steps N] [--warmup N] [--json FILE] [--model DIR] [--preset NAME]\n"
-          "         [--layers L] [--dtype f16|bf16|f32] [--compute-dtype f32|f16|bf16]\n"
-          "         [--block-tokens N] [--chunk N] [--policies LIST] [--no-register]\n"
-          "  policies: resident, transfer, kvpr-paper, kvpr-pipelined (default: all four)");
-      std::exit(0);
-    }
-    if (flag == "--no-register") {
-      o.register_store = false;
-      continue;
-    }
-    if (i + 1 >= argc) fail(flag, ": missing value (see --help)");
-    const std::string_view v = argv[++i];
-    const auto int_of = [&](std::int64_t min) { return parse_int(flag, v, min); };
-    if (flag == "--backend") {
-      o.backend = v;
-    } else if (flag == "--batch") {
-      o.batch =
-          parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
-    } else if (flag == "--context") {
-      o.context =
-          parse_list<std::int64_t>(v, [&](std::string_view x) { return parse_int(flag, x, 1); });
-    } else if (flag == "--steps") {
-      o.steps = int_of(1);
-    } else if (flag == "--warmup") {
-      o.warmup = int_of(0);
-    } else if (flag == "--json") {
-      o.json_path = v;
-    } else if (flag == "--model") {
-      o.model_dir = v;
-    } else if (flag == "--preset") {
-      o.preset = v;
-    } else if (flag == "--layers") {
-      o.layers = int_of(1);
-    } else if (flag == "--dtype") {
-      o.dtype = v;
-    } else if (flag == "--compute-dtype") {
-      o.compute_dtype = v;
-    } else if (flag == "--block-tokens") {
-      o.block_tokens = int_of(1);
-    } else if (flag == "--chunk") {
-      o.chunk = int_of(1);
-    } else if (flag == "--policies") {
-      o.policies = parse_list<std::string>(v, [&](std::string_view x) {
-        if (x != "resident" && x != "transfer" && x != "kvpr-paper" && x != "kvpr-pipelined") {
-          fail("--policies: unknown policy '", x, "'");
-        }
-        return std::string(x);
-      });
-    } else {
-      fail("unknown argument '", flag, "' (see --help)");
-    }
-  }
-  (void)parse_dtype("--dtype", o.dtype);
-  if (!o.compute_dtype.empty()) (void)parse_dtype("--compute-dtype", o.compute_dtype);
-  return o;
 }
 
 // The checkpoint to run: reused when DIR holds one, generated otherwise.
@@ -495,8 +417,50 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   Options options;
+  CLI::App app(
+      "kvpr-bench-decode: decode steps of a real-shaped model under each KV policy, "
+      "against the lower bound");
+  app.add_option("--backend", options.backend, "cpu or cuda")->capture_default_str();
+  app.add_option("--batch", options.batch, "batch sizes B[,B...]")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--context", options.context, "context lengths S[,S...]")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--steps", options.steps, "timed decode steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--warmup", options.warmup, "untimed decode steps first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--json", options.json_path, "also write the report to FILE");
+  app.add_option("--model", options.model_dir, "checkpoint directory (generated when empty)");
+  app.add_option("--preset", options.preset, "model preset to generate")->capture_default_str();
+  app.add_option("--layers", options.layers, "layers of the generated model")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  const auto dtypes = CLI::IsMember({"f32", "f16", "bf16"});
+  app.add_option("--dtype", options.dtype, "weight dtype")->check(dtypes)->capture_default_str();
+  app.add_option("--compute-dtype", options.compute_dtype,
+                 "compute dtype (default: f16 on cuda, f32 on cpu)")
+      ->check(dtypes);
+  app.add_option("--block-tokens", options.block_tokens, "KV store block size in tokens")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--chunk", options.chunk, "rows per chunk of kvpr-pipelined")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--policies", options.policies, "policies to run, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"resident", "transfer", "kvpr-paper", "kvpr-pipelined"}))
+      ->capture_default_str();
+  bool no_register = false;
+  app.add_flag("--no-register", no_register, "leave the store's memory unregistered");
+  CLI11_PARSE(app, argc, argv);
+  options.register_store = !no_register;
   try {
-    options = parse(argc, argv);
     return run(options);
   } catch (const std::exception& e) {
     // No half-written or empty report is left behind.

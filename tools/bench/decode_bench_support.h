@@ -9,9 +9,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "kvpr/common/cost_model.h"
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kvstore/local_kv_store.h"
+#include "kvpr/planner/cost_model.h"
 
 namespace kvpr::bench {
 
@@ -48,7 +48,7 @@ struct MeasuredRates {
   std::size_t span_bytes = 0;
   double gemm_flops_per_s = 0;  // F for m rows
   std::int64_t gemm_m = 0;
-  Rates rates() const { return {h2d_bytes_per_s, gemm_flops_per_s}; }
+  planner::Rates rates() const { return {h2d_bytes_per_s, gemm_flops_per_s}; }
 };
 
 // B: back-to-back copies of `span_bytes` from `host` (store dtype `dtype`) into a device buffer on

@@ -11,10 +11,11 @@
 //               fetches the committed rows into its mirror with ucp_get over loopback
 //   tcp_put     the same child: commit() pushes freshly written rows with ucp_put and a flush
 // after one untimed warm-up run, and prints GB/s (1e9 bytes/s) and the ratio to memcpy; --json FILE
-// writes the same numbers. Arguments are parsed by hand (no CLI11: compile time).
+// writes the same numbers.
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -200,51 +201,6 @@ std::vector<json> spawn_tcp_child(const Options& options, const std::string& end
   return lines;
 }
 
-std::vector<std::size_t> parse_sizes(const std::string& text) {
-  std::vector<std::size_t> sizes;
-  std::istringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    char* end = nullptr;
-    const unsigned long v = std::strtoul(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || v == 0 || v > 4096) {
-      fail("--sizes: '", item, "' is not a size in MiB (1..4096)");
-    }
-    sizes.push_back(v);
-  }
-  if (sizes.empty()) fail("--sizes: no sizes");
-  return sizes;
-}
-
-Options parse(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(arg, ": needs a value");
-      return argv[++i];
-    };
-    if (arg == "--sizes") {
-      options.sizes_mib = parse_sizes(value());
-    } else if (arg == "--repeats") {
-      options.repeats = std::atoi(value().c_str());
-      if (options.repeats <= 0) fail("--repeats: must be positive");
-    } else if (arg == "--json") {
-      options.json_path = value();
-    } else if (arg == "--tcp-child") {
-      options.tcp_child = value();
-    } else if (arg == "--help" || arg == "-h") {
-      std::printf(
-          "usage: kvpr-bench-kvstore [--sizes 1,16,64] [--repeats 3] [--json FILE]\n"
-          "Read bandwidth out of the kvstore daemon's memory: memcpy, the zero-copy mapping,\n"
-          "and ucp_get/ucp_put over tcp (a child process with UCX_TLS=tcp).\n");
-      std::exit(0);
-    } else {
-      fail("unknown argument '", arg, "' (see --help)");
-    }
-  }
-  return options;
-}
-
 int run(const Options& options) {
   const std::size_t max_mib = *std::max_element(options.sizes_mib.begin(), options.sizes_mib.end());
   zmq::context_t context;
@@ -332,8 +288,21 @@ int run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  Options options;
+  CLI::App app(
+      "kvpr-bench-kvstore: read bandwidth out of the kvstore daemon's memory: memcpy, the "
+      "zero-copy mapping, and ucp_get/ucp_put over tcp (a child process with UCX_TLS=tcp)");
+  app.add_option("--sizes", options.sizes_mib, "sizes in MiB, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--repeats", options.repeats, "runs per size (the best is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--json", options.json_path, "also write the results to FILE");
+  app.add_option("--tcp-child", options.tcp_child)->group("");  // internal: the tcp child
+  CLI11_PARSE(app, argc, argv);
   try {
-    const Options options = parse(argc, argv);
     return options.tcp_child.empty() ? run(options) : run_tcp_child(options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvpr-bench-kvstore: %s\n", e.what());

@@ -27,7 +27,7 @@ class FixedPlanner final : public planner::Planner {
   planner::Plan plan(const planner::PlanRequest& request) override {
     planner::Plan p;
     p.policy = planner::Policy::kvpr;
-    p.l = splits_for_ratio(request.s, ratio_);
+    p.l = planner::splits_for_ratio(request.s, ratio_);
     p.chunk = chunk_;
     p.ratio = ratio_;
     return p;
@@ -181,13 +181,12 @@ int bench_command(const BenchOptions& options) {
     return m;
   };
   const std::int64_t chunk = decision.plan.chunk;
-  const std::int64_t paper_chunk = std::int64_t{1} << 31;
   points.push_back(measure("transfer", "transfer", 0, chunk));
   points.push_back(measure("recompute", "recompute", 1, chunk));
   Measured chosen = measure(std::string(planner::to_string(decision.plan.policy)), "chosen",
                             decision.plan.ratio, chunk);
   Measured paper =
-      measure("kvpr", "chosen split, paper schedule", decision.plan.ratio, paper_chunk);
+      measure("kvpr", "chosen split, paper schedule", decision.plan.ratio, planner::kPaperChunk);
   points.push_back(chosen);
   points.push_back(paper);
   std::vector<Measured> sweep;

@@ -8,8 +8,8 @@
 
 namespace kvpr::cli {
 
-StepShape step_shape(const ModelConfig& c) {
-  return worker::step_shape(c, 16);
+planner::StepShape step_shape(const ModelConfig& c) {
+  return worker::step_shape(c, kvstore::kBlockTokens);
 }
 
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
@@ -46,7 +46,7 @@ void print_profile(const HardwareProfile& p) {
               static_cast<long long>(p.vocab), p.head_s * 1e3, p.head_s_per_row * 1e3);
 }
 
-nlohmann::json phases_json(const StepPrediction& p) {
+nlohmann::json phases_json(const planner::StepPrediction& p) {
   return {{"total_s", p.total_s},         {"transfer_s", p.transfer_s},
           {"recompute_s", p.recompute_s}, {"attention_s", p.attention_s},
           {"other_s", p.other_s},         {"idle_s", p.idle_s}};

@@ -6,18 +6,18 @@
 
 #include "commands.h"
 #include "kvpr/common/model_config.h"
-#include "kvpr/common/step_model.h"
 #include "kvpr/planner/profile_planner.h"
+#include "kvpr/planner/step_model.h"
 
 namespace kvpr::cli {
 
-StepShape step_shape(const ModelConfig& config);
+planner::StepShape step_shape(const ModelConfig& config);
 // The cached profile of this backend and model shape, measured (and cached) when absent.
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
                                  bool remeasure);
 void print_profile(const HardwareProfile& profile);
 
-nlohmann::json phases_json(const StepPrediction& p);
+nlohmann::json phases_json(const planner::StepPrediction& p);
 nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& config);
 // FlexGen-style throughput planning: the device batch size and number of batches that maximise
 // predicted tokens/s for `total` sequences within a device-memory budget.

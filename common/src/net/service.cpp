@@ -4,12 +4,12 @@
 
 #include <atomic>
 #include <csignal>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::net {
 namespace {
@@ -43,7 +43,7 @@ void serve(Router& router, const ServeLoop& loop) {
         return;
       }
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s: %s\n", loop.name.c_str(), e.what());
+      log::error(loop.name, draining ? ": while draining: " : ": ", e.what());
       if (draining) return;
     }
   }

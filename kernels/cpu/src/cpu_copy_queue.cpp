@@ -4,8 +4,9 @@
 #include "cpu_copy_queue.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <utility>
+
+#include "kvpr/common/log.h"
 
 namespace kvpr::kernels::cpu {
 
@@ -62,15 +63,15 @@ CopyQueue::~CopyQueue() {
   try {
     if (thread_.joinable()) thread_.join();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvpr cpu backend: joining the copy thread failed: %s\n", e.what());
+    log::error("cpu backend: joining the copy thread failed: ", e.what());
   }
   if (error_) {
     try {
       std::rethrow_exception(error_);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "kvpr cpu backend: uncollected copy error: %s\n", e.what());
+      log::warn("cpu backend: uncollected copy error: ", e.what());
     } catch (...) {
-      std::fprintf(stderr, "kvpr cpu backend: uncollected copy error of unknown type\n");
+      log::warn("cpu backend: uncollected copy error of unknown type");
     }
   }
 }

@@ -16,7 +16,6 @@
 #include <cuda_runtime_api.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -31,6 +30,7 @@
 #include "embedding.cuh"
 #include "gemm.cuh"
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "layer_norm.cuh"
 #include "rms_norm.cuh"
 #include "rope.cuh"
@@ -105,7 +105,7 @@ class CudaBackend final : public Backend {
     try {
       device_->synchronize();
     } catch (const std::exception& e) {  // a destructor never throws
-      std::fprintf(stderr, "cuda backend: at shutdown: %s\n", e.what());
+      log::error("cuda backend: at shutdown: ", e.what());
     }
   }
   CudaBackend(const CudaBackend&) = delete;

@@ -2,10 +2,10 @@
 // because those are what a reader searches for; kvpr adds only which backend said it.
 #include "cuda_check.h"
 
-#include <cstdio>
 #include <string>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::kernels::cuda {
 
@@ -32,9 +32,8 @@ void check_launch(std::string_view op) {
 
 void log_failure(cudaError_t err, std::string_view call) noexcept {
   if (err == cudaSuccess) return;
-  std::fprintf(stderr, "cuda backend: %.*s: %s (%s) [in a destructor; continuing]\n",
-               static_cast<int>(call.size()), call.data(), cudaGetErrorString(err),
-               cudaGetErrorName(err));
+  log::warn("cuda backend: ", call, ": ", cudaGetErrorString(err), " (", cudaGetErrorName(err),
+            ") [in a destructor; continuing]");
 }
 
 }  // namespace kvpr::kernels::cuda

@@ -1,9 +1,8 @@
 // See cuda_handles.h. Move assignment releases what the target held first, then steals.
 #include "cuda_handles.h"
 
-#include <cstdio>
-
 #include "cuda_check.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::kernels::cuda {
 
@@ -50,8 +49,8 @@ BlasHandle::~BlasHandle() {
   if (handle_ == nullptr) return;
   const cublasStatus_t status = cublasDestroy(handle_);
   if (status != CUBLAS_STATUS_SUCCESS) {
-    std::fprintf(stderr, "cuda backend: cublasDestroy: %s [in a destructor; continuing]\n",
-                 cublasGetStatusString(status));
+    log::warn("cuda backend: cublasDestroy: ", cublasGetStatusString(status),
+              " [in a destructor; continuing]");
   }
 }
 

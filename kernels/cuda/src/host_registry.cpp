@@ -3,10 +3,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
-
 #include "cuda_check.h"
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::kernels::cuda {
 
@@ -15,10 +14,9 @@ bool HostRegistry::add(void* ptr, std::size_t bytes) {
   const cudaError_t err = cudaHostRegister(ptr, bytes, cudaHostRegisterDefault);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();  // not sticky; keep it from surfacing at the next launch check
-    std::fprintf(stderr,
-                 "cuda backend: cudaHostRegister of %zu bytes failed: %s (%s); copies from that "
-                 "memory go through pinned staging buffers instead\n",
-                 bytes, cudaGetErrorString(err), cudaGetErrorName(err));
+    log::warn("cuda backend: cudaHostRegister of ", bytes,
+              " bytes failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err),
+              "); copies from that memory go through pinned staging buffers instead");
     return false;
   }
   std::lock_guard lock(mutex_);

@@ -9,6 +9,7 @@
 #include <zmq.hpp>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/net/service.h"
 
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
   int metrics_port = 0;
   std::string name = "kvstore";
   std::string ready_file;
+  std::string log_level;
   app.add_option("--listen", listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
       ->capture_default_str();
   app.add_option("--capacity", capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
@@ -72,6 +74,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--name", name, "Service name (logs, ready file)")->capture_default_str();
   app.add_option("--ready-file", ready_file, "Write {endpoint, metrics_port, pid} here once ready");
+  app.add_option(
+      "--log-level", log_level,
+      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
+    kvpr::log::init("kvpr-kvstore", log_level);
     kvpr::kvstore::KvStoreServiceOptions options;
     options.endpoint = listen;
     options.capacity_bytes = parse_bytes(capacity, "--capacity");
@@ -97,21 +103,20 @@ int main(int argc, char** argv) {
     zmq::context_t context;
     kvpr::kvstore::KvStoreService service(context, options);
     service.start();
-    std::printf("kvpr-kvstore %s: listening on %s, capacity %llu bytes (%zu-byte pages), %s\n",
-                name.c_str(), service.endpoint().c_str(),
-                static_cast<unsigned long long>(service.arena_bytes()), options.page_bytes,
-                service.metrics_port() >= 0
-                    ? ("metrics on port " + std::to_string(service.metrics_port())).c_str()
-                    : "metrics off");
-    std::fflush(stdout);
+    kvpr::log::info("kvpr-kvstore ", name, ": listening on ", service.endpoint(), ", capacity ",
+                    service.arena_bytes(), " bytes (", options.page_bytes, "-byte pages), ",
+                    service.metrics_port() >= 0
+                        ? "metrics on port " + std::to_string(service.metrics_port())
+                        : std::string("metrics off"));
     if (!ready_file.empty()) {
       kvpr::net::write_ready_file(ready_file,
                                   {name, "kvstore", service.endpoint(), service.metrics_port()});
     }
     while (!kvpr::net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kvpr::log::info("kvpr-kvstore ", name, ": stopping");
     service.stop();
     return 0;
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // the process's last word: one plain line, as a CLI's
     std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
     return 1;
   }

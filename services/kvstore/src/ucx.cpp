@@ -1,10 +1,10 @@
 #include "ucx.h"
 
 #include <atomic>
-#include <cstdio>
 #include <utility>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::kvstore::ucx {
 namespace {
@@ -174,8 +174,7 @@ void Endpoint::close() {
   void* request = ucp_ep_close_nbx(take(handle_), &params);
   if (request == nullptr) return;
   if (UCS_PTR_IS_ERR(request)) {
-    std::fprintf(stderr, "kvstore: ucp_ep_close_nbx: %s\n",
-                 ucs_status_string(UCS_PTR_STATUS(request)));
+    log::warn("kvstore: ucp_ep_close_nbx: ", ucs_status_string(UCS_PTR_STATUS(request)));
     return;
   }
   // A forced close completes locally, without the peer; the bound only guards against a UCX bug.
@@ -183,7 +182,7 @@ void Endpoint::close() {
   while (ucp_request_check_status(request) == UCS_INPROGRESS) {
     ucp_worker_progress(worker_);
     if (std::chrono::steady_clock::now() >= deadline) {
-      std::fprintf(stderr, "kvstore: ucp_ep_close_nbx did not complete in 2 s\n");
+      log::warn("kvstore: ucp_ep_close_nbx did not complete in 2 s");
       return;  // the request stays with UCX; the worker's destruction reclaims it
     }
   }
@@ -220,7 +219,7 @@ MemoryMap::~MemoryMap() {
   if (handle_ == nullptr) return;
   const ucs_status_t status = ucp_mem_unmap(context_, handle_);
   if (status != UCS_OK) {
-    std::fprintf(stderr, "kvstore: ucp_mem_unmap: %s\n", ucs_status_string(status));
+    log::warn("kvstore: ucp_mem_unmap: ", ucs_status_string(status));
   }
 }
 

@@ -1,6 +1,7 @@
 // `kvpr-planner`: one planner replica (PlannerService) as a process. main() parses flags,
 // constructs and wires; SIGTERM/SIGINT stop it after the requests already received are answered.
-// Every error ends in one line on stderr and exit code 1.
+// Every error that ends the process is one plain line on stderr ("kvpr-planner: KIND: ...") and
+// exit code 1; while it serves, diagnostics go through the log (kvpr/common/log.h).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <zmq.hpp>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/planner_service.h"
 
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
   options.endpoint = "tcp://127.0.0.1:5556";
   options.metrics_port = 0;
   std::string ready_file;
+  std::string log_level;
   app.add_option("--listen", options.endpoint,
                  "ZeroMQ endpoint to serve on (tcp://HOST:0 picks a free port)")
       ->capture_default_str();
@@ -44,11 +47,20 @@ int main(int argc, char** argv) {
   app.add_option("--bucket", options.bucket, "Plans are cached per context bucket of N tokens")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 20));
+  app.add_option(
+      "--log-level", log_level,
+      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
+    report("bad arguments", e.what());
+    return 1;
+  }
+  try {
+    kvpr::log::init("kvpr-planner", log_level);
+  } catch (const kvpr::Error& e) {
     report("bad arguments", e.what());
     return 1;
   }
@@ -62,14 +74,13 @@ int main(int argc, char** argv) {
       kvpr::net::write_ready_file(
           ready_file, {service.name(), "planner", service.endpoint(), service.metrics_port()});
     }
-    std::printf(
-        "kvpr-planner %s listening on %s (metrics %s)\n", service.name().c_str(),
-        service.endpoint().c_str(),
-        service.metrics_port() >= 0 ? std::to_string(service.metrics_port()).c_str() : "off");
-    std::fflush(stdout);
+    kvpr::log::info(
+        "kvpr-planner ", service.name(), " listening on ", service.endpoint(), " (metrics ",
+        service.metrics_port() >= 0 ? std::to_string(service.metrics_port()) : "off", ")");
     while (!kvpr::net::stop_requested()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
+    kvpr::log::info("kvpr-planner ", service.name(), ": stopping");
     service.stop();
     return 0;
   } catch (const kvpr::Error& e) {

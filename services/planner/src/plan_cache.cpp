@@ -4,7 +4,7 @@
 #include <bit>
 #include <numeric>
 
-#include "kvpr/common/cost_model.h"
+#include "kvpr/planner/cost_model.h"
 
 namespace kvpr::planner {
 

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "kvpr/common/profile.h"
-#include "kvpr/common/step_model.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/planner/step_model.h"
 #include "schemas/planner.capnp.h"
 
 namespace kvpr::planner::wire_adapter {

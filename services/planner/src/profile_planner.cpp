@@ -4,13 +4,12 @@
 #include <cmath>
 #include <limits>
 
-#include "kvpr/common/cost_model.h"
 #include "kvpr/common/error.h"
+#include "kvpr/planner/cost_model.h"
 
 namespace kvpr::planner {
 namespace {
 
-constexpr std::int64_t kPaperChunk = std::numeric_limits<std::int32_t>::max();
 const std::vector<std::int64_t> kChunks = {16, 32, 64, 128, 256, 512, kPaperChunk};
 
 std::string ms(double s) {
@@ -41,8 +40,8 @@ StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
 Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   Decision d;
   const std::vector<std::int64_t> zeros(s.size(), 0);
-  d.transfer = predict(s, zeros, 64, false);
-  d.recompute = predict(s, s, 64, false);
+  d.transfer = predict(s, zeros, kChunkTokens, false);
+  d.recompute = predict(s, s, kChunkTokens, false);
   {
     const LayerShape layer{model_.h, model_.h_kv, model_.p};
     const double B = profile_.h2d_bytes_per_s.y.back();
@@ -52,7 +51,7 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   Plan& plan = d.plan;
   plan.policy = Policy::transfer;
   plan.l = zeros;
-  plan.chunk = 64;
+  plan.chunk = kChunkTokens;
   d.predicted = d.transfer;
   if (model_.h >= 2 * model_.h_kv) {
     plan.predicted_step_s = d.transfer.total_s;
@@ -65,9 +64,9 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   // Every chunk size over a coarse grid of ratios, then a finer grid around the best.
   struct Best {
     double ratio = 0;
-    std::int64_t chunk = 64;
+    std::int64_t chunk = kChunkTokens;
     StepPrediction p;
-  } best{0, 64, d.transfer};
+  } best{0, kChunkTokens, d.transfer};
   const auto consider = [&](double ratio, std::int64_t chunk) {
     const auto l = splits_for_ratio(s, ratio);
     const auto p = predict(s, l, chunk, false);
@@ -117,8 +116,8 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
 Plan ProfilePlanner::plan(const PlanRequest& request) {
   const auto& s = request.s;
   if (request.policy != Policy::kvpr || request.split) {
-    Plan fixed =
-        CostModelPlanner(64).plan(request);  // the policy fixes l; predict it with the profile
+    Plan fixed = CostModelPlanner(kChunkTokens)
+                     .plan(request);  // the policy fixes l; predict it with the profile
     fixed.predicted_step_s =
         predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
     return fixed;

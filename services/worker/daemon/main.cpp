@@ -10,6 +10,7 @@
 
 #include "kvpr/common/checkpoint.h"
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/remote_kv_store.h"
 #include "kvpr/net/service.h"
@@ -38,6 +39,7 @@ struct Flags {
   std::string ready_file;
   int kv_timeout_ms = 2000;
   int planner_timeout_ms = 1000;
+  std::string log_level;
 };
 
 int serve(const Flags& f) {
@@ -84,7 +86,7 @@ int serve(const Flags& f) {
   std::unique_ptr<planner::Planner> planner;
   std::unique_ptr<planner::RemotePlanner> remote;
   double link_bytes_per_s = 0;
-  const StepShape step = worker::step_shape(c, store.shape().block_tokens);
+  const planner::StepShape step = worker::step_shape(c, store.shape().block_tokens);
   std::optional<HardwareProfile> profile;
   if (f.profile == "measured") {
     worker::ProfileOptions po;
@@ -114,17 +116,15 @@ int serve(const Flags& f) {
   so.link_bytes_per_s = link_bytes_per_s;
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
-  std::printf("%s: serving %s on %s (kvstore %s, %s zero-copy; %zu planner(s)); metrics on :%d\n",
-              f.name.c_str(), f.model.c_str(), service.endpoint().c_str(), f.kvstore.c_str(),
-              store.zero_copy() ? "" : "not", f.planners.size(), service.metrics_port());
-  std::fflush(stdout);
+  log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
+            ", ", store.zero_copy() ? "" : "not", " zero-copy; ", f.planners.size(),
+            " planner(s)); metrics on :", service.metrics_port());
   if (!f.ready_file.empty()) {
     net::write_ready_file(f.ready_file,
                           {f.name, "worker", service.endpoint(), service.metrics_port()});
   }
   while (!net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  std::printf("%s: stopping; finishing queued requests\n", f.name.c_str());
-  std::fflush(stdout);
+  log::info(f.name, ": stopping; finishing queued requests");
   service.stop();
   if (registered != nullptr) backend->unregister_host(registered);
   return 0;
@@ -154,6 +154,9 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
+  app.add_option(
+      "--log-level", f.log_level,
+      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -162,10 +165,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
     return 1;
   }
+  try {
+    kvpr::log::init("kvpr-worker", f.log_level);
+  } catch (const kvpr::Error& e) {
+    std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
+    return 1;
+  }
   kvpr::net::install_stop_signals();
   try {
     return serve(f);
-  } catch (const kvpr::Error& e) {
+  } catch (const kvpr::Error& e) {  // the process's last word: one plain line, as a CLI's
     std::fprintf(stderr, "kvpr-worker: %s: %s\n", std::string(kvpr::to_string(e.kind())).c_str(),
                  e.what());
   } catch (const std::exception& e) {

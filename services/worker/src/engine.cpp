@@ -91,12 +91,16 @@ void Engine::qkv(const DeviceLayer& w, Tensor xn, std::span<const std::int32_t> 
                  Tensor k, Tensor v) {
   const ModelConfig& c = model_.config();
   backend_.gemm(xn, w.q.w, w.q.bias(), q);
+  if (c.arch == Arch::llama) backend_.rope(q, positions, c.n_heads, c.head_dim, c.rope_theta);
+  project_kv(w, xn, positions, k, v);
+}
+
+void Engine::project_kv(const DeviceLayer& w, Tensor xn, std::span<const std::int32_t> positions,
+                        Tensor k, Tensor v) {
+  const ModelConfig& c = model_.config();
   backend_.gemm(xn, w.k.w, w.k.bias(), k);
   backend_.gemm(xn, w.v.w, w.v.bias(), v);
-  if (c.arch == Arch::llama) {
-    backend_.rope(q, positions, c.n_heads, c.head_dim, c.rope_theta);
-    backend_.rope(k, positions, c.n_kv_heads, c.head_dim, c.rope_theta);
-  }
+  if (c.arch == Arch::llama) backend_.rope(k, positions, c.n_kv_heads, c.head_dim, c.rope_theta);
 }
 
 void Engine::attn_out_and_ffn(const DeviceLayer& w, Tensor attn, Tensor x) {

@@ -1,9 +1,6 @@
-// The decode step. Per layer, the copy queue brings the activations of tokens [0, l) in chunks and
-// then the K,V of tokens [l, s) into one of two staging slots, while the compute queue works on the
-// previous layer; the compute queue recomputes K,V of each activation chunk as soon as it lands
-// (events order the queues), attends over recomputed, fetched and new-token segments, and hands
-// the new token's activation and K,V to the copy queue to be written back. Slots are reused every
-// other layer, so the fetch of layer i+2 waits only for layer i's attention to finish with it.
+// The decode step: the planner's DecodeSchedule (decode_schedule.h, which the step model replays
+// to predict this very order of work) executed on the backend's two queues. Every op of the
+// schedule maps to one phase below; the queue fences say what each one orders.
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -15,79 +12,86 @@ namespace kvpr::worker {
 
 using kernels::Queue;
 using kernels::Tensor;
-using kvstore::Part;
+using planner::DecodeOp;
+using planner::OpKind;
+
+Engine::Tracer::Tracer(kernels::Backend& backend)
+    : backend_(backend), start_(backend.record(Queue::compute)) {}
+
+void Engine::Tracer::add(const char* op, Queue queue, std::int32_t layer, std::int32_t chunk,
+                         std::shared_ptr<kernels::Event> begin,
+                         std::shared_ptr<kernels::Event> end) {
+  pending_.push_back({{op, queue, layer, chunk, 0, 0}, std::move(begin), std::move(end)});
+}
+
+std::vector<TraceSpan> Engine::Tracer::finish() {
+  std::vector<TraceSpan> spans;
+  spans.reserve(pending_.size());
+  for (auto& p : pending_) {
+    p.span.begin_s = backend_.elapsed_s(start_, p.begin);
+    p.span.end_s = backend_.elapsed_s(start_, p.end);
+    spans.push_back(p.span);
+  }
+  pending_.clear();
+  return spans;
+}
 
 Engine::Slot& Engine::slot(std::size_t index) {
   while (slots_.size() <= index) slots_.push_back(std::make_unique<Slot>());
   return *slots_[index];
 }
 
-void Engine::enqueue_fetch(StepContext& ctx, std::int64_t layer, Slot& sl) {
+void Engine::size_slots(const planner::DecodeSchedule& schedule) {
   const ModelConfig& c = model_.config();
-  const DType dtype = store_.shape().dtype;
-  const DType dt = backend_.compute_dtype();
-  if (sl.free) backend_.wait(Queue::copy, sl.free);
-  sl.chunks.clear();
-  Tensor act = sl.act->tensor(dt, std::max<std::int64_t>(ctx.l_total, 1), c.h);
-  std::int64_t rows_done = 0;
-  std::int64_t next_boundary = ctx.chunk;
-  for (std::size_t i = 0; i < ctx.seqs.size(); ++i) {
-    if (ctx.l[i] == 0) continue;
-    for (const auto& span : store_.locate(ctx.seqs[i], layer, Part::act, 0, ctx.l[i])) {
-      backend_.copy_to_device(Queue::copy, act.rows_slice(ctx.act_off[i] + span.t0, span.n_tokens),
-                              span.data, dtype);
-      rows_done += span.n_tokens;
-      if (rows_done >= next_boundary) {
-        sl.chunks.push_back({rows_done, backend_.record(Queue::copy)});
-        next_boundary = rows_done + ctx.chunk;
-      }
-    }
+  const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
+  const std::int64_t kv_rows = std::max<std::int64_t>(schedule.kv_total(), 1);
+  for (std::size_t i = 0; i < planner::kStagingSlots; ++i) {
+    Slot& sl = slot(i);
+    sl.free.reset();  // the previous step drained: nothing reads the slot any more
+    sl.chunks.clear();
+    sl.kv_landed.reset();
+    sl.fetch_began.reset();
+    grown(backend_, sl.act, rows, c.h);
+    grown(backend_, sl.rk, rows, c.h_kv());
+    grown(backend_, sl.rv, rows, c.h_kv());
+    grown(backend_, sl.fk, kv_rows, c.h_kv());
+    grown(backend_, sl.fv, kv_rows, c.h_kv());
   }
-  if (rows_done > 0 && (sl.chunks.empty() || sl.chunks.back().rows_end < rows_done)) {
-    sl.chunks.push_back({rows_done, backend_.record(Queue::copy)});
-  }
-  const std::int64_t kv_rows = std::max<std::int64_t>(ctx.kv_total, 1);
-  Tensor fk = sl.fk->tensor(dt, kv_rows, c.h_kv());
-  Tensor fv = sl.fv->tensor(dt, kv_rows, c.h_kv());
-  for (std::size_t i = 0; i < ctx.seqs.size(); ++i) {
-    if (ctx.l[i] == ctx.s[i]) continue;
-    for (Part part : {Part::k, Part::v}) {
-      Tensor dst = part == Part::k ? fk : fv;
-      for (const auto& span : store_.locate(ctx.seqs[i], layer, part, ctx.l[i], ctx.s[i])) {
-        const std::int64_t row = ctx.kv_off[i] + (span.t0 - ctx.l[i]);
-        backend_.copy_to_device(Queue::copy, dst.rows_slice(row, span.n_tokens), span.data, dtype);
-      }
-    }
-  }
-  sl.kv_landed = backend_.record(Queue::copy);
 }
 
-void Engine::recompute_chunks(StepContext& ctx, std::int64_t layer, Slot& sl) {
+void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   const ModelConfig& c = model_.config();
-  const DeviceLayer& w = model_.layer(layer);
-  const DType dt = backend_.compute_dtype();
-  const std::int64_t rows = std::max<std::int64_t>(ctx.l_total, 1);
-  Tensor act = sl.act->tensor(dt, rows, c.h);
-  Tensor rk = sl.rk->tensor(dt, rows, c.h_kv());
-  Tensor rv = sl.rv->tensor(dt, rows, c.h_kv());
-  std::int64_t begin = 0;
-  for (const auto& chunk : sl.chunks) {
-    {
-      Clock idle(ctx.times->idle);
-      backend_.wait(Queue::compute, chunk.landed);
+  step.seqs.assign(seqs.begin(), seqs.end());
+  std::vector<std::int64_t> s;
+  for (SeqHandle seq : seqs) {
+    const std::int64_t len = store_.length(seq);
+    if (len + 1 > c.max_positions) {
+      fail("sequence ", seq, " would pass max_position_embeddings ", c.max_positions);
     }
-    Clock busy(ctx.times->recompute);
-    const std::int64_t n = chunk.rows_end - begin;
-    Tensor a = act.rows_slice(begin, n);
-    Tensor k = rk.rows_slice(begin, n);
-    backend_.gemm(a, w.k.w, w.k.bias(), k);
-    backend_.gemm(a, w.v.w, w.v.bias(), rv.rows_slice(begin, n));
-    if (c.arch == Arch::llama) {
-      const std::span<const std::int32_t> pos(ctx.act_positions.data() + begin,
-                                              static_cast<std::size_t>(n));
-      backend_.rope(k, pos, c.n_kv_heads, c.head_dim, c.rope_theta);
+    s.push_back(len);
+    step.positions.push_back(static_cast<std::int32_t>(len));
+  }
+  store_.reserve(seqs, 1);  // all or nothing, before any work
+
+  step.resident = options_.policy == planner::Policy::resident;
+  planner::PlanRequest request;
+  request.shape = {c.h, c.h_kv(), static_cast<std::int64_t>(size_of(store_.shape().dtype))};
+  request.n_layers = c.n_layers;
+  request.s = s;
+  request.policy = options_.policy;
+  request.split = options_.split;
+  request.rates = rates_;
+  step.plan = planner_.plan(request);
+  step.schedule.emplace(
+      planner::ScheduleShape{c.n_layers, store_.shape().block_tokens, s, step.plan.l,
+                             std::max<std::int64_t>(step.plan.chunk, 1), step.resident});
+  if (step.resident) {
+    for (SeqHandle seq : seqs) {
+      auto it = resident_.find(seq);
+      if (it == resident_.end())
+        fail("decode: sequence ", seq, " has no resident K,V (prefilled under another policy?)");
+      step.resident_before[seq] = it->second->layers.front().length;
     }
-    begin = chunk.rows_end;
   }
 }
 
@@ -102,222 +106,286 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   if (std::set<SeqHandle>(seqs.begin(), seqs.end()).size() != seqs.size()) {
     fail("decode: a sequence appears twice in one batch");
   }
-  const auto wall_start = std::chrono::steady_clock::now();
+  last_ = {};
+  last_.started = std::chrono::steady_clock::now();
   const auto copy_before = backend_.copy_stats();
-  StepContext ctx;
-  PhaseTimes times;
-  ctx.times = &times;
-  ctx.seqs.assign(seqs.begin(), seqs.end());
-  std::vector<std::int32_t> positions;
-  for (SeqHandle seq : seqs) {
-    const std::int64_t s = store_.length(seq);
-    if (s + 1 > c.max_positions) {
-      fail("sequence ", seq, " would pass max_position_embeddings ", c.max_positions);
-    }
-    ctx.s.push_back(s);
-    positions.push_back(static_cast<std::int32_t>(s));
-  }
-  for (SeqHandle seq : seqs) store_.reserve(seq, 1);  // all or nothing before any work
-
-  const bool resident = options_.policy == planner::Policy::resident;
-  planner::PlanRequest request;
-  request.shape = {c.h, c.h_kv(), static_cast<std::int64_t>(size_of(store_.shape().dtype))};
-  request.n_layers = c.n_layers;
-  request.s = ctx.s;
-  request.policy = options_.policy;
-  request.split = options_.split;
-  request.rates = rates_;
-  planner::Plan plan = planner_.plan(request);
-  ctx.l = resident ? ctx.s : plan.l;
-  ctx.chunk = std::max<std::int64_t>(plan.chunk, 1);
-  for (std::size_t i = 0; i < ctx.seqs.size(); ++i) {
-    ctx.act_off.push_back(ctx.l_total);
-    ctx.kv_off.push_back(ctx.kv_total);
-    for (std::int64_t t = 0; t < ctx.l[i]; ++t)
-      ctx.act_positions.push_back(static_cast<std::int32_t>(t));
-    ctx.l_total += ctx.l[i];
-    ctx.kv_total += ctx.s[i] - ctx.l[i];
-  }
-
-  std::map<SeqHandle, std::int64_t> resident_before;
-  if (resident) {
-    for (SeqHandle seq : seqs) {
-      auto it = resident_.find(seq);
-      if (it == resident_.end())
-        fail("decode: sequence ", seq, " has no resident K,V (prefilled under another policy?)");
-      resident_before[seq] = it->second->layers.front().length;
-    }
-  }
+  Step step;
+  step.tokens = tokens;
+  begin_step(step, seqs);
   std::vector<float> out;
+  step.logits = &out;
   try {
-    const DType dt = backend_.compute_dtype();
-    if (!resident) {
-      for (std::size_t i = 0; i < 2; ++i) {
-        Slot& sl = slot(i);
-        sl.free.reset();
-        grown(backend_, sl.act, std::max<std::int64_t>(ctx.l_total, 1), c.h);
-        grown(backend_, sl.rk, std::max<std::int64_t>(ctx.l_total, 1), c.h_kv());
-        grown(backend_, sl.rv, std::max<std::int64_t>(ctx.l_total, 1), c.h_kv());
-        grown(backend_, sl.fk, std::max<std::int64_t>(ctx.kv_total, 1), c.h_kv());
-        grown(backend_, sl.fv, std::max<std::int64_t>(ctx.kv_total, 1), c.h_kv());
-      }
-      for (std::int64_t layer = 0; layer < std::min<std::int64_t>(2, c.n_layers); ++layer) {
-        enqueue_fetch(ctx, layer, slot(static_cast<std::size_t>(layer)));
-      }
-    }
-    Tensor x = scratch(kX, b, c.h);
-    Tensor q = scratch(kQ, b, c.h);
-    Tensor attn = scratch(kAttn, b, c.h);
-    {
-      Clock other(times.other);
-      embed(tokens, positions, x);
-    }
-    const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
-                                   1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-    std::vector<kernels::AttnSegment> segments;
-    for (std::int64_t layer = 0; layer < c.n_layers; ++layer) {
-      const DeviceLayer& w = model_.layer(layer);
-      const auto wb = kWriteback + 3 * static_cast<std::size_t>(layer);
-      Tensor xn = scratch(wb, b, c.h);
-      Tensor k_new = scratch(wb + 1, b, c.h_kv());
-      Tensor v_new = scratch(wb + 2, b, c.h_kv());
-      {
-        Clock other(times.other);
-        attention_input(w, x, xn);
-        qkv(w, xn, positions, q, k_new, v_new);
-      }
-      backend_.wait(Queue::copy, backend_.record(Queue::compute));
-      for (std::int64_t i = 0; i < b; ++i) {
-        const auto seq = ctx.seqs[static_cast<std::size_t>(i)];
-        const auto s = ctx.s[static_cast<std::size_t>(i)];
-        write_rows(seq, layer, Part::act, s, xn.rows_slice(i, 1), Queue::copy);
-        write_rows(seq, layer, Part::k, s, k_new.rows_slice(i, 1), Queue::copy);
-        write_rows(seq, layer, Part::v, s, v_new.rows_slice(i, 1), Queue::copy);
-      }
-      segments.clear();
-      Slot* sl = nullptr;
-      if (resident) {
-        for (std::int64_t i = 0; i < b; ++i) {
-          const auto seq = ctx.seqs[static_cast<std::size_t>(i)];
-          resident_append(seq, layer, k_new.rows_slice(i, 1), v_new.rows_slice(i, 1));
-          const auto& L = resident_[seq]->layers[static_cast<std::size_t>(layer)];
-          segments.push_back(
-              {i, L.k->tensor(dt, L.length, c.h_kv()), L.v->tensor(dt, L.length, c.h_kv())});
-        }
-      } else {
-        sl = &slot(static_cast<std::size_t>(layer % 2));
-        recompute_chunks(ctx, layer, *sl);
-        {
-          Clock idle(times.idle);
-          backend_.wait(Queue::compute, sl->kv_landed);
-        }
-        const std::int64_t rows = std::max<std::int64_t>(ctx.l_total, 1);
-        const std::int64_t kv_rows = std::max<std::int64_t>(ctx.kv_total, 1);
-        Tensor rk = sl->rk->tensor(dt, rows, c.h_kv());
-        Tensor rv = sl->rv->tensor(dt, rows, c.h_kv());
-        Tensor fk = sl->fk->tensor(dt, kv_rows, c.h_kv());
-        Tensor fv = sl->fv->tensor(dt, kv_rows, c.h_kv());
-        for (std::int64_t i = 0; i < b; ++i) {
-          const auto u = static_cast<std::size_t>(i);
-          if (ctx.l[u] > 0) {
-            segments.push_back({i, rk.rows_slice(ctx.act_off[u], ctx.l[u]),
-                                rv.rows_slice(ctx.act_off[u], ctx.l[u])});
-          }
-          const std::int64_t fetched = ctx.s[u] - ctx.l[u];
-          if (fetched > 0) {
-            segments.push_back(
-                {i, fk.rows_slice(ctx.kv_off[u], fetched), fv.rows_slice(ctx.kv_off[u], fetched)});
-          }
-          segments.push_back({i, k_new.rows_slice(i, 1), v_new.rows_slice(i, 1)});
-        }
-      }
-      {
-        Clock attention(times.attention);
-        backend_.attention(q, segments, shape, attn);
-      }
-      if (sl != nullptr) {
-        sl->free = backend_.record(Queue::compute);
-        if (layer + 2 < c.n_layers) enqueue_fetch(ctx, layer + 2, *sl);
-      }
-      Clock other(times.other);
-      attn_out_and_ffn(w, attn, x);
-    }
-    {
-      Clock other(times.other);
-      logits(x, out);
-    }
-    {
-      Clock idle(times.idle);
-      backend_.synchronize();  // the write-backs have landed in host memory
-    }
+    if (!step.resident) size_slots(*step.schedule);
+    step.x = scratch(kX, b, c.h);
+    step.q = scratch(kQ, b, c.h);
+    step.attn = scratch(kAttn, b, c.h);
+    step.attn_shape = {c.n_heads, c.n_kv_heads, c.head_dim,
+                       1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    if (options_.trace) step.tracer.emplace(backend_);
+    step.schedule->run([&](const DecodeOp& op) { execute(step, op); });
   } catch (...) {
     try {
       backend_.synchronize();
     } catch (...) {  // the step's own error is the one to report
     }
-    for (auto& [seq, len] : resident_before) {
+    for (auto& [seq, len] : step.resident_before) {
       for (auto& L : resident_[seq]->layers) L.length = std::min(L.length, len);
     }
     throw;
   }
-  for (SeqHandle seq : seqs) store_.commit(seq, 1);
-
+  store_.commit(seqs, 1);
   const auto copy_after = backend_.copy_stats();
-  times.transfer = copy_after.busy_s - copy_before.busy_s;
-  times.total =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
-  last_.times = times;
-  last_.recompute_tokens = resident ? 0 : ctx.l_total * c.n_layers;
-  last_.transfer_tokens = resident ? 0 : ctx.kv_total * c.n_layers;
+  step.times.transfer = copy_after.busy_s - copy_before.busy_s;
+  step.times.total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - last_.started).count();
+  last_.times = step.times;
+  const auto& schedule = *step.schedule;
+  last_.recompute_tokens = schedule.l_total() * c.n_layers;
+  last_.transfer_tokens = schedule.kv_total() * c.n_layers;
   last_.h2d_bytes = copy_after.h2d_bytes - copy_before.h2d_bytes;
   last_.d2h_bytes = copy_after.d2h_bytes - copy_before.d2h_bytes;
-  if (resident) plan.l.assign(plan.l.size(), 0);
-  last_.plan = std::move(plan);
+  if (step.resident) step.plan.l.assign(step.plan.l.size(), 0);
+  last_.plan = std::move(step.plan);
+  if (step.tracer) last_.trace = step.tracer->finish();
   return out;
+}
+
+void Engine::execute(Step& step, const DecodeOp& op) {
+  Tracer* tracer = step.tracer ? &*step.tracer : nullptr;
+  // A compute op, timed into `phase` and traced between two compute-queue events.
+  const auto compute = [&](const char* name, double& phase, auto&& work) {
+    auto begin = tracer ? tracer->mark(Queue::compute) : nullptr;
+    {
+      Clock clock(phase);
+      work();
+    }
+    if (tracer)
+      tracer->add(name, Queue::compute, op.layer, op.chunk, begin, tracer->mark(Queue::compute));
+  };
+  switch (op.kind) {
+    case OpKind::await_slot: {
+      // The copy queue refills a slot only after compute has attended over what it held.
+      Slot& sl = slot(static_cast<std::size_t>(op.slot));
+      if (sl.free) backend_.wait(Queue::copy, sl.free);
+      return;
+    }
+    case OpKind::fetch:
+      return fetch_block(step, op);
+    case OpKind::chunk_landed: {
+      Slot& sl = slot(static_cast<std::size_t>(op.slot));
+      if (op.chunk == 0) sl.chunks.clear();
+      sl.chunks.push_back(backend_.record(Queue::copy));
+      if (tracer) {
+        tracer->add("fetch_act", Queue::copy, op.layer, op.chunk,
+                    op.chunk == 0 ? sl.fetch_began : sl.chunks[sl.chunks.size() - 2],
+                    sl.chunks.back());
+      }
+      return;
+    }
+    case OpKind::kv_landed: {
+      Slot& sl = slot(static_cast<std::size_t>(op.slot));
+      sl.kv_landed = backend_.record(Queue::copy);
+      if (tracer && sl.fetch_began) {
+        const bool any_act = step.schedule->l_total() > 0;
+        tracer->add("fetch_kv", Queue::copy, op.layer, -1,
+                    any_act ? sl.chunks.back() : sl.fetch_began, sl.kv_landed);
+      }
+      sl.fetch_began.reset();
+      return;
+    }
+    case OpKind::embed:
+      return compute("embed", step.times.other,
+                     [&] { embed(step.tokens, step.positions, step.x); });
+    case OpKind::project:
+      return compute("project", step.times.other, [&] { project_new_tokens(step, op.layer); });
+    case OpKind::write_back:
+      return write_back(step, op.layer);
+    case OpKind::recompute:
+      return recompute(step, op);
+    case OpKind::await_kv: {
+      // Attention reads the fetched K,V only after the copy queue has landed them.
+      Clock idle(step.times.idle);
+      backend_.wait(Queue::compute, slot(static_cast<std::size_t>(op.slot)).kv_landed);
+      return;
+    }
+    case OpKind::attend:
+      return compute("attend", step.times.attention, [&] { attend(step, op.layer, op.slot); });
+    case OpKind::release_slot:
+      // The fetch of layer + kPrefetchLayers into this slot waits for this event (await_slot).
+      slot(static_cast<std::size_t>(op.slot)).free = backend_.record(Queue::compute);
+      return;
+    case OpKind::finish_layer:
+      return compute("finish_layer", step.times.other,
+                     [&] { attn_out_and_ffn(model_.layer(op.layer), step.attn, step.x); });
+    case OpKind::head:
+      return compute("head", step.times.other, [&] { logits(step.x, *step.logits); });
+    case OpKind::drain: {
+      Clock idle(step.times.idle);
+      backend_.synchronize();  // the write-backs have landed in host memory
+      return;
+    }
+  }
+}
+
+void Engine::fetch_block(Step& step, const DecodeOp& op) {
+  const ModelConfig& c = model_.config();
+  const auto& schedule = *step.schedule;
+  Slot& sl = slot(static_cast<std::size_t>(op.slot));
+  if (step.tracer && !sl.fetch_began) sl.fetch_began = backend_.record(Queue::copy);
+  if (op.range_start) {
+    step.spans = store_.locate(step.seqs[static_cast<std::size_t>(op.seq)], op.layer, op.part,
+                               op.t0, op.range_t1);
+    step.next_span = 0;
+  }
+  if (step.next_span >= step.spans.size() || step.spans[step.next_span].t0 != op.t0 ||
+      step.spans[step.next_span].n_tokens != op.n) {
+    fail("decode: the store's blocks of sequence ", step.seqs[static_cast<std::size_t>(op.seq)],
+         " do not match the schedule's block of tokens [", op.t0, ", ", op.t0 + op.n,
+         ") (block_tokens ", store_.shape().block_tokens, ")");
+  }
+  const kvstore::HostSpan& span = step.spans[step.next_span++];
+  const DType dt = backend_.compute_dtype();
+  Tensor dst;
+  if (op.part == Part::act) {
+    dst = sl.act->tensor(dt, std::max<std::int64_t>(schedule.l_total(), 1), c.h);
+  } else {
+    const auto& buffer = op.part == Part::k ? sl.fk : sl.fv;
+    dst = buffer->tensor(dt, std::max<std::int64_t>(schedule.kv_total(), 1), c.h_kv());
+  }
+  backend_.copy_to_device(Queue::copy, dst.rows_slice(op.row, op.n), span.data,
+                          store_.shape().dtype);
+}
+
+void Engine::project_new_tokens(Step& step, std::int64_t layer) {
+  const ModelConfig& c = model_.config();
+  const auto b = static_cast<std::int64_t>(step.seqs.size());
+  const auto wb = kWriteback + 3 * static_cast<std::size_t>(layer);
+  step.xn = scratch(wb, b, c.h);
+  step.k_new = scratch(wb + 1, b, c.h_kv());
+  step.v_new = scratch(wb + 2, b, c.h_kv());
+  const DeviceLayer& w = model_.layer(layer);
+  attention_input(w, step.x, step.xn);
+  qkv(w, step.xn, step.positions, step.q, step.k_new, step.v_new);
+}
+
+void Engine::write_back(Step& step, std::int64_t layer) {
+  // The copy queue reads the new rows only after the compute queue has written them.
+  backend_.wait(Queue::copy, backend_.record(Queue::compute));
+  auto begin = step.tracer ? step.tracer->mark(Queue::copy) : nullptr;
+  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
+    const auto row = static_cast<std::int64_t>(i);
+    const SeqHandle seq = step.seqs[i];
+    const std::int64_t s = step.positions[i];
+    write_rows(seq, layer, Part::act, s, step.xn.rows_slice(row, 1), Queue::copy);
+    write_rows(seq, layer, Part::k, s, step.k_new.rows_slice(row, 1), Queue::copy);
+    write_rows(seq, layer, Part::v, s, step.v_new.rows_slice(row, 1), Queue::copy);
+  }
+  if (step.tracer) {
+    step.tracer->add("write_back", Queue::copy, static_cast<std::int32_t>(layer), -1, begin,
+                     step.tracer->mark(Queue::copy));
+  }
+}
+
+void Engine::recompute(Step& step, const DecodeOp& op) {
+  const ModelConfig& c = model_.config();
+  const auto& schedule = *step.schedule;
+  Slot& sl = slot(static_cast<std::size_t>(op.slot));
+  {
+    // Recompute reads a chunk's activations only after the copy queue has landed them.
+    Clock idle(step.times.idle);
+    backend_.wait(Queue::compute, sl.chunks.at(static_cast<std::size_t>(op.chunk)));
+  }
+  auto begin = step.tracer ? step.tracer->mark(Queue::compute) : nullptr;
+  {
+    Clock busy(step.times.recompute);
+    const DType dt = backend_.compute_dtype();
+    const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
+    const Tensor act = sl.act->tensor(dt, rows, c.h);
+    const Tensor rk = sl.rk->tensor(dt, rows, c.h_kv());
+    const Tensor rv = sl.rv->tensor(dt, rows, c.h_kv());
+    const std::span<const std::int32_t> positions(schedule.act_positions().data() + op.row,
+                                                  static_cast<std::size_t>(op.n));
+    project_kv(model_.layer(op.layer), act.rows_slice(op.row, op.n), positions,
+               rk.rows_slice(op.row, op.n), rv.rows_slice(op.row, op.n));
+  }
+  if (step.tracer) {
+    step.tracer->add("recompute", Queue::compute, op.layer, op.chunk, begin,
+                     step.tracer->mark(Queue::compute));
+  }
+}
+
+void Engine::attend(Step& step, std::int64_t layer, int slot_index) {
+  const ModelConfig& c = model_.config();
+  const DType dt = backend_.compute_dtype();
+  const auto& schedule = *step.schedule;
+  step.segments.clear();
+  for (std::size_t u = 0; u < step.seqs.size(); ++u) {
+    const auto i = static_cast<std::int64_t>(u);
+    const Tensor k_new = step.k_new.rows_slice(i, 1);
+    const Tensor v_new = step.v_new.rows_slice(i, 1);
+    if (step.resident) {
+      resident_append(step.seqs[u], layer, k_new, v_new);
+      const auto& L = resident_[step.seqs[u]]->layers[static_cast<std::size_t>(layer)];
+      step.segments.push_back(
+          {i, L.k->tensor(dt, L.length, c.h_kv()), L.v->tensor(dt, L.length, c.h_kv())});
+      continue;
+    }
+    const Slot& sl = slot(static_cast<std::size_t>(slot_index));
+    const std::int64_t l = schedule.l(u);
+    if (l > 0) {
+      const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
+      step.segments.push_back(
+          {i, sl.rk->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l),
+           sl.rv->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l)});
+    }
+    const std::int64_t fetched = step.positions[u] - l;
+    if (fetched > 0) {
+      const std::int64_t rows = std::max<std::int64_t>(schedule.kv_total(), 1);
+      step.segments.push_back(
+          {i, sl.fk->tensor(dt, rows, c.h_kv()).rows_slice(schedule.kv_row(u), fetched),
+           sl.fv->tensor(dt, rows, c.h_kv()).rows_slice(schedule.kv_row(u), fetched)});
+    }
+    step.segments.push_back({i, k_new, v_new});
+  }
+  backend_.attention(step.q, step.segments, step.attn_shape, step.attn);
 }
 
 void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                             std::vector<float>& k, std::vector<float>& v) {
   const ModelConfig& c = model_.config();
   if (layer < 0 || layer >= c.n_layers) fail("materialize_kv: layer ", layer, " out of range");
-  StepContext ctx;
-  PhaseTimes times;
-  ctx.times = &times;
-  ctx.seqs = {seq};
   const std::int64_t s = store_.length(seq);
-  ctx.s = {s};
-  ctx.l = {std::clamp<std::int64_t>(l, 0, s)};
-  ctx.act_off = {0};
-  ctx.kv_off = {0};
-  for (std::int64_t t = 0; t < ctx.l[0]; ++t)
-    ctx.act_positions.push_back(static_cast<std::int32_t>(t));
-  ctx.l_total = ctx.l[0];
-  ctx.kv_total = s - ctx.l[0];
+  Step step;
+  step.seqs = {seq};
+  step.positions = {static_cast<std::int32_t>(s)};
+  step.schedule.emplace(planner::ScheduleShape{c.n_layers,
+                                               store_.shape().block_tokens,
+                                               {s},
+                                               {std::clamp<std::int64_t>(l, 0, s)},
+                                               planner::kChunkTokens,
+                                               false});
+  const auto& schedule = *step.schedule;
+  size_slots(schedule);
+  schedule.run_layer_kv(layer, [&](const DecodeOp& op) { execute(step, op); });
   Slot& sl = slot(0);
-  sl.free.reset();
-  const std::int64_t rows = std::max<std::int64_t>(ctx.l_total, 1);
-  const std::int64_t kv_rows = std::max<std::int64_t>(ctx.kv_total, 1);
-  grown(backend_, sl.act, rows, c.h);
-  Tensor rk = grown(backend_, sl.rk, rows, c.h_kv());
-  Tensor rv = grown(backend_, sl.rv, rows, c.h_kv());
-  Tensor fk = grown(backend_, sl.fk, kv_rows, c.h_kv());
-  Tensor fv = grown(backend_, sl.fv, kv_rows, c.h_kv());
-  enqueue_fetch(ctx, layer, sl);
-  recompute_chunks(ctx, layer, sl);
-  backend_.wait(Queue::compute, sl.kv_landed);
+  const DType dt = backend_.compute_dtype();
   const auto row = static_cast<std::size_t>(c.h_kv());
   k.assign(static_cast<std::size_t>(s) * row, 0.0f);
   v.assign(static_cast<std::size_t>(s) * row, 0.0f);
-  if (ctx.l_total > 0) {
-    backend_.copy_to_host(Queue::compute, k.data(), DType::f32, rk.rows_slice(0, ctx.l_total));
-    backend_.copy_to_host(Queue::compute, v.data(), DType::f32, rv.rows_slice(0, ctx.l_total));
+  const std::int64_t l_total = schedule.l_total();
+  const std::int64_t kv_total = schedule.kv_total();
+  if (l_total > 0) {
+    backend_.copy_to_host(Queue::compute, k.data(), DType::f32,
+                          sl.rk->tensor(dt, l_total, c.h_kv()));
+    backend_.copy_to_host(Queue::compute, v.data(), DType::f32,
+                          sl.rv->tensor(dt, l_total, c.h_kv()));
   }
-  if (ctx.kv_total > 0) {
-    const auto off = static_cast<std::size_t>(ctx.l_total) * row;
+  if (kv_total > 0) {
+    const auto off = static_cast<std::size_t>(l_total) * row;
     backend_.copy_to_host(Queue::compute, k.data() + off, DType::f32,
-                          fk.rows_slice(0, ctx.kv_total));
+                          sl.fk->tensor(dt, kv_total, c.h_kv()));
     backend_.copy_to_host(Queue::compute, v.data() + off, DType::f32,
-                          fv.rows_slice(0, ctx.kv_total));
+                          sl.fv->tensor(dt, kv_total, c.h_kv()));
   }
   backend_.synchronize();
 }

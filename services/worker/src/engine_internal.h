@@ -1,9 +1,11 @@
 // Private pieces shared by engine.cpp (construction, prefill, layer math) and engine_decode.cpp
-// (the decode step's fetch/recompute pipeline).
+// (the decode step: the DecodeSchedule executed on the backend's two queues).
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "kvpr/worker/engine.h"
@@ -23,7 +25,8 @@ enum ScratchRole : std::size_t {
   kFfn2,
   kProj,
   kLogits,
-  kWriteback,  // then 3 per layer: activation, K, V of the new tokens
+  kWriteback,  // then 3 per layer: activation, K, V of the new tokens (the copy queue reads them
+               // after compute has moved on to the next layer, so each layer has its own)
 };
 
 // Device-held K,V of one sequence, per layer, grown by doubling (policy resident).
@@ -37,28 +40,53 @@ struct Engine::Resident {
 };
 
 // Staging for one layer in flight: its activations, the K,V recomputed from them, the K,V fetched.
+// Filled by the copy queue, read by the compute queue; `free` orders the next fill after the reads.
 struct Engine::Slot {
-  struct Chunk {
-    std::int64_t rows_end = 0;  // activation rows [previous rows_end, rows_end) have landed
-    std::shared_ptr<kernels::Event> landed;
-  };
   std::unique_ptr<kernels::DeviceBuffer> act, rk, rv, fk, fv;
-  std::vector<Chunk> chunks;
+  std::vector<std::shared_ptr<kernels::Event>> chunks;  // chunk c's activation rows have landed
   std::shared_ptr<kernels::Event> kv_landed;
-  std::shared_ptr<kernels::Event> free;  // compute is done reading this slot
+  std::shared_ptr<kernels::Event> free;         // compute is done reading this slot
+  std::shared_ptr<kernels::Event> fetch_began;  // tracing: the copy queue started this fill
 };
 
-struct Engine::StepContext {
+// Records the backend events that bound each op of a step and turns them into TraceSpans once
+// the step has drained (events can only be read when complete).
+class Engine::Tracer {
+ public:
+  explicit Tracer(kernels::Backend& backend);
+  std::shared_ptr<kernels::Event> mark(kernels::Queue queue) { return backend_.record(queue); }
+  void add(const char* op, kernels::Queue queue, std::int32_t layer, std::int32_t chunk,
+           std::shared_ptr<kernels::Event> begin, std::shared_ptr<kernels::Event> end);
+  std::vector<TraceSpan> finish();  // after the queues have drained
+
+ private:
+  struct Pending {
+    TraceSpan span;
+    std::shared_ptr<kernels::Event> begin, end;
+  };
+  kernels::Backend& backend_;
+  std::shared_ptr<kernels::Event> start_;
+  std::vector<Pending> pending_;
+};
+
+// The running decode step.
+struct Engine::Step {
+  std::optional<planner::DecodeSchedule> schedule;
   std::vector<SeqHandle> seqs;
-  std::vector<std::int64_t> s;              // context length before this step
-  std::vector<std::int64_t> l;              // split
-  std::vector<std::int64_t> act_off;        // first activation row of each sequence in a slot
-  std::vector<std::int64_t> kv_off;         // first fetched K,V row of each sequence in a slot
-  std::vector<std::int32_t> act_positions;  // position of every activation row
-  std::int64_t l_total = 0;
-  std::int64_t kv_total = 0;
-  std::int64_t chunk = 64;
-  PhaseTimes* times = nullptr;
+  std::vector<std::int32_t> positions;  // of the new tokens (= each sequence's length s)
+  std::span<const std::int32_t> tokens;
+  bool resident = false;
+  planner::Plan plan;
+  kernels::Tensor x, q, attn;        // [b, h]
+  kernels::Tensor xn, k_new, v_new;  // this layer's new rows (written back by the copy queue)
+  kernels::AttnShape attn_shape;
+  std::vector<kernels::AttnSegment> segments;
+  std::vector<kvstore::HostSpan> spans;  // the (sequence, part) range being fetched
+  std::size_t next_span = 0;
+  std::map<SeqHandle, std::int64_t> resident_before;  // to roll back on error
+  std::vector<float>* logits = nullptr;
+  std::optional<Tracer> tracer;
+  PhaseTimes times;
 };
 
 // Adds the wall time of a scope to one phase.

@@ -253,8 +253,8 @@ HardwareProfile cached_profile(kernels::Backend& backend,
   return profile;
 }
 
-StepShape step_shape(const ModelConfig& c, std::int64_t block_tokens) {
-  StepShape s;
+planner::StepShape step_shape(const ModelConfig& c, std::int64_t block_tokens) {
+  planner::StepShape s;
   s.n_layers = c.n_layers;
   s.h = c.h;
   s.h_kv = c.h_kv();

@@ -1,8 +1,7 @@
 #include "kvpr/worker/worker_service.h"
 
-#include <cstdio>
-
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/service.h"
@@ -287,8 +286,7 @@ bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
   } catch (const std::exception& e) {
     const auto* error = dynamic_cast<const Error*>(&e);
     const Error reply = error != nullptr ? *error : Error(ErrorKind::failed, e.what());
-    std::fprintf(stderr, "%s: request %llu failed: %s\n", options_.name.c_str(),
-                 static_cast<unsigned long long>(job.id), reply.what());
+    log::warn(options_.name, ": request ", job.id, " failed: ", reply.what());
     capnp::MallocMessageBuilder message;
     auto event = message.initRoot<wire::WorkerEvent>();
     event.setId(job.id);

@@ -1,32 +1,29 @@
-// Chart layout and rendering. The canvas is split into margins (title on top, tick labels and axis
+// Chart layout and rendering. The image is split into margins (title on top, tick labels and axis
 // labels left and below) around a framed plot area; data maps linearly onto it. Axis ranges are
 // widened to round 1-2-5 tick values; y starts at 0 when no y is negative. The legend goes into
 // the corner of the plot area that hides the least data, and each marker's label beside it where
-// it covers no other label, marker or much of a line.
+// it covers no other label, marker or much of a line. Cairo draws (antialiased) and writes the PNG.
 #include "kvpr/plot/plot.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <string>
+#include <numbers>
 #include <utility>
 
-#include "canvas.h"
+#include "axis.h"
 #include "kvpr/common/error.h"
-#include "png.h"
+#include "painter.h"
 
 namespace kvpr::plot {
-
 namespace {
 
-using detail::Canvas;
+using detail::Axis;
+using detail::Painter;
 using detail::Rect;
-using detail::text_height;
-using detail::text_width;
 
 constexpr std::uint32_t kWhite = 0xffffff;
 constexpr std::uint32_t kInk = 0x222222;
@@ -37,94 +34,6 @@ constexpr int kMinSize = 200, kMaxSize = 8192;
 
 bool finite(double x, double y) {
   return std::isfinite(x) && std::isfinite(y);
-}
-
-struct Axis {
-  double lo = 0, hi = 1;
-  std::vector<double> ticks;
-  std::vector<std::string> labels;
-
-  // Maps v in [lo, hi] onto [p0, p1] (pixels, either direction).
-  double map(double v, double p0, double p1) const { return p0 + (v - lo) / (hi - lo) * (p1 - p0); }
-};
-
-// A tick value as text: fixed-point with as many decimals as the step needs, or, with digits > 0,
-// compact scientific with that many significant digits ("2.5e6", "1e-5").
-std::string format_tick(double v, double step, int digits) {
-  if (std::abs(v) < step * 1e-6) v = 0;  // no "-0.0"
-  char buf[64];
-  if (digits == 0) {
-    const int decimals = std::max(0, -static_cast<int>(std::floor(std::log10(step) + 1e-9)));
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    return buf;
-  }
-  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-  std::string text = buf;  // e.g. "2.5e+06": drop the '+' and the exponent's leading zeros
-  if (const auto e = text.find('e'); e != std::string::npos) {
-    std::string exponent = text.substr(e + 1);
-    const bool negative = exponent[0] == '-';
-    exponent.erase(0, exponent.find_first_not_of("+-0"));
-    text = text.substr(0, e + 1) + (negative ? "-" : "") + exponent;
-  }
-  return text;
-}
-
-// An axis over [lo, hi] (hi > lo) widened to whole steps of the 1-2-5 step that makes the number
-// of intervals closest to target (the smaller step on a tie).
-Axis make_axis(double lo, double hi, int target) {
-  if (!std::isfinite(hi - lo)) fail("plot: data range ", lo, " to ", hi, " is too wide to plot");
-  // A span too narrow for doubles to tell ticks apart is widened around its middle.
-  const double min_span = std::max(std::abs(lo), std::abs(hi)) * 1e-9;
-  if (hi - lo < min_span) {
-    const double mid = lo / 2 + hi / 2;
-    lo = mid - min_span, hi = mid + min_span;
-  }
-  const double magnitude = std::pow(10.0, std::floor(std::log10((hi - lo) / std::max(target, 1))));
-  double step = magnitude, best = std::numeric_limits<double>::infinity();
-  for (const double m : {1.0, 2.0, 5.0, 10.0}) {
-    const double intervals =
-        std::ceil(hi / (m * magnitude) - 1e-9) - std::floor(lo / (m * magnitude) + 1e-9);
-    if (std::abs(intervals - target) < best) {
-      best = std::abs(intervals - target), step = m * magnitude;
-    }
-  }
-  const double first = std::floor(lo / step + 1e-9);
-  const int intervals = std::max(1, static_cast<int>(std::ceil(hi / step - 1e-9) - first));
-  Axis axis;
-  axis.lo = first * step;
-  axis.hi = (first + intervals) * step;
-  // Scientific from 1e6 up or for steps under 1e-4, with the digits that tell ticks apart.
-  const double top = std::max(std::abs(axis.lo), std::abs(axis.hi));
-  int digits = 0;  // fixed-point
-  if (top >= 1e6 || step < 1e-4) {
-    const auto exponent = [](double v) {
-      return static_cast<int>(std::floor(std::log10(v) + 1e-9));
-    };
-    digits = std::max(1, exponent(top) - exponent(step) + 1);
-  }
-  for (int i = 0; i <= intervals; ++i) {
-    const double v = (first + i) * step;
-    axis.ticks.push_back(v);
-    axis.labels.push_back(format_tick(v, step, digits));
-  }
-  return axis;
-}
-
-int widest(const std::vector<std::string>& labels, int scale) {
-  int w = 0;
-  for (const auto& label : labels) w = std::max(w, text_width(label, scale));
-  return w;
-}
-
-// text cut to at most max_width pixels, ".." marking the cut.
-std::string fit(const std::string& text, int max_width, int scale) {
-  if (text_width(text, scale) <= max_width) return text;
-  std::string cut = text;
-  while (!cut.empty() && text_width(cut + "..", scale) > max_width) {
-    while (!cut.empty() && (static_cast<unsigned char>(cut.back()) & 0xc0) == 0x80) cut.pop_back();
-    if (!cut.empty()) cut.pop_back();  // the last character's first byte
-  }
-  return cut + "..";
 }
 
 struct Point {
@@ -156,13 +65,45 @@ void validate(const Chart& chart) {
   if (!any) fail("plot: chart '", chart.title, "' is empty: no point has a finite x and y");
 }
 
-}  // namespace
+// Sizes in pixels, all proportional to the scale s (2 on charts of 600x400 and up, else 1).
+struct Style {
+  double s, pad, tick, size, line;
+  double th, td;  // text ascent and descent at size
+};
 
-std::vector<std::uint8_t> render_rgb(const Chart& chart) {
-  validate(chart);
-  const int W = chart.width, H = chart.height;
-  const int s = (W >= 600 && H >= 400) ? 2 : 1;  // text scale
-  const int th = text_height(s), pad = 6 * s, tick = 3 * s;
+struct Layout {
+  Style style;
+  double title_size;
+  std::string title;  // cut to fit
+  Axis ax, ay;
+  Rect area;  // the plot area's pixels
+  Frame frame;
+};
+
+// text cut to at most max_width pixels, ".." marking the cut.
+std::string fit(const Painter& p, const std::string& text, double max_width, double size) {
+  if (p.text_width(text, size) <= max_width) return text;
+  std::string cut = text;
+  while (!cut.empty() && p.text_width(cut + "..", size) > max_width) {
+    while (!cut.empty() && (static_cast<unsigned char>(cut.back()) & 0xc0) == 0x80) cut.pop_back();
+    if (!cut.empty()) cut.pop_back();  // the last character's first byte
+  }
+  return cut + "..";
+}
+
+double widest(const Painter& p, const std::vector<std::string>& labels, double size) {
+  double w = 0;
+  for (const auto& label : labels) w = std::max(w, p.text_width(label, size));
+  return w;
+}
+
+Layout lay_out(const Chart& chart, const Painter& p) {
+  const double W = chart.width, H = chart.height;
+  Layout L;
+  const double s = (W >= 600 && H >= 400) ? 2 : 1;
+  L.style = {s, 6 * s, 3 * s, 10 * s, 1.5 + s, 0, 0};
+  Style& st = L.style;
+  st.th = std::ceil(p.ascent(st.size)), st.td = std::ceil(p.descent(st.size));
 
   // Data ranges over every finite point.
   double x_lo = std::numeric_limits<double>::infinity(), x_hi = -x_lo, y_lo = x_lo, y_hi = -x_lo;
@@ -185,48 +126,59 @@ std::vector<std::uint8_t> render_rgb(const Chart& chart) {
   y_hi += y_pad;
   if (!from_zero) y_lo -= y_pad;
 
-  // Title scale: one step larger when it fits.
-  const int title_scale = text_width(chart.title, s + 1) <= W - 2 * pad ? s + 1 : s;
-  const std::string title = fit(chart.title, W - 2 * pad, title_scale);
-  const int top = chart.title.empty() ? 3 * pad : 3 * pad + text_height(title_scale);
-  const int bottom = tick + pad + th + (chart.x_label.empty() ? 0 : pad + th) + 2 * pad;
-  const int plot_h = H - top - bottom;
-  const Axis ay = make_axis(y_lo, y_hi, std::clamp(plot_h / (5 * th), 3, 8));
-  const int left =
-      2 * pad + (chart.y_label.empty() ? 0 : th + pad) + widest(ay.labels, s) + pad / 2 + tick;
-  const int right = 3 * 6 * s + pad;
-  const int plot_w = W - left - right;
-  if (plot_w < 40 || plot_h < 40) {
+  // Title: a larger size when it fits.
+  L.title_size =
+      p.text_width(chart.title, 1.3 * st.size) <= W - 2 * st.pad ? 1.3 * st.size : st.size;
+  L.title = fit(p, chart.title, W - 2 * st.pad, L.title_size);
+  const double top =
+      std::ceil(chart.title.empty() ? 3 * st.pad : 3 * st.pad + p.ascent(L.title_size));
+  const double bottom =
+      st.tick + st.pad + st.th + (chart.x_label.empty() ? 0 : st.pad + st.th) + 2 * st.pad;
+  const double plot_h = std::floor(H - top - bottom);
+  L.ay = detail::make_axis(y_lo, y_hi, std::clamp(static_cast<int>(plot_h / (5 * st.th)), 3, 8));
+  const double left = std::ceil(2 * st.pad + (chart.y_label.empty() ? 0 : st.th + st.pad) +
+                                widest(p, L.ay.labels, st.size) + st.pad / 2 + st.tick);
+  const double right = 3 * st.size + st.pad;
+  const double plot_w = std::floor(W - left - right);
+  if (plot_w < 40 || plot_h < 40)
     fail("plot: chart size ", W, "x", H, " leaves no room for the plot");
-  }
   // x ticks: as many as fit with their labels apart.
-  Axis ax;
-  for (int target = std::clamp(plot_w / (8 * 6 * s), 3, 10);; --target) {
-    ax = make_axis(x_lo, x_hi, target);
-    const double spacing = plot_w / std::max<double>(1, ax.ticks.size() - 1);
-    if (widest(ax.labels, s) + 3 * pad <= spacing || target <= 2) break;
+  for (int target = std::clamp(static_cast<int>(plot_w / (5 * st.size)), 3, 10);; --target) {
+    L.ax = detail::make_axis(x_lo, x_hi, target);
+    const double spacing = plot_w / std::max<double>(1, L.ax.ticks.size() - 1);
+    if (widest(p, L.ax.labels, st.size) + 3 * st.pad <= spacing || target <= 2) break;
   }
+  L.area = {left, top, left + plot_w, top + plot_h};
+  // Axis ends on the centres of the area's outermost pixels.
+  L.frame = {L.area.x0 + 0.5, L.area.y0 + 0.5, L.area.x1 - 0.5, L.area.y1 - 0.5,
+             L.ax.lo,         L.ax.hi,         L.ay.lo,         L.ay.hi};
+  return L;
+}
 
-  const Rect area{left, top, left + plot_w, top + plot_h};
-  auto px = [&](double x) { return ax.map(x, area.x0, area.x1 - 1); };
-  auto py = [&](double y) { return ay.map(y, area.y1 - 1, area.y0); };
-
-  Canvas canvas(W, H, kWhite);
-
-  // Grid.
-  for (const double t : ay.ticks) {
-    const int y = static_cast<int>(std::lround(py(t)));
-    canvas.fill({area.x0, y, area.x1, y + 1}, kGrid);
+// Grid, series lines and point squares; returns samples along every drawn line (for placing the
+// legend and labels where they hide the least).
+std::vector<Point> draw_data(const Painter& p, const Chart& chart, const Layout& L) {
+  const Frame& f = L.frame;
+  const Style& st = L.style;
+  cairo_t* cr = p.cr();
+  p.set_colour(kGrid);
+  cairo_set_line_width(cr, 1);
+  for (const double t : L.ay.ticks) {
+    const double y = std::floor(f.py(t)) + 0.5;
+    cairo_move_to(cr, L.area.x0, y), cairo_line_to(cr, L.area.x1, y);
   }
-  for (const double t : ax.ticks) {
-    const int x = static_cast<int>(std::lround(px(t)));
-    canvas.fill({x, area.y0, x + 1, area.y1}, kGrid);
+  for (const double t : L.ax.ticks) {
+    const double x = std::floor(f.px(t)) + 0.5;
+    cairo_move_to(cr, x, L.area.y0), cairo_line_to(cr, x, L.area.y1);
   }
+  cairo_stroke(cr);
 
-  // Series lines, then their point squares; `occupied` samples every drawn line for placement.
   std::vector<Point> occupied;
+  cairo_set_line_width(cr, st.line);
+  cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
+  const double dash[] = {5 * st.s, 3 * st.s};
   for (const auto& series : chart.series) {
-    detail::Dash dash{5.0 * s, 3.0 * s, 0};
+    cairo_set_dash(cr, dash, series.dashed ? 2 : 0, 0);
     bool have_prev = false;
     Point prev{};
     for (std::size_t i = 0; i < series.x.size(); ++i) {
@@ -234,150 +186,216 @@ std::vector<std::uint8_t> render_rgb(const Chart& chart) {
         have_prev = false;
         continue;
       }
-      const Point p{px(series.x[i]), py(series.y[i])};
-      occupied.push_back(p);
+      const Point q{f.px(series.x[i]), f.py(series.y[i])};
+      occupied.push_back(q);
       if (have_prev) {
-        canvas.line(prev.x, prev.y, p.x, p.y, series.rgb, 2, series.dashed ? &dash : nullptr);
-        const double n = std::ceil(std::hypot(p.x - prev.x, p.y - prev.y) / 4);
+        cairo_line_to(cr, q.x, q.y);
+        const double n = std::ceil(std::hypot(q.x - prev.x, q.y - prev.y) / 4);
         for (double k = 1; k < n; ++k) {
-          occupied.push_back({prev.x + (p.x - prev.x) * k / n, prev.y + (p.y - prev.y) * k / n});
+          occupied.push_back({prev.x + (q.x - prev.x) * k / n, prev.y + (q.y - prev.y) * k / n});
         }
+      } else {
+        cairo_move_to(cr, q.x, q.y);
       }
-      prev = p, have_prev = true;
+      prev = q, have_prev = true;
     }
+    p.set_colour(series.rgb);
+    cairo_stroke(cr);
   }
+  cairo_set_dash(cr, nullptr, 0, 0);
+  const double half = st.s + 1;
   for (const auto& series : chart.series) {
     if (!series.markers) continue;
     for (std::size_t i = 0; i < series.x.size(); ++i) {
       if (!finite(series.x[i], series.y[i])) continue;
-      const int x = static_cast<int>(std::lround(px(series.x[i])));
-      const int y = static_cast<int>(std::lround(py(series.y[i])));
-      canvas.fill({x - s - 1, y - s - 1, x + s + 2, y + s + 2}, series.rgb);
+      const double x = f.px(series.x[i]), y = f.py(series.y[i]);
+      p.fill({x - half, y - half, x + half, y + half}, series.rgb);
     }
   }
+  return occupied;
+}
 
-  // Frame, ticks and tick labels.
-  canvas.outline({area.x0 - 1, area.y0 - 1, area.x1 + 1, area.y1 + 1}, kFrame);
-  for (std::size_t i = 0; i < ay.ticks.size(); ++i) {
-    const int y = static_cast<int>(std::lround(py(ay.ticks[i])));
-    canvas.fill({area.x0 - 1 - tick, y, area.x0 - 1, y + 1}, kFrame);
-    const int x = area.x0 - 1 - tick - pad / 2 - text_width(ay.labels[i], s);
-    detail::draw_text(canvas, x, y - th / 2, ay.labels[i], kInk, s);
+// Frame, ticks, tick labels, title and axis labels.
+void draw_axes(const Painter& p, const Chart& chart, const Layout& L) {
+  const Frame& f = L.frame;
+  const Style& st = L.style;
+  const Rect& a = L.area;
+  const double W = chart.width, H = chart.height;
+  cairo_t* cr = p.cr();
+  p.outline({a.x0 - 1, a.y0 - 1, a.x1 + 1, a.y1 + 1}, kFrame);
+  p.set_colour(kFrame);
+  for (const double t : L.ay.ticks) {
+    const double y = std::floor(f.py(t)) + 0.5;
+    cairo_move_to(cr, a.x0 - 1 - st.tick, y), cairo_line_to(cr, a.x0 - 1, y);
   }
-  for (std::size_t i = 0; i < ax.ticks.size(); ++i) {
-    const int x = static_cast<int>(std::lround(px(ax.ticks[i])));
-    canvas.fill({x, area.y1 + 1, x + 1, area.y1 + 1 + tick}, kFrame);
-    const int w = text_width(ax.labels[i], s);
-    detail::draw_text(canvas, x - w / 2, area.y1 + 1 + tick + pad / 2, ax.labels[i], kInk, s);
+  for (const double t : L.ax.ticks) {
+    const double x = std::floor(f.px(t)) + 0.5;
+    cairo_move_to(cr, x, a.y1 + 1), cairo_line_to(cr, x, a.y1 + 1 + st.tick);
   }
+  cairo_stroke(cr);
+  for (std::size_t i = 0; i < L.ay.ticks.size(); ++i) {
+    const double y = f.py(L.ay.ticks[i]);
+    const double x = a.x0 - 1 - st.tick - st.pad / 2 - p.text_width(L.ay.labels[i], st.size);
+    p.text(x, y - st.th / 2, L.ay.labels[i], kInk, st.size);
+  }
+  for (std::size_t i = 0; i < L.ax.ticks.size(); ++i) {
+    const double x = f.px(L.ax.ticks[i]) - p.text_width(L.ax.labels[i], st.size) / 2;
+    p.text(x, a.y1 + 1 + st.tick + st.pad / 2, L.ax.labels[i], kInk, st.size);
+  }
+  if (!L.title.empty()) {
+    const double w = p.text_width(L.title, L.title_size);
+    const double x = std::clamp((a.x0 + a.x1 - w) / 2, st.pad, W - st.pad - w);
+    p.text(x, 1.5 * st.pad, L.title, kInk, L.title_size);
+  }
+  if (!chart.x_label.empty()) {
+    const std::string label = fit(p, chart.x_label, W - 2 * st.pad, st.size);
+    const double w = p.text_width(label, st.size);
+    const double x = std::clamp((a.x0 + a.x1 - w) / 2, st.pad, W - st.pad - w);
+    p.text(x, a.y1 + 1 + st.tick + st.pad / 2 + st.th + st.pad, label, kInk, st.size);
+  }
+  if (!chart.y_label.empty()) {
+    const std::string label = fit(p, chart.y_label, H - 2 * st.pad, st.size);
+    const double w = p.text_width(label, st.size);
+    const double y = std::clamp((a.y0 + a.y1 + w) / 2, st.pad + w, H - st.pad);
+    p.text_up(2 * st.pad, y, label, kInk, st.size);
+  }
+}
 
-  // Legend, in the corner of the plot area that covers the fewest line samples.
+// The legend, in the corner of the plot area that covers the fewest line samples; returns its
+// box (empty when no series has a name).
+Rect draw_legend(const Painter& p, const Chart& chart, const Layout& L,
+                 const std::vector<Point>& occupied) {
+  const Style& st = L.style;
+  const Rect& a = L.area;
   std::vector<std::pair<const Series*, std::string>> entries;  // series, name as shown
   for (const auto& series : chart.series) {
-    if (!series.name.empty()) entries.emplace_back(&series, fit(series.name, plot_w / 2, s));
+    if (!series.name.empty())
+      entries.emplace_back(&series, fit(p, series.name, (a.x1 - a.x0) / 2, st.size));
   }
-  Rect legend{};
-  if (!entries.empty()) {
-    const int sample = 12 * s, row = th + detail::text_depth(s) + s + 2, inset = pad;
-    int name_w = 0;
-    for (const auto& e : entries) name_w = std::max(name_w, text_width(e.second, s));
-    const int lw = 2 * pad + sample + pad + name_w;
-    const int lh = 2 * pad + static_cast<int>(entries.size()) * row - (row - th) + s;
-    const Rect corners[] = {
-        {area.x1 - inset - lw, area.y0 + inset, area.x1 - inset, area.y0 + inset + lh},
-        {area.x0 + inset, area.y0 + inset, area.x0 + inset + lw, area.y0 + inset + lh},
-        {area.x1 - inset - lw, area.y1 - inset - lh, area.x1 - inset, area.y1 - inset},
-        {area.x0 + inset, area.y1 - inset - lh, area.x0 + inset + lw, area.y1 - inset}};
-    legend = corners[0];
-    for (const auto& r : corners) {
-      if (covered(occupied, r) < covered(occupied, legend)) legend = r;
-    }
-    canvas.fill(legend, kWhite);
-    canvas.outline(legend, kLegendBorder);
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      const Series& e = *entries[i].first;
-      const int y = legend.y0 + pad + static_cast<int>(i) * row;
-      const double mid = y + th / 2.0, x0 = legend.x0 + pad, x1 = x0 + sample;
-      detail::Dash dash{5.0 * s, 3.0 * s, 0};
-      canvas.line(x0, mid, x1, mid, e.rgb, 2, e.dashed ? &dash : nullptr);
-      if (e.markers) {
-        const int cx = static_cast<int>(std::lround((x0 + x1) / 2)), cy = static_cast<int>(mid);
-        canvas.fill({cx - s - 1, cy - s - 1, cx + s + 2, cy + s + 2}, e.rgb);
-      }
-      detail::draw_text(canvas, static_cast<int>(x1) + pad, y, entries[i].second, kInk, s);
-    }
+  if (entries.empty()) return {};
+  const double sample = 12 * st.s, row = st.th + st.td + st.s, inset = st.pad;
+  double name_w = 0;
+  for (const auto& e : entries) name_w = std::max(name_w, p.text_width(e.second, st.size));
+  const double lw = std::ceil(2 * st.pad + sample + st.pad + name_w);
+  const double lh =
+      std::ceil(2 * st.pad + static_cast<double>(entries.size()) * row - (row - st.th));
+  const Rect corners[] = {{a.x1 - inset - lw, a.y0 + inset, a.x1 - inset, a.y0 + inset + lh},
+                          {a.x0 + inset, a.y0 + inset, a.x0 + inset + lw, a.y0 + inset + lh},
+                          {a.x1 - inset - lw, a.y1 - inset - lh, a.x1 - inset, a.y1 - inset},
+                          {a.x0 + inset, a.y1 - inset - lh, a.x0 + inset + lw, a.y1 - inset}};
+  Rect legend = corners[0];
+  for (const auto& r : corners) {
+    if (covered(occupied, r) < covered(occupied, legend)) legend = r;
   }
+  p.fill(legend, kWhite);
+  p.outline(legend, kLegendBorder);
+  cairo_t* cr = p.cr();
+  const double dash[] = {5 * st.s, 3 * st.s};
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const Series& e = *entries[i].first;
+    const double y = legend.y0 + st.pad + static_cast<double>(i) * row;
+    const double mid = y + st.th / 2, x0 = legend.x0 + st.pad, x1 = x0 + sample;
+    p.set_colour(e.rgb);
+    cairo_set_line_width(cr, st.line);
+    cairo_set_dash(cr, dash, e.dashed ? 2 : 0, 0);
+    cairo_move_to(cr, x0, mid), cairo_line_to(cr, x1, mid);
+    cairo_stroke(cr);
+    cairo_set_dash(cr, nullptr, 0, 0);
+    if (e.markers) {
+      const double cx = (x0 + x1) / 2, half = st.s + 1;
+      p.fill({cx - half, mid - half, cx + half, mid + half}, e.rgb);
+    }
+    p.text(x1 + st.pad, y, entries[i].second, kInk, st.size);
+  }
+  return legend;
+}
 
-  // Markers: a dark-rimmed circle or diamond, then the labels where they collide least.
-  const double radius = 3.5 * s + 0.5;
+void marker_shape(cairo_t* cr, std::size_t index, double x, double y, double r) {
+  if (index % 2 == 0) {
+    cairo_arc(cr, x, y, r, 0, 2 * std::numbers::pi);
+  } else {
+    cairo_move_to(cr, x, y - r), cairo_line_to(cr, x + r, y), cairo_line_to(cr, x, y + r);
+    cairo_line_to(cr, x - r, y), cairo_close_path(cr);
+  }
+}
+
+// Markers: a dark-rimmed circle or diamond, then the labels where they collide least.
+void draw_markers(const Painter& p, const Chart& chart, const Layout& L,
+                  const std::vector<Point>& occupied, const Rect& legend) {
+  const Frame& f = L.frame;
+  const Style& st = L.style;
+  const double radius = 3.5 * st.s + 0.5, r = 1.3 * radius + 2;
   std::vector<Rect> taken;
-  if (!entries.empty()) taken.push_back(legend);
+  if (legend.x1 > legend.x0) taken.push_back(legend);
   for (std::size_t i = 0; i < chart.markers.size(); ++i) {
     const auto& m = chart.markers[i];
     if (!finite(m.x, m.y)) continue;
-    const double x = px(m.x), y = py(m.y);
-    if (i % 2 == 0) {
-      canvas.fill_circle(x, y, radius + 1.5, kInk);
-      canvas.fill_circle(x, y, radius, m.rgb);
-    } else {
-      canvas.fill_diamond(x, y, 1.3 * radius + 2, kInk);
-      canvas.fill_diamond(x, y, 1.3 * radius, m.rgb);
-    }
-    const int r = static_cast<int>(std::ceil(1.3 * radius + 2));
-    const int cx = static_cast<int>(std::lround(x)), cy = static_cast<int>(std::lround(y));
-    taken.push_back({cx - r, cy - r, cx + r + 1, cy + r + 1});
+    const double x = f.px(m.x), y = f.py(m.y), scale = i % 2 == 0 ? 1 : 1.3;
+    p.set_colour(kInk);
+    marker_shape(p.cr(), i, x, y, scale * radius + 1.5 * scale);
+    cairo_fill(p.cr());
+    p.set_colour(m.rgb);
+    marker_shape(p.cr(), i, x, y, scale * radius);
+    cairo_fill(p.cr());
+    taken.push_back({x - r, y - r, x + r, y + r});
   }
   for (const auto& m : chart.markers) {
     if (!finite(m.x, m.y) || m.label.empty()) continue;
-    const int x = static_cast<int>(std::lround(px(m.x))),
-              y = static_cast<int>(std::lround(py(m.y)));
-    const int w = text_width(m.label, s) + 2 * s, h = th + detail::text_depth(s) + s;
-    const int d = static_cast<int>(std::ceil(1.3 * radius + 2)) + s;
-    const int xs[] = {x + d, x + d, x - d - w, x - d - w, x - w / 2, x - w / 2, x + d, x - d - w};
-    const int ys[] = {y - d - h,     y + d,     y - d - h, y + d,
-                      y - d - h - s, y + d + s, y - h / 2, y - h / 2};
+    const double x = f.px(m.x), y = f.py(m.y);
+    const double w = p.text_width(m.label, st.size) + 2 * st.s, h = st.th + st.td + st.s;
+    const double d = r + st.s;
+    const double xs[] = {x + d,     x + d,     x - d - w, x - d - w,
+                         x - w / 2, x - w / 2, x + d,     x - d - w};
+    const double ys[] = {y - d - h,        y + d,        y - d - h, y + d,
+                         y - d - h - st.s, y + d + st.s, y - h / 2, y - h / 2};
     Rect best{};
     long best_cost = std::numeric_limits<long>::max();
     for (std::size_t k = 0; k < std::size(xs); ++k) {
       const Rect c{xs[k], ys[k], xs[k] + w, ys[k] + h};
-      long cost = c.inside(area) ? 0 : 1'000'000;
+      long cost = c.inside(L.area) ? 0 : 1'000'000;
       for (const auto& t : taken) cost += c.overlaps(t) ? 10'000 : 0;
       cost += covered(occupied, c);
       if (cost < best_cost) best = c, best_cost = cost;
     }
     taken.push_back(best);
-    canvas.fill(best, kWhite);
-    detail::draw_text(canvas, best.x0 + s, best.y0 + s, m.label, m.rgb, s);
+    p.fill(best, kWhite);
+    p.text(best.x0 + st.s, best.y0 + st.s, m.label, m.rgb, st.size);
   }
+}
 
-  // Title and axis labels.
-  if (!title.empty()) {
-    const int w = text_width(title, title_scale);
-    const int x = std::clamp((area.x0 + area.x1 - w) / 2, pad, W - pad - w);
-    detail::draw_text(canvas, x, pad + pad / 2, title, kInk, title_scale);
-  }
-  if (!chart.x_label.empty()) {
-    const std::string label = fit(chart.x_label, W - 2 * pad, s);
-    const int w = text_width(label, s);
-    const int x = std::clamp((area.x0 + area.x1 - w) / 2, pad, W - pad - w);
-    detail::draw_text(canvas, x, area.y1 + 1 + tick + pad / 2 + th + pad, label, kInk, s);
-  }
-  if (!chart.y_label.empty()) {
-    const std::string label = fit(chart.y_label, H - 2 * pad, s);
-    const int w = text_width(label, s);
-    const int y = std::clamp((area.y0 + area.y1 + w) / 2, pad + w, H - pad);
-    detail::draw_text_up(canvas, 2 * pad, y, label, kInk, s);
-  }
-  return canvas.take();
+cairo_status_t append_to_stream(void* closure, const unsigned char* data, unsigned int length) {
+  auto* out = static_cast<std::ofstream*>(closure);
+  out->write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(length));
+  return *out ? CAIRO_STATUS_SUCCESS : CAIRO_STATUS_WRITE_ERROR;
+}
+
+}  // namespace
+
+Frame frame_of(const Chart& chart) {
+  validate(chart);
+  const Painter painter(chart.width, chart.height);
+  return lay_out(chart, painter).frame;
 }
 
 void write_png(const Chart& chart, const std::filesystem::path& path) {
-  const auto png = detail::encode_png(chart.width, chart.height, render_rgb(chart));
+  validate(chart);
+  const Painter painter(chart.width, chart.height);
+  const Layout layout = lay_out(chart, painter);
+  const std::vector<Point> occupied = draw_data(painter, chart, layout);
+  draw_axes(painter, chart, layout);
+  const Rect legend = draw_legend(painter, chart, layout, occupied);
+  draw_markers(painter, chart, layout, occupied, legend);
+  painter.check();
+
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) fail(path.string(), ": cannot open for writing: ", std::strerror(errno));
-  out.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
+  const cairo_status_t status =
+      cairo_surface_write_to_png_stream(painter.surface(), append_to_stream, &out);
   out.close();
-  if (!out) fail(path.string(), ": cannot write the PNG: ", std::strerror(errno));
+  if (status != CAIRO_STATUS_SUCCESS || !out) {
+    fail(path.string(), ": cannot write the PNG: ",
+         status != CAIRO_STATUS_SUCCESS ? cairo_status_to_string(status) : std::strerror(errno));
+  }
 }
 
 }  // namespace kvpr::plot

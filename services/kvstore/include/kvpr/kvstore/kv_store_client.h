@@ -19,19 +19,22 @@
 #include <vector>
 
 #include "kvpr/common/dtype.h"
+#include "kvpr/common/kv_part.h"
 
 namespace kvpr::kvstore {
 
 using SeqId = std::uint64_t;
 
-enum class Part { act, k, v };
+using kvpr::Part;
+
+inline constexpr std::int64_t kBlockTokens = 16;  // tokens per block unless a store says otherwise
 
 struct StoreShape {
   std::int64_t n_layers = 0;
   std::int64_t h = 0;     // width of an activation row
   std::int64_t h_kv = 0;  // width of a K row and of a V row
   DType dtype = DType::f32;
-  std::int64_t block_tokens = 16;
+  std::int64_t block_tokens = kBlockTokens;
 
   std::int64_t width(Part part) const { return part == Part::act ? h : h_kv; }
   std::size_t row_bytes(Part part) const {

@@ -18,7 +18,7 @@ namespace kvpr::planner {
 
 class CachingPlanner final : public Planner {
  public:
-  explicit CachingPlanner(Planner& inner, std::int64_t bucket = 64);
+  explicit CachingPlanner(Planner& inner, std::int64_t bucket = kPlanBucketTokens);
 
   Plan plan(const PlanRequest& request) override;
 

@@ -17,9 +17,12 @@
 
 namespace kvpr::planner {
 
+// Tokens per shape bucket: a worker re-plans when a context grows past a multiple of this.
+inline constexpr std::int64_t kPlanBucketTokens = 64;
+
 class PlanCache {
  public:
-  explicit PlanCache(std::int64_t bucket = 64);
+  explicit PlanCache(std::int64_t bucket = kPlanBucketTokens);
 
   // `compute` gets the request with each s rounded up to the bucket's end.
   using Compute = std::function<Plan(const PlanRequest& upper)>;

@@ -11,7 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "kvpr/common/cost_model.h"
+#include "kvpr/planner/cost_model.h"
+#include "kvpr/planner/decode_schedule.h"
 
 namespace kvpr::planner {
 
@@ -54,7 +55,7 @@ class Planner {
 
 class CostModelPlanner final : public Planner {
  public:
-  explicit CostModelPlanner(std::int64_t chunk_tokens = 64) : chunk_(chunk_tokens) {}
+  explicit CostModelPlanner(std::int64_t chunk_tokens = kChunkTokens) : chunk_(chunk_tokens) {}
   Plan plan(const PlanRequest& request) override;
 
  private:

@@ -7,9 +7,9 @@
 
 #include <vector>
 
-#include "kvpr/common/step_model.h"
 #include "kvpr/planner/plan_cache.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/planner/step_model.h"
 
 namespace kvpr::planner {
 
@@ -33,7 +33,7 @@ struct Decision {
 class ProfilePlanner final : public Planner {
  public:
   // `model` carries n_layers, h, h_kv, ffn, gated_ffn, p and block_tokens; s/l are ignored.
-  ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket = 64);
+  ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket = kPlanBucketTokens);
 
   Plan plan(const PlanRequest& request) override;
   // The full decision for a batch, with the predicted T(l) curve; not cached.

@@ -28,8 +28,8 @@
 #include <zmq.hpp>
 
 #include "kvpr/common/profile.h"
-#include "kvpr/common/step_model.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/planner/step_model.h"
 
 namespace kvpr::planner {
 

@@ -8,6 +8,7 @@
 // the planner are borrowed and must outlive it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/planner/decode_schedule.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
 
@@ -25,6 +27,7 @@ namespace kvpr::worker {
 struct EngineOptions {
   planner::Policy policy = planner::Policy::kvpr;
   std::optional<std::int64_t> split;  // fixed l; nullopt = ask the planner (`--split auto`)
+  bool trace = false;  // record each decode step's spans per queue (StepStats::trace)
 };
 
 // Seconds spent per phase. transfer is the copy queue's busy time, which overlaps the compute
@@ -39,13 +42,27 @@ struct PhaseTimes {
   PhaseTimes& operator+=(const PhaseTimes& o);
 };
 
+// One span of work on a backend queue during a decode step, from the backend's events, in seconds
+// from the step's start. `op` names the schedule op (decode_schedule.h); fetches of a layer are
+// one span per activation chunk ("fetch_act", chunk) and one for the K,V ("fetch_kv").
+struct TraceSpan {
+  const char* op = "";
+  kernels::Queue queue = kernels::Queue::compute;
+  std::int32_t layer = -1;
+  std::int32_t chunk = -1;
+  double begin_s = 0;
+  double end_s = 0;
+};
+
 struct StepStats {
+  std::chrono::steady_clock::time_point started;
   PhaseTimes times;
   std::int64_t recompute_tokens = 0;  // K,V rows rebuilt from activations (all layers)
   std::int64_t transfer_tokens = 0;   // K,V rows fetched from host (all layers)
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
   planner::Plan plan;
+  std::vector<TraceSpan> trace;  // when EngineOptions::trace
 };
 
 using SeqHandle = kvstore::SeqId;
@@ -82,10 +99,11 @@ class Engine {
   const EngineOptions& options() const { return options_; }
 
  private:
-  struct Resident;     // device-held K,V of one sequence (policy resident)
-  struct Slot;         // staging buffers of one layer in flight
-  struct StepContext;  // the batch's per-step plan and row offsets
+  struct Resident;  // device-held K,V of one sequence (policy resident)
+  struct Slot;      // staging buffers of one layer in flight
+  struct Step;      // the running decode step: its schedule, batch, tensors and timings
   class Clock;
+  class Tracer;
 
   kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);
   void embed(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
@@ -93,13 +111,24 @@ class Engine {
   void attention_input(const DeviceLayer& w, kernels::Tensor x, kernels::Tensor xn);
   void qkv(const DeviceLayer& w, kernels::Tensor xn, std::span<const std::int32_t> positions,
            kernels::Tensor q, kernels::Tensor k, kernels::Tensor v);
+  // K = RoPE(xn·Wk), V = xn·Wv: the new tokens' K,V and those recomputed from activations.
+  void project_kv(const DeviceLayer& w, kernels::Tensor xn, std::span<const std::int32_t> positions,
+                  kernels::Tensor k, kernels::Tensor v);
   void attn_out_and_ffn(const DeviceLayer& w, kernels::Tensor attn, kernels::Tensor x);
   void logits(kernels::Tensor x, std::vector<float>& out);
   void write_rows(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t t0,
                   kernels::Tensor rows, kernels::Queue queue);
 
-  void enqueue_fetch(StepContext& ctx, std::int64_t layer, Slot& slot);
-  void recompute_chunks(StepContext& ctx, std::int64_t layer, Slot& slot);
+  // The decode step's phases (engine_decode.cpp), one per DecodeSchedule op kind.
+  void begin_step(Step& step, std::span<const SeqHandle> seqs);
+  void size_slots(const planner::DecodeSchedule& schedule);
+  void execute(Step& step, const planner::DecodeOp& op);
+  void fetch_block(Step& step, const planner::DecodeOp& op);
+  void project_new_tokens(Step& step, std::int64_t layer);
+  void write_back(Step& step, std::int64_t layer);
+  void recompute(Step& step, const planner::DecodeOp& op);
+  void attend(Step& step, std::int64_t layer, int slot);
+  void finish_step(Step& step);
   Slot& slot(std::size_t index);
   void resident_append(SeqHandle seq, std::int64_t layer, kernels::Tensor k, kernels::Tensor v);
 
@@ -108,7 +137,7 @@ class Engine {
   kvstore::KvStoreClient& store_;
   planner::Planner& planner_;
   EngineOptions options_;
-  Rates rates_;
+  planner::Rates rates_;
 
   std::vector<std::unique_ptr<kernels::DeviceBuffer>> scratch_;
   std::vector<std::unique_ptr<Slot>> slots_;

@@ -10,9 +10,9 @@
 
 #include "kvpr/common/model_config.h"
 #include "kvpr/common/profile.h"
-#include "kvpr/common/step_model.h"
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kernels/registry.h"
+#include "kvpr/planner/step_model.h"
 
 namespace kvpr::worker {
 
@@ -36,7 +36,7 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& co
                                 const std::string& fingerprint, const ProfileOptions& options);
 
 // The model's shape as the scheduler sees it (s and l left empty).
-StepShape step_shape(const ModelConfig& config, std::int64_t block_tokens);
+planner::StepShape step_shape(const ModelConfig& config, std::int64_t block_tokens);
 
 // The cached profile for this fingerprint, or a fresh measurement that is then cached.
 HardwareProfile cached_profile(kernels::Backend& backend,

@@ -1,10 +1,10 @@
-// A dependency-free line-plot writer for benchmark results: a Chart of line series and highlighted
-// points is rendered into an RGB raster (white background, framed axes with 1-2-5 ticks, title,
-// axis labels, legend) and written as a PNG encoded by hand (stored deflate blocks, no zlib).
+// Line plots of benchmark results, drawn with Cairo and written as PNG: a Chart of line series and
+// highlighted points is rendered onto a white image with a framed plot area, 1-2-5 ticks, title,
+// axis labels and a legend.
 //
-// Text uses a built-in 5x7 bitmap font (plus descenders) covering printable ASCII; any other
-// character is drawn as a box. Points whose x or y is not finite are skipped and break the
-// series' line there.
+// Text is set in the system's sans-serif face (fontconfig); invalid UTF-8 and control characters
+// are shown as U+FFFD. Points whose x or y is not finite are skipped and break the series' line
+// there. Everything here runs on the caller's thread and keeps no state between calls.
 #pragma once
 
 #include <cstdint>
@@ -38,13 +38,22 @@ struct Chart {
   int width = 900, height = 560;  // pixels, each in [200, 8192]
 };
 
-// Renders the chart as width*height*3 bytes, row-major from the top-left, R G B per pixel.
-// Throws kvpr::Error when the chart has no finite point, a series' x and y differ in length or the
-// size is out of range.
-std::vector<std::uint8_t> render_rgb(const Chart& chart);
+// Where data lands on the image: [x_lo, x_hi] maps linearly onto [left, right] and [y_lo, y_hi]
+// onto [bottom, top], in image coordinates (pixel (i, j) covers [i, i+1) x [j, j+1), y down).
+struct Frame {
+  double left = 0, top = 0, right = 0, bottom = 0;
+  double x_lo = 0, x_hi = 1, y_lo = 0, y_hi = 1;  // the axes' ranges, widened to whole ticks
+
+  double px(double x) const { return left + (x - x_lo) / (x_hi - x_lo) * (right - left); }
+  double py(double y) const { return bottom + (y - y_lo) / (y_hi - y_lo) * (top - bottom); }
+};
+
+// The frame write_png draws the chart in. Throws kvpr::Error when the chart has no finite point,
+// a series' x and y differ in length, the size is out of range or leaves no room for the plot.
+Frame frame_of(const Chart& chart);
 
 // Renders the chart and writes it to path as an 8-bit RGB PNG. Throws kvpr::Error (one line that
-// names the path) when the file cannot be written, and as render_rgb does.
+// names the path) when the file cannot be written, and as frame_of does (then nothing is written).
 void write_png(const Chart& chart, const std::filesystem::path& path);
 
 }  // namespace kvpr::plot

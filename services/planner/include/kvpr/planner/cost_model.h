@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace kvpr {
+namespace kvpr::planner {
 
 struct LayerShape {
   std::int64_t h = 0;     // hidden size (width of one stored activation)
@@ -55,4 +55,4 @@ struct SplitChoice {
 SplitChoice choose_split(const LayerShape& shape, std::span<const std::int64_t> s,
                          const Rates& rates, std::int64_t chunk);
 
-}  // namespace kvpr
+}  // namespace kvpr::planner

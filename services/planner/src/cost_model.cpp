@@ -1,11 +1,11 @@
-#include "kvpr/common/cost_model.h"
+#include "kvpr/planner/cost_model.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "kvpr/common/error.h"
 
-namespace kvpr {
+namespace kvpr::planner {
 
 LayerCost layer_cost(const LayerShape& shape, std::span<const std::int64_t> s,
                      std::span<const std::int64_t> l, const Rates& rates, std::int64_t chunk) {
@@ -92,4 +92,4 @@ SplitChoice choose_split(const LayerShape& shape, std::span<const std::int64_t> 
   return choice;
 }
 
-}  // namespace kvpr
+}  // namespace kvpr::planner

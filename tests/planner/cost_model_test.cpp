@@ -1,8 +1,8 @@
-#include "kvpr/common/cost_model.h"
+#include "kvpr/planner/cost_model.h"
 
 #include <gtest/gtest.h>
 
-namespace kvpr {
+namespace kvpr::planner {
 namespace {
 
 TEST(CostModel, BytesAndFlopsFollowTheFormulas) {
@@ -33,4 +33,4 @@ TEST(CostModel, SplitsForRatioRoundAndClamp) {
 }
 
 }  // namespace
-}  // namespace kvpr
+}  // namespace kvpr::planner

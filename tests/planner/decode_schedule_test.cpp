@@ -1,0 +1,117 @@
+// The decode schedule on its own: the order of ops, chunk marks, block spans and row offsets.
+#include "kvpr/planner/decode_schedule.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kvpr/common/error.h"
+
+namespace kvpr::planner {
+namespace {
+
+std::vector<DecodeOp> ops_of(const DecodeSchedule& schedule) {
+  std::vector<DecodeOp> ops;
+  schedule.run([&](const DecodeOp& op) { ops.push_back(op); });
+  return ops;
+}
+
+TEST(DecodeSchedule, BlocksChunksAndRowsOfABatch) {
+  // Two sequences: s = 40 (l = 20) and s = 7 (l = 7), blocks of 16, chunks of 16 rows.
+  const DecodeSchedule schedule({3, 16, {40, 7}, {20, 9}, 16, false});
+  EXPECT_EQ(schedule.l(0), 20);
+  EXPECT_EQ(schedule.l(1), 7);  // clamped to s
+  EXPECT_EQ(schedule.l_total(), 27);
+  EXPECT_EQ(schedule.kv_total(), 20);
+  EXPECT_EQ(schedule.act_row(1), 20);
+  EXPECT_EQ(schedule.kv_row(1), 20);
+  ASSERT_EQ(schedule.act_positions().size(), 27u);
+  EXPECT_EQ(schedule.act_positions()[20], 0);
+
+  std::int64_t act_rows = 0, kv_rows = 0;
+  std::vector<std::string> layer0;
+  for (const auto& op : ops_of(schedule)) {
+    if (op.kind == OpKind::fetch) {
+      EXPECT_EQ(op.t0 / 16, (op.t0 + op.n - 1) / 16) << "a fetch never crosses a store block";
+      if (op.layer == 0) (op.part == Part::act ? act_rows : kv_rows) += op.n;
+    }
+    if (op.layer == 0) layer0.push_back(to_string(op.kind));
+  }
+  EXPECT_EQ(act_rows, 27);
+  EXPECT_EQ(kv_rows, 40);  // K and V of seq 0's tokens [20, 40)
+  // Activation blocks [0,16) → chunk 0 at 16 rows; [16,20) and seq 1's [0,7) → chunk 1 at 27;
+  // then K and V of [20,32) and [32,40). Layer 2's fetch into slot 0 follows release_slot but is
+  // reported as layer 2's.
+  const std::vector<std::string> want = {
+      "fetch",     "chunk_landed", "fetch",    "fetch",     "chunk_landed", "fetch",
+      "fetch",     "fetch",        "fetch",    "kv_landed", "project",      "write_back",
+      "recompute", "recompute",    "await_kv", "attend",    "release_slot", "finish_layer"};
+  EXPECT_EQ(layer0, want);
+}
+
+TEST(DecodeSchedule, PrefetchesTwoLayersAheadIntoAlternatingSlots) {
+  const DecodeSchedule schedule({4, 16, {32}, {0}, 64, false});
+  std::vector<std::pair<int, int>> fills;  // (layer, slot) per kv_landed, in order
+  std::vector<int> awaited;
+  for (const auto& op : ops_of(schedule)) {
+    if (op.kind == OpKind::kv_landed) fills.emplace_back(op.layer, op.slot);
+    if (op.kind == OpKind::await_slot) awaited.push_back(op.layer);
+  }
+  const std::vector<std::pair<int, int>> want = {{0, 0}, {1, 1}, {2, 0}, {3, 1}};
+  EXPECT_EQ(fills, want);
+  EXPECT_EQ(awaited, (std::vector<int>{2, 3}));  // the first two fills find their slots free
+}
+
+TEST(DecodeSchedule, PaperChunkIsOneChunkAndResidentFetchesNothing) {
+  const DecodeSchedule paper({2, 16, {100, 50}, {60, 50}, kPaperChunk, false});
+  int marks = 0, recomputes = 0;
+  for (const auto& op : ops_of(paper)) {
+    marks += op.kind == OpKind::chunk_landed && op.layer == 0;
+    if (op.kind == OpKind::recompute && op.layer == 0) {
+      ++recomputes;
+      EXPECT_EQ(op.n, 110);
+    }
+  }
+  EXPECT_EQ(marks, 1);
+  EXPECT_EQ(recomputes, 1);
+
+  const DecodeSchedule resident({2, 16, {100}, {60}, 64, true});
+  for (const auto& op : ops_of(resident)) {
+    EXPECT_NE(op.kind, OpKind::fetch);
+    EXPECT_NE(op.kind, OpKind::recompute);
+    EXPECT_NE(op.kind, OpKind::await_kv);
+  }
+  EXPECT_EQ(resident.l_total(), 0);
+  EXPECT_EQ(resident.kv_total(), 0);
+}
+
+TEST(DecodeSchedule, LayerKvIsOneFillOfSlotZero) {
+  const DecodeSchedule schedule({3, 16, {70}, {33}, 16, false});
+  std::vector<std::string> kinds;
+  schedule.run_layer_kv(2, [&](const DecodeOp& op) {
+    EXPECT_EQ(op.layer, 2);
+    EXPECT_EQ(op.slot, 0);
+    kinds.push_back(to_string(op.kind));
+  });
+  // act blocks [0,16) [16,32) [32,33) with marks at 16, 32, 33; K,V of [33,48) [48,64) [64,70).
+  const std::vector<std::string> want = {
+      "fetch",     "chunk_landed", "fetch",     "chunk_landed", "fetch",   "chunk_landed",
+      "fetch",     "fetch",        "fetch",     "fetch",        "fetch",   "fetch",
+      "kv_landed", "recompute",    "recompute", "recompute",    "await_kv"};
+  EXPECT_EQ(kinds, want);
+  EXPECT_THROW(schedule.run_layer_kv(3, [](const DecodeOp&) {}), Error);
+}
+
+TEST(DecodeSchedule, RejectsInconsistentShapes) {
+  EXPECT_THROW(DecodeSchedule({0, 16, {1}, {0}, 64, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 0, {1}, {0}, 64, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {1, 2}, {0}, 64, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {}, {}, 64, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {-1}, {0}, 64, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {4}, {0}, 0, false}), Error);
+}
+
+}  // namespace
+}  // namespace kvpr::planner
