@@ -38,6 +38,10 @@ struct KvRequest {
     truncate @11 :SeqTokens;  # keep the first nTokens tokens
     free @12 :UInt64;         # this sequence
     stats @13 :Void;
+    reserveBatch @14 :BatchTokens;  # reserve for every sequence, all or nothing
+    commitBatch @15 :BatchTokens;   # commit for every sequence, all or nothing; the tokens need
+                                    # only lie in the sequence's blocks (a client that holds the
+                                    # block tables reserves inside them without asking)
   }
 }
 
@@ -49,6 +53,12 @@ struct Register {
 
 struct SeqTokens {
   seq @0 :UInt64;
+  nTokens @1 :Int64;
+}
+
+# One decode step's call for a whole batch: each sequence at most once, at most 4096 of them.
+struct BatchTokens {
+  seqs @0 :List(UInt64);
   nTokens @1 :Int64;
 }
 
@@ -71,6 +81,7 @@ struct KvReply {
     spans @6 :List(Span);
     length @7 :Int64;
     stats @8 :Stats;
+    reservedBatch @9 :List(Reserved);  # one per sequence of a reserveBatch, in its order
   }
 }
 

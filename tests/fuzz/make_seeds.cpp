@@ -70,6 +70,19 @@ void kvstore_seeds(const fs::path& dir) {
     t.setSeq(1);
     t.setNTokens(5);
   });
+  request("reserve_batch", [](auto r) {
+    auto b = r.initReserveBatch();
+    auto seqs = b.initSeqs(3);
+    for (unsigned i = 0; i < 3; ++i) seqs.set(i, i + 1);
+    b.setNTokens(1);
+  });
+  request("commit_batch", [](auto r) {
+    auto b = r.initCommitBatch();
+    auto seqs = b.initSeqs(2);
+    seqs.set(0, 1);
+    seqs.set(1, 2);
+    b.setNTokens(1);
+  });
   request("locate", [](auto r) {
     auto l = r.initLocate();
     l.setSeq(1);

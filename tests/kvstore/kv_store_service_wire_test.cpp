@@ -258,6 +258,45 @@ TEST_F(KvStoreServiceWireTest, OutOfRangeFieldsAreInvalid) {
        "to 1 tokens"},
       {"unknown sequence", [&](auto r) { r.setLength(12345); }, "unknown sequence 12345"},
       {"unknown sequence to free", [&](auto r) { r.setFree(12345); }, "unknown sequence 12345"},
+      {"a batch that lists a sequence twice",
+       [&](auto r) {
+         auto b = r.initReserveBatch();
+         auto seqs = b.initSeqs(2);
+         seqs.set(0, seq);
+         seqs.set(1, seq);
+         b.setNTokens(1);
+       },
+       "twice"},
+      {"a batch with an unknown sequence",
+       [&](auto r) {
+         auto b = r.initReserveBatch();
+         auto seqs = b.initSeqs(2);
+         seqs.set(0, seq);
+         seqs.set(1, 12345);
+         b.setNTokens(20);
+       },
+       "unknown sequence 12345"},
+      {"a batch of negative tokens",
+       [&](auto r) {
+         auto b = r.initCommitBatch();
+         b.initSeqs(1).set(0, seq);
+         b.setNTokens(-3);
+       },
+       "-3"},
+      {"a batch commit past the blocks",  // one block of 64 tokens
+       [&](auto r) {
+         auto b = r.initCommitBatch();
+         b.initSeqs(1).set(0, seq);
+         b.setNTokens(65);
+       },
+       "commit of 65"},
+      {"a batch of too many sequences",
+       [&](auto r) {
+         auto b = r.initCommitBatch();
+         b.initSeqs(4097);
+         b.setNTokens(1);
+       },
+       "4097 sequences"},
   };
   double expected = 0;
   for (const auto& c : cases) {
@@ -316,6 +355,65 @@ TEST_F(KvStoreServiceWireTest, OutOfRangeFieldsAreInvalid) {
   EXPECT_EQ(
       metric(service_->metrics().registry(), "kvpr_kvstore_requests_total", {{"type", "locate"}}),
       4.0);
+}
+
+// reserveBatch and commitBatch change every sequence or none: a batch that does not fit leaves
+// each sequence as it was, and one reply carries every sequence's new blocks in order.
+TEST_F(KvStoreServiceWireTest, BatchesAreAllOrNothing) {
+  register_client();  // seq_ holds 8 reserved tokens: 2 blocks per layer of 4096-byte pages
+  capnp::MallocMessageBuilder open;
+  auto o = open.initRoot<wire::KvRequest>();
+  o.setId(10);
+  o.setClient(client_);
+  o.setOpen();
+  const std::uint64_t b = call_handle(open)->root<wire::KvReply>().getOpened();
+  const auto batch = [&](bool reserve, std::int64_t n) {
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<wire::KvRequest>();
+    request.setId(11);
+    request.setClient(client_);
+    auto body = reserve ? request.initReserveBatch() : request.initCommitBatch();
+    auto seqs = body.initSeqs(2);
+    seqs.set(0, seq_);
+    seqs.set(1, b);
+    body.setNTokens(n);
+    return call_handle(message);
+  };
+  const auto used = service_->stats().used_bytes;
+  // 256 pages of 4 KiB, 64 tokens a page: 100 blocks in each of 2 layers fit either sequence
+  // alone, not both.
+  auto frame = batch(true, 100 * 4096 / 64);
+  auto reply = frame->root<wire::KvReply>();
+  ASSERT_TRUE(reply.isError());
+  EXPECT_EQ(reply.getError().getKind(), wire::ErrorKind::OVERLOADED);
+  EXPECT_EQ(service_->stats().used_bytes, used);
+  EXPECT_EQ(rejected("invalid"), 0.0);  // a full store is no bad message
+
+  frame = batch(true, 8);
+  reply = frame->root<wire::KvReply>();
+  ASSERT_TRUE(reply.isReservedBatch()) << reply.getError().getReason().cStr();
+  const auto reserved = reply.getReservedBatch();
+  ASSERT_EQ(reserved.size(), 2u);
+  EXPECT_EQ(reserved[0].getBlocksPerLayer(), 0);  // seq_ had its 8 tokens already
+  EXPECT_EQ(reserved[1].getReservedTokens(), 8);
+  EXPECT_EQ(reserved[1].getOffsets().size(), 2u * reserved[1].getBlocksPerLayer());
+
+  // A batch commit may reach past the reserved tokens into the blocks (the client reserves inside
+  // them without asking), not past them: 65 fails for both (one 64-token block each), and
+  // neither length moves.
+  frame = batch(false, 65);
+  ASSERT_TRUE(frame->root<wire::KvReply>().isError());
+  frame = batch(false, 8);
+  ASSERT_FALSE(frame->root<wire::KvReply>().isError());
+  capnp::MallocMessageBuilder length;
+  auto l = length.initRoot<wire::KvRequest>();
+  l.setId(12);
+  l.setClient(client_);
+  l.setLength(b);
+  EXPECT_EQ(call_handle(length)->root<wire::KvReply>().getLength(), 8);
+  EXPECT_EQ(metric(service_->metrics().registry(), "kvpr_kvstore_requests_total",
+                   {{"type", "reserve_batch"}}),
+            2.0);
 }
 
 TEST_F(KvStoreServiceWireTest, HandleNeverThrowsOnRandomOrMutatedInput) {

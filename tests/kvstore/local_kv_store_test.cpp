@@ -4,6 +4,8 @@
 
 #include <cstring>
 #include <numeric>
+#include <string>
+#include <vector>
 
 #include "kvpr/common/error.h"
 
@@ -36,6 +38,44 @@ void fill(KvStoreClient& store, SeqId seq, std::int64_t t0, std::int64_t t1) {
       }
     }
   }
+}
+
+// A batch reserve takes blocks for every sequence or for none: when the store holds enough for
+// one sequence but not both, nothing is reserved, and a bad batch changes nothing either.
+TEST(LocalKvStore, BatchReserveAndCommitAreAllOrNothing) {
+  const std::size_t block = small_shape().block_bytes();
+  LocalKvStore store(small_shape(), 6 * block);  // 3 blocks per layer in all
+  const SeqId a = store.open();
+  const SeqId b = store.open();
+  const std::vector<SeqId> both{a, b};
+  try {
+    store.reserve(both, 8);  // 2 blocks per layer each: 8 blocks, 6 exist
+    FAIL() << "a batch past capacity succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::overloaded) << e.what();
+    EXPECT_NE(std::string(e.what()).find("2 sequence(s) need 8 more blocks"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(store.stats().used_bytes, 0u);
+  EXPECT_EQ(store.stats().allocation_failures, 1u);
+  EXPECT_THROW(store.locate(a, 0, Part::act, 0, 1), Error);  // a got nothing either
+
+  const std::vector<SeqId> twice{a, a};
+  EXPECT_THROW(store.reserve(twice, 1), Error);
+  const std::vector<SeqId> stranger{a, 999};
+  EXPECT_THROW(store.reserve(stranger, 1), Error);
+  EXPECT_EQ(store.stats().used_bytes, 0u);
+
+  store.reserve(both, 4);  // 1 block per layer each
+  EXPECT_EQ(store.stats().used_bytes, 4 * block);
+  store.reserve(std::vector<SeqId>{a}, 5);     // a grows alone
+  EXPECT_THROW(store.commit(both, 5), Error);  // b has 4 reserved: neither commits
+  EXPECT_EQ(store.length(a), 0);
+  store.commit(both, 4);
+  EXPECT_EQ(store.length(a), 4);
+  EXPECT_EQ(store.length(b), 4);
+  EXPECT_THROW(store.commit(twice, 1), Error);
+  EXPECT_EQ(store.length(a), 4);
 }
 
 TEST(LocalKvStore, SpansCoverRangesAcrossBlocksAndKeepData) {

@@ -67,16 +67,17 @@ TEST(PagePool, ViewsOfDifferentShapesShareOnePoolWithoutOverlap) {
 TEST(LocalKvStore, ReserveBlocksReportsTheNewBlocksLayerMajor) {
   LocalKvStore store(small_shape(), 1 << 20);
   const SeqId a = store.open();
-  const Reservation first = store.reserve_blocks(a, 5);  // 2 blocks of 4 per layer
+  const Reservation first = store.reserve_blocks({&a, 1}, 5).front();  // 2 blocks of 4 per layer
   EXPECT_EQ(first.reserved_tokens, 5);
   EXPECT_EQ(first.first_block, 0);
   EXPECT_EQ(first.blocks_per_layer, 2);
   ASSERT_EQ(first.offsets.size(), 4u);
   store.commit(a, 5);
-  const Reservation again = store.reserve_blocks(a, 3);  // up to 8 tokens: no new block
+  const Reservation again =
+      store.reserve_blocks({&a, 1}, 3).front();  // up to 8 tokens: no new block
   EXPECT_EQ(again.blocks_per_layer, 0);
   EXPECT_EQ(again.first_block, 2);
-  const Reservation more = store.reserve_blocks(a, 4);  // 9 tokens: block 2
+  const Reservation more = store.reserve_blocks({&a, 1}, 4).front();  // 9 tokens: block 2
   EXPECT_EQ(more.first_block, 2);
   ASSERT_EQ(more.offsets.size(), 2u);
   const auto spans = store.locate(a, 1, Part::act, 8, 9);

@@ -205,6 +205,103 @@ TEST_F(RemoteKvStoreTest, FullStoreAnswersOverloadedWithTheNumbersAndKeepsLiveDa
   EXPECT_EQ(metric(registry, "kvpr_kvstore_used_bytes"), 2.0 * kPage);
 }
 
+// A decode step of a batch: reserve 1 token for every sequence, write, commit. The client keeps the
+// block tables, so the step costs the daemon one request (the batch's commit) while the blocks
+// suffice and two when they run out; never one per sequence.
+TEST_F(RemoteKvStoreTest, BatchStepsCostOneRoundTripAndNoneForReservesTheBlocksCover) {
+  start();
+  auto store = client();
+  std::vector<SeqId> batch;
+  for (int i = 0; i < 4; ++i) batch.push_back(store->open());
+  const auto requests = [&] { return service_->stats().requests; };
+  for (std::int64_t t = 0; t < 40; ++t) {  // 16 tokens a block: new blocks at 0, 16 and 32
+    const auto before = requests();
+    store->reserve(batch, 1);
+    EXPECT_EQ(requests() - before, t % 16 == 0 ? 1u : 0u) << "step " << t;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      fill(*store, batch[i], t, t + 1, static_cast<int>(i));
+    }
+    const auto written = requests();
+    store->commit(batch, 1);
+    EXPECT_EQ(requests() - written, 1u) << "step " << t;
+  }
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    EXPECT_EQ(store->length(batch[i]), 40);
+    EXPECT_EQ(count_bad_rows(*store, batch[i], 0, 40, static_cast<int>(i)), 0);
+  }
+  // What the daemon holds agrees: 3 blocks in each of 2 layers per sequence.
+  EXPECT_EQ(service_->stats().used_bytes, 4u * 3 * 2 * kPage);
+}
+
+// All or nothing through the daemon: two sequences that fit one at a time but not together.
+TEST_F(RemoteKvStoreTest, BatchReserveThatDoesNotFitReservesNothing) {
+  start(8 * kPage + 100);
+  auto store = client();
+  const std::vector<SeqId> both{store->open(), store->open()};
+  try {
+    store->reserve(both, 48);  // 3 blocks in each of 2 layers, each: 12 of 8 pages
+    FAIL() << "a batch past capacity succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::overloaded) << e.what();
+  }
+  EXPECT_EQ(service_->stats().used_bytes, 0u);
+  EXPECT_THROW(store->locate(both[0], 0, Part::act, 0, 1), Error);  // no blocks here either
+  const std::vector<SeqId> twice{both[0], both[0]};
+  EXPECT_THROW(store->reserve(twice, 1), Error);
+  store->reserve(both, 16);  // 1 block each per layer: 4 pages
+  EXPECT_EQ(service_->stats().used_bytes, 4 * kPage);
+}
+
+// prefetch() then locate() gives the bytes locate() alone gives. Across hosts (the tcp build) the
+// mirror's copy of the committed rows is scribbled over first, so only the prefetched gets can
+// put the right bytes back; a prefetch wider than the located range serves it too, and a sequence
+// freed with prefetches in flight is freed cleanly.
+TEST_F(RemoteKvStoreTest, PrefetchThenLocateGivesTheSameBytesAsLocateAlone) {
+  start();
+  auto store = client();
+  const SeqId a = store->open();
+  const SeqId b = store->open();
+  const std::vector<SeqId> both{a, b};
+  store->reserve(both, 40);
+  fill(*store, a, 0, 40, 1);
+  fill(*store, b, 0, 40, 2);
+  store->commit(both, 40);
+  const auto scribble = [&](SeqId seq) {
+    if (store->zero_copy()) return;  // spans are the daemon's memory: nothing to scribble
+    for (std::int64_t layer = 0; layer < 2; ++layer) {
+      for (Part part : {Part::act, Part::k, Part::v}) {
+        for (const auto& span : store->locate(seq, layer, part, 0, 40)) {
+          std::memset(span.data, 0xab,
+                      static_cast<std::size_t>(span.n_tokens) * store->shape().row_bytes(part));
+        }
+      }
+    }
+  };
+  std::vector<KvStoreClient::Range> ranges;
+  for (std::int64_t layer = 0; layer < 2; ++layer) {
+    for (Part part : {Part::act, Part::k, Part::v}) {
+      ranges.push_back({a, layer, part, 0, 40});  // exactly what count_bad_rows locates
+      ranges.push_back({b, layer, part, 8, 40});  // wider than [10, 30) below
+    }
+  }
+  scribble(a);
+  scribble(b);
+  store->prefetch(ranges);
+  EXPECT_EQ(count_bad_rows(*store, a, 0, 40, 1), 0);
+  EXPECT_EQ(count_bad_rows(*store, b, 10, 30, 2), 0);
+  EXPECT_EQ(count_bad_rows(*store, b, 0, 40, 2), 0);  // past the prefetch: fetched at locate
+  scribble(a);
+  EXPECT_EQ(count_bad_rows(*store, a, 0, 40, 1), 0);  // locate alone, as before
+
+  store->prefetch(ranges);  // in flight while freed: drained first
+  store->free(b);
+  EXPECT_EQ(count_bad_rows(*store, a, 0, 40, 1), 0);
+  const std::vector<KvStoreClient::Range> stranger{{b, 0, Part::act, 0, 1}};
+  EXPECT_THROW(store->prefetch(stranger), Error);
+  const std::vector<KvStoreClient::Range> past{{a, 0, Part::k, 0, 41}};
+  EXPECT_THROW(store->prefetch(past), Error);
+}
+
 TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
   start(1 << 20, milliseconds(300));
   auto options = client_options("silent");
@@ -233,7 +330,7 @@ TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
   EXPECT_EQ(count_bad_rows(*alive, t, 0, 20, 3), 0);
 
   try {
-    silent.reserve(s, 1);
+    silent.commit(s, 1);  // (a reserve within its blocks would not even ask the daemon)
     FAIL() << "a sequence of an expired lease was still usable";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();

@@ -68,8 +68,7 @@ std::optional<Router::Request> Router::receive(milliseconds timeout) {
   Request request;
   request.peer = std::move(frames[0]);
   if (frames.size() != 2) {
-    request.malformed =
-        str("malformed message: ", frames.size() - 1, " frames, expected 1 Cap'n Proto message");
+    request.malformed = str(frames.size() - 1, " frames, expected 1 Cap'n Proto message");
   } else {
     request.payload = std::move(frames[1]);
   }

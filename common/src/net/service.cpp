@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvpr/common/error.h"
+#include "kvpr/common/log.h"
 
 namespace kvpr::net {
 namespace {
@@ -20,6 +21,33 @@ void on_signal(int) {
 }
 
 }  // namespace
+
+void serve(Router& router, const ServeLoop& loop) {
+  std::vector<zmq::pollitem_t> items;
+  items.push_back(zmq::pollitem_t{router.socket().handle(), 0, ZMQ_POLLIN, 0});
+  for (zmq::socket_ref socket : loop.also_wake) {
+    items.push_back(zmq::pollitem_t{socket.handle(), 0, ZMQ_POLLIN, 0});
+  }
+  bool draining = false;
+  for (;;) {
+    try {
+      draining = draining || loop.stopping();
+      zmq::poll(items.data(), items.size(), draining ? std::chrono::milliseconds(0) : loop.poll);
+      if (loop.tick) loop.tick();
+      std::optional<Router::Request> request;
+      if ((items[0].revents & ZMQ_POLLIN) != 0)
+        request = router.receive(std::chrono::milliseconds(0));
+      if (request) {
+        router.send(request->peer, loop.answer(*request));
+      } else if (draining) {
+        return;
+      }
+    } catch (const std::exception& e) {
+      log::error(loop.name, draining ? ": while draining: " : ": ", e.what());
+      if (draining) return;
+    }
+  }
+}
 
 void install_stop_signals() {
   struct sigaction action {};

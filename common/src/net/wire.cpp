@@ -16,10 +16,10 @@ Frame::Frame(const zmq::message_t& frame) : Frame(frame.data(), frame.size()) {}
 
 Frame::Frame(const void* data, std::size_t size) {
   if (size > kMaxMessageBytes) {
-    fail("malformed message: ", size, " bytes is over the limit of ", kMaxMessageBytes);
+    throw MalformedMessage(str(size, " bytes is over the limit of ", kMaxMessageBytes));
   }
   if (size == 0 || size % sizeof(capnp::word) != 0) {
-    fail("malformed message: ", size, " bytes is not a whole number of 8-byte words");
+    throw MalformedMessage(str(size, " bytes is not a whole number of 8-byte words"));
   }
   words_ = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
   std::memcpy(words_.begin(), data, size);
@@ -35,7 +35,7 @@ void decode_guard(const std::function<void()>& fn) {
   } catch (const kj::Exception& e) {
     std::string what = e.getDescription().cStr();
     if (const auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-    fail("malformed message: ", what);
+    throw MalformedMessage(what);
   }
 }
 

@@ -3,7 +3,7 @@
 #include <random>
 
 #include "kvpr/common/error.h"
-#include "kvpr/common/log.h"
+#include "kvpr/net/service.h"
 #include "service_impl.h"
 
 namespace kvpr::kvstore {
@@ -107,6 +107,20 @@ void KvStoreService::Impl::refresh_gauges_locked() {
   instruments->clients.Set(static_cast<double>(clients.size()));
 }
 
+KvStoreServiceStats KvStoreService::Impl::stats_locked() const {
+  KvStoreServiceStats st;
+  st.capacity_bytes = pool->capacity_bytes();
+  st.used_bytes = pool->used_bytes();
+  for (const auto& [id, client] : clients) st.sequences += client.store->stats().sequences;
+  st.clients = clients.size();
+  st.lookups = lookups;
+  st.allocation_failures = pool->allocation_failures();
+  st.lease_expiries = lease_expiries;
+  st.rejected_messages = rejected.load();
+  st.requests = requests;
+  return st;
+}
+
 void KvStoreService::Impl::expire_leases() {
   std::lock_guard lock(mutex);
   const auto now = net::Clock::now();
@@ -125,28 +139,17 @@ void KvStoreService::Impl::expire_leases() {
 }
 
 void KvStoreService::Impl::route() {
-  auto answer = [&](net::Router::Request& request) {
-    if (!request.malformed.empty()) {
-      reject("malformed");
-      router->send(request.peer, error_reply(0, Error(ErrorKind::failed, request.malformed)));
-      return;
-    }
-    router->send(request.peer, handle(request.payload.data(), request.payload.size()));
+  net::ServeLoop loop;
+  loop.name = "kvstore";
+  loop.poll = kPoll;
+  loop.stopping = [&] { return stopping.load(); };
+  loop.tick = [&] { expire_leases(); };
+  loop.answer = [&](net::Router::Request& request) {
+    if (request.malformed.empty()) return handle(request.payload.data(), request.payload.size());
+    reject("malformed");
+    return error_reply(0, net::MalformedMessage(request.malformed));
   };
-  while (!stopping.load()) {
-    try {
-      if (auto request = router->receive(kPoll)) answer(*request);
-      expire_leases();
-    } catch (const std::exception& e) {  // a ZeroMQ failure: keep serving
-      log::error("kvstore: ", e.what());
-    }
-  }
-  // Drain: answer what has already arrived, then return.
-  try {
-    while (auto request = router->receive(net::milliseconds(0))) answer(*request);
-  } catch (const std::exception& e) {
-    log::error("kvstore: while draining: ", e.what());
-  }
+  net::serve(*router, loop);
 }
 
 void KvStoreService::Impl::progress() {
@@ -216,19 +219,8 @@ std::size_t KvStoreService::arena_bytes() const {
 }
 
 KvStoreServiceStats KvStoreService::stats() const {
-  const Impl& s = *impl_;
-  std::lock_guard lock(s.mutex);
-  KvStoreServiceStats st;
-  st.capacity_bytes = s.pool->capacity_bytes();
-  st.used_bytes = s.pool->used_bytes();
-  for (const auto& [id, client] : s.clients) st.sequences += client.store->stats().sequences;
-  st.clients = s.clients.size();
-  st.lookups = s.lookups;
-  st.allocation_failures = s.pool->allocation_failures();
-  st.lease_expiries = s.lease_expiries;
-  st.rejected_messages = s.rejected.load();
-  st.requests = s.requests;
-  return st;
+  std::lock_guard lock(impl_->mutex);
+  return impl_->stats_locked();
 }
 
 zmq::message_t KvStoreService::handle(const void* data, std::size_t size) {

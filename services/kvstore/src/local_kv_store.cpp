@@ -8,9 +8,6 @@
 namespace kvpr::kvstore {
 namespace {
 
-// Far more than any context; keeps token arithmetic away from overflow.
-constexpr std::int64_t kMaxTokens = std::int64_t{1} << 40;
-
 void check_shape(const StoreShape& shape) {
   if (shape.n_layers <= 0 || shape.h <= 0 || shape.h_kv <= 0 || shape.block_tokens <= 0) {
     fail("kvstore: invalid shape (layers ", shape.n_layers, ", h ", shape.h, ", h_kv ", shape.h_kv,
@@ -65,38 +62,47 @@ SeqId LocalKvStore::open() {
   return id;
 }
 
-Reservation LocalKvStore::reserve_blocks(SeqId seq, std::int64_t n_tokens) {
-  if (n_tokens < 0 || n_tokens > kMaxTokens) fail("kvstore: reserve of ", n_tokens, " tokens");
+std::vector<Reservation> LocalKvStore::reserve_blocks(std::span<const SeqId> seqs,
+                                                      std::int64_t n_tokens) {
+  check_batch("reserve", seqs, n_tokens, kMaxTokens);
   std::lock_guard lock(mutex_);
-  Sequence& s = find(seq);
-  const std::int64_t target = std::max(s.reserved, s.length + n_tokens);
-  const std::int64_t have = blocks_for(shape_, s.reserved);
-  const std::int64_t per_layer = blocks_for(shape_, target) - have;
-  const auto total = static_cast<std::size_t>(per_layer * shape_.n_layers);
+  // Every sequence's share first, then one allocation for the whole batch: all or nothing.
+  std::vector<Sequence*> found;
+  std::vector<Reservation> out(seqs.size());
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& s = find(seqs[i]);
+    found.push_back(&s);
+    Reservation& r = out[i];
+    r.reserved_tokens = std::max(s.reserved, s.length + n_tokens);
+    r.first_block = blocks_for(shape_, s.reserved);
+    r.blocks_per_layer = blocks_for(shape_, r.reserved_tokens) - r.first_block;
+    total += static_cast<std::size_t>(r.blocks_per_layer * shape_.n_layers);
+  }
   std::vector<std::size_t> pages;
   if (!pool_->allocate(total, pages)) {
     ++allocation_failures_;
-    raise(ErrorKind::overloaded, "kvstore: overloaded: sequence ", seq, " needs ", total,
+    raise(ErrorKind::overloaded, "kvstore: overloaded: ", seqs.size(), " sequence(s) need ", total,
           " more blocks (", total * pool_->page_bytes(), " bytes) for ", n_tokens,
-          " tokens but only ", pool_->free_pages(), " of ", pool_->n_pages(),
+          " tokens each but only ", pool_->free_pages(), " of ", pool_->n_pages(),
           " are free (capacity ", pool_->capacity_bytes(), " bytes)");
   }
-  Reservation r;
-  r.first_block = have;
-  r.blocks_per_layer = per_layer;
-  r.offsets.reserve(total);
   std::size_t next = 0;
-  for (auto& layer_blocks : s.blocks) {
-    for (std::int64_t i = 0; i < per_layer; ++i) {
-      layer_blocks.push_back(pages[next]);
-      r.offsets.push_back(pool_->offset_of_page(pages[next]));
-      ++next;
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& s = *found[i];
+    Reservation& r = out[i];
+    r.offsets.reserve(static_cast<std::size_t>(r.blocks_per_layer * shape_.n_layers));
+    for (auto& layer_blocks : s.blocks) {
+      for (std::int64_t b = 0; b < r.blocks_per_layer; ++b) {
+        layer_blocks.push_back(pages[next]);
+        r.offsets.push_back(pool_->offset_of_page(pages[next]));
+        ++next;
+      }
     }
+    s.reserved = r.reserved_tokens;
   }
   pages_held_ += total;
-  s.reserved = target;
-  r.reserved_tokens = target;
-  return r;
+  return out;
 }
 
 std::vector<HostSpan> LocalKvStore::locate(SeqId seq, std::int64_t layer, Part part,
@@ -114,14 +120,38 @@ std::vector<HostSpan> LocalKvStore::locate(SeqId seq, std::int64_t layer, Part p
                   [&](std::int64_t b) { return pool_->page(blocks[static_cast<std::size_t>(b)]); });
 }
 
-void LocalKvStore::commit(SeqId seq, std::int64_t n_tokens) {
+void LocalKvStore::commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("commit", seqs, n_tokens, kMaxTokens);
   std::lock_guard lock(mutex_);
-  Sequence& s = find(seq);
-  if (n_tokens < 0 || n_tokens > s.reserved - s.length) {
-    fail("kvstore: commit of ", n_tokens, " tokens to sequence ", seq, " with ", s.length,
-         " committed and ", s.reserved, " reserved");
+  std::vector<Sequence*> found;
+  for (const SeqId seq : seqs) {
+    Sequence& s = find(seq);
+    if (n_tokens > s.reserved - s.length) {
+      fail("kvstore: commit of ", n_tokens, " tokens to sequence ", seq, " with ", s.length,
+           " committed and ", s.reserved, " reserved");
+    }
+    found.push_back(&s);
   }
-  s.length += n_tokens;
+  for (Sequence* s : found) s->length += n_tokens;
+}
+
+void LocalKvStore::commit_in_blocks(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("commit", seqs, n_tokens, kMaxTokens);
+  std::lock_guard lock(mutex_);
+  std::vector<Sequence*> found;
+  for (const SeqId seq : seqs) {
+    Sequence& s = find(seq);
+    const auto held = static_cast<std::int64_t>(s.blocks.front().size()) * shape_.block_tokens;
+    if (n_tokens > held - s.length) {
+      fail("kvstore: commit of ", n_tokens, " tokens to sequence ", seq, " with ", s.length,
+           " committed and blocks for ", held);
+    }
+    found.push_back(&s);
+  }
+  for (Sequence* s : found) {
+    s->length += n_tokens;
+    s->reserved = std::max(s->reserved, s->length);
+  }
 }
 
 std::int64_t LocalKvStore::length(SeqId seq) const {

@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -10,103 +11,26 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <thread>
+#include <utility>
 
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/block_layout.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
 #include "kvstore_wire.h"
+#include "remote_impl.h"
 #include "ucx.h"
 
 namespace kvpr::kvstore {
-namespace {
 
 using net::Clock;
-
-// One registration with a daemon: its UCX endpoint, the arena's remote key and where spans point.
-struct Session {
-  Session() = default;
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
-  ~Session() {
-    if (mirror != nullptr) munmap(mirror, arena_bytes);
-  }
-
-  std::uint64_t client = 0;
-  std::uint64_t arena_address = 0;  // in the daemon
-  std::size_t arena_bytes = 0;
-  ucx::Endpoint endpoint;
-  ucx::RemoteKey rkey;        // destroyed before endpoint
-  std::byte* base = nullptr;  // the mapped arena (zero copy) or the mirror
-  bool zero_copy = false;
-  void* mirror = nullptr;  // owned anonymous mapping (no shared memory to the daemon)
-};
-
-struct Sequence {
-  std::int64_t length = 0;
-  std::int64_t reserved = 0;
-  std::vector<std::vector<std::uint64_t>> blocks;  // [layer][block] -> arena offset
-};
-
-}  // namespace
-
-struct RemoteKvStore::Impl {
-  Impl(zmq::context_t& context, const StoreShape& shape_in, RemoteKvStoreOptions options_in);
-
-  using Build = std::function<void(wire::KvRequest::Builder)>;
-  // One round trip: fills the request, waits for the reply. Throws disconnected (and marks the
-  // registration lost) when no reply comes in time. Returns the reply frame, errors unchecked.
-  std::unique_ptr<net::Frame> exchange(net::RpcClient& client, std::uint64_t client_id,
-                                       const Build& build, net::milliseconds timeout);
-  // exchange() then throws the reply's error; a `disconnected` one (unknown client: the lease
-  // ran out or the daemon restarted) also marks the registration lost.
-  std::unique_ptr<net::Frame> call_locked(const Build& build);
-
-  void register_locked();
-  void recover_locked();  // makes sure a live registration exists (open())
-  Sequence& find_locked(SeqId seq);
-  const Sequence& find_locked(SeqId seq) const;
-  std::vector<HostSpan> spans_locked(const Sequence& s, std::int64_t layer, Part part,
-                                     std::int64_t t0, std::int64_t t1) const;
-  // Moves pieces of the mirror to (put, then one flush) or from (get) the same offsets of the
-  // daemon's arena, and waits until all are done (no-shared-memory path).
-  struct Piece {
-    std::byte* data;
-    std::size_t bytes;
-  };
-  void add_pieces(std::vector<Piece>& pieces, const Sequence& q, std::int64_t layer, Part part,
-                  std::int64_t t0, std::int64_t t1) const;
-  void transfer_locked(const std::vector<Piece>& pieces, bool put);
-  void heartbeat_loop();
-
-  RemoteKvStoreOptions options;
-  StoreShape shape;
-  std::string peer;
-
-  ucx::Context ucx_context;
-  ucx::Worker worker;
-  ucx::WorkerAddress worker_address;
-
-  mutable std::mutex mutex;  // guards everything below and every use of worker
-  net::RpcClient rpc;
-  // The current registration. A lost one stays (and stays mapped) until the next successful
-  // register replaces it.
-  std::unique_ptr<Session> session;
-  std::map<SeqId, Sequence> sequences;
-  bool lost = false;
-  bool answered = false;  // the last call_locked got a reply (an error reply included)
-  std::uint64_t generation = 0;
-  std::uint64_t lookups = 0;
-
-  std::atomic<std::uint64_t> client_id{0};
-  std::atomic<std::int64_t> lease_ms{10000};
-  net::RpcClient heartbeat_rpc;  // the heartbeat thread's own socket
-  std::mutex heartbeat_mutex;
-  std::condition_variable heartbeat_wake;
-  bool heartbeat_stop = false;
-  std::thread heartbeat_thread;
-};
+using remote::Fetch;
+using remote::FetchKey;
+using remote::Sequence;
+using remote::Session;
 
 RemoteKvStore::Impl::Impl(zmq::context_t& context, const StoreShape& shape_in,
                           RemoteKvStoreOptions options_in)
@@ -199,7 +123,9 @@ void RemoteKvStore::Impl::register_locked() {
     next->mirror = p;
     next->base = static_cast<std::byte*>(p);
   }
-  // The registration is live: the previous one (its endpoint, rkey and mapping) goes now.
+  // The registration is live: the previous one (its endpoint, rkey and mapping) goes now, after
+  // the gets still writing into its mirror.
+  if (session != nullptr) drain_fetches_locked(std::nullopt);
   session = std::move(next);
   sequences.clear();
   shape.block_tokens = block_tokens;
@@ -247,76 +173,6 @@ const Sequence& RemoteKvStore::Impl::find_locked(SeqId seq) const {
   return it->second;
 }
 
-std::vector<HostSpan> RemoteKvStore::Impl::spans_locked(const Sequence& s, std::int64_t layer,
-                                                        Part part, std::int64_t t0,
-                                                        std::int64_t t1) const {
-  const auto& blocks = s.blocks[static_cast<std::size_t>(layer)];
-  std::byte* base = session->base;
-  return spans_of(shape, part, t0, t1,
-                  [&](std::int64_t b) { return base + blocks[static_cast<std::size_t>(b)]; });
-}
-
-void RemoteKvStore::Impl::add_pieces(std::vector<Piece>& pieces, const Sequence& q,
-                                     std::int64_t layer, Part part, std::int64_t t0,
-                                     std::int64_t t1) const {
-  const std::size_t row = shape.row_bytes(part);
-  for (const auto& span : spans_locked(q, layer, part, t0, t1)) {
-    pieces.push_back({span.data, static_cast<std::size_t>(span.n_tokens) * row});
-  }
-}
-
-void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool put) {
-  Session& s = *session;
-  if (s.endpoint.get() == nullptr || s.endpoint.failed()) {
-    lost = true;
-    raise(ErrorKind::disconnected, peer, ": the UCX endpoint to the daemon is gone");
-  }
-  const auto deadline = Clock::now() + options.timeout;
-  ucp_request_param_t param{};
-  std::vector<void*> pending;
-  ucs_status_t first_error = UCS_OK;
-  for (const Piece& piece : pieces) {
-    if (piece.bytes == 0) continue;
-    const std::uint64_t remote = s.arena_address + static_cast<std::uint64_t>(piece.data - s.base);
-    void* request =
-        put ? ucp_put_nbx(s.endpoint.get(), piece.data, piece.bytes, remote, s.rkey.get(), &param)
-            : ucp_get_nbx(s.endpoint.get(), piece.data, piece.bytes, remote, s.rkey.get(), &param);
-    if (UCS_PTR_IS_ERR(request)) {
-      first_error = UCS_PTR_STATUS(request);
-      break;
-    }
-    if (request != nullptr) pending.push_back(request);
-  }
-  if (put && first_error == UCS_OK) {  // puts are remotely complete only after a flush
-    void* flush = ucp_ep_flush_nbx(s.endpoint.get(), &param);
-    if (UCS_PTR_IS_ERR(flush)) {
-      first_error = UCS_PTR_STATUS(flush);
-    } else if (flush != nullptr) {
-      pending.push_back(flush);
-    }
-  }
-  bool timed_out = false;
-  for (void* request : pending) {
-    ucs_status_t status = worker.wait(request, timed_out ? Clock::time_point::max() : deadline);
-    if (status == UCS_ERR_TIMED_OUT) {
-      // The daemon stopped answering: closing the endpoint completes what is still pending.
-      timed_out = true;
-      s.endpoint.close();
-      status = worker.wait(request, Clock::time_point::max());
-    }
-    if (status != UCS_OK && first_error == UCS_OK) first_error = status;
-  }
-  if (timed_out) {
-    lost = true;
-    raise(ErrorKind::disconnected, peer, ": ", put ? "ucp_put" : "ucp_get",
-          " did not complete within ", options.timeout.count(), " ms");
-  }
-  if (first_error != UCS_OK) {
-    lost = true;
-    ucx::throw_status(put ? "ucp_put_nbx" : "ucp_get_nbx", first_error);
-  }
-}
-
 void RemoteKvStore::Impl::heartbeat_loop() {
   std::unique_lock lock(heartbeat_mutex);
   for (;;) {
@@ -353,6 +209,7 @@ RemoteKvStore::RemoteKvStore(zmq::context_t& context, const StoreShape& shape,
     s.register_locked();
   }
   if (s.options.heartbeat) s.heartbeat_thread = std::thread([&s] { s.heartbeat_loop(); });
+  s.progress_thread = std::thread([&s] { s.progress_loop(); });
 }
 
 RemoteKvStore::~RemoteKvStore() {
@@ -365,7 +222,14 @@ RemoteKvStore::~RemoteKvStore() {
     s.heartbeat_wake.notify_all();
     s.heartbeat_thread.join();
   }
+  {
+    std::lock_guard lock(s.mutex);
+    s.progress_stop = true;
+  }
+  s.progress_wake.notify_all();
+  s.progress_thread.join();
   std::lock_guard lock(s.mutex);
+  s.drain_fetches_locked(std::nullopt);
   if (s.session != nullptr && !s.lost) {
     try {  // best effort: a lease that runs out frees the same memory later
       s.exchange(
@@ -401,77 +265,92 @@ SeqId RemoteKvStore::open() {
   }
 }
 
-void RemoteKvStore::reserve(SeqId seq, std::int64_t n_tokens) {
+void RemoteKvStore::reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("reserve", seqs, n_tokens, kMaxTokens);
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
-  Sequence& q = s.find_locked(seq);
+  // The block tables are here: only the sequences whose blocks fall short go to the daemon.
+  std::vector<SeqId> short_of;
+  std::vector<Sequence*> growing;
+  for (const SeqId seq : seqs) s.find_locked(seq);  // all known before anything changes
+  for (const SeqId seq : seqs) {
+    Sequence& q = s.find_locked(seq);
+    const std::int64_t target = q.length + n_tokens;
+    const auto held = static_cast<std::int64_t>(q.blocks.front().size());
+    if (blocks_for(s.shape, target) <= held) {
+      // Inside blocks it holds: reserved here, and the daemon learns it with the commit.
+      q.reserved = std::max(q.reserved, target);
+      continue;
+    }
+    short_of.push_back(seq);
+    growing.push_back(&q);
+  }
+  if (short_of.empty()) return;
   auto frame = s.call_locked([&](wire::KvRequest::Builder request) {
-    auto st = request.initReserve();
-    st.setSeq(seq);
-    st.setNTokens(n_tokens);
+    auto batch = request.initReserveBatch();
+    auto list = batch.initSeqs(static_cast<unsigned>(short_of.size()));
+    for (unsigned i = 0; i < short_of.size(); ++i) list.set(i, short_of[i]);
+    batch.setNTokens(n_tokens);
   });
   net::decode_guard([&] {
-    const auto r = frame->root<wire::KvReply>().getReserved();
-    const std::int64_t first = r.getFirstBlock();
-    const std::int64_t per_layer = r.getBlocksPerLayer();
-    const auto offsets = r.getOffsets();
-    if (first < 0 || per_layer < 0 ||
-        offsets.size() != static_cast<std::size_t>(per_layer * s.shape.n_layers)) {
-      fail(s.peer, ": reserve reply with ", offsets.size(), " offsets for ", per_layer,
-           " blocks per layer");
+    const auto replies = frame->root<wire::KvReply>().getReservedBatch();
+    if (replies.size() != short_of.size()) {
+      fail(s.peer, ": reserve of ", short_of.size(), " sequences answered with ", replies.size(),
+           " reservations");
     }
-    unsigned next = 0;
-    for (auto& layer_blocks : q.blocks) {
-      layer_blocks.resize(std::min(layer_blocks.size(), static_cast<std::size_t>(first)));
-      for (std::int64_t i = 0; i < per_layer; ++i) layer_blocks.push_back(offsets[next++]);
+    for (unsigned i = 0; i < replies.size(); ++i) {
+      const auto r = replies[i];
+      const std::int64_t first = r.getFirstBlock();
+      const std::int64_t per_layer = r.getBlocksPerLayer();
+      const auto offsets = r.getOffsets();
+      if (first < 0 || per_layer < 0 ||
+          offsets.size() != static_cast<std::size_t>(per_layer * s.shape.n_layers)) {
+        fail(s.peer, ": reserve reply with ", offsets.size(), " offsets for ", per_layer,
+             " blocks per layer");
+      }
+      Sequence& q = *growing[i];
+      unsigned next = 0;
+      for (auto& layer_blocks : q.blocks) {
+        layer_blocks.resize(std::min(layer_blocks.size(), static_cast<std::size_t>(first)));
+        for (std::int64_t b = 0; b < per_layer; ++b) layer_blocks.push_back(offsets[next++]);
+      }
+      q.reserved = r.getReservedTokens();
     }
-    q.reserved = r.getReservedTokens();
   });
 }
 
-std::vector<HostSpan> RemoteKvStore::locate(SeqId seq, std::int64_t layer, Part part,
-                                            std::int64_t t0, std::int64_t t1) {
+void RemoteKvStore::commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
+  check_batch("commit", seqs, n_tokens, kMaxTokens);
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
-  ++s.lookups;
-  const Sequence& q = s.find_locked(seq);
-  if (layer < 0 || layer >= s.shape.n_layers) fail(s.peer, ": layer ", layer, " out of range");
-  if (t0 < 0 || t1 < t0 || t1 > q.reserved) {
-    fail(s.peer, ": token range [", t0, ", ", t1, ") outside the ", q.reserved,
-         " reserved tokens of sequence ", seq);
+  std::vector<Sequence*> found;
+  for (const SeqId seq : seqs) {
+    Sequence& q = s.find_locked(seq);
+    if (n_tokens > q.reserved - q.length) {
+      fail(s.peer, ": commit of ", n_tokens, " tokens to sequence ", seq, " with ", q.length,
+           " committed and ", q.reserved, " reserved");
+    }
+    found.push_back(&q);
   }
-  if (!s.session->zero_copy && t0 < q.length) {
-    // Committed rows come from the daemon; reserved ones are this client's until commit.
+  if (found.empty() || n_tokens == 0) return;
+  if (!s.session->zero_copy) {  // the rows first (one flush for the batch), then the lengths
     std::vector<Impl::Piece> pieces;
-    s.add_pieces(pieces, q, layer, part, t0, std::min(t1, q.length));
-    s.transfer_locked(pieces, false);
-  }
-  return s.spans_locked(q, layer, part, t0, t1);
-}
-
-void RemoteKvStore::commit(SeqId seq, std::int64_t n_tokens) {
-  Impl& s = *impl_;
-  std::lock_guard lock(s.mutex);
-  Sequence& q = s.find_locked(seq);
-  if (n_tokens < 0 || n_tokens > q.reserved - q.length) {
-    fail(s.peer, ": commit of ", n_tokens, " tokens to sequence ", seq, " with ", q.length,
-         " committed and ", q.reserved, " reserved");
-  }
-  if (!s.session->zero_copy && n_tokens > 0) {
-    std::vector<Impl::Piece> pieces;
-    for (std::int64_t layer = 0; layer < s.shape.n_layers; ++layer) {
-      for (Part part : {Part::act, Part::k, Part::v}) {
-        s.add_pieces(pieces, q, layer, part, q.length, q.length + n_tokens);
+    for (const Sequence* q : found) {
+      for (std::int64_t layer = 0; layer < s.shape.n_layers; ++layer) {
+        for (Part part : {Part::act, Part::k, Part::v}) {
+          s.add_pieces(pieces, *q, layer, part, q->length, q->length + n_tokens);
+        }
       }
     }
     s.transfer_locked(pieces, true);
   }
   s.call_locked([&](wire::KvRequest::Builder request) {
-    auto st = request.initCommit();
-    st.setSeq(seq);
-    st.setNTokens(n_tokens);
+    auto batch = request.initCommitBatch();
+    auto list = batch.initSeqs(static_cast<unsigned>(seqs.size()));
+    for (unsigned i = 0; i < seqs.size(); ++i) list.set(i, seqs[i]);
+    batch.setNTokens(n_tokens);
   });
-  q.length += n_tokens;
+  for (Sequence* q : found) q->length += n_tokens;
 }
 
 std::int64_t RemoteKvStore::length(SeqId seq) const {
@@ -484,6 +363,7 @@ void RemoteKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
   Sequence& q = s.find_locked(seq);
+  s.drain_fetches_locked(seq);  // their gets write into blocks truncate may hand back
   s.call_locked([&](wire::KvRequest::Builder request) {
     auto st = request.initTruncate();
     st.setSeq(seq);
@@ -501,7 +381,8 @@ void RemoteKvStore::free(SeqId seq) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
   s.find_locked(seq);
-  s.sequences.erase(seq);  // gone for this client even when the daemon cannot be told
+  s.drain_fetches_locked(seq);  // their gets write into blocks the daemon will hand out again
+  s.sequences.erase(seq);       // gone for this client even when the daemon cannot be told
   s.call_locked([&](wire::KvRequest::Builder request) { request.setFree(seq); });
 }
 

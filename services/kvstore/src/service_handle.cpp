@@ -1,14 +1,18 @@
-// KvStoreService's wire adapter: one request frame in, one reply frame out. Decoding reads every
-// field into a plain Request inside decode_guard (so a malformed message fails before anything
-// changes), validation and execution run on the client's LocalKvStore view, and every failure
-// becomes an error reply counted under kvpr_rejected_messages_total{reason}:
-//   malformed     not a Cap'n Proto message, truncated, oversized, wrong frame count
+// KvStoreService's wire adapter: one request frame in, one reply frame out. decode() reads every
+// field into a plain Request (so a malformed message fails before anything changes), check()
+// turns wire values into kvpr's types and bounds them, one handler per request type runs it on the
+// client's LocalKvStore view, and the reply builders below encode the answer. Every failure
+// becomes an error reply counted under kvpr_rejected_messages_total{reason}, by its type or kind:
+//   malformed     net::MalformedMessage: not a Cap'n Proto message, truncated, oversized, wrong
+//                 frame count
 //   unknown_type  a union member this build does not know (kind unimplemented)
 //   expired       past deadlineUnixMs
-//   invalid       unknown client or sequence, out-of-range fields, a bad shape
+//   invalid       any other error: unknown client or sequence, out-of-range fields, a bad shape,
+//                 a batch that lists a sequence twice or more than kMaxBatch of them
 // A full store is not a bad message: `overloaded` replies count as allocation failures instead.
 #include <capnp/message.h>
 
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -21,10 +25,13 @@ namespace kvpr::kvstore {
 namespace {
 
 using Which = wire::KvRequest::Which;
+using Impl = KvStoreService::Impl;
 
 constexpr std::int64_t kMaxLayers = 1 << 16;
 constexpr std::int64_t kMaxWidth = 1 << 24;
+constexpr std::size_t kMaxBatch = 4096;  // sequences in one reserveBatch or commitBatch
 
+// A request as read off the wire, before any check.
 struct Request {
   std::uint64_t id = 0;
   std::uint64_t deadline_unix_ms = 0;
@@ -33,12 +40,15 @@ struct Request {
   bool known = true;  // which is a member this build knows
   // register
   std::string name;
-  StoreShape shape;
+  std::int64_t n_layers = 0, h = 0, h_kv = 0;
+  wire::DType dtype = wire::DType::F32;
   // sequence requests
   SeqId seq = 0;
+  std::vector<SeqId> seqs;  // batches
+  std::size_t batch_size = 0;
   std::int64_t n_tokens = 0;
   std::int64_t layer = 0;
-  Part part = Part::act;
+  wire::Part part = wire::Part::ACT;
   std::int64_t t0 = 0;
   std::int64_t t1 = 0;
 };
@@ -67,12 +77,16 @@ std::string_view type_name(Which which) {
       return "free";
     case Which::STATS:
       return "stats";
+    case Which::RESERVE_BATCH:
+      return "reserve_batch";
+    case Which::COMMIT_BATCH:
+      return "commit_batch";
   }
   return "unknown";
 }
 
-// Reads the whole request; throws Error(failed, "malformed message: ...") or, for an unknown
-// enum value, Error(failed, "kvstore: unknown ...").
+// Reads the whole request; run inside decode_guard (Cap'n Proto's complaints become
+// MalformedMessage). Checks nothing.
 void decode(wire::KvRequest::Reader in, Request& out) {
   out.deadline_unix_ms = in.getDeadlineUnixMs();
   out.client = in.getClient();
@@ -81,7 +95,11 @@ void decode(wire::KvRequest::Reader in, Request& out) {
     case Which::REGISTER: {
       const auto reg = in.getRegister();
       out.name = reg.getName().cStr();
-      out.shape = wire_adapter::get_shape(reg.getShape());
+      const auto shape = reg.getShape();
+      out.n_layers = shape.getNLayers();
+      out.h = shape.getH();
+      out.h_kv = shape.getHKv();
+      out.dtype = shape.getDtype();
       break;
     }
     case Which::HEARTBEAT:
@@ -99,11 +117,23 @@ void decode(wire::KvRequest::Reader in, Request& out) {
       out.n_tokens = st.getNTokens();
       break;
     }
+    case Which::RESERVE_BATCH:
+    case Which::COMMIT_BATCH: {
+      const auto batch =
+          out.which == Which::RESERVE_BATCH ? in.getReserveBatch() : in.getCommitBatch();
+      const auto seqs = batch.getSeqs();
+      out.batch_size = seqs.size();
+      if (out.batch_size <= kMaxBatch) {
+        for (const SeqId seq : seqs) out.seqs.push_back(seq);
+      }
+      out.n_tokens = batch.getNTokens();
+      break;
+    }
     case Which::LOCATE: {
       const auto loc = in.getLocate();
       out.seq = loc.getSeq();
       out.layer = loc.getLayer();
-      out.part = wire_adapter::from_wire(loc.getPart());
+      out.part = loc.getPart();
       out.t0 = loc.getT0();
       out.t1 = loc.getT1();
       break;
@@ -119,22 +149,172 @@ void decode(wire::KvRequest::Reader in, Request& out) {
   }
 }
 
-void check_shape(const StoreShape& shape) {
-  if (shape.n_layers <= 0 || shape.n_layers > kMaxLayers || shape.h <= 0 || shape.h > kMaxWidth ||
-      shape.h_kv <= 0 || shape.h_kv > kMaxWidth) {
-    fail("kvstore: invalid shape (layers ", shape.n_layers, ", h ", shape.h, ", h_kv ", shape.h_kv,
-         ")");
+StoreShape checked_shape(const Request& req) {
+  if (req.n_layers <= 0 || req.n_layers > kMaxLayers || req.h <= 0 || req.h > kMaxWidth ||
+      req.h_kv <= 0 || req.h_kv > kMaxWidth) {
+    fail("kvstore: invalid shape (layers ", req.n_layers, ", h ", req.h, ", h_kv ", req.h_kv, ")");
   }
+  StoreShape shape;
+  shape.n_layers = req.n_layers;
+  shape.h = req.h;
+  shape.h_kv = req.h_kv;
+  shape.dtype = wire_adapter::from_wire(req.dtype);
+  return shape;
+}
+
+std::span<const SeqId> checked_batch(const Request& req) {
+  if (req.batch_size > kMaxBatch) {
+    fail("kvstore: ", type_name(req.which), " of ", req.batch_size, " sequences (at most ",
+         kMaxBatch, ")");
+  }
+  return req.seqs;
+}
+
+// --- Reply builders ----------------------------------------------------------------------------
+
+// One reply under construction: the id is set, the handler picks the union member.
+class Reply {
+ public:
+  explicit Reply(std::uint64_t id) : root_(message_.initRoot<wire::KvReply>()) { root_.setId(id); }
+  wire::KvReply::Builder get() { return root_; }
+  zmq::message_t encode() { return net::encode(message_); }
+
+ private:
+  capnp::MallocMessageBuilder message_;
+  wire::KvReply::Builder root_;
+};
+
+void set_reserved(wire::Reserved::Builder out, const Reservation& r) {
+  out.setReservedTokens(r.reserved_tokens);
+  out.setFirstBlock(r.first_block);
+  out.setBlocksPerLayer(r.blocks_per_layer);
+  auto offsets = out.initOffsets(static_cast<unsigned>(r.offsets.size()));
+  for (unsigned i = 0; i < r.offsets.size(); ++i) offsets.set(i, r.offsets[i]);
+}
+
+void set_stats(wire::Stats::Builder out, const KvStoreServiceStats& st) {
+  out.setCapacityBytes(st.capacity_bytes);
+  out.setUsedBytes(st.used_bytes);
+  out.setSequences(st.sequences);
+  out.setClients(st.clients);
+  out.setLookups(st.lookups);
+  out.setAllocationFailures(st.allocation_failures);
+  out.setLeaseExpiries(st.lease_expiries);
+  out.setRejectedMessages(st.rejected_messages);
+}
+
+// --- Handlers: one per request type, mutex held ------------------------------------------------
+
+void on_register(Impl& s, const Request& req, wire::KvReply::Builder reply) {
+  StoreShape shape = checked_shape(req);
+  const std::size_t token_bytes =
+      static_cast<std::size_t>(shape.h + 2 * shape.h_kv) * size_of(shape.dtype);
+  if (token_bytes > s.pool->page_bytes()) {
+    fail("kvstore: one token of one layer takes ", token_bytes, " bytes, more than a page of ",
+         s.pool->page_bytes(), " bytes");
+  }
+  shape.block_tokens = static_cast<std::int64_t>(s.pool->page_bytes() / token_bytes);
+  auto store = std::make_unique<LocalKvStore>(shape, *s.pool);
+  const std::uint64_t id = s.next_client++;
+  s.clients[id] = Impl::Client{req.name, std::move(store), net::Clock::now() + s.options.lease};
+  auto out = reply.initRegistered();
+  out.setClient(id);
+  out.setBlockTokens(shape.block_tokens);
+  out.setLeaseMs(static_cast<std::uint64_t>(s.options.lease.count()));
+  out.setArenaAddress(reinterpret_cast<std::uintptr_t>(s.memory.address()));
+  out.setArenaBytes(s.pool->arena_bytes());
+  out.setRkey(wire_adapter::as_data(s.rkey.bytes()));
+  out.setUcxAddress(wire_adapter::as_data(s.worker_address.bytes()));
+}
+
+// Anyone may ask for the daemon's stats; a registered client also renews its lease.
+void on_stats(Impl& s, const Request& req, wire::KvReply::Builder reply) {
+  set_stats(reply.initStats(), s.stats_locked());
+  if (auto it = s.clients.find(req.client); it != s.clients.end()) {
+    it->second.lease_end = net::Clock::now() + s.options.lease;
+  }
+}
+
+void on_locate(Impl& s, LocalKvStore& store, const Request& req, wire::KvReply::Builder reply) {
+  const auto spans =
+      store.locate(req.seq, req.layer, wire_adapter::from_wire(req.part), req.t0, req.t1);
+  ++s.lookups;
+  s.instruments->lookups.Increment();
+  auto out = reply.initSpans(static_cast<unsigned>(spans.size()));
+  for (unsigned i = 0; i < spans.size(); ++i) {
+    out[i].setOffset(s.pool->offset_of(spans[i].data).value_or(0));
+    out[i].setT0(spans[i].t0);
+    out[i].setNTokens(spans[i].n_tokens);
+  }
+}
+
+void on_reserve_batch(LocalKvStore& store, const Request& req, wire::KvReply::Builder reply) {
+  const auto reservations = store.reserve_blocks(checked_batch(req), req.n_tokens);
+  auto out = reply.initReservedBatch(static_cast<unsigned>(reservations.size()));
+  for (unsigned i = 0; i < reservations.size(); ++i) set_reserved(out[i], reservations[i]);
+}
+
+// The requests of a registered client: the lease is renewed, then the request runs on its view.
+void on_client_request(Impl& s, const Request& req, wire::KvReply::Builder reply) {
+  auto found = s.clients.find(req.client);
+  if (found == s.clients.end()) {
+    raise(ErrorKind::disconnected, "kvstore: unknown client ", req.client,
+          " (never registered, lease expired or the daemon restarted): register again");
+  }
+  found->second.lease_end = net::Clock::now() + s.options.lease;
+  LocalKvStore& store = *found->second.store;
+  switch (req.which) {
+    case Which::HEARTBEAT:
+      reply.setOk();
+      return;
+    case Which::UNREGISTER:
+      s.clients.erase(found);
+      reply.setOk();
+      return;
+    case Which::OPEN:
+      reply.setOpened(store.open());
+      return;
+    case Which::RESERVE:
+      set_reserved(reply.initReserved(), store.reserve_blocks({&req.seq, 1}, req.n_tokens).front());
+      return;
+    case Which::RESERVE_BATCH:
+      on_reserve_batch(store, req, reply);
+      return;
+    case Which::COMMIT:
+      store.commit(req.seq, req.n_tokens);
+      reply.setOk();
+      return;
+    case Which::COMMIT_BATCH:  // the client reserves inside its blocks without asking
+      store.commit_in_blocks(checked_batch(req), req.n_tokens);
+      reply.setOk();
+      return;
+    case Which::LOCATE:
+      on_locate(s, store, req, reply);
+      return;
+    case Which::LENGTH:
+      reply.setLength(store.length(req.seq));
+      return;
+    case Which::TRUNCATE:
+      store.truncate(req.seq, req.n_tokens);
+      reply.setOk();
+      return;
+    case Which::FREE:
+      store.free(req.seq);
+      reply.setOk();
+      return;
+    case Which::REGISTER:
+    case Which::STATS:
+      break;
+  }
+  fail("kvstore: request type ", type_name(req.which), " is not a client request");
 }
 
 }  // namespace
 
 zmq::message_t KvStoreService::Impl::error_reply(std::uint64_t id, const Error& error) {
-  capnp::MallocMessageBuilder message;
-  auto reply = message.initRoot<wire::KvReply>();
-  reply.setId(id);
-  net::set_error(reply.initError(), error);
-  return net::encode(message);
+  Reply reply(id);
+  net::set_error(reply.get().initError(), error);
+  return reply.encode();
 }
 
 zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) {
@@ -144,14 +324,12 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) 
     net::Frame frame(data, size);
     net::decode_guard([&] { req.id = frame.root<wire::KvRequest>().getId(); });
     net::decode_guard([&] { decode(frame.root<wire::KvRequest>(), req); });
-  } catch (const Error& e) {
-    // Bytes that are no message are malformed; a message with a value this build does not know
-    // (an enum member) is invalid.
-    reject(std::string_view(e.what()).starts_with("malformed") ? "malformed" : "invalid");
+  } catch (const net::MalformedMessage& e) {
+    reject("malformed");
     return error_reply(req.id, e);
   } catch (const std::exception& e) {
     reject("malformed");
-    return error_reply(req.id, Error(ErrorKind::failed, str("malformed message: ", e.what())));
+    return error_reply(req.id, net::MalformedMessage(e.what()));
   }
   if (!req.known) {
     reject("unknown_type");
@@ -172,114 +350,19 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) 
   }
 
   // 2. Execute and encode.
-  capnp::MallocMessageBuilder message;
-  auto reply = message.initRoot<wire::KvReply>();
-  reply.setId(req.id);
+  Reply reply(req.id);
   std::lock_guard lock(mutex);
   ++requests;
   try {
     if (req.which == Which::REGISTER) {
-      check_shape(req.shape);
-      const std::size_t token_bytes =
-          static_cast<std::size_t>(req.shape.h + 2 * req.shape.h_kv) * size_of(req.shape.dtype);
-      if (token_bytes > pool->page_bytes()) {
-        fail("kvstore: one token of one layer takes ", token_bytes, " bytes, more than a page of ",
-             pool->page_bytes(), " bytes");
-      }
-      req.shape.block_tokens = static_cast<std::int64_t>(pool->page_bytes() / token_bytes);
-      auto store = std::make_unique<LocalKvStore>(req.shape, *pool);
-      const std::uint64_t id = next_client++;
-      clients[id] = Client{req.name, std::move(store), net::Clock::now() + options.lease};
-      auto out = reply.initRegistered();
-      out.setClient(id);
-      out.setBlockTokens(req.shape.block_tokens);
-      out.setLeaseMs(static_cast<std::uint64_t>(options.lease.count()));
-      out.setArenaAddress(reinterpret_cast<std::uintptr_t>(memory.address()));
-      out.setArenaBytes(pool->arena_bytes());
-      out.setRkey(wire_adapter::as_data(rkey.bytes()));
-      out.setUcxAddress(wire_adapter::as_data(worker_address.bytes()));
-      refresh_gauges_locked();
-      return net::encode(message);
-    }
-    if (req.which == Which::STATS) {
-      auto out = reply.initStats();
-      std::uint64_t n_sequences = 0;
-      for (const auto& [id, client] : clients) n_sequences += client.store->stats().sequences;
-      out.setCapacityBytes(pool->capacity_bytes());
-      out.setUsedBytes(pool->used_bytes());
-      out.setSequences(n_sequences);
-      out.setClients(clients.size());
-      out.setLookups(lookups);
-      out.setAllocationFailures(pool->allocation_failures());
-      out.setLeaseExpiries(lease_expiries);
-      out.setRejectedMessages(rejected.load());
-      // Anyone may ask for the daemon's stats; a registered client also renews its lease.
-      if (auto it = clients.find(req.client); it != clients.end()) {
-        it->second.lease_end = net::Clock::now() + options.lease;
-      }
-      return net::encode(message);
-    }
-    auto found = clients.find(req.client);
-    if (found == clients.end()) {
-      raise(ErrorKind::disconnected, "kvstore: unknown client ", req.client,
-            " (never registered, lease expired or the daemon restarted): register again");
-    }
-    found->second.lease_end = net::Clock::now() + options.lease;
-    LocalKvStore& store = *found->second.store;
-    switch (req.which) {
-      case Which::HEARTBEAT:
-        reply.setOk();
-        break;
-      case Which::UNREGISTER:
-        clients.erase(found);
-        reply.setOk();
-        break;
-      case Which::OPEN:
-        reply.setOpened(store.open());
-        break;
-      case Which::RESERVE: {
-        const Reservation r = store.reserve_blocks(req.seq, req.n_tokens);
-        auto out = reply.initReserved();
-        out.setReservedTokens(r.reserved_tokens);
-        out.setFirstBlock(r.first_block);
-        out.setBlocksPerLayer(r.blocks_per_layer);
-        auto offsets = out.initOffsets(static_cast<unsigned>(r.offsets.size()));
-        for (unsigned i = 0; i < r.offsets.size(); ++i) offsets.set(i, r.offsets[i]);
-        break;
-      }
-      case Which::COMMIT:
-        store.commit(req.seq, req.n_tokens);
-        reply.setOk();
-        break;
-      case Which::LOCATE: {
-        const auto spans = store.locate(req.seq, req.layer, req.part, req.t0, req.t1);
-        ++lookups;
-        instruments->lookups.Increment();
-        auto out = reply.initSpans(static_cast<unsigned>(spans.size()));
-        for (unsigned i = 0; i < spans.size(); ++i) {
-          out[i].setOffset(pool->offset_of(spans[i].data).value_or(0));
-          out[i].setT0(spans[i].t0);
-          out[i].setNTokens(spans[i].n_tokens);
-        }
-        break;
-      }
-      case Which::LENGTH:
-        reply.setLength(store.length(req.seq));
-        break;
-      case Which::TRUNCATE:
-        store.truncate(req.seq, req.n_tokens);
-        reply.setOk();
-        break;
-      case Which::FREE:
-        store.free(req.seq);
-        reply.setOk();
-        break;
-      case Which::REGISTER:
-      case Which::STATS:
-        break;  // answered above
+      on_register(*this, req, reply.get());
+    } else if (req.which == Which::STATS) {
+      on_stats(*this, req, reply.get());
+    } else {
+      on_client_request(*this, req, reply.get());
     }
     refresh_gauges_locked();
-    return net::encode(message);
+    return reply.encode();
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::overloaded) {
       instruments->allocation_failures.Increment();
@@ -288,6 +371,7 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) 
     }
     return error_reply(req.id, e);
   } catch (const std::exception& e) {
+    reject("invalid");
     return error_reply(req.id, Error(ErrorKind::failed, str("kvstore: ", e.what())));
   }
 }

@@ -50,8 +50,9 @@ struct KvStoreService::Impl {
   // Lifecycle (kv_store_service.cpp).
   void route();
   void progress();
-  void expire_leases();          // takes mutex
-  void refresh_gauges_locked();  // mutex held
+  void expire_leases();                      // takes mutex
+  void refresh_gauges_locked();              // mutex held
+  KvStoreServiceStats stats_locked() const;  // mutex held
   void reject(const std::string& reason);
 
   struct Client {

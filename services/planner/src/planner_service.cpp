@@ -5,11 +5,11 @@
 #include <chrono>
 #include <numeric>
 
-#include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
+#include "kvpr/net/service.h"
 #include "kvpr/net/wire.h"
-#include "kvpr/planner/planner_wire.h"
+#include "planner_wire.h"
 
 namespace kvpr::planner {
 namespace {
@@ -125,27 +125,15 @@ PlannerServiceStats PlannerService::stats() const {
 }
 
 void PlannerService::serve() {
-  const auto answer = [this](net::Router::Request& request) {
-    zmq::message_t reply = request.malformed.empty()
-                               ? handle(request.payload.data(), request.payload.size())
-                               : reject_frames(request.malformed);
-    router_->send(request.peer, std::move(reply));
+  net::ServeLoop loop;
+  loop.name = "planner " + options_.name;
+  loop.poll = milliseconds(100);
+  loop.stopping = [this] { return stopping_.load(); };
+  loop.answer = [this](net::Router::Request& request) {
+    return request.malformed.empty() ? handle(request.payload.data(), request.payload.size())
+                                     : reject_frames(request.malformed);
   };
-  bool draining = false;
-  for (;;) {
-    try {
-      if (!draining && stopping_.load()) draining = true;
-      auto request = router_->receive(draining ? milliseconds(0) : milliseconds(100));
-      if (request) {
-        answer(*request);
-      } else if (draining) {
-        return;
-      }
-    } catch (const std::exception& e) {  // a socket error: log it and keep serving
-      log::error("planner ", options_.name, ": ", e.what());
-      if (draining) return;
-    }
-  }
+  net::serve(*router_, loop);
 }
 
 zmq::message_t PlannerService::reject(std::uint64_t id, const Error& error,
@@ -160,7 +148,7 @@ zmq::message_t PlannerService::reject(std::uint64_t id, const Error& error,
 }
 
 zmq::message_t PlannerService::reject_frames(const std::string& why) {
-  return reject(0, Error(ErrorKind::failed, why), "malformed");
+  return reject(0, net::MalformedMessage(why), "malformed");
 }
 
 zmq::message_t PlannerService::handle(const void* data, std::size_t size) {
@@ -214,7 +202,7 @@ zmq::message_t PlannerService::handle(const void* data, std::size_t size) {
             static_cast<unsigned>(which), "): this planner knows plan, report and stats");
     } catch (const Error& e) {
       std::string label = reason;
-      if (label == "invalid" && std::string_view(e.what()).starts_with("malformed message")) {
+      if (dynamic_cast<const net::MalformedMessage*>(&e) != nullptr) {
         label = "malformed";
       } else if (e.kind() == ErrorKind::overloaded) {
         label = "overloaded";

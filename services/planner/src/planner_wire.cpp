@@ -1,4 +1,4 @@
-#include "kvpr/planner/planner_wire.h"
+#include "planner_wire.h"
 
 #include <cmath>
 #include <limits>

@@ -7,7 +7,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
-#include "kvpr/planner/planner_wire.h"
+#include "planner_wire.h"
 
 namespace kvpr::planner {
 namespace {

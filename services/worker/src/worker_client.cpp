@@ -6,7 +6,7 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/net/rpc.h"
-#include "kvpr/planner/planner_wire.h"
+#include "planner_wire.h"
 #include "worker_wire.h"
 
 namespace kvpr::worker {

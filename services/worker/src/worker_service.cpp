@@ -4,6 +4,8 @@
 #include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
+#include "kvpr/net/service.h"
+#include "kvpr/net/wire.h"
 #include "kvpr/worker/engine.h"
 #include "kvpr/worker/generator.h"
 #include "kvpr/worker/trace.h"
@@ -32,8 +34,16 @@ zmq::message_t copy(const zmq::message_t& m) {
 
 std::string rejection_reason(const Error& e) {
   if (e.kind() == ErrorKind::unimplemented) return "unknown_type";
-  if (std::string_view(e.what()).starts_with("malformed")) return "malformed";
+  if (dynamic_cast<const net::MalformedMessage*>(&e) != nullptr) return "malformed";
   return "invalid";
+}
+
+zmq::message_t error_event(std::uint64_t id, const Error& e) {
+  capnp::MallocMessageBuilder message;
+  auto event = message.initRoot<wire::WorkerEvent>();
+  event.setId(id);
+  net::set_error(event.initError(), e);
+  return net::encode(message);
 }
 
 }  // namespace
@@ -94,25 +104,14 @@ void WorkerService::stop() {
   started_ = false;
 }
 
-void WorkerService::send_event(const zmq::message_t& peer, capnp::MessageBuilder& message) {
-  router_->send(peer, message);
-}
-
-void WorkerService::reply_error(const zmq::message_t& peer, std::uint64_t id, const Error& e) {
-  capnp::MallocMessageBuilder message;
-  auto event = message.initRoot<wire::WorkerEvent>();
-  event.setId(id);
-  net::set_error(event.initError(), e);
-  send_event(peer, message);
-}
-
 void WorkerService::reject(const std::string& reason) {
   metrics_->rejected(reason).Increment();
   std::lock_guard lock(mutex_);
   ++rejected_;
 }
 
-void WorkerService::handle_request(zmq::message_t& peer, const zmq::message_t& payload) {
+zmq::message_t WorkerService::handle_request(const zmq::message_t& peer,
+                                             const zmq::message_t& payload) {
   std::uint64_t id = 0;
   try {
     const wire_adapter::ModelLimits limits{model_.config().vocab, model_.config().max_positions};
@@ -120,9 +119,8 @@ void WorkerService::handle_request(zmq::message_t& peer, const zmq::message_t& p
         wire_adapter::decode_request(payload.data(), payload.size(), limits, id);
     if (request.deadline_unix_ms != 0 && net::now_unix_ms() > request.deadline_unix_ms) {
       reject("expired");
-      reply_error(peer, id,
-                  Error(ErrorKind::failed, str("request ", id, " arrived past its deadline")));
-      return;
+      return error_event(
+          id, Error(ErrorKind::failed, str("request ", id, " arrived past its deadline")));
     }
     capnp::MallocMessageBuilder message;
     auto event = message.initRoot<wire::WorkerEvent>();
@@ -136,8 +134,7 @@ void WorkerService::handle_request(zmq::message_t& peer, const zmq::message_t& p
       st.setCompleted(completed_);
       st.setFailed(failed_);
       st.setRejectedMessages(rejected_);
-      send_event(peer, message);
-      return;
+      return net::encode(message);
     }
     std::size_t ahead = 0;
     {
@@ -160,10 +157,10 @@ void WorkerService::handle_request(zmq::message_t& peer, const zmq::message_t& p
     }
     wake_.notify_one();
     event.setAccepted(ahead);
-    send_event(peer, message);
+    return net::encode(message);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::overloaded) reject(rejection_reason(e));
-    reply_error(peer, id, e);
+    return error_event(id, e);
   }
 }
 
@@ -178,40 +175,41 @@ void WorkerService::forward_events() {
   }
 }
 
+void WorkerService::keep_alive() {
+  std::lock_guard lock(mutex_);
+  if (running_ == nullptr) return;
+  const auto now = Clock::now();
+  const auto last = Clock::time_point(Clock::duration(running_->last_event.load()));
+  if (now - last < options_.keepalive) return;
+  running_->last_event = now.time_since_epoch().count();
+  capnp::MallocMessageBuilder message;
+  auto event = message.initRoot<wire::WorkerEvent>();
+  event.setId(running_->id);
+  event.setWorking();
+  router_->send(running_->peer, message);
+}
+
+// Serves until the executor has returned (stop() drains the queue first), then forwards the
+// executor's last events and answers what has already arrived.
 void WorkerService::route() {
-  for (;;) {
-    zmq::pollitem_t items[] = {{router_->socket().handle(), 0, ZMQ_POLLIN, 0},
-                               {events_in_->handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items, 2, std::chrono::milliseconds(20));
+  net::ServeLoop loop;
+  loop.name = "worker " + options_.name;
+  loop.poll = std::chrono::milliseconds(20);
+  loop.also_wake.push_back(*events_in_);
+  loop.tick = [this] {
     forward_events();  // first: they belong to work already accepted
-    if ((items[0].revents & ZMQ_POLLIN) != 0) {
-      if (auto request = router_->receive(std::chrono::milliseconds(0))) {
-        if (!request->malformed.empty()) {
-          reject("malformed");
-          reply_error(request->peer, 0, Error(ErrorKind::failed, request->malformed));
-        } else {
-          handle_request(request->peer, request->payload);
-        }
-      }
-    }
+    keep_alive();
+  };
+  loop.stopping = [this] {
     std::lock_guard lock(mutex_);
-    if (running_ != nullptr) {
-      const auto now = Clock::now();
-      const auto last = Clock::time_point(Clock::duration(running_->last_event.load()));
-      if (now - last >= options_.keepalive) {
-        running_->last_event = now.time_since_epoch().count();
-        capnp::MallocMessageBuilder message;
-        auto event = message.initRoot<wire::WorkerEvent>();
-        event.setId(running_->id);
-        event.setWorking();
-        send_event(running_->peer, message);
-      }
-    }
-    if (executor_done_) {
-      forward_events();  // the executor has joined: its last events are in the pipe
-      return;
-    }
-  }
+    return executor_done_;
+  };
+  loop.answer = [this](net::Router::Request& request) {
+    if (request.malformed.empty()) return handle_request(request.peer, request.payload);
+    reject("malformed");
+    return error_event(0, net::MalformedMessage(request.malformed));
+  };
+  net::serve(*router_, loop);
 }
 
 void WorkerService::execute() {

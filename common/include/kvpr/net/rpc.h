@@ -43,7 +43,8 @@ class Router {
   struct Request {
     zmq::message_t peer;
     zmq::message_t payload;
-    std::string malformed;  // non-empty: the frames did not form one request; reply with this
+    // Non-empty: the frames did not form one request, and why; reply with MalformedMessage(it).
+    std::string malformed;
   };
 
   // Waits up to `timeout` for one request.

@@ -3,7 +3,7 @@
 // service's wire adapter; this header is the codec they share.
 //
 // Decoding never trusts the bytes: a frame that is not a whole number of words, a bad segment
-// table, or a pointer out of bounds becomes kvpr::Error(failed, "malformed message: ...") — also
+// table, or a pointer out of bounds becomes MalformedMessage (an Error of kind failed) — also
 // when Cap'n Proto only notices while a field is read, which is why readers are used inside
 // `decode_guard`.
 #pragma once
@@ -21,6 +21,15 @@
 #include "schemas/common.capnp.h"
 
 namespace kvpr::net {
+
+// The error of bytes that are no valid message: a frame that does not parse, or a read that
+// Cap'n Proto refuses. ErrorKind::failed with the text "malformed message: ..."; services tell it
+// apart from other bad requests by its type (kvpr_rejected_messages_total{reason="malformed"}).
+class MalformedMessage : public Error {
+ public:
+  explicit MalformedMessage(const std::string& detail)
+      : Error(ErrorKind::failed, "malformed message: " + detail) {}
+};
 
 // Frames larger than this are answered with an error before any parsing.
 inline constexpr std::size_t kMaxMessageBytes = 64u << 20;
@@ -47,7 +56,7 @@ class Frame {
 };
 
 // Runs fn, turning Cap'n Proto's exceptions (malformed input, out-of-range reads) into
-// kvpr::Error(failed, "malformed message: ...").
+// MalformedMessage. A kvpr::Error that fn throws passes through unchanged.
 void decode_guard(const std::function<void()>& fn);
 
 wire::ErrorKind to_wire(ErrorKind kind);

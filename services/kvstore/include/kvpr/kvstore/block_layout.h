@@ -7,11 +7,16 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
+#include "kvpr/common/error.h"
 #include "kvpr/kvstore/kv_store_client.h"
 
 namespace kvpr::kvstore {
+
+// Far more than any context; keeps token arithmetic away from overflow.
+inline constexpr std::int64_t kMaxTokens = std::int64_t{1} << 40;
 
 // Byte offset of a part's first row inside a block.
 inline std::size_t part_offset(const StoreShape& shape, Part part) {
@@ -44,6 +49,20 @@ std::vector<HostSpan> spans_of(const StoreShape& shape, Part part, std::int64_t 
     t += n;
   }
   return spans;
+}
+
+// The checks every batch call makes before it changes anything: n within [0, max_tokens] and no
+// sequence listed twice (a batch names each of its sequences once). `what` names the call.
+inline void check_batch(const char* what, std::span<const SeqId> seqs, std::int64_t n_tokens,
+                        std::int64_t max_tokens) {
+  if (n_tokens < 0 || n_tokens > max_tokens) {
+    fail("kvstore: ", what, " of ", n_tokens, " tokens (expected 0..", max_tokens, ")");
+  }
+  std::vector<SeqId> sorted(seqs.begin(), seqs.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end()) {
+    fail("kvstore: ", what, " lists sequence ", *twice, " twice");
+  }
 }
 
 }  // namespace kvpr::kvstore

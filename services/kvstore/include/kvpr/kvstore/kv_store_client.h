@@ -7,6 +7,10 @@
 // (all or nothing, `overloaded` when the store is full), the caller writes the rows through the
 // spans that `locate` returns, and `commit` makes them part of the sequence. Nothing is ever
 // evicted or overwritten behind a caller's back.
+//
+// Per decode step a worker calls reserve and commit once for its whole batch: a store behind a
+// daemon answers each batch in at most one round trip (reserve in none while the blocks it already
+// holds suffice), and `prefetch` lets a store whose spans must be fetched start that early.
 #pragma once
 
 #include <cstddef>
@@ -63,22 +67,39 @@ class KvStoreClient {
 
   virtual const StoreShape& shape() const = 0;
   virtual SeqId open() = 0;
-  // Makes sure tokens [length, length + n) have blocks in every layer (idempotent; a reservation
-  // left over from a failed step is reused, never leaked).
-  virtual void reserve(SeqId seq, std::int64_t n_tokens) = 0;
+  // All or nothing for the whole batch: tokens [length, length + n) of every sequence get blocks
+  // in every layer; one round trip to a daemon at most, none when every sequence's blocks suffice.
+  // Idempotent: a reservation left over from a failed step is reused, never leaked. A sequence
+  // listed twice, an unknown one or n < 0 fails (`failed`) before anything changes; a store too
+  // full for the whole batch answers `overloaded` and reserves nothing.
+  virtual void reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) = 0;
+  // The next n reserved tokens of every sequence now hold data; one round trip at most. All or
+  // nothing: checked for every sequence before any changes.
+  virtual void commit(std::span<const SeqId> seqs, std::int64_t n_tokens) = 0;
+  // Hint: rows of these ranges will be located soon. A store whose spans need fetching (the
+  // RemoteKvStore mirror across hosts) starts the fetch now, in the background, so the later
+  // locate() of the same range does not block on the network. Default: nothing to do.
+  struct Range {
+    SeqId seq;
+    std::int64_t layer;
+    Part part;
+    std::int64_t t0, t1;
+  };
+  virtual void prefetch(std::span<const Range> /*ranges*/) {}
+
+  // One sequence: the batch calls with a batch of one. (A class that overrides the batch forms
+  // brings these back with `using KvStoreClient::reserve; using KvStoreClient::commit;`.)
+  void reserve(SeqId seq, std::int64_t n_tokens) {
+    reserve(std::span<const SeqId>(&seq, 1), n_tokens);
+  }
+  void commit(SeqId seq, std::int64_t n_tokens) {
+    commit(std::span<const SeqId>(&seq, 1), n_tokens);
+  }
+
   // Host memory of tokens [t0, t1) of one part of one layer; t1 may reach into reserved rows.
   // The spans stay valid until the sequence is freed.
   virtual std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
                                        std::int64_t t1) = 0;
-  // The next n reserved tokens now hold data in every layer.
-  virtual void commit(SeqId seq, std::int64_t n_tokens) = 0;
-  // The same for a whole batch.
-  virtual void reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) {
-    for (SeqId seq : seqs) reserve(seq, n_tokens);
-  }
-  virtual void commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
-    for (SeqId seq : seqs) commit(seq, n_tokens);
-  }
   virtual std::int64_t length(SeqId seq) const = 0;  // committed tokens
   // Drops tokens [n_tokens, length) and their blocks (a rollback: benchmarks, rejected drafts).
   virtual void truncate(SeqId seq, std::int64_t n_tokens) = 0;

@@ -85,8 +85,9 @@ class KvStoreService {
   // kvpr_rejected_messages_total{reason}.
   zmq::message_t handle(const void* data, std::size_t size);
 
+  struct Impl;  // defined in src/service_impl.h, private to the library
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -20,8 +20,8 @@
 
 namespace kvpr::kvstore {
 
-// What one reserve call added (the daemon sends it to a remote client, which keeps its own block
-// table): blocks [first_block, first_block + blocks_per_layer) of every layer.
+// What one reserve call added to one sequence (the daemon sends it to a remote client, which keeps
+// its own block table): blocks [first_block, first_block + blocks_per_layer) of every layer.
 struct Reservation {
   std::int64_t reserved_tokens = 0;  // tokens with blocks, after the call
   std::int64_t first_block = 0;
@@ -41,10 +41,14 @@ class LocalKvStore final : public KvStoreClient {
 
   const StoreShape& shape() const override { return shape_; }
   SeqId open() override;
-  void reserve(SeqId seq, std::int64_t n_tokens) override { reserve_blocks(seq, n_tokens); }
+  using KvStoreClient::commit;
+  using KvStoreClient::reserve;
+  void reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) override {
+    reserve_blocks(seqs, n_tokens);
+  }
+  void commit(std::span<const SeqId> seqs, std::int64_t n_tokens) override;
   std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
                                std::int64_t t1) override;
-  void commit(SeqId seq, std::int64_t n_tokens) override;
   std::int64_t length(SeqId seq) const override;
   void truncate(SeqId seq, std::int64_t n_tokens) override;
   void free(SeqId seq) override;
@@ -52,8 +56,13 @@ class LocalKvStore final : public KvStoreClient {
   // the pool's capacity.
   StoreStats stats() const override;
 
-  // reserve() that also says which blocks were added.
-  Reservation reserve_blocks(SeqId seq, std::int64_t n_tokens);
+  // commit() for a client that keeps its own block tables (RemoteKvStore, through the daemon):
+  // such a client reserves tokens inside blocks it already holds without asking, so the n tokens
+  // need only lie inside each sequence's blocks, not inside its reserved tokens. All or nothing.
+  void commit_in_blocks(std::span<const SeqId> seqs, std::int64_t n_tokens);
+
+  // reserve() that also says which blocks were added: one Reservation per sequence, in order.
+  std::vector<Reservation> reserve_blocks(std::span<const SeqId> seqs, std::int64_t n_tokens);
 
   // The host memory behind every span, for registering it with a device's copy engine once.
   void* arena() const { return pool_->arena(); }

@@ -5,10 +5,11 @@
 // straight into it: zero copy, the engine's copy queue reads and writes the daemon's memory. When
 // it cannot be mapped (another host, or UCX_TLS without shared memory) spans point into a local
 // mirror of the arena (an anonymous mapping whose pages are committed when touched): locate()
-// re-reads the committed rows of the range with ucp_get, writes land in the mirror, and commit()
-// pushes the committed rows with ucp_put and a flush before it tells the daemon. Either way the
-// block table of every sequence is kept here from the daemon's reserve replies, so locate() and
-// length() need no round trip.
+// re-reads the committed rows of the range with ucp_get (or waits for what prefetch() already
+// asked for), writes land in the mirror, and commit() pushes the committed rows with ucp_put and
+// a flush before it tells the daemon. Either way the block table of every sequence is kept here
+// from the daemon's reserve replies, so locate(), length() and a reserve that the blocks already
+// cover need no round trip; a decode step costs one (the batch's commit).
 //
 // Failure model: every round trip gives up after options.timeout with ErrorKind::disconnected
 // (a dead daemon never hangs a caller). The registration is then considered lost; the next
@@ -18,7 +19,9 @@
 // (a copy still reading it does not crash) or until this store is destroyed.
 //
 // Threads: thread-safe (one mutex around the block tables and every UCX call); a heartbeat thread
-// renews the lease every lease/3 on its own socket.
+// renews the lease every lease/3 on its own socket; a progress thread drives the UCX worker while
+// prefetched gets are in flight (it sleeps otherwise). free(), truncate() and a re-register first
+// wait for the gets still writing into the blocks they give up.
 #pragma once
 
 #include <chrono>
@@ -52,10 +55,18 @@ class RemoteKvStore final : public KvStoreClient {
 
   const StoreShape& shape() const override;
   SeqId open() override;
-  void reserve(SeqId seq, std::int64_t n_tokens) override;
+  using KvStoreClient::commit;
+  using KvStoreClient::reserve;
+  // No round trip while every sequence's blocks suffice; else one reserveBatch for those short.
+  void reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) override;
+  // One commitBatch per call (none for n = 0); across hosts the rows are pushed first.
+  void commit(std::span<const SeqId> seqs, std::int64_t n_tokens) override;
+  // Across hosts: posts the ucp_gets of the ranges' committed rows and returns; a progress thread
+  // drives them, and locate() of a prefetched range waits only for what has not landed. Same
+  // host (zero copy): nothing to do.
+  void prefetch(std::span<const Range> ranges) override;
   std::vector<HostSpan> locate(SeqId seq, std::int64_t layer, Part part, std::int64_t t0,
                                std::int64_t t1) override;
-  void commit(SeqId seq, std::int64_t n_tokens) override;
   std::int64_t length(SeqId seq) const override;
   void truncate(SeqId seq, std::int64_t n_tokens) override;
   void free(SeqId seq) override;

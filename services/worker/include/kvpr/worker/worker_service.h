@@ -77,11 +77,11 @@ class WorkerService {
 
   void route();
   void forward_events();
+  void keep_alive();  // a `working` event to the running request's client when it is due
   void execute();
   bool run_job(Job& job, zmq::socket_t& events);  // false: the request failed
-  void handle_request(zmq::message_t& peer, const zmq::message_t& payload);
-  void send_event(const zmq::message_t& peer, capnp::MessageBuilder& message);
-  void reply_error(const zmq::message_t& peer, std::uint64_t id, const Error& error);
+  // The reply to one request: accepted (queued), stats, or an error.
+  zmq::message_t handle_request(const zmq::message_t& peer, const zmq::message_t& payload);
   void reject(const std::string& reason);
 
   zmq::context_t& context_;
