@@ -44,10 +44,11 @@ TEST(DecodeSchedule, BlocksChunksAndRowsOfABatch) {
   // Activation blocks [0,16) → chunk 0 at 16 rows; [16,20) and seq 1's [0,7) → chunk 1 at 27;
   // then K and V of [20,32) and [32,40). Layer 2's fetch into slot 0 follows release_slot but is
   // reported as layer 2's.
-  const std::vector<std::string> want = {
-      "fetch",     "chunk_landed", "fetch",    "fetch",     "chunk_landed", "fetch",
-      "fetch",     "fetch",        "fetch",    "kv_landed", "project",      "write_back",
-      "recompute", "recompute",    "await_kv", "attend",    "release_slot", "finish_layer"};
+  const std::vector<std::string> want = {"prefetch",   "fetch",        "chunk_landed", "fetch",
+                                         "fetch",      "chunk_landed", "fetch",        "fetch",
+                                         "fetch",      "fetch",        "kv_landed",    "project",
+                                         "write_back", "recompute",    "recompute",    "await_kv",
+                                         "attend",     "release_slot", "finish_layer"};
   EXPECT_EQ(layer0, want);
 }
 
@@ -62,6 +63,18 @@ TEST(DecodeSchedule, PrefetchesTwoLayersAheadIntoAlternatingSlots) {
   const std::vector<std::pair<int, int>> want = {{0, 0}, {1, 1}, {2, 0}, {3, 1}};
   EXPECT_EQ(fills, want);
   EXPECT_EQ(awaited, (std::vector<int>{2, 3}));  // the first two fills find their slots free
+
+  // Each layer is announced to the store once, before the fetch that locates it: layers 0-2 at
+  // the start, layer i + 3 right after the fetch of layer i + 2 was enqueued.
+  std::vector<int> announced;
+  int fetches_seen = 0;  // kv_landed marks so far
+  for (const auto& op : ops_of(schedule)) {
+    if (op.kind == OpKind::kv_landed) ++fetches_seen;
+    if (op.kind != OpKind::prefetch) continue;
+    announced.push_back(op.layer);
+    EXPECT_LT(fetches_seen, op.layer + 1) << "layer " << op.layer << " announced after its fetch";
+  }
+  EXPECT_EQ(announced, (std::vector<int>{0, 1, 2, 3}));
 }
 
 TEST(DecodeSchedule, PaperChunkIsOneChunkAndResidentFetchesNothing) {

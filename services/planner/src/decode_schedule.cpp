@@ -22,6 +22,8 @@ void for_each_block(std::int64_t t0, std::int64_t t1, std::int64_t block, F&& f)
 
 const char* to_string(OpKind kind) {
   switch (kind) {
+    case OpKind::prefetch:
+      return "prefetch";
     case OpKind::await_slot:
       return "await_slot";
     case OpKind::fetch:
@@ -154,6 +156,10 @@ void DecodeSchedule::run(const Visit& visit) const {
     visit(op);
   };
   if (!shape_.resident) {
+    for (std::int64_t layer = 0; layer < std::min<std::int64_t>(kPrefetchLayers + 1, n_layers);
+         ++layer) {
+      simple(OpKind::prefetch, layer);
+    }
     for (std::int64_t layer = 0; layer < std::min<std::int64_t>(kPrefetchLayers, n_layers);
          ++layer) {
       fetch(layer, slot_of(layer), false, visit);
@@ -172,6 +178,8 @@ void DecodeSchedule::run(const Visit& visit) const {
     if (!shape_.resident) {
       simple(OpKind::release_slot, layer, slot);
       if (layer + kPrefetchLayers < n_layers) fetch(layer + kPrefetchLayers, slot, true, visit);
+      if (layer + kPrefetchLayers + 1 < n_layers)
+        simple(OpKind::prefetch, layer + kPrefetchLayers + 1);
     }
     simple(OpKind::finish_layer, layer);
   }

@@ -36,6 +36,8 @@ class Replay {
     const double h_kv = static_cast<double>(shape_.h_kv);
     auto& slot = slots_[static_cast<std::size_t>(std::max(op.slot, 0))];
     switch (op.kind) {
+      case OpKind::prefetch:
+        break;  // host memory: the profile's copy rates are those of local host memory
       case OpKind::await_slot:
         copy_ = std::max(copy_, slot.free);
         break;

@@ -163,6 +163,8 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       tracer->add(name, Queue::compute, op.layer, op.chunk, begin, tracer->mark(Queue::compute));
   };
   switch (op.kind) {
+    case OpKind::prefetch:
+      return prefetch(step, op.layer);
     case OpKind::await_slot: {
       // The copy queue refills a slot only after compute has attended over what it held.
       Slot& sl = slot(static_cast<std::size_t>(op.slot));
@@ -225,6 +227,21 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       return;
     }
   }
+}
+
+void Engine::prefetch(Step& step, std::int64_t layer) {
+  const auto& schedule = *step.schedule;
+  std::vector<kvstore::KvStoreClient::Range> ranges;
+  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
+    const std::int64_t l = schedule.l(i);
+    const std::int64_t s = step.positions[i];
+    if (l > 0) ranges.push_back({step.seqs[i], layer, Part::act, 0, l});
+    if (l < s) {
+      ranges.push_back({step.seqs[i], layer, Part::k, l, s});
+      ranges.push_back({step.seqs[i], layer, Part::v, l, s});
+    }
+  }
+  store_.prefetch(ranges);
 }
 
 void Engine::fetch_block(Step& step, const DecodeOp& op) {

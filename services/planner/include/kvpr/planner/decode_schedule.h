@@ -9,7 +9,9 @@
 // activation chunk as soon as it has landed, waits for the fetched K,V, attends, releases the slot
 // and finishes the layer (output projection, FFN). Fetches run kPrefetchLayers layers ahead: the
 // fetch of layer i + 2 goes into the slot layer i has just released. The step ends with the LM
-// head and a drain of the copy queue (the write-backs have landed in host memory).
+// head and a drain of the copy queue (the write-backs have landed in host memory). Each layer's
+// rows are announced to the store (prefetch) one layer before that layer's fetch is enqueued, so a
+// store whose memory lies on another host brings them over while compute runs.
 //
 // The schedule is a pure function of the batch layout; it owns no memory and calls `visit` with
 // one DecodeOp at a time, in enqueue order.
@@ -31,6 +33,8 @@ inline constexpr int kStagingSlots = 2;    // layers whose K,V are in flight at 
 inline constexpr int kPrefetchLayers = 2;  // the fetch of layer i + 2 follows layer i's attention
 
 enum class OpKind : std::uint8_t {
+  prefetch,      // host: the store may start bringing `layer`'s rows into host memory (a hint;
+                 // for a store across hosts, a layer before the fetch that locates them)
   await_slot,    // copy: wait until compute has released `slot` (its previous layer attended)
   fetch,         // copy: rows [t0, t0 + n) of `part` of sequence `seq` (one store block) → `row`
   chunk_landed,  // copy: activation rows [.., row) of `slot` have landed: chunk `chunk`

@@ -123,6 +123,7 @@ class Engine {
   void begin_step(Step& step, std::span<const SeqHandle> seqs);
   void size_slots(const planner::DecodeSchedule& schedule);
   void execute(Step& step, const planner::DecodeOp& op);
+  void prefetch(Step& step, std::int64_t layer);
   void fetch_block(Step& step, const planner::DecodeOp& op);
   void project_new_tokens(Step& step, std::int64_t layer);
   void write_back(Step& step, std::int64_t layer);
