@@ -101,7 +101,8 @@ void RemoteKvStore::Impl::transfer_locked(const std::vector<Piece>& pieces, bool
 }
 
 void RemoteKvStore::Impl::reap_locked() {
-  for (auto& [key, fetch] : fetches) {
+  for (auto& entry : fetches) {
+    auto& fetch = entry.second;  // a named reference: clang 14 cannot capture a structured binding
     std::erase_if(fetch.pending, [&](void* request) {
       const ucs_status_t status = ucp_request_check_status(request);
       if (status == UCS_INPROGRESS) return false;
