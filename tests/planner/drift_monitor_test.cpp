@@ -177,9 +177,9 @@ TEST(RefitProfile, EachPhaseIsScaledOnItsOwnAndTheRestGoesToTheHead) {
   EXPECT_NEAR(r.profile.recompute_flops_per_s.y.back(), 80e12, 1e3);
   EXPECT_NEAR(r.profile.attention_s_per_token, 3e-8, 1e-15);
   EXPECT_NEAR(r.profile.other_s_per_layer, 2e-4, 1e-12);
-  EXPECT_GT(r.residual_s, 0);
-  EXPECT_NEAR(r.ratio_after, 1.0, 1e-6);
-  EXPECT_NEAR(drift_ratio(r.profile, steps), 1.0, 1e-6);
+  EXPECT_NEAR(r.residual_s, 4e-3, 1e-3);  // less what the rescaled overlap already explains
+  EXPECT_NEAR(r.ratio_after, 1.0, 1e-3);  // the median residual: exact up to overlap
+  EXPECT_EQ(r.ratio_after, drift_ratio(r.profile, steps));
   EXPECT_THROW(refit_profile(truth(), {}), Error);
 }
 

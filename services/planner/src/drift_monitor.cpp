@@ -82,10 +82,15 @@ Refit refit_profile(const HardwareProfile& profile, const std::vector<ObservedSt
   p.head_s *= r.other_scale;
   p.head_s_per_row *= r.other_scale;
 
-  // What the phases leave unexplained, once per step on the compute queue.
-  const Sums scaled = sums(p, steps);
-  const auto n = static_cast<double>(steps.size());
-  r.residual_s = std::max((scaled.measured.total_s - scaled.predicted.total_s) / n, -p.head_s);
+  // What the phases leave unexplained, once per step on the compute queue: the median over the
+  // steps, so that one step slowed down by something else does not move every prediction.
+  std::vector<double> unexplained;
+  for (const auto& step : steps) {
+    unexplained.push_back(step.measured.total_s - predict_step(p, step.shape).total_s);
+  }
+  const auto mid = unexplained.begin() + static_cast<std::ptrdiff_t>(unexplained.size() / 2);
+  std::nth_element(unexplained.begin(), mid, unexplained.end());
+  r.residual_s = std::max(*mid, -p.head_s);
   p.head_s += r.residual_s;
   r.ratio_after = drift_ratio(p, steps);
   return r;

@@ -10,7 +10,8 @@
 // attention constants by the attention time and the rest of the layer and the head by the other
 // time. Each scale is exact for the window's steps (every predicted copy, chunk or op time is
 // proportional to its rate); the time the phases leave unexplained (planning, store calls, gaps
-// between ops) is then carried by the per-step head constant, so the refitted total matches too.
+// between ops; the median over the steps) is then carried by the per-step head constant, so the
+// refitted total matches too.
 //
 // Not thread-safe: one thread (the one that runs the steps) feeds a monitor.
 #pragma once
@@ -45,7 +46,7 @@ struct Refit {
   double recompute_scale = 1;
   double attention_scale = 1;
   double other_scale = 1;
-  double residual_s = 0;    // per step, added to the head constant after the phase scales
+  double residual_s = 0;    // per step (median), added to the head constant after the scales
   double ratio_before = 1;  // measured / predicted total over the steps, old profile
   double ratio_after = 1;   // ... refitted profile
 };
