@@ -98,6 +98,8 @@ required = {
     "evictions": any_expr(r"kvpr_kvstore_evictions_total"),
     "allocation failures": any_expr(r"kvpr_kvstore_allocation_failures_total"),
     "lease expiries": any_expr(r"kvpr_kvstore_lease_expiries_total"),
+    "plan drift per worker": any_expr(r"by \(worker\) \(kvpr_plan_drift_ratio"),
+    "profile refits": any_expr(r"kvpr_profile_refits_total"),
     "rejected messages by reason": any_expr(r"by \([^)]*reason[^)]*\) \(\w+\(kvpr_rejected_messages_total"),
 }
 for what, found in required.items():

@@ -184,5 +184,34 @@ TEST(CachingPlanner, OverARemotePlannerAsksOncePerBucket) {
   EXPECT_EQ(cached.hits(), 5);
 }
 
+// What kvpr-worker does when its profile drifted (profile_drift.h): the refitted profile, under the
+// same fingerprint, is reported again and the worker's cached plans dropped; the replica's next
+// plans come from the refit.
+TEST(CachingPlanner, ARefittedProfileReportedAgainIsPlannedFrom) {
+  zmq::context_t context;
+  PlannerService service(context, PlannerServiceOptions{});
+  service.start();
+  HardwareProfile stale = synthetic_profile();
+  for (auto& y : stale.h2d_bytes_per_s.y) y *= 4;  // measured while the link was idle and warm
+  for (auto& y : stale.d2h_bytes_per_s.y) y *= 4;
+  const HardwareProfile refit = synthetic_profile();
+  RemotePlanner remote(context, {service.endpoint()}, model_shape());
+  ASSERT_EQ(remote.report(stale), 1u);
+  CachingPlanner cached(remote, 64);
+  const auto request = plan_request({1000, 3000});
+  const Plan before = cached.plan(request);
+  ProfilePlanner stale_local(stale, model_shape());
+  EXPECT_EQ(before.l, stale_local.plan(request).l);
+
+  ASSERT_EQ(remote.report(refit), 1u);
+  cached.clear();
+  const Plan after = cached.plan(request);
+  ProfilePlanner refit_local(refit, model_shape());
+  EXPECT_EQ(after.l, refit_local.plan(request).l);
+  EXPECT_NE(after.l, before.l) << "a link 4x slower should change the split";
+  EXPECT_EQ(service.stats().profile_reports, 2u);
+  EXPECT_EQ(service.stats().plan_requests, 2u);
+}
+
 }  // namespace
 }  // namespace kvpr::planner

@@ -207,10 +207,13 @@ TEST(ScheduleTrace, ChromeTraceIsValidAndItsSpansAddUpToThePhases) {
             2 * static_cast<int>(engine_labels(step)[kernels::Queue::compute].size()));
   EXPECT_EQ(per_track[2], 2 * static_cast<int>(engine_labels(step)[kernels::Queue::copy].size()));
 
-  // The copy queue's spans are its busy time; the recompute and attention spans are those phases.
+  // The copy queue's spans cover its busy time (they also hold the moments its thread waited for
+  // a core between two copies, which a loaded machine makes longer, so the bound above is loose);
+  // the recompute and attention spans are those phases.
   const auto& t = step.times;
-  EXPECT_NEAR(sum_of(step, {"fetch_act", "fetch_kv", "write_back"}), t.transfer,
-              0.25 * t.transfer + 2e-3);
+  const double copy_spans = sum_of(step, {"fetch_act", "fetch_kv", "write_back"});
+  EXPECT_GE(copy_spans, 0.75 * t.transfer - 2e-3);
+  EXPECT_LE(copy_spans, 2.0 * t.transfer + 5e-3);
   EXPECT_NEAR(sum_of(step, {"recompute"}), t.recompute, 0.25 * t.recompute + 2e-3);
   EXPECT_NEAR(sum_of(step, {"attend"}), t.attention, 0.25 * t.attention + 2e-3);
   // On a slow link the copy queue works while compute does: the spans overlap.

@@ -95,6 +95,9 @@ struct BenchOptions {
   BackendFlags backend;
   bool quiet = false;
   std::string trace;  // Chrome trace of the chosen point's measured steps
+  // Refit the profile and decide again when the measured points drift from their predictions by
+  // more than this share (0: never).
+  double drift_margin = 0.15;
 };
 
 int profile_command(const ProfileOptions& options);

@@ -4,6 +4,7 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/planner/profile_planner.h"
+#include "kvpr/worker/profiler.h"
 #include "planning.h"
 
 namespace kvpr::cli {
@@ -50,8 +51,13 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   if (planner_kind == "nominal") {
     planner = std::make_unique<planner::CostModelPlanner>();
   } else if (planner_kind == "measured") {
-    planner =
-        std::make_unique<planner::ProfilePlanner>(measured_profile(flags, c, false), step_shape(c));
+    auto profile = measured_profile(flags, c, false);
+    auto scheduler = std::make_unique<planner::ProfilePlanner>(profile, step_shape(c));
+    const auto path = worker::profile_cache_path(profile.fingerprint);
+    corrector = std::make_unique<worker::ProfileCorrector>(
+        std::move(profile), step_shape(c), planner::DriftOptions{},
+        [p = scheduler.get()](const HardwareProfile& refit) { p->update_profile(refit); }, path);
+    planner = std::move(scheduler);
   } else {
     fail("--planner must be nominal or measured, got '", planner_kind, "'");
   }

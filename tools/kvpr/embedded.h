@@ -11,6 +11,7 @@
 #include "kvpr/kvstore/local_kv_store.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/engine.h"
+#include "kvpr/worker/profile_drift.h"
 
 namespace kvpr::cli {
 
@@ -29,6 +30,9 @@ struct Embedded {
   // "nominal": the cost model with the backend's nominal rates; "measured": the scheduler on this
   // machine's profile (measured once and cached), re-planning as contexts cross buckets.
   std::unique_ptr<planner::Planner> planner;
+  // "measured": refits the profile when the steps drift from its predictions, re-plans and
+  // caches the refit (hand it to WorkerServiceOptions::corrector); null otherwise.
+  std::unique_ptr<worker::ProfileCorrector> corrector;
   std::unique_ptr<worker::Engine> engine;
 };
 

@@ -123,6 +123,9 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--profile", bench.profile,
                         "Hardware profile file (default: measured, cached)");
   bench_cmd->add_flag("--remeasure", bench.remeasure, "Measure the profile again");
+  bench_cmd->add_option("--drift-margin", bench.drift_margin,
+                        "Refit a profile whose predictions miss the measured points by more than "
+                        "this share, re-decide and cache the refit (0: never)");
   bench_cmd->add_flag("--quiet", bench.quiet, "No progress output");
   add_backend_flags(bench_cmd, bench.backend);
 

@@ -47,6 +47,7 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
   service_options.endpoint = "inproc://kvpr-embedded-worker";
   service_options.name = "embedded";
   service_options.trace_path = options.trace;
+  service_options.corrector = e.corrector.get();
   worker::WorkerService service(context, *e.model, *e.backend, *e.store, *e.planner,
                                 service_options);
   service.start();

@@ -63,6 +63,11 @@ std::size_t PlanCache::size() const {
   return plans_.size();
 }
 
+void PlanCache::clear() {
+  std::lock_guard lock(mutex_);
+  plans_.clear();
+}
+
 std::vector<std::int64_t> scale_splits(const Plan& plan, const PlanRequest& request) {
   const auto& s = request.s;
   switch (plan.policy) {

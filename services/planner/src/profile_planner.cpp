@@ -16,17 +16,46 @@ std::string ms(double s) {
   return str(std::round(s * 1e5) / 1e2, " ms");
 }
 
-}  // namespace
-
-ProfilePlanner::ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket)
-    : profile_(std::move(profile)), model_(std::move(model)), cache_(bucket) {
-  if (profile_.h != model_.h || profile_.h_kv != model_.h_kv) {
-    fail("planner: profile measured for h ", profile_.h, ", h_kv ", profile_.h_kv,
-         " but the model has h ", model_.h, ", h_kv ", model_.h_kv, " (re-profile for this model)");
+void check_shape(const HardwareProfile& profile, const StepShape& model) {
+  if (profile.h != model.h || profile.h_kv != model.h_kv) {
+    fail("planner: profile measured for h ", profile.h, ", h_kv ", profile.h_kv,
+         " but the model has h ", model.h, ", h_kv ", model.h_kv, " (re-profile for this model)");
   }
 }
 
+}  // namespace
+
+ProfilePlanner::ProfilePlanner(HardwareProfile profile, StepShape model, std::int64_t bucket)
+    : model_(std::move(model)), cache_(bucket) {
+  check_shape(profile, model_);
+  profile_ = std::make_shared<const HardwareProfile>(std::move(profile));
+}
+
+void ProfilePlanner::update_profile(HardwareProfile profile) {
+  check_shape(profile, model_);
+  auto next = std::make_shared<const HardwareProfile>(std::move(profile));
+  {
+    std::lock_guard lock(mutex_);
+    profile_ = std::move(next);
+  }
+  // After the swap: a plan being computed from the old profile holds the cache's lock, so it is
+  // stored before this clear and dropped by it; later misses read the new profile.
+  cache_.clear();
+}
+
+std::shared_ptr<const HardwareProfile> ProfilePlanner::current() const {
+  std::lock_guard lock(mutex_);
+  return profile_;
+}
+
 StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
+                                       const std::vector<std::int64_t>& l, std::int64_t chunk,
+                                       bool resident) const {
+  return predict(*current(), s, l, chunk, resident);
+}
+
+StepPrediction ProfilePlanner::predict(const HardwareProfile& profile,
+                                       const std::vector<std::int64_t>& s,
                                        const std::vector<std::int64_t>& l, std::int64_t chunk,
                                        bool resident) const {
   StepShape shape = model_;
@@ -34,18 +63,23 @@ StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
   shape.l = l;
   shape.chunk = chunk;
   shape.resident = resident;
-  return predict_step(profile_, shape);
+  return predict_step(profile, shape);
 }
 
 Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
+  return decide(*current(), s);
+}
+
+Decision ProfilePlanner::decide(const HardwareProfile& profile,
+                                const std::vector<std::int64_t>& s) const {
   Decision d;
   const std::vector<std::int64_t> zeros(s.size(), 0);
-  d.transfer = predict(s, zeros, kChunkTokens, false);
-  d.recompute = predict(s, s, kChunkTokens, false);
+  d.transfer = predict(profile, s, zeros, kChunkTokens, false);
+  d.recompute = predict(profile, s, s, kChunkTokens, false);
   {
     const LayerShape layer{model_.h, model_.h_kv, model_.p};
-    const double B = profile_.h2d_bytes_per_s.y.back();
-    const double F = profile_.recompute_flops_per_s.y.back();
+    const double B = profile.h2d_bytes_per_s.y.back();
+    const double F = profile.recompute_flops_per_s.y.back();
     d.lower_bound_s = static_cast<double>(model_.n_layers) * lower_bound_s(layer, s, {B, F});
   }
   Plan& plan = d.plan;
@@ -69,7 +103,7 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   } best{0, kChunkTokens, d.transfer};
   const auto consider = [&](double ratio, std::int64_t chunk) {
     const auto l = splits_for_ratio(s, ratio);
-    const auto p = predict(s, l, chunk, false);
+    const auto p = predict(profile, s, l, chunk, false);
     if (p.total_s < best.p.total_s) best = {ratio, chunk, p};
     return p;
   };
@@ -85,7 +119,7 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   for (int k = 0; k <= 32; ++k) {
     const double ratio = static_cast<double>(k) / 32;
     CurvePoint point{ratio, splits_for_ratio(s, ratio), best.chunk, best.chunk == kPaperChunk, {}};
-    point.predicted = predict(s, point.l, best.chunk, false);
+    point.predicted = predict(profile, s, point.l, best.chunk, false);
     d.curve.push_back(std::move(point));
   }
   d.predicted = best.p;
@@ -122,6 +156,7 @@ Plan ProfilePlanner::plan(const PlanRequest& request) {
         predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
     return fixed;
   }
+  // Under the cache's lock: the profile read here is the one update_profile's clear() follows.
   Plan plan = cache_.get(request, [&](const PlanRequest& upper) {
     Plan planned = decide(upper.s).plan;
     planned.reason += str(" [planned for contexts up to ", upper.s.back(), " tokens]");

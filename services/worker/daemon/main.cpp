@@ -19,6 +19,7 @@
 #include "kvpr/planner/profile_planner.h"
 #include "kvpr/planner/remote_planner.h"
 #include "kvpr/worker/device_model.h"
+#include "kvpr/worker/profile_drift.h"
 #include "kvpr/worker/profiler.h"
 #include "kvpr/worker/worker_service.h"
 
@@ -41,6 +42,7 @@ struct Flags {
   int planner_timeout_ms = 1000;
   std::string log_level;
   std::string trace;
+  kvpr::planner::DriftOptions drift;
 };
 
 int serve(const Flags& f) {
@@ -92,11 +94,16 @@ int serve(const Flags& f) {
   if (f.profile == "measured") {
     worker::ProfileOptions po;
     profile = worker::cached_profile(*backend, options, c, false, po);
-    link_bytes_per_s = profile->h2d_bytes_per_s.at(64.0 * (1 << 20));
+    link_bytes_per_s = profile->h2d_bytes_per_s.at(worker::kProfileLinkBytes);
   }
+  // What a refitted profile replaces (profile_drift.h): the in-process scheduler's profile, or the
+  // one the replicas hold, with the plans cached from the old one.
+  worker::ProfileCorrector::Apply apply;
   if (f.planners.empty()) {
     if (profile) {
-      planner = std::make_unique<planner::ProfilePlanner>(*profile, step);
+      auto local = std::make_unique<planner::ProfilePlanner>(*profile, step);
+      apply = [p = local.get()](const HardwareProfile& refit) { p->update_profile(refit); };
+      planner = std::move(local);
     } else {
       planner = std::make_unique<planner::CostModelPlanner>();
     }
@@ -105,7 +112,17 @@ int serve(const Flags& f) {
         context, f.planners, step, profile ? profile->fingerprint : std::string(),
         std::chrono::milliseconds(f.planner_timeout_ms));
     if (profile) remote->report(*profile);
-    planner = std::make_unique<planner::CachingPlanner>(*remote);
+    auto caching = std::make_unique<planner::CachingPlanner>(*remote);
+    apply = [r = remote.get(), c = caching.get()](const HardwareProfile& refit) {
+      r->report(refit);  // replicas that miss it get it before their next plan
+      c->clear();
+    };
+    planner = std::move(caching);
+  }
+  std::unique_ptr<worker::ProfileCorrector> corrector;
+  if (profile) {
+    corrector = std::make_unique<worker::ProfileCorrector>(
+        *profile, step, f.drift, apply, worker::profile_cache_path(profile->fingerprint));
   }
 
   worker::WorkerServiceOptions so;
@@ -116,6 +133,7 @@ int serve(const Flags& f) {
   so.prepare = map_store;
   so.link_bytes_per_s = link_bytes_per_s;
   so.trace_path = f.trace;
+  so.corrector = corrector.get();
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
   log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
@@ -152,6 +170,11 @@ int main(int argc, char** argv) {
   app.add_option("--profile", f.profile,
                  "nominal (backend's nominal rates) or measured (profile, cached, reported)");
   app.add_option("--metrics-port", f.metrics_port, "Prometheus port (0: a free one; -1: off)");
+  app.add_option("--drift-margin", f.drift.margin,
+                 "--profile measured: refit the profile when decode steps drift from their "
+                 "predictions by more than this share over a window");
+  app.add_option("--drift-window", f.drift.window,
+                 "Decode steps per drift verdict (0: never refit the profile)");
   app.add_option("--name", f.name, "Name in logs and metrics");
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");

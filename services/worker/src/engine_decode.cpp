@@ -144,6 +144,7 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   last_.transfer_tokens = schedule.kv_total() * c.n_layers;
   last_.h2d_bytes = copy_after.h2d_bytes - copy_before.h2d_bytes;
   last_.d2h_bytes = copy_after.d2h_bytes - copy_before.d2h_bytes;
+  last_.s = schedule.shape().s;
   if (step.resident) step.plan.l.assign(step.plan.l.size(), 0);
   last_.plan = std::move(step.plan);
   if (step.tracer) last_.trace = step.tracer->finish();

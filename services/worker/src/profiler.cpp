@@ -63,6 +63,188 @@ void fill_random(kernels::Backend& backend, Tensor t, std::uint32_t seed) {
   backend.synchronize();
 }
 
+// What every measurement below works with. Each one allocates its own device buffers and frees
+// them before it returns, so the profile's peak memory is the largest single measurement's.
+struct Probe {
+  kernels::Backend& backend;
+  const ModelConfig& c;
+  const ProfileOptions& options;
+  DType dt;  // the backend's compute dtype
+
+  template <typename F>
+  double time(Queue queue, F&& run) const {
+    return timed(backend, queue, options.seconds_per_point, std::forward<F>(run));
+  }
+  std::unique_ptr<kernels::DeviceBuffer> alloc(std::int64_t elements) const {
+    return backend.alloc(static_cast<std::size_t>(elements) * size_of(dt));
+  }
+};
+
+// The profile's identity: what it was measured on, for which model shape, when.
+HardwareProfile describe(kernels::Backend& backend, const ModelConfig& c,
+                         const std::string& fingerprint) {
+  HardwareProfile p;
+  p.fingerprint = fingerprint;
+  p.backend = backend.name();
+  p.description = str(backend.name(), " backend on ", processor_name(), ", ",
+                      std::thread::hardware_concurrency(), " hardware threads");
+  p.created = now_iso();
+  p.h = c.h;
+  p.h_kv = c.h_kv();
+  p.n_heads = c.n_heads;
+  p.head_dim = c.head_dim;
+  p.ffn = c.ffn;
+  p.vocab = c.vocab;
+  return p;
+}
+
+// Copy bandwidth per copy size, both directions, in the store's dtype (the CPU backend converts on
+// the way): B(n) of DESIGN.md §1.
+void measure_copies(const Probe& probe, HardwareProfile& p) {
+  auto& backend = probe.backend;
+  const auto& options = probe.options;
+  const DType stored = probe.c.dtype;
+  const std::size_t max_elems = options.max_copy_bytes / size_of(stored);
+  std::vector<std::byte> host(options.max_copy_bytes);
+  auto device = probe.alloc(static_cast<std::int64_t>(max_elems));
+  backend.register_host(host.data(), host.size());
+  for (std::size_t bytes = options.min_copy_bytes; bytes <= options.max_copy_bytes; bytes *= 4) {
+    const auto n = static_cast<std::int64_t>(bytes / size_of(stored));
+    Tensor t = device->tensor(probe.dt, 1, n);
+    const double up = probe.time(
+        Queue::copy, [&] { backend.copy_to_device(Queue::copy, t, host.data(), stored); });
+    const double down =
+        probe.time(Queue::copy, [&] { backend.copy_to_host(Queue::copy, host.data(), stored, t); });
+    p.h2d_bytes_per_s.x.push_back(static_cast<double>(bytes));
+    p.h2d_bytes_per_s.y.push_back(static_cast<double>(bytes) / up);
+    p.d2h_bytes_per_s.x.push_back(static_cast<double>(bytes));
+    p.d2h_bytes_per_s.y.push_back(static_cast<double>(bytes) / down);
+    // On a slow (emulated) link the curve is flat long before 256 MiB: stop once one copy takes
+    // longer than a few measurement periods; the curve is clamped to its last sample beyond.
+    if (up > 10 * options.seconds_per_point) break;
+  }
+  backend.unregister_host(host.data());
+}
+
+// The recompute GEMM pair [m, h] × [h, h_kv] twice, over m: F(m) of DESIGN.md §1.
+void measure_recompute(const Probe& probe, HardwareProfile& p) {
+  const auto& c = probe.c;
+  const DType dt = probe.dt;
+  const std::int64_t max_rows = probe.options.max_rows;
+  auto wk = probe.alloc(c.h_kv() * c.h);
+  auto act = probe.alloc(max_rows * c.h);
+  auto kv = probe.alloc(max_rows * c.h_kv());
+  Tensor w = wk->tensor(dt, c.h_kv(), c.h);
+  fill_random(probe.backend, w, 1);
+  fill_random(probe.backend, act->tensor(dt, max_rows, c.h), 2);
+  for (std::int64_t m = 1; m <= max_rows; m *= 2) {
+    Tensor a = act->tensor(dt, m, c.h);
+    Tensor y = kv->tensor(dt, m, c.h_kv());
+    const double s = probe.time(Queue::compute, [&] {
+      probe.backend.gemm(a, w, nullptr, y);
+      probe.backend.gemm(a, w, nullptr, y);
+    });
+    p.recompute_flops_per_s.x.push_back(static_cast<double>(m));
+    p.recompute_flops_per_s.y.push_back(4.0 * static_cast<double>(m * c.h * c.h_kv()) / s);
+  }
+}
+
+// Attention: time per context token and per query row, from two context lengths.
+void measure_attention(const Probe& probe, HardwareProfile& p) {
+  const auto& c = probe.c;
+  const DType dt = probe.dt;
+  const std::int64_t s_small = 64, s_large = 2048, queries = 4;
+  auto kbuf = probe.alloc(s_large * c.h_kv());
+  auto qbuf = probe.alloc(queries * c.h);
+  auto obuf = probe.alloc(queries * c.h);
+  Tensor keys = kbuf->tensor(dt, s_large, c.h_kv());
+  fill_random(probe.backend, keys, 3);
+  fill_random(probe.backend, qbuf->tensor(dt, queries, c.h), 4);
+  const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.125f};
+  const auto attend = [&](std::int64_t s, std::int64_t nq) {
+    std::vector<kernels::AttnSegment> segs;
+    for (std::int64_t i = 0; i < nq; ++i)
+      segs.push_back({i, keys.rows_slice(0, s), keys.rows_slice(0, s)});
+    return probe.time(Queue::compute, [&] {
+      probe.backend.attention(qbuf->tensor(dt, nq, c.h), segs, shape, obuf->tensor(dt, nq, c.h));
+    });
+  };
+  const double a_large = attend(s_large, queries);
+  const double a_small = attend(s_small, queries);
+  p.attention_s_per_token =
+      std::max(0.0, (a_large - a_small) / static_cast<double>(queries * (s_large - s_small)));
+  p.attention_s_per_query =
+      std::max(0.0, a_small / queries - p.attention_s_per_token * static_cast<double>(s_small));
+}
+
+// The rest of a layer — norms, q/k/v/o projections and the FFN — for 1 and 8 rows: a fixed cost
+// per layer and a cost per row.
+void measure_layer_rest(const Probe& probe, HardwareProfile& p) {
+  const auto& c = probe.c;
+  const DType dt = probe.dt;
+  auto& backend = probe.backend;
+  const bool gated = c.arch == Arch::llama;
+  auto wq = probe.alloc(c.h * c.h);
+  auto wk = probe.alloc(c.h_kv() * c.h);
+  auto w1 = probe.alloc(c.ffn * c.h);
+  auto w2 = probe.alloc(c.ffn * c.h);
+  const std::int64_t wide = 8 * std::max(c.h, c.ffn);
+  auto x = probe.alloc(wide);  // layer input
+  auto y = probe.alloc(wide);  // projections' and FFN's wide outputs
+  auto z = probe.alloc(wide);  // FFN output, norm weights
+  fill_random(backend, wq->tensor(dt, c.h, c.h), 5);
+  fill_random(backend, wk->tensor(dt, c.h_kv(), c.h), 1);
+  fill_random(backend, w1->tensor(dt, c.ffn, c.h), 6);
+  fill_random(backend, w2->tensor(dt, c.h, c.ffn), 7);
+  fill_random(backend, x->tensor(dt, 8, c.h), 8);
+  fill_random(backend, z->tensor(dt, 2, c.h), 9);
+  const auto layer_rest = [&](std::int64_t rows) {
+    Tensor xin = x->tensor(dt, rows, c.h);
+    Tensor hidden = y->tensor(dt, rows, c.ffn);
+    Tensor out = z->tensor(dt, rows + 2, c.h).rows_slice(2, rows);
+    Tensor norm_w = z->tensor(dt, 1, c.h);
+    Tensor norm_b = z->tensor(dt, 2, c.h).rows_slice(1, 1);
+    Tensor wsq = wq->tensor(dt, c.h, c.h);
+    Tensor w = wk->tensor(dt, c.h_kv(), c.h);
+    return probe.time(Queue::compute, [&] {
+      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
+      backend.gemm(xin, wsq, nullptr, y->tensor(dt, rows, c.h));     // q
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // k
+      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // v
+      backend.gemm(xin, wsq, nullptr, out);                          // o
+      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
+      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, hidden);             // fc1 / gate
+      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, hidden);  // up
+      backend.gemm(hidden, w2->tensor(dt, c.h, c.ffn), nullptr, out);             // fc2 / down
+    });
+  };
+  const double one = layer_rest(1);
+  const double eight = layer_rest(8);
+  p.other_s_per_row = std::max(0.0, (eight - one) / 7.0);
+  p.other_s_per_layer = std::max(0.0, one - p.other_s_per_row);
+}
+
+// The LM head: [rows, h] × [vocab, h]ᵀ once per step, for 1 and 8 rows.
+void measure_head(const Probe& probe, HardwareProfile& p) {
+  const auto& c = probe.c;
+  const DType dt = probe.dt;
+  auto x = probe.alloc(8 * c.h);
+  auto head = probe.alloc(c.vocab * c.h);
+  auto logits = probe.alloc(8 * c.vocab);
+  fill_random(probe.backend, x->tensor(dt, 8, c.h), 8);
+  fill_random(probe.backend, head->tensor(dt, c.vocab, c.h), 10);
+  const auto head_time = [&](std::int64_t rows) {
+    return probe.time(Queue::compute, [&] {
+      probe.backend.gemm(x->tensor(dt, rows, c.h), head->tensor(dt, c.vocab, c.h), nullptr,
+                         logits->tensor(dt, rows, c.vocab));
+    });
+  };
+  const double head_one = head_time(1);
+  const double head_eight = head_time(8);
+  p.head_s_per_row = std::max(0.0, (head_eight - head_one) / 7.0);
+  p.head_s = std::max(0.0, head_one - p.head_s_per_row);
+}
+
 }  // namespace
 
 std::string hardware_fingerprint(const kernels::BackendOptions& b, const ModelConfig& c) {
@@ -93,148 +275,18 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   const auto note = [&](const std::string& what) {
     if (options.on_progress) options.on_progress(what);
   };
-  HardwareProfile p;
-  p.fingerprint = fingerprint;
-  p.backend = backend.name();
-  p.description = str(backend.name(), " backend on ", processor_name(), ", ",
-                      std::thread::hardware_concurrency(), " hardware threads");
-  p.created = now_iso();
-  p.h = c.h;
-  p.h_kv = c.h_kv();
-  p.n_heads = c.n_heads;
-  p.head_dim = c.head_dim;
-  p.ffn = c.ffn;
-  const DType dt = backend.compute_dtype();
-  const DType stored = c.dtype;
-
-  // Copy bandwidth, both directions, in the store's dtype (the CPU backend converts on the way).
+  HardwareProfile p = describe(backend, c, fingerprint);
+  const Probe probe{backend, c, options, backend.compute_dtype()};
   note("copy bandwidth");
-  const std::size_t max_elems = options.max_copy_bytes / size_of(stored);
-  std::vector<std::byte> host(options.max_copy_bytes);
-  auto device = backend.alloc(max_elems * size_of(dt));
-  backend.register_host(host.data(), host.size());
-  for (std::size_t bytes = options.min_copy_bytes; bytes <= options.max_copy_bytes; bytes *= 4) {
-    const auto n = static_cast<std::int64_t>(bytes / size_of(stored));
-    Tensor t = device->tensor(dt, 1, n);
-    const double up = timed(backend, Queue::copy, options.seconds_per_point,
-                            [&] { backend.copy_to_device(Queue::copy, t, host.data(), stored); });
-    const double down = timed(backend, Queue::copy, options.seconds_per_point,
-                              [&] { backend.copy_to_host(Queue::copy, host.data(), stored, t); });
-    p.h2d_bytes_per_s.x.push_back(static_cast<double>(bytes));
-    p.h2d_bytes_per_s.y.push_back(static_cast<double>(bytes) / up);
-    p.d2h_bytes_per_s.x.push_back(static_cast<double>(bytes));
-    p.d2h_bytes_per_s.y.push_back(static_cast<double>(bytes) / down);
-    // On a slow (emulated) link the curve is flat long before 256 MiB: stop once one copy takes
-    // longer than a few measurement periods; the curve is clamped to its last sample beyond.
-    if (up > 10 * options.seconds_per_point) break;
-  }
-  backend.unregister_host(host.data());
-  device.reset();
-  std::vector<std::byte>().swap(host);
-
-  // The recompute GEMM pair [m, h] × [h, h_kv] twice, over m.
+  measure_copies(probe, p);
   note("recompute GEMM rate");
-  auto wk = backend.alloc(static_cast<std::size_t>(c.h_kv() * c.h) * size_of(dt));
-  auto act = backend.alloc(static_cast<std::size_t>(options.max_rows * c.h) * size_of(dt));
-  auto kv = backend.alloc(static_cast<std::size_t>(options.max_rows * c.h_kv()) * size_of(dt));
-  Tensor w = wk->tensor(dt, c.h_kv(), c.h);
-  fill_random(backend, w, 1);
-  fill_random(backend, act->tensor(dt, options.max_rows, c.h), 2);
-  for (std::int64_t m = 1; m <= options.max_rows; m *= 2) {
-    Tensor a = act->tensor(dt, m, c.h);
-    Tensor y = kv->tensor(dt, m, c.h_kv());
-    const double s = timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.gemm(a, w, nullptr, y);
-      backend.gemm(a, w, nullptr, y);
-    });
-    p.recompute_flops_per_s.x.push_back(static_cast<double>(m));
-    p.recompute_flops_per_s.y.push_back(4.0 * static_cast<double>(m * c.h * c.h_kv()) / s);
-  }
-
-  // Attention: time per context token and per query row.
+  measure_recompute(probe, p);
   note("attention");
-  const std::int64_t s_small = 64, s_large = 2048, queries = 4;
-  auto kbuf = backend.alloc(static_cast<std::size_t>(s_large * c.h_kv()) * size_of(dt));
-  auto qbuf = backend.alloc(static_cast<std::size_t>(queries * c.h) * size_of(dt));
-  auto obuf = backend.alloc(static_cast<std::size_t>(queries * c.h) * size_of(dt));
-  Tensor keys = kbuf->tensor(dt, s_large, c.h_kv());
-  fill_random(backend, keys, 3);
-  fill_random(backend, qbuf->tensor(dt, queries, c.h), 4);
-  const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.125f};
-  const auto attend = [&](std::int64_t s, std::int64_t nq) {
-    std::vector<kernels::AttnSegment> segs;
-    for (std::int64_t i = 0; i < nq; ++i)
-      segs.push_back({i, keys.rows_slice(0, s), keys.rows_slice(0, s)});
-    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.attention(qbuf->tensor(dt, nq, c.h), segs, shape, obuf->tensor(dt, nq, c.h));
-    });
-  };
-  const double a_large = attend(s_large, queries);
-  const double a_small = attend(s_small, queries);
-  p.attention_s_per_token =
-      std::max(0.0, (a_large - a_small) / static_cast<double>(queries * (s_large - s_small)));
-  p.attention_s_per_query =
-      std::max(0.0, a_small / queries - p.attention_s_per_token * static_cast<double>(s_small));
-  kbuf.reset();
-
-  // The rest of a layer: q/k/v/o projections and the FFN, for 1 and 8 rows.
+  measure_attention(probe, p);
   note("layer GEMMs");
-  const bool gated = c.arch == Arch::llama;
-  auto wq = backend.alloc(static_cast<std::size_t>(c.h * c.h) * size_of(dt));
-  auto w1 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
-  auto w2 = backend.alloc(static_cast<std::size_t>(c.ffn * c.h) * size_of(dt));
-  const auto wide_bytes = static_cast<std::size_t>(8 * std::max(c.h, c.ffn)) * size_of(dt);
-  auto x = backend.alloc(wide_bytes);  // layer input
-  auto y = backend.alloc(wide_bytes);  // projections' and FFN's wide outputs
-  auto z = backend.alloc(wide_bytes);  // FFN output, norm weights
-  fill_random(backend, wq->tensor(dt, c.h, c.h), 5);
-  fill_random(backend, w1->tensor(dt, c.ffn, c.h), 6);
-  fill_random(backend, w2->tensor(dt, c.h, c.ffn), 7);
-  fill_random(backend, x->tensor(dt, 8, c.h), 8);
-  fill_random(backend, z->tensor(dt, 2, c.h), 9);
-  const auto layer_rest = [&](std::int64_t rows) {
-    Tensor xin = x->tensor(dt, rows, c.h);
-    Tensor wide = y->tensor(dt, rows, c.ffn);
-    Tensor out = z->tensor(dt, rows + 2, c.h).rows_slice(2, rows);
-    Tensor norm_w = z->tensor(dt, 1, c.h);
-    Tensor norm_b = z->tensor(dt, 2, c.h).rows_slice(1, 1);
-    Tensor wsq = wq->tensor(dt, c.h, c.h);
-    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
-      backend.gemm(xin, wsq, nullptr, y->tensor(dt, rows, c.h));     // q
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // k
-      backend.gemm(xin, w, nullptr, y->tensor(dt, rows, c.h_kv()));  // v
-      backend.gemm(xin, wsq, nullptr, out);                          // o
-      backend.layer_norm(xin, norm_w, norm_b, 1e-5f, out);
-      backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);             // fc1 / gate
-      if (gated) backend.gemm(xin, w1->tensor(dt, c.ffn, c.h), nullptr, wide);  // up
-      backend.gemm(wide, w2->tensor(dt, c.h, c.ffn), nullptr, out);             // fc2 / down
-    });
-  };
-  const double one = layer_rest(1);
-  const double eight = layer_rest(8);
-  p.other_s_per_row = std::max(0.0, (eight - one) / 7.0);
-  p.other_s_per_layer = std::max(0.0, one - p.other_s_per_row);
-  wq.reset();
-  w1.reset();
-  w2.reset();
-
-  // The LM head: [rows, h] × [vocab, h]ᵀ once per step.
+  measure_layer_rest(probe, p);
   note("LM head");
-  p.vocab = c.vocab;
-  auto head = backend.alloc(static_cast<std::size_t>(c.vocab * c.h) * size_of(dt));
-  auto logits = backend.alloc(static_cast<std::size_t>(8 * c.vocab) * size_of(dt));
-  fill_random(backend, head->tensor(dt, c.vocab, c.h), 10);
-  const auto head_time = [&](std::int64_t rows) {
-    return timed(backend, Queue::compute, options.seconds_per_point, [&] {
-      backend.gemm(x->tensor(dt, rows, c.h), head->tensor(dt, c.vocab, c.h), nullptr,
-                   logits->tensor(dt, rows, c.vocab));
-    });
-  };
-  const double head_one = head_time(1);
-  const double head_eight = head_time(8);
-  p.head_s_per_row = std::max(0.0, (head_eight - head_one) / 7.0);
-  p.head_s = std::max(0.0, head_one - p.head_s_per_row);
+  measure_head(probe, p);
   return p;
 }
 

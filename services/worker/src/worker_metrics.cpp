@@ -101,6 +101,24 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                      .Labels(labels)
                      .Register(registry)
                      .Add({});
+  // Exported from the start (1 and 0), also by workers that plan without a profile.
+  drift_ratio = &prometheus::BuildGauge()
+                     .Name("kvpr_plan_drift_ratio")
+                     .Help(
+                         "Measured over predicted decode-step time over the profile corrector's "
+                         "last window of steps (1: the profile predicts the steps)")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({});
+  drift_ratio->Set(1.0);
+  profile_refits = &prometheus::BuildCounter()
+                        .Name("kvpr_profile_refits_total")
+                        .Help(
+                            "Times the profile's rates were refitted from observed decode steps "
+                            "because predictions drifted past the margin")
+                        .Labels(labels)
+                        .Register(registry)
+                        .Add({});
 }
 
 void WorkerMetrics::observe_step(const StepStats& step) {
@@ -118,6 +136,14 @@ void WorkerMetrics::observe_step(const StepStats& step) {
   // Policies other than kvpr have no ratio of their own: resident and recompute use all of s.
   split_ratio->Set(step.plan.ratio);
   predicted_step->Set(step.plan.predicted_step_s);
+}
+
+void WorkerMetrics::observe_drift(const ProfileCorrector& corrector, bool refitted) {
+  drift_ratio->Set(corrector.ratio());
+  if (!refitted) return;
+  profile_refits->Increment();
+  const HardwareProfile profile = corrector.profile();
+  profile_h2d->Set(profile.h2d_bytes_per_s.at(kProfileLinkBytes));
 }
 
 }  // namespace kvpr::worker

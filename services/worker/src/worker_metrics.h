@@ -6,6 +6,7 @@
 
 #include "kvpr/net/metrics.h"
 #include "kvpr/worker/engine.h"
+#include "kvpr/worker/profile_drift.h"
 
 namespace kvpr::worker {
 
@@ -16,6 +17,8 @@ struct WorkerMetrics {
   // One decode step: phase histograms, transfer bytes and seconds, recompute/transfer tokens and
   // the split ratio of its plan.
   void observe_step(const StepStats& step);
+  // After the profile corrector saw a step: its drift ratio, and the refit if there was one.
+  void observe_drift(const ProfileCorrector& corrector, bool refitted);
 
   prometheus::Histogram* time_to_first_token = nullptr;
   prometheus::Histogram* inter_token = nullptr;
@@ -37,6 +40,8 @@ struct WorkerMetrics {
   prometheus::Gauge* predicted_step = nullptr;
   prometheus::Gauge* profile_h2d = nullptr;
   prometheus::Gauge* queue_depth = nullptr;
+  prometheus::Gauge* drift_ratio = nullptr;
+  prometheus::Counter* profile_refits = nullptr;
 };
 
 }  // namespace kvpr::worker

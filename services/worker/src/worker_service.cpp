@@ -263,6 +263,9 @@ bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
       } else {
         m.inter_token->Observe(std::chrono::duration<double>(now - last).count());
         m.observe_step(*ev.stats);
+        if (options_.corrector) {
+          m.observe_drift(*options_.corrector, options_.corrector->observe(*ev.stats));
+        }
         if (trace_) trace_->add_step(*ev.stats, str("request ", job.id, " step ", ev.step));
       }
       last = now;

@@ -21,6 +21,8 @@ class CachingPlanner final : public Planner {
   explicit CachingPlanner(Planner& inner, std::int64_t bucket = kPlanBucketTokens);
 
   Plan plan(const PlanRequest& request) override;
+  // Forgets the cached plans: the inner planner's rates changed (a refitted profile reported).
+  void clear() { cache_.clear(); }
 
   std::int64_t hits() const { return cache_.hits(); }
   std::int64_t misses() const { return cache_.misses(); }

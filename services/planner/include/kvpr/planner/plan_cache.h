@@ -32,6 +32,8 @@ class PlanCache {
   std::int64_t hits() const;
   std::int64_t misses() const;  // plans computed
   std::size_t size() const;
+  // Forgets every plan (the rates they were made with changed); waits for a plan being computed.
+  void clear();
 
  private:
   std::vector<std::int64_t> key(const PlanRequest& request) const;

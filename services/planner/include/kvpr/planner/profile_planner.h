@@ -3,8 +3,13 @@
 // for the batch's context lengths. Plans are cached by shape bucket — the batch size and each
 // context length rounded up to `bucket` tokens — so a worker re-plans only when its contexts grow
 // past a bucket, and the planner stays off the per-step critical path.
+//
+// Thread-safe: plan, decide and predict may run on any threads while update_profile swaps in a
+// corrected profile (drift_monitor.h); each call works on one profile from start to end.
 #pragma once
 
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "kvpr/planner/plan_cache.h"
@@ -42,12 +47,23 @@ class ProfilePlanner final : public Planner {
   StepPrediction predict(const std::vector<std::int64_t>& s, const std::vector<std::int64_t>& l,
                          std::int64_t chunk, bool resident) const;
 
-  const HardwareProfile& profile() const { return profile_; }
+  // Plans from now on use `profile` (same h and h_kv, else Error failed); cached plans are
+  // dropped, so the next step of every bucket is planned again.
+  void update_profile(HardwareProfile profile);
+
+  HardwareProfile profile() const { return *current(); }
   const StepShape& model() const { return model_; }
   std::int64_t plans_computed() const { return cache_.misses(); }
 
  private:
-  HardwareProfile profile_;
+  std::shared_ptr<const HardwareProfile> current() const;
+  Decision decide(const HardwareProfile& profile, const std::vector<std::int64_t>& s) const;
+  StepPrediction predict(const HardwareProfile& profile, const std::vector<std::int64_t>& s,
+                         const std::vector<std::int64_t>& l, std::int64_t chunk,
+                         bool resident) const;
+
+  mutable std::mutex mutex_;  // guards profile_ (the pointer; the profile itself is immutable)
+  std::shared_ptr<const HardwareProfile> profile_;
   StepShape model_;
   PlanCache cache_;  // policy kvpr with the split left to the planner
 };

@@ -62,6 +62,7 @@ struct StepStats {
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
   planner::Plan plan;
+  std::vector<std::int64_t> s;   // each sequence's context length before the step
   std::vector<TraceSpan> trace;  // when EngineOptions::trace
 };
 

@@ -44,6 +44,7 @@ namespace kvpr::worker {
 
 struct WorkerMetrics;
 class TraceWriter;
+class ProfileCorrector;
 
 struct WorkerServiceOptions {
   std::string endpoint = "tcp://127.0.0.1:0";
@@ -55,6 +56,9 @@ struct WorkerServiceOptions {
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
   double link_bytes_per_s = 0;    // the host->device rate plans assume (0: the backend's nominal)
   std::string trace_path;         // write every decode step's queue spans here (Chrome trace)
+  // Sees every decode step and refits a drifting profile (profile_drift.h); borrowed, outlives
+  // the service; null: plans without a profile, nothing to correct.
+  ProfileCorrector* corrector = nullptr;
 };
 
 class WorkerService {
