@@ -11,6 +11,13 @@
 // fetch of layer i + 2 goes into the slot layer i has just released. The step ends with the LM
 // head and a drain of the copy queue (the write-backs have landed in host memory).
 //
+// Three-way split: when some sequence has m < s, tokens [m, s) are attended on the host from the
+// store (issue 14) and only [l, m) is fetched. After the projection the copy queue downloads the
+// query rows, host threads attend over [m, s) while the device recomputes, awaits its K,V and
+// attends over [0, m) and the new token (keeping its softmax statistics); then the host's partials
+// are uploaded on the copy queue and merged into the attention output (log-sum-exp) before the
+// slot is released. With m = s for every sequence (the default) none of these ops appear.
+//
 // The schedule is a pure function of the batch layout; it owns no memory and calls `visit` with
 // one DecodeOp at a time, in enqueue order.
 #pragma once
@@ -45,6 +52,10 @@ enum class OpKind : std::uint8_t {
   finish_layer,  // compute: output projection and FFN
   head,          // compute: final norm and LM head
   drain,         // host: wait until the copy queue has passed every write-back
+  download_query,   // copy, after compute's projection: the query rows → host
+  host_attend,      // host: partial attention over [m, s) of every sequence, after the download
+  upload_partials,  // copy, after the host's partials: → device
+  merge,            // compute, after the upload: log-sum-exp merge into the attention output
 };
 
 struct DecodeOp {
@@ -70,6 +81,9 @@ struct ScheduleShape {
   std::vector<std::int64_t> l;    // split of each sequence (clamped to [0, s])
   std::int64_t chunk = kChunkTokens;
   bool resident = false;  // K,V stay on the device: nothing is fetched
+  // Host attention from m of each sequence on (clamped to [l, s]); empty: m = s, nothing on the
+  // host. Ignored when resident.
+  std::vector<std::int64_t> m = {};
 };
 
 class DecodeSchedule {
@@ -88,6 +102,8 @@ class DecodeSchedule {
   const ScheduleShape& shape() const { return shape_; }
   std::int64_t b() const { return static_cast<std::int64_t>(shape_.s.size()); }
   std::int64_t l(std::size_t i) const { return l_[i]; }
+  std::int64_t m(std::size_t i) const { return m_[i]; }
+  std::int64_t host_total() const { return host_total_; }  // K,V rows attended on the host
   // Slot rows: activations of sequence i start at act_row(i), its fetched K,V at kv_row(i).
   std::int64_t act_row(std::size_t i) const { return act_row_[i]; }
   std::int64_t kv_row(std::size_t i) const { return kv_row_[i]; }
@@ -102,12 +118,14 @@ class DecodeSchedule {
 
   ScheduleShape shape_;
   std::vector<std::int64_t> l_;
+  std::vector<std::int64_t> m_;
   std::vector<std::int64_t> act_row_;
   std::vector<std::int64_t> kv_row_;
   std::vector<std::int32_t> act_positions_;
   std::vector<std::int64_t> chunk_ends_;  // rows landed at each chunk mark of a slot
   std::int64_t l_total_ = 0;
   std::int64_t kv_total_ = 0;
+  std::int64_t host_total_ = 0;
 };
 
 }  // namespace kvpr::planner
