@@ -187,13 +187,13 @@ void DecodeSchedule::run(const Visit& visit) const {
       simple(OpKind::await_kv, layer, slot);
     }
     simple(OpKind::attend, layer, slot);
-    if (host) {
-      simple(OpKind::upload_partials, layer);
-      simple(OpKind::merge, layer);
-    }
     if (!shape_.resident) {
       simple(OpKind::release_slot, layer, slot);
       if (layer + kPrefetchLayers < n_layers) fetch(layer + kPrefetchLayers, slot, true, visit);
+    }
+    if (host) {
+      simple(OpKind::upload_partials, layer);
+      simple(OpKind::merge, layer);
     }
     simple(OpKind::finish_layer, layer);
   }

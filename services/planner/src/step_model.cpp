@@ -107,10 +107,9 @@ class Replay {
       case OpKind::drain:
         wait_for(copy_);
         break;
-      case OpKind::download_query:
-        copy_ = std::max(copy_, compute_);  // the fence: after the projection
-        copy(op, d2h(query_bytes_));
-        query_landed_ = copy_;
+      case OpKind::download_query:  // on the compute queue (decode_schedule.h)
+        busy(op, out_.other_s, d2h(query_bytes_));
+        query_landed_ = compute_;
         break;
       case OpKind::host_attend: {
         const double begin = std::max(host_, query_landed_);
@@ -120,12 +119,10 @@ class Replay {
         break;
       }
       case OpKind::upload_partials:
-        copy_ = std::max(copy_, host_);
-        copy(op, h2d(partial_bytes_));
-        partials_landed_ = copy_;
+        wait_for(host_);
+        busy(op, out_.other_s, h2d(partial_bytes_));
         break;
       case OpKind::merge:
-        wait_for(partials_landed_);
         busy(op, out_.attention_s, 0);
         break;
     }
@@ -176,7 +173,6 @@ class Replay {
   double partial_bytes_ = 0;
   double host_ = 0;  // when the host threads finish what they were given
   double query_landed_ = 0;
-  double partials_landed_ = 0;
   std::array<Slot, kStagingSlots> slots_{};
   double copy_ = 0;     // when the copy queue finishes what was enqueued so far
   double compute_ = 0;  // when the compute queue finishes what was enqueued so far

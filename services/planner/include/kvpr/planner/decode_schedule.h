@@ -12,11 +12,14 @@
 // head and a drain of the copy queue (the write-backs have landed in host memory).
 //
 // Three-way split: when some sequence has m < s, tokens [m, s) are attended on the host from the
-// store (issue 14) and only [l, m) is fetched. After the projection the copy queue downloads the
-// query rows, host threads attend over [m, s) while the device recomputes, awaits its K,V and
-// attends over [0, m) and the new token (keeping its softmax statistics); then the host's partials
-// are uploaded on the copy queue and merged into the attention output (log-sum-exp) before the
-// slot is released. With m = s for every sequence (the default) none of these ops appear.
+// store (issue 14) and only [l, m) is fetched. Right after the projection the query rows go to the
+// host, host threads attend over [m, s) while the device recomputes, awaits its K,V and attends
+// over [0, m) and the new token (keeping its softmax statistics) and the copy queue fetches the
+// next layers; after the slot's release (and the refill it allows) the host's partials come up and
+// merge into the attention output (log-sum-exp). The query and the partials (b·h and
+// b·n_heads·(d + 2) floats) travel on the compute queue: on the one in-order copy queue they would
+// wait behind the K,V fetches and serialise the host with the link. With m = s for every sequence
+// (the default) none of these ops appear.
 //
 // The schedule is a pure function of the batch layout; it owns no memory and calls `visit` with
 // one DecodeOp at a time, in enqueue order.
@@ -52,10 +55,10 @@ enum class OpKind : std::uint8_t {
   finish_layer,  // compute: output projection and FFN
   head,          // compute: final norm and LM head
   drain,         // host: wait until the copy queue has passed every write-back
-  download_query,   // copy, after compute's projection: the query rows → host
+  download_query,   // compute, after the projection: the query rows → host
   host_attend,      // host: partial attention over [m, s) of every sequence, after the download
-  upload_partials,  // copy, after the host's partials: → device
-  merge,            // compute, after the upload: log-sum-exp merge into the attention output
+  upload_partials,  // compute, after the host's partials: → device
+  merge,            // compute: log-sum-exp merge of the partials into the attention output
 };
 
 struct DecodeOp {

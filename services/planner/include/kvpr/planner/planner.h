@@ -46,6 +46,7 @@ struct Plan {
   std::int64_t chunk = 0;            // activation rows recomputed per pipeline chunk
   bool paper_schedule = false;       // one chunk: all activations land before any recompute
   double ratio = 0;                  // l_i ≈ ratio · s_i
+  double host_ratio = 0;             // s_i − m_i ≈ host_ratio · s_i (ProfilePlanner's choice)
   double predicted_step_s =
       0;  // CostModelPlanner: link and recompute only; ProfilePlanner: whole step
   std::string reason;

@@ -1,5 +1,6 @@
-// The scheduler: from a measured HardwareProfile and the model's shape, the policy, split and chunk
-// size that minimise the predicted decode step (kvpr::predict_step replays the engine's schedule),
+// The scheduler: from a measured HardwareProfile and the model's shape, the policy, split, host
+// split (three-way: tokens [m, s) attended on the host) and chunk size that minimise the predicted
+// decode step (kvpr::predict_step replays the engine's schedule),
 // for the batch's context lengths. Plans are cached by shape bucket — the batch size and each
 // context length rounded up to `bucket` tokens — so a worker re-plans only when its contexts grow
 // past a bucket, and the planner stays off the per-step critical path.
@@ -28,6 +29,7 @@ struct Decision {
   StepPrediction recompute;       // l = s
   double lower_bound_s = 0;       // DESIGN.md §1 LB over all layers, from the profile's rates
   std::vector<CurvePoint> curve;  // T(l) at the best chunk, ratios 0..1
+  StepPrediction two_way;         // the best (l, chunk) with nothing on the host
 };
 
 class ProfilePlanner final : public Planner {
@@ -39,14 +41,20 @@ class ProfilePlanner final : public Planner {
   // The full decision for a batch, with the predicted T(l) curve; not cached.
   Decision decide(const std::vector<std::int64_t>& s) const;
   // Predicted step for a given policy and split (for benchmarks that sweep l).
+  // `m`: host attention from m_i on (empty: none).
   StepPrediction predict(const std::vector<std::int64_t>& s, const std::vector<std::int64_t>& l,
-                         std::int64_t chunk, bool resident) const;
+                         std::int64_t chunk, bool resident,
+                         const std::vector<std::int64_t>& m = {}) const;
 
   const HardwareProfile& profile() const { return profile_; }
   const StepShape& model() const { return model_; }
   std::int64_t plans_computed() const { return cache_.misses(); }
 
  private:
+  // The third resource: moves the oldest tokens to the host when that shortens the predicted step
+  // (profile with host attention measured), and says why or why not in the plan's reason.
+  void add_host_split(const std::vector<std::int64_t>& s, Decision& d) const;
+
   HardwareProfile profile_;
   StepShape model_;
   PlanCache cache_;  // policy kvpr with the split left to the planner
