@@ -40,6 +40,7 @@ StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
 
 Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
   Decision d;
+  d.s = s;
   const std::vector<std::int64_t> zeros(s.size(), 0);
   d.transfer = predict(s, zeros, kChunkTokens, false);
   d.recompute = predict(s, s, kChunkTokens, false);

@@ -23,6 +23,7 @@ struct CurvePoint {
 };
 
 struct Decision {
+  std::vector<std::int64_t> s;  // the contexts decided for
   Plan plan;
   StepPrediction predicted;
   StepPrediction transfer;        // l = 0, for comparison

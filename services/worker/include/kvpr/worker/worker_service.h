@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <zmq.hpp>
@@ -55,6 +56,10 @@ struct WorkerServiceOptions {
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
   double link_bytes_per_s = 0;    // the host->device rate plans assume (0: the backend's nominal)
   std::string trace_path;         // write every decode step's queue spans here (Chrome trace)
+  // The three-way split (EngineOptions): a fixed host split for every request and the host
+  // attention pool's threads; set in-process (the wire does not carry them).
+  std::optional<std::int64_t> host_split = std::nullopt;
+  int host_threads = 1;
 };
 
 class WorkerService {
