@@ -25,6 +25,20 @@ void for_each_row(std::span<const kvstore::HostSpan> spans, std::size_t row_byte
   }
 }
 
+// Dot product with 8 independent fp32 partial sums, so that -O2 vectorises it without
+// -ffast-math (the reassociation is ours, as in the CPU backend's attention).
+float dot(const float* __restrict a, const float* __restrict b, std::size_t n) {
+  constexpr std::size_t kLanes = 8;
+  float acc[kLanes] = {};
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (std::size_t j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
 }  // namespace
 
 void host_attention_partial(const HostAttnSeq& seq, DType dtype, const kernels::AttnShape& shape,
@@ -84,9 +98,7 @@ void host_attention_partial(const HostAttnSeq& seq, DType dtype, const kernels::
     convert(row + head_offset, dtype, k, DType::f32, ud);
     for (std::size_t g = 0; g < ug; ++g) {
       const float* q = seq.q + (static_cast<std::size_t>(kv_head) * ug + g) * ud;
-      float dot = 0.0f;
-      for (std::size_t i = 0; i < ud; ++i) dot += q[i] * k[i];
-      scores[g * kBlock + static_cast<std::size_t>(n)] = shape.scale * dot;
+      scores[g * kBlock + static_cast<std::size_t>(n)] = shape.scale * dot(q, k, ud);
     }
     if (++n == kBlock) flush();
   });
