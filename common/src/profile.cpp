@@ -59,7 +59,9 @@ std::string HardwareProfile::to_json() const {
       {"attention_s_per_token", attention_s_per_token},
       {"attention_s_per_query", attention_s_per_query},
       {"other_s_per_layer", other_s_per_layer},
-      {"other_s_per_row", other_s_per_row}};
+      {"other_s_per_row", other_s_per_row},
+      {"host_attn_bytes_per_s", host_attn_bytes_per_s},
+      {"host_threads", host_threads}};
   return j.dump(1);
 }
 
@@ -87,6 +89,8 @@ HardwareProfile HardwareProfile::from_json(const std::string& text, const std::s
     p.vocab = j.value("vocab", std::int64_t{0});
     p.head_s = j.value("head_s", 0.0);
     p.head_s_per_row = j.value("head_s_per_row", 0.0);
+    p.host_attn_bytes_per_s = j.value("host_attn_bytes_per_s", 0.0);
+    p.host_threads = j.value("host_threads", std::int64_t{0});
   } catch (const nlohmann::json::exception& e) {
     fail(origin, ": not a kvpr profile: ", e.what());
   }

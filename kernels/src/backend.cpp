@@ -64,9 +64,14 @@ void Backend::embedding(Tensor table, std::span<const std::int32_t> ids, Tensor 
 }
 
 void Backend::attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                        Tensor out) {
-  check_attention(q, segments, shape, out, compute_dtype());
-  do_attention(q, segments, shape, out);
+                        Tensor out, const Tensor* stats) {
+  check_attention(q, segments, shape, out, compute_dtype(), stats);
+  do_attention(q, segments, shape, out, stats);
+}
+
+void Backend::attention_merge(Tensor out, Tensor stats, Tensor partials, const AttnShape& shape) {
+  check_attention_merge(out, stats, partials, shape, compute_dtype());
+  do_attention_merge(out, stats, partials, shape);
 }
 
 std::vector<std::int32_t> Backend::argmax(Tensor x) {

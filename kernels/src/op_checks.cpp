@@ -173,21 +173,43 @@ void check_embedding(const Tensor& table, std::span<const std::int32_t> ids, con
   }
 }
 
+namespace {
+
+void check_attn_shape(std::string_view op, const AttnShape& shape) {
+  if (shape.n_heads <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
+      shape.n_heads % shape.n_kv_heads != 0) {
+    fail(op, ": n_heads ", shape.n_heads, ", n_kv_heads ", shape.n_kv_heads, ", head_dim ",
+         shape.head_dim, " is not a valid grouped-query shape");
+  }
+}
+
+void check_attn_stats(std::string_view op, const Tensor& stats, std::int64_t rows,
+                      const AttnShape& shape) {
+  check_dtype(op, "stats", stats, DType::f32);
+  if (stats.rows != rows || stats.cols != 2 * shape.n_heads) {
+    fail(op, ": stats ", describe(stats), " is not [", rows, ", 2 × n_heads ", shape.n_heads, "]");
+  }
+}
+
+}  // namespace
+
 void check_attention(const Tensor& q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                     const Tensor& out, DType dtype) {
+                     const Tensor& out, DType dtype, const Tensor* stats) {
   constexpr std::string_view kOp = "attention";
   check_dtype(kOp, "q", q, dtype);
   check_dtype(kOp, "out", out, dtype);
-  if (shape.n_heads <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
-      shape.n_heads % shape.n_kv_heads != 0) {
-    fail(kOp, ": n_heads ", shape.n_heads, ", n_kv_heads ", shape.n_kv_heads, ", head_dim ",
-         shape.head_dim, " is not a valid grouped-query shape");
-  }
+  check_attn_shape(kOp, shape);
   if (q.cols != shape.n_heads * shape.head_dim) {
     fail(kOp, ": q ", describe(q), " is not [rows, n_heads ", shape.n_heads, " × head_dim ",
          shape.head_dim, "]");
   }
   check_same_shape(kOp, "q", q, "out", out);
+  if (stats) {
+    check_attn_stats(kOp, *stats, q.rows, shape);
+    if (overlaps(*stats, q) || overlaps(*stats, out)) {
+      fail(kOp, ": stats ", describe(*stats), " overlaps q or out");
+    }
+  }
   const std::int64_t n_queries = q.rows;
   const std::int64_t h_kv = shape.n_kv_heads * shape.head_dim;
   std::vector<bool> has_keys(static_cast<std::size_t>(n_queries), false);
@@ -206,6 +228,26 @@ void check_attention(const Tensor& q, std::span<const AttnSegment> segments, con
   }
   for (std::size_t r = 0; r < has_keys.size(); ++r) {
     if (!has_keys[r]) fail(kOp, ": query row ", r, " has no keys (no non-empty segment)");
+  }
+}
+
+void check_attention_merge(const Tensor& out, const Tensor& stats, const Tensor& partials,
+                           const AttnShape& shape, DType dtype) {
+  constexpr std::string_view kOp = "attention_merge";
+  check_dtype(kOp, "out", out, dtype);
+  check_attn_shape(kOp, shape);
+  if (out.cols != shape.n_heads * shape.head_dim) {
+    fail(kOp, ": out ", describe(out), " is not [rows, n_heads ", shape.n_heads, " × head_dim ",
+         shape.head_dim, "]");
+  }
+  check_attn_stats(kOp, stats, out.rows, shape);
+  check_dtype(kOp, "partials", partials, DType::f32);
+  if (partials.rows != out.rows || partials.cols != shape.n_heads * (shape.head_dim + 2)) {
+    fail(kOp, ": partials ", describe(partials), " is not [", out.rows, ", n_heads ", shape.n_heads,
+         " × (head_dim ", shape.head_dim, " + 2)]");
+  }
+  if (overlaps(out, stats) || overlaps(out, partials) || overlaps(stats, partials)) {
+    fail(kOp, ": out, stats and partials must not overlap");
   }
 }
 

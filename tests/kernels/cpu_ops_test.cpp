@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <tuple>
 
@@ -382,6 +383,80 @@ TEST_F(CpuAttention, DecodeShapeSmall) {
     layout.push_back({b, 1});
   }
   check({8, 8, 64, 0.125f}, 4, layout);
+}
+
+// The split-K path of the three-way split: attention over the first part of each row's tokens
+// with stats, a partial (max, sum, output) over the rest, attention_merge: the attention over all
+// of them, by the reference. Also: stats are each head's max score and sum of exponentials, and
+// an empty partial (sum 0) leaves the output as it is.
+TEST_F(CpuAttention, StatsAndMergeEqualAttentionOverTheUnion) {
+  const AttnShape shape{8, 2, 16, 0.25f};
+  const std::int64_t b = 3, d = shape.head_dim, h_q = shape.n_heads * d,
+                     h_kv = shape.n_kv_heads * d;
+  const Vec q = random(std::size_t(b * h_q), -3, 3);
+  std::vector<HostSegment> all, first, rest;
+  std::vector<AttnSegment> dev_first, dev_rest;
+  for (std::int64_t r = 0; r < b; ++r) {
+    const std::int64_t n_a = 5 + 7 * r, n_b = r == 1 ? 0 : 30 - 4 * r;
+    for (auto [n, host, dev] : {std::tuple{n_a, &first, &dev_first}, {n_b, &rest, &dev_rest}}) {
+      if (n == 0) continue;
+      host->push_back({r, n, random(std::size_t(n * h_kv)), random(std::size_t(n * h_kv))});
+      all.push_back(host->back());
+      dev->push_back({r, upload(host->back().k, n, h_kv), upload(host->back().v, n, h_kv)});
+    }
+  }
+  const Tensor tq = upload(q, b, h_q), out = make(b, h_q), stats = make(b, 2 * shape.n_heads);
+  backend_->attention(tq, dev_first, shape, out, &stats);
+  // The partial over the rest, as the host would send it; row 1 has none (sum 0).
+  Vec partials(std::size_t(b * shape.n_heads * (d + 2)), 0.0f);
+  {
+    std::vector<AttnSegment> with_rows = dev_rest;
+    const Tensor z = make(1, h_kv);  // a zero key for the row without tokens, ignored below
+    backend_->copy_to_device(Queue::compute, z, Vec(std::size_t(h_kv), 0.0f).data(), DType::f32);
+    with_rows.push_back({1, z, z});
+    const Tensor o = make(b, h_q), st = make(b, 2 * shape.n_heads);
+    backend_->attention(tq, with_rows, shape, o, &st);
+    const Vec ov = download(o), sv = download(st);
+    for (std::int64_t r = 0; r < b; ++r) {
+      for (std::int64_t h = 0; h < shape.n_heads; ++h) {
+        float* p = &partials[std::size_t((r * shape.n_heads + h) * (d + 2))];
+        if (r == 1) {
+          p[0] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        p[0] = sv[std::size_t(r * 2 * shape.n_heads + 2 * h)];
+        p[1] = sv[std::size_t(r * 2 * shape.n_heads + 2 * h + 1)];
+        for (std::int64_t i = 0; i < d; ++i) p[2 + i] = ov[std::size_t(r * h_q + h * d + i)];
+      }
+    }
+  }
+  // Stats of the first part, against the reference's definition.
+  const Vec sv = download(stats);
+  for (std::int64_t h = 0; h < shape.n_heads; ++h) {
+    double max = -1e300, sum = 0;
+    std::vector<double> scores;
+    for (std::int64_t t = 0; t < first[0].n; ++t) {
+      double dot = 0;
+      for (std::int64_t i = 0; i < d; ++i)
+        dot +=
+            double(q[std::size_t(h * d + i)]) * first[0].k[std::size_t(t * h_kv + h / 4 * d + i)];
+      scores.push_back(shape.scale * dot);
+      max = std::max(max, scores.back());
+    }
+    for (double x : scores) sum += std::exp(x - max);
+    EXPECT_NEAR(sv[std::size_t(2 * h)], max, 1e-5);
+    EXPECT_NEAR(sv[std::size_t(2 * h + 1)], sum, 1e-5 * sum);
+  }
+  const Tensor tp = upload(partials, b, shape.n_heads * (d + 2));
+  backend_->attention_merge(out, stats, tp, shape);
+  expect_close(download(out), attention_reference(q, b, all, shape), 1e-5, 2e-6);
+
+  expect_error([&] { backend_->attention_merge(out, stats, make(b, h_q), shape); },
+               {"attention_merge", "partials"});
+  expect_error([&] { backend_->attention_merge(out, make(b, 3), tp, shape); },
+               {"attention_merge", "stats"});
+  expect_error([&] { backend_->attention(tq, dev_first, shape, out, &out); },
+               {"attention", "stats"});
 }
 
 TEST_F(CpuAttention, RejectsBadArguments) {

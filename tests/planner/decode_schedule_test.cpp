@@ -117,6 +117,50 @@ TEST(DecodeSchedule, LayerKvIsOneFillOfSlotZero) {
   EXPECT_THROW(schedule.run_layer_kv(3, [](const DecodeOp&) {}), Error);
 }
 
+TEST(DecodeSchedule, ThreeWaySplitFetchesOnlyUpToMAndAttendsTheRestOnTheHost) {
+  // s = 40: l = 8, m = 24 → [8, 24) fetched, [24, 40) on the host; s = 10: m = 5 clamped to l = 6.
+  const DecodeSchedule schedule({2, 16, {40, 10}, {8, 6}, 64, false, {24, 5}});
+  EXPECT_EQ(schedule.m(0), 24);
+  EXPECT_EQ(schedule.m(1), 6);
+  EXPECT_EQ(schedule.kv_total(), 16);
+  EXPECT_EQ(schedule.host_total(), 16 + 4);
+  std::int64_t kv_rows = 0;
+  std::vector<std::string> layer1;
+  for (const auto& op : ops_of(schedule)) {
+    if (op.kind == OpKind::fetch && op.part == Part::k && op.layer == 1) {
+      EXPECT_GE(op.t0, 8);
+      EXPECT_LE(op.t0 + op.n, 24);
+      kv_rows += op.n;
+    }
+    if (op.layer == 1 && op.kind != OpKind::fetch && op.kind != OpKind::chunk_landed &&
+        op.kind != OpKind::kv_landed)
+      layer1.push_back(to_string(op.kind));
+  }
+  EXPECT_EQ(kv_rows, 16);
+  // The query goes down after the projection; the host works while the device recomputes and
+  // attends; its partials come up and merge after the slot's release.
+  const std::vector<std::string> want = {
+      "project", "download_query", "write_back",      "host_attend", "recompute",   "await_kv",
+      "attend",  "release_slot",   "upload_partials", "merge",       "finish_layer"};
+  EXPECT_EQ(layer1, want);
+
+  // m = s everywhere (or no m): today's schedule, no host ops; m = 0 clamps to l.
+  for (const auto& m : {std::vector<std::int64_t>{}, std::vector<std::int64_t>{40}}) {
+    const DecodeSchedule two_way({2, 16, {40}, {8}, 64, false, m});
+    EXPECT_EQ(two_way.host_total(), 0);
+    for (const auto& op : ops_of(two_way)) {
+      EXPECT_NE(op.kind, OpKind::host_attend);
+      EXPECT_NE(op.kind, OpKind::merge);
+    }
+  }
+  const DecodeSchedule all_host({2, 16, {40}, {0}, 64, false, {0}});
+  EXPECT_EQ(all_host.kv_total(), 0);
+  EXPECT_EQ(all_host.host_total(), 40);
+  const DecodeSchedule resident({2, 16, {40}, {0}, 64, true, {0}});
+  EXPECT_EQ(resident.host_total(), 0);
+  EXPECT_THROW(DecodeSchedule({1, 16, {4, 5}, {0, 0}, 64, false, {1}}), Error);
+}
+
 TEST(DecodeSchedule, RejectsInconsistentShapes) {
   EXPECT_THROW(DecodeSchedule({0, 16, {1}, {0}, 64, false}), Error);
   EXPECT_THROW(DecodeSchedule({1, 0, {1}, {0}, 64, false}), Error);

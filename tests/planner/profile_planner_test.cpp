@@ -131,6 +131,87 @@ TEST(ProfilePlanner, PlansAreCachedByBucketAndScaledToTheContext) {
   EXPECT_EQ(planner.plans_computed(), 2);
 }
 
+// The three-way split on synthetic profiles (issue 14).
+HardwareProfile with_host(HardwareProfile p, double bytes_per_s_per_thread, std::int64_t threads) {
+  p.host_attn_bytes_per_s = bytes_per_s_per_thread;
+  p.host_threads = threads;
+  return p;
+}
+
+TEST(StepModel, HostAttentionTakesItsBytesAtTheHostRateBesideTheLink) {
+  const HardwareProfile p = with_host(synthetic(16e9, 300e12, 4096, 1024), 8e9, 2);
+  StepShape shape = model(4096, 1024);
+  shape.s = {1000, 600};
+  shape.l = {0, 0};
+  shape.m = {600, 600};  // 400 + 0 rows on the host
+  int host_spans = 0;
+  const auto t = predict_step(p, shape, [&](const PredictedSpan& span) {
+    if (span.kind == OpKind::host_attend) {
+      EXPECT_TRUE(span.host);
+      EXPECT_NEAR(span.end_s - span.begin_s, 400.0 * 2 * 1024 * 2 / 16e9, 1e-12);
+      ++host_spans;
+    }
+  });
+  EXPECT_EQ(host_spans, 4);  // one per layer
+  EXPECT_NEAR(t.host_attention_s, 4 * 400.0 * 2 * 1024 * 2 / 16e9, 1e-12);
+  shape.m = {};
+  const auto two_way = predict_step(p, shape);
+  EXPECT_EQ(two_way.host_attention_s, 0);
+  EXPECT_LT(t.transfer_s, two_way.transfer_s);  // 400 rows fewer on the link per layer
+}
+
+TEST(ProfilePlanner, SlowLinkAndFastHostMovesGroupedQueryTokensToTheHost) {
+  // LLaMA-3-like heads (h_kv = h/4): recompute never pays; the host scans 4× the link's rate.
+  ProfilePlanner planner(with_host(synthetic(16e9, 300e12, 4096, 1024), 16e9, 4),
+                         model(4096, 1024));
+  const auto d = planner.decide({4096, 2048});
+  EXPECT_EQ(d.plan.l, (std::vector<std::int64_t>{0, 0}));
+  ASSERT_EQ(d.plan.m.size(), 2u);
+  EXPECT_LT(d.plan.m[0], 4096 / 2);  // most of the context goes to the host
+  EXPECT_GT(d.plan.host_ratio, 0.5);
+  EXPECT_LT(d.predicted.total_s, 0.7 * d.transfer.total_s);
+  EXPECT_NE(d.plan.reason.find("attended on the host"), std::string::npos) << d.plan.reason;
+  // The choice is within the grid's reach of the best point of a sweep of m.
+  double best = 1e300;
+  for (int k = 0; k <= 256; ++k) {
+    const auto m = host_splits_for_ratio(std::vector<std::int64_t>{4096, 2048}, d.plan.l,
+                                         static_cast<double>(k) / 256);
+    best = std::min(best, planner.predict({4096, 2048}, d.plan.l, d.plan.chunk, false, m).total_s);
+  }
+  EXPECT_LE(d.predicted.total_s, 1.01 * best);
+  // The planner's plan() carries m scaled to the request's contexts.
+  PlanRequest r;
+  r.policy = Policy::kvpr;
+  r.s = {3000};
+  const auto plan = planner.plan(r);
+  ASSERT_EQ(plan.m.size(), 1u);
+  EXPECT_EQ(plan.m[0], 3000 - std::llround(plan.host_ratio * 3000));
+}
+
+TEST(ProfilePlanner, WeakHostKeepsTokensOnTheLink) {
+  // One thread at 1 GB/s beside a 16 GB/s link: at most its small share goes to the host.
+  ProfilePlanner planner(with_host(synthetic(16e9, 300e12, 4096, 1024), 1e9, 1), model(4096, 1024));
+  const auto d = planner.decide({4096});
+  EXPECT_LT(d.plan.host_ratio, 0.1);
+  if (!d.plan.m.empty()) {
+    EXPECT_GT(d.plan.m[0], 0.9 * 4096);
+  }
+  EXPECT_GE(d.predicted.total_s, 0.9 * d.transfer.total_s);
+  // And no host measured at all: two-way, saying so.
+  ProfilePlanner unmeasured(synthetic(16e9, 300e12, 4096, 1024), model(4096, 1024));
+  const auto u = unmeasured.decide({4096});
+  EXPECT_TRUE(u.plan.m.empty());
+  EXPECT_NE(u.plan.reason.find("not measured"), std::string::npos) << u.plan.reason;
+}
+
+TEST(ProfilePlanner, MultiHeadAtLinkBoundRatiosStillRecomputes) {
+  ProfilePlanner planner(with_host(synthetic(16e9, 300e12), 16e9, 4), model());
+  const auto d = planner.decide({4096});
+  EXPECT_NE(d.plan.policy, Policy::transfer);
+  EXPECT_GT(d.plan.ratio, 0.3);
+  EXPECT_LE(d.predicted.total_s, d.two_way.total_s);
+}
+
 TEST(ProfilePlanner, RejectsAProfileOfAnotherShape) {
   EXPECT_THROW(ProfilePlanner(synthetic(1e9, 1e12, 64, 64), model()), std::exception);
 }

@@ -43,6 +43,30 @@ for p in sys.argv[2:]:
 ' "$work/resident.npy" "$work/transfer.npy" "$work/recompute.npy" "$work/kvpr.npy"
 echo "ok   logits of every policy within 1e-5 of resident"
 
+# The three-way split: recompute [0, 4), fetch [4, 9), attend [9, s) on the host; and all on the host.
+for split in 4:9 0:0; do
+  "$kvpr" run --model "$golden/models/opt-2l-h64" --prompt-tokens "$prompt" --max-new-tokens 24 \
+    --split "$split" --host-threads 2 --json --quiet --logits-out "$work/three-$split.npy" \
+    > "$work/three-$split.json"
+  check '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert str(r["tokens"]) == sys.argv[2], (r["tokens"], sys.argv[2])
+assert r["host_split"] == [int(sys.argv[3])], r["host_split"]
+' "$work/three-$split.json" "$expected" "${split#*:}"
+done
+check '
+import struct, sys
+def rows(p):
+    b = open(p, "rb").read()[128:]
+    return struct.unpack("<%df" % (len(b) // 4), b)
+base = rows(sys.argv[1])
+for p in sys.argv[2:]:
+    d = max(abs(a - b) for a, b in zip(base, rows(p)))
+    assert d <= 1e-5, (p, d)
+' "$work/resident.npy" "$work/three-4:9.npy" "$work/three-0:0.npy"
+echo "ok   --split L:M: reference tokens, logits within 1e-5 of resident, host_split reported"
+
 # A batch of three prompts of mixed lengths under kvpr with an emulated link.
 "$kvpr" run --model "$golden/models/llama-2l-h64-mha" --prompt-tokens 1,5,9 --prompt-tokens "$prompt" \
   --prompt-tokens 1,300,301,302,303,304,305,306,307,308,309,310,311,312,313,314,315,316,317,318 \

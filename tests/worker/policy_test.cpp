@@ -222,6 +222,80 @@ TEST_P(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
   std::filesystem::remove_all(root);
 }
 
+// The three-way split (issue 14): recompute [0, l), transfer [l, m), attend on the host [m, s),
+// for splits across the block boundaries and the edges m = s (nothing on the host), m = l
+// (nothing fetched) and m = 0 (everything on the host), on every model, in batches of mixed
+// lengths (each split clamped per sequence).
+TEST_P(PolicyEquivalence, ThreeWaySplitsMatchResident) {
+  constexpr int kSteps = 2;
+  const auto root = std::filesystem::temp_directory_path() /
+                    ("kvpr-threeway-test-" + std::to_string(::getpid()) + "-" + backend().label());
+  std::filesystem::create_directories(root);
+  const std::int64_t s = 33;  // the longest prompt
+  const std::vector<std::pair<std::int64_t, std::int64_t>> splits = {
+      {0, 0}, {0, 17}, {0, s}, {1, 1}, {4, 20}, {s / 2, s / 2}, {s / 2, s - 1}, {s, s}, {0, 5}};
+  for (const auto& mc : model_cases()) {
+    const std::optional<float> tol = mc.tol[column()];
+    if (!tol) continue;
+    SCOPED_TRACE(mc.name);
+    const std::string dir = mc.make(root);
+    std::vector<std::vector<std::int32_t>> feed;
+    Stack base = stack(dir, planner::Policy::resident, std::nullopt);
+    const auto ps = prompts(base.checkpoint.config().vocab);
+    const auto reference = run(base, ps, feed, kSteps);
+    float worst = 0;
+    for (const auto& [l, m] : splits) {
+      SCOPED_TRACE("split " + std::to_string(l) + ":" + std::to_string(m));
+      Stack under_test = stack(dir, planner::Policy::kvpr, l);
+      EngineOptions options{planner::Policy::kvpr, l};
+      options.host_split = m;
+      options.host_threads = 2;
+      under_test.engine = std::make_unique<Engine>(*under_test.model, *under_test.backend,
+                                                   *under_test.store, under_test.planner, options);
+      const auto got = run(under_test, ps, feed, kSteps);
+      for (int step = 0; step < kSteps; ++step) {
+        const auto& a = got[static_cast<std::size_t>(step)];
+        const auto& b = reference[static_cast<std::size_t>(step)];
+        ASSERT_EQ(a.size(), b.size());
+        const float d = max_abs_diff(a.data(), b.data(), a.size());
+        EXPECT_LE(d, *tol) << "step " << step;
+        worst = std::max(worst, d);
+      }
+      const auto& plan = under_test.engine->last_step().plan;
+      ASSERT_EQ(plan.m.size(), ps.size());
+      for (std::size_t i = 0; i < ps.size(); ++i) {
+        EXPECT_GE(plan.m[i], plan.l[i]);
+        EXPECT_LE(plan.m[i], static_cast<std::int64_t>(ps[i].size()) + kSteps - 1);
+      }
+      EXPECT_EQ(under_test.store->stats().used_bytes, 0u);
+    }
+    std::printf("[threeway %s %s] worst |logits - resident| = %.3g (tolerance %.0e)\n",
+                backend().label().c_str(), mc.name.c_str(), worst, *tol);
+  }
+  std::filesystem::remove_all(root);
+}
+
+TEST_P(PolicyEquivalence, StepStatsCountHostRows) {
+  const std::string dir = testing::test_data_dir() + "/golden/models/llama-2l-h64-mha";
+  Stack st = stack(dir, planner::Policy::kvpr, 2);
+  EngineOptions options{planner::Policy::kvpr, 2};
+  options.host_split = 5;
+  st.engine = std::make_unique<Engine>(*st.model, *st.backend, *st.store, st.planner, options);
+  std::vector<float> logits;
+  const std::vector<std::int32_t> a = {1, 5, 9, 14, 20, 3, 7}, b = {1, 8};
+  const SeqHandle seqs[] = {st.engine->prefill(a, logits), st.engine->prefill(b, logits)};
+  const std::int32_t tokens[] = {4, 4};
+  st.engine->decode(seqs, tokens);
+  const auto& step = st.engine->last_step();
+  // s = 7: l 2, m 5 → 2 recomputed, 3 fetched, 2 on the host; s = 2: l 2, m 2 → 2, 0, 0.
+  EXPECT_EQ(step.plan.l, (std::vector<std::int64_t>{2, 2}));
+  EXPECT_EQ(step.plan.m, (std::vector<std::int64_t>{5, 2}));
+  EXPECT_EQ(step.recompute_tokens, 2 * 4);
+  EXPECT_EQ(step.transfer_tokens, 2 * 3);
+  EXPECT_EQ(step.host_tokens, 2 * 2);
+  EXPECT_GT(step.times.host_attention, 0.0);
+}
+
 TEST_P(PolicyEquivalence, StepStatsCountRecomputedAndTransferredRows) {
   const std::string dir = testing::test_data_dir() + "/golden/models/llama-2l-h64-mha";
   Stack st_stack = stack(dir, planner::Policy::kvpr, 4);

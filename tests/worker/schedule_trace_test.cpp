@@ -66,9 +66,11 @@ HardwareProfile any_profile(const ModelConfig& c) {
 
 // One traced decode step of a batch (s = 40 and 23, l = 20 clamped) on a slow emulated link.
 struct TracedStep {
-  TracedStep(planner::Policy policy, std::optional<std::int64_t> split)
+  TracedStep(planner::Policy policy, std::optional<std::int64_t> split,
+             std::optional<std::int64_t> host_split = std::nullopt)
       : stack(four_layer_model(), policy, split, 1ull << 28, {"cpu", 0.02, 0, 1, DType::f32}) {
     EngineOptions options{policy, split, true};
+    options.host_split = host_split;
     engine = std::make_unique<Engine>(*stack.model, *stack.backend, *stack.store, stack.planner,
                                       options);
     std::vector<float> logits;
@@ -100,6 +102,7 @@ std::map<kernels::Queue, std::vector<Label>> model_labels(const HardwareProfile&
   bool fill_started = false;
   planner::predict_step(profile, shape, [&](const planner::PredictedSpan& s) {
     using planner::OpKind;
+    if (s.host) return;  // the host's threads: not a backend queue
     const auto queue = s.copy_queue ? kernels::Queue::copy : kernels::Queue::compute;
     switch (s.kind) {
       case OpKind::fetch:
@@ -132,14 +135,20 @@ const TraceSpan& find(const StepStats& step, const std::string& op, std::int32_t
 }
 
 TEST(ScheduleTrace, EngineTimelineAndStepModelAgreeInStructure) {
-  for (const auto& [policy, split] :
-       std::vector<std::pair<planner::Policy, std::optional<std::int64_t>>>{
-           {planner::Policy::kvpr, 20},
-           {planner::Policy::transfer, std::nullopt},
-           {planner::Policy::recompute, std::nullopt},
-           {planner::Policy::resident, std::nullopt}}) {
-    SCOPED_TRACE(std::string(planner::to_string(policy)));
-    TracedStep run(policy, split);
+  struct Case {
+    planner::Policy policy;
+    std::optional<std::int64_t> split, host_split;
+  };
+  for (const auto& [policy, split, host_split] :
+       std::vector<Case>{{planner::Policy::kvpr, 20, std::nullopt},
+                         {planner::Policy::transfer, std::nullopt, std::nullopt},
+                         {planner::Policy::recompute, std::nullopt, std::nullopt},
+                         {planner::Policy::resident, std::nullopt, std::nullopt},
+                         {planner::Policy::kvpr, 8, 30},    // three-way: [0, 8) [8, 30) [30, s)
+                         {planner::Policy::kvpr, 0, 0}}) {  // everything on the host
+    SCOPED_TRACE(std::string(planner::to_string(policy)) + " host split " +
+                 std::to_string(host_split.value_or(-1)));
+    TracedStep run(policy, split, host_split);
     const StepStats& step = run.engine->last_step();
     const ModelConfig& c = run.engine->config();
     planner::StepShape shape = step_shape(c, run.stack.store->shape().block_tokens);
@@ -147,6 +156,7 @@ TEST(ScheduleTrace, EngineTimelineAndStepModelAgreeInStructure) {
     shape.l = step.plan.l;
     shape.chunk = step.plan.chunk;
     shape.resident = policy == planner::Policy::resident;
+    shape.m = step.plan.m;
     const auto recorded = engine_labels(step);
     const auto predicted = model_labels(any_profile(c), shape);
     EXPECT_EQ(recorded.at(kernels::Queue::compute), predicted.at(kernels::Queue::compute));
@@ -162,6 +172,17 @@ TEST(ScheduleTrace, EngineTimelineAndStepModelAgreeInStructure) {
     if (policy == planner::Policy::resident) continue;
     for (std::int32_t layer = 0; layer < c.n_layers; ++layer) {
       const auto& attend = find(step, "attend", layer);
+      if (host_split) {
+        // The host's part: the query goes down after the projection, the partials come up after
+        // the attention and merge after that, on the compute queue.
+        EXPECT_GE(find(step, "download_query", layer).begin_s + 1e-9,
+                  find(step, "project", layer).end_s);
+        EXPECT_GE(find(step, "upload_partials", layer).begin_s + 1e-9, attend.end_s);
+        EXPECT_GE(find(step, "merge", layer).begin_s + 1e-9,
+                  find(step, "upload_partials", layer).end_s);
+        EXPECT_GT(step.times.host_attention, 0.0);
+        if (*host_split == 0) continue;  // nothing fetched, nothing recomputed
+      }
       EXPECT_GE(attend.begin_s + 1e-9, find(step, "fetch_kv", layer).end_s);
       for (const auto& s : step.trace) {
         if (std::string(s.op) == "recompute" && s.layer == layer) {

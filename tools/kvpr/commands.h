@@ -22,7 +22,8 @@ struct RunOptions {
   std::vector<std::string> prompt_tokens;  // "2,31,45", one per sequence
   std::int64_t max_new_tokens = 16;
   std::string policy = "kvpr";
-  std::string split = "auto";
+  std::string split = "auto";  // L, auto, or L:M / auto:M (host attention from M on)
+  int host_threads = 1;        // threads attending over [M, s) on the host
   BackendFlags backend;
   std::string logits_out;
   bool json = false;

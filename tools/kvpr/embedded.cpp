@@ -34,6 +34,23 @@ std::optional<std::int64_t> parse_split(const std::string& split) {
   return value;
 }
 
+SplitRequest parse_split_request(const std::string& split) {
+  const auto colon = split.find(':');
+  if (colon == std::string::npos) return {parse_split(split), std::nullopt};
+  SplitRequest out;
+  out.l = parse_split(split.substr(0, colon));
+  const std::string m = split.substr(colon + 1);
+  std::int64_t value = -1;
+  const auto* end = m.data() + m.size();
+  const auto [ptr, ec] = std::from_chars(m.data(), end, value);
+  if (m.empty() || ec != std::errc() || ptr != end || value < 0) {
+    fail("--split L:M needs a non-negative host split M, got '", split, "'");
+  }
+  if (out.l && *out.l > value) fail("--split L:M needs L <= M, got '", split, "'");
+  out.m = value;
+  return out;
+}
+
 Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
                    std::optional<std::int64_t> split, std::uint64_t capacity_bytes,
                    bool show_progress, const std::string& planner_kind)

@@ -39,5 +39,12 @@ struct Embedded {
 kernels::BackendOptions backend_options(const BackendFlags& flags);
 // "auto" → nullopt; a non-negative integer → that split; anything else is an Error naming it.
 std::optional<std::int64_t> parse_split(const std::string& split);
+// `--split` of kvpr run: "L" / "auto" as parse_split, or "L:M" / "auto:M" adding the host split M
+// (tokens [M, s) attended on the host); Error naming the value otherwise.
+struct SplitRequest {
+  std::optional<std::int64_t> l;
+  std::optional<std::int64_t> m;
+};
+SplitRequest parse_split_request(const std::string& split);
 
 }  // namespace kvpr::cli

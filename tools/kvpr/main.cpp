@@ -47,7 +47,11 @@ int main(int argc, char** argv) {
   prompt->excludes(tokens);
   run_cmd->add_option("--max-new-tokens", run.max_new_tokens, "Tokens to generate per sequence");
   run_cmd->add_option("--policy", run.policy, "resident, transfer, recompute or kvpr");
-  run_cmd->add_option("--split", run.split, "Tokens recomputed from activations: N or auto");
+  run_cmd->add_option("--split", run.split,
+                      "Tokens recomputed from activations: L or auto; L:M (or auto:M) also "
+                      "attends over tokens [M, s) on the host (three-way split)");
+  run_cmd->add_option("--host-threads", run.host_threads,
+                      "Threads for host attention under --split L:M");
   run_cmd->add_option("--logits-out", run.logits_out,
                       "Write the logits of every generated token (.npy)");
   run_cmd->add_flag("--json", run.json, "Print one JSON object");

@@ -47,9 +47,13 @@ void print_profile(const HardwareProfile& p) {
 }
 
 nlohmann::json phases_json(const planner::StepPrediction& p) {
-  return {{"total_s", p.total_s},         {"transfer_s", p.transfer_s},
-          {"recompute_s", p.recompute_s}, {"attention_s", p.attention_s},
-          {"other_s", p.other_s},         {"idle_s", p.idle_s}};
+  return {{"total_s", p.total_s},
+          {"transfer_s", p.transfer_s},
+          {"recompute_s", p.recompute_s},
+          {"attention_s", p.attention_s},
+          {"other_s", p.other_s},
+          {"idle_s", p.idle_s},
+          {"host_attention_s", p.host_attention_s}};
 }
 
 nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& c) {
@@ -62,6 +66,8 @@ nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& c) {
   return {{"policy", std::string(planner::to_string(plan.policy))},
           {"split", plan.l.empty() ? 0 : plan.l.front()},
           {"splits", plan.l},
+          {"host_split", plan.m.empty() ? d.s : plan.m},
+          {"host_ratio", plan.host_ratio},
           {"ratio", plan.ratio},
           {"chunk", plan.chunk},
           {"schedule", plan.paper_schedule ? "paper" : "pipelined"},

@@ -51,6 +51,7 @@ nlohmann::json report_json(const RunReport& report) {
   out["split"] = r.last_plan.l.empty() ? 0 : r.last_plan.l.front();
   out["split_request"] = report.split_request;
   out["splits"] = r.last_plan.l;
+  if (!report.host_split.empty()) out["host_split"] = report.host_split;
   out["plan_reason"] = r.last_plan.reason;
   out["sequences"] = std::move(sequences);
   out["timings"] = {{"prefill_s", r.prefill_s},
@@ -78,8 +79,11 @@ void print_report(const RunReport& report) {
                   nlohmann::json(report.tokenizer->decode(seq.tokens)).dump().c_str());
     }
   }
-  std::printf("policy %s, split %s -> l = %s\n", report.policy.c_str(),
-              report.split_request.c_str(), nlohmann::json(r.last_plan.l).dump().c_str());
+  std::printf("policy %s, split %s -> l = %s", report.policy.c_str(), report.split_request.c_str(),
+              nlohmann::json(r.last_plan.l).dump().c_str());
+  if (!report.host_split.empty())
+    std::printf(", host from m = %s", nlohmann::json(report.host_split).dump().c_str());
+  std::printf("\n");
   if (!r.last_plan.reason.empty()) std::printf("plan: %s\n", r.last_plan.reason.c_str());
   std::printf("prefill %.3f s; decode %zu steps, %.1f tokens/s\n", r.prefill_s, r.step_s.size(),
               r.decode_tokens_per_s());

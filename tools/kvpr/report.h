@@ -18,6 +18,8 @@ struct RunReport {
   const worker::GenerateRequest& request;
   const worker::GenerateResult& result;
   const Tokenizer* tokenizer;  // may be null: no text then
+  // M per sequence of the last step (m = s: nothing on the host); empty when not known (--connect).
+  std::vector<std::int64_t> host_split = {};
 };
 
 nlohmann::json report_json(const RunReport& report);

@@ -49,7 +49,7 @@ void axpy(float* __restrict acc, float p, const float* __restrict v, std::int64_
 }  // namespace
 
 void attention(const Tensor& q, std::span<const AttnSegment> segments, const AttnShape& shape,
-               const Tensor& out) {
+               const Tensor& out, const Tensor* stats) {
   // The arguments passed check_attention (op_checks.h): every segment names a row of q, every row
   // has keys.
   const std::int64_t n_queries = q.rows;
@@ -88,6 +88,7 @@ void attention(const Tensor& q, std::span<const AttnSegment> segments, const Att
   std::vector<float> q_row(static_cast<std::size_t>(h_q));  // copy: out may alias q
   std::vector<float> scores(static_cast<std::size_t>(n_heads * max_tokens));
   std::vector<double> denominators(static_cast<std::size_t>(n_heads));
+  std::vector<float> maxima(static_cast<std::size_t>(n_heads));
   std::vector<double> acc(static_cast<std::size_t>(h_q));
   std::vector<float> acc_f(static_cast<std::size_t>(h_q));
 
@@ -115,6 +116,7 @@ void attention(const Tensor& q, std::span<const AttnSegment> segments, const Att
     for (std::int64_t h = 0; h < n_heads; ++h) {
       float* row = scores.data() + h * max_tokens;
       const float max = *std::max_element(row, row + n);
+      maxima[static_cast<std::size_t>(h)] = max;
       double sum = 0;
       for (std::int64_t i = 0; i < n; ++i) {
         row[i] = std::exp(row[i] - max);
@@ -150,6 +152,39 @@ void attention(const Tensor& q, std::span<const AttnSegment> segments, const Att
       for (std::int64_t d = 0; d < head_dim; ++d) {
         po[h * head_dim + d] =
             static_cast<float>(acc[static_cast<std::size_t>(h * head_dim + d)] * inv);
+      }
+    }
+    if (stats) {
+      float* ps = static_cast<float*>(stats->data) + r * 2 * n_heads;
+      for (std::int64_t h = 0; h < n_heads; ++h) {
+        ps[2 * h] = maxima[static_cast<std::size_t>(h)];
+        ps[2 * h + 1] = static_cast<float>(denominators[static_cast<std::size_t>(h)]);
+      }
+    }
+  }
+}
+
+void attention_merge(const Tensor& out, const Tensor& stats, const Tensor& partials,
+                     const AttnShape& shape) {
+  // Per (row, head): M = max(m_a, m_b), w = sum · e^{m − M} for each side, out = (w_a·o_a +
+  // w_b·o_b) / (w_a + w_b), in fp32 (double for the weights' ratio). An empty partial (sum 0,
+  // max −inf) has weight 0.
+  const std::int64_t n_heads = shape.n_heads;
+  const std::int64_t head_dim = shape.head_dim;
+  for (std::int64_t r = 0; r < out.rows; ++r) {
+    float* po = static_cast<float*>(out.data) + r * n_heads * head_dim;
+    const float* ps = static_cast<const float*>(stats.data) + r * 2 * n_heads;
+    const float* pp = static_cast<const float*>(partials.data) + r * n_heads * (head_dim + 2);
+    for (std::int64_t h = 0; h < n_heads; ++h) {
+      const float* part = pp + h * (head_dim + 2);
+      if (!(part[1] > 0.0f)) continue;
+      const double m = std::max(ps[2 * h], part[0]);
+      const double w_a = static_cast<double>(ps[2 * h + 1]) * std::exp(ps[2 * h] - m);
+      const double w_b = static_cast<double>(part[1]) * std::exp(part[0] - m);
+      const double inv = 1.0 / (w_a + w_b);
+      float* o = po + h * head_dim;
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        o[d] = static_cast<float>((w_a * o[d] + w_b * part[2 + d]) * inv);
       }
     }
   }

@@ -177,8 +177,12 @@ class CpuBackend final : public Backend {
     cpu::embedding(table, ids, y);
   }
   void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                    Tensor out) override {
-    cpu::attention(q, segments, shape, out);
+                    Tensor out, const Tensor* stats) override {
+    cpu::attention(q, segments, shape, out, stats);
+  }
+  void do_attention_merge(Tensor out, Tensor stats, Tensor partials,
+                          const AttnShape& shape) override {
+    cpu::attention_merge(out, stats, partials, shape);
   }
   std::vector<std::int32_t> do_argmax(Tensor x) override { return cpu::argmax(x); }
 

@@ -26,7 +26,10 @@ void rope(const Tensor& x, std::span<const std::int32_t> positions, std::int64_t
 void embedding(const Tensor& table, std::span<const std::int32_t> ids, const Tensor& y);
 std::vector<std::int32_t> argmax(const Tensor& x);
 // In cpu_attention.cpp.
+// `stats`, when given, receives each (row, head)'s (max score, sum of exp) (backend.h).
 void attention(const Tensor& q, std::span<const AttnSegment> segments, const AttnShape& shape,
-               const Tensor& out);
+               const Tensor& out, const Tensor* stats);
+void attention_merge(const Tensor& out, const Tensor& stats, const Tensor& partials,
+                     const AttnShape& shape);
 
 }  // namespace kvpr::kernels::cpu

@@ -126,6 +126,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttnArgs a) {
       for (int w = 0; w < kWarps; ++w) total += sm_acc[w][d] * weight[w];
       out[d] = from_f32<T>(total / l_all);
     }
+    if (a.stats && threadIdx.x == 0) {
+      a.stats[2 * (r * a.n_heads + h)] = m_all;
+      a.stats[2 * (r * a.n_heads + h) + 1] = l_all;
+    }
     return;
   }
   const std::int64_t p = (r * a.n_heads + h) * a.n_splits + split;
@@ -171,6 +175,31 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttnArgs a)
       total += weight[s] * a.partial_acc[(base + s) * hd + d];
     out[d] = from_f32<T>(total / sh_l);
   }
+  if (a.stats && threadIdx.x == 0) {
+    a.stats[2 * (r * a.n_heads + h)] = m_all;
+    a.stats[2 * (r * a.n_heads + h) + 1] = sh_l;
+  }
+}
+
+// One block per (row, head): the device's (max, sum, out) and the host's partial, merged as the
+// combine kernel above merges splits. Reads out's slice before writing it, one block per slice.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    attention_merge_kernel(T* out, const float* stats, const float* partials, std::int64_t n_heads,
+                           std::int64_t head_dim) {
+  const std::int64_t r = blockIdx.x;
+  const std::int64_t h = blockIdx.y;
+  const float* part = partials + (r * n_heads + h) * (head_dim + 2);
+  if (!(part[1] > 0.0f)) return;
+  const float m_a = stats[2 * (r * n_heads + h)];
+  const float m = fmaxf(m_a, part[0]);
+  const float w_a = stats[2 * (r * n_heads + h) + 1] * expf(m_a - m);
+  const float w_b = part[1] * expf(part[0] - m);
+  const float inv = 1.0f / (w_a + w_b);
+  T* o = out + r * n_heads * head_dim + h * head_dim;
+  for (std::int64_t d = threadIdx.x; d < head_dim; d += kThreads) {
+    o[d] = from_f32<T>((w_a * to_f32(o[d]) + w_b * part[2 + d]) * inv);
+  }
 }
 
 }  // namespace
@@ -206,6 +235,18 @@ void launch_attention(cudaStream_t stream, DType dtype, const AttnArgs& args) {
     }
   });
   check_launch("attention");
+}
+
+void launch_attention_merge(cudaStream_t stream, DType dtype, void* out, const float* stats,
+                            const float* partials, std::int64_t rows, std::int64_t n_heads,
+                            std::int64_t head_dim) {
+  const dim3 grid(static_cast<unsigned int>(rows), static_cast<unsigned int>(n_heads));
+  dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    attention_merge_kernel<T>
+        <<<grid, kThreads, 0, stream>>>(static_cast<T*>(out), stats, partials, n_heads, head_dim);
+  });
+  check_launch("attention_merge");
 }
 
 }  // namespace kvpr::kernels::cuda

@@ -26,6 +26,7 @@ struct AttnArgs {
   std::int64_t n_splits = 1;
   std::int64_t split_tokens = 0;
   float scale = 1.0f;
+  float* stats = nullptr;  // [n_queries, 2·n_heads]: each (row, head)'s max and sum, when wanted
 };
 
 // Bytes of the partial buffers a plan needs (0 when it has one split).
@@ -34,5 +35,12 @@ std::size_t attention_partial_bytes(const AttnArgs& args);
 std::size_t attention_partial_ml_offset(const AttnArgs& args);
 
 void launch_attention(cudaStream_t stream, DType dtype, const AttnArgs& args);
+
+// out [rows, n_heads·head_dim] (dtype) ← log-sum-exp merge of out (with stats [rows, 2·n_heads])
+// and partials [rows, n_heads·(head_dim + 2)] (per head: max, sum, normalised output); a partial
+// of sum 0 leaves its head as it is (backend.h, attention_merge).
+void launch_attention_merge(cudaStream_t stream, DType dtype, void* out, const float* stats,
+                            const float* partials, std::int64_t rows, std::int64_t n_heads,
+                            std::int64_t head_dim);
 
 }  // namespace kvpr::kernels::cuda

@@ -238,7 +238,7 @@ class CudaBackend final : public Backend {
   }
 
   void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                    Tensor out) override {
+                    Tensor out, const Tensor* stats) override {
     const AttnPlan plan = plan_attention(q, segments, shape, device_->info().sm_count);
     if (q.rows == 0) return;
     const std::vector<std::byte> blob = plan.pack();
@@ -255,6 +255,7 @@ class CudaBackend final : public Backend {
     args.n_splits = plan.n_splits;
     args.split_tokens = plan.split_tokens;
     args.scale = shape.scale;
+    args.stats = stats ? static_cast<float*>(stats->data) : nullptr;
     StreamAllocation partials;  // freed in stream order after the kernels
     if (const std::size_t bytes = attention_partial_bytes(args); bytes > 0) {
       partials = StreamAllocation(bytes, compute());
@@ -263,6 +264,15 @@ class CudaBackend final : public Backend {
                                                  attention_partial_ml_offset(args));
     }
     launch_attention(compute(), dtype_, args);
+  }
+
+  void do_attention_merge(Tensor out, Tensor stats, Tensor partials,
+                          const AttnShape& shape) override {
+    check_grid_rows("attention_merge", "out", out.rows);
+    if (out.rows == 0) return;
+    launch_attention_merge(compute(), dtype_, out.data, static_cast<const float*>(stats.data),
+                           static_cast<const float*>(partials.data), out.rows, shape.n_heads,
+                           shape.head_dim);
   }
 
   std::vector<std::int32_t> do_argmax(Tensor x) override {

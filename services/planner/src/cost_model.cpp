@@ -49,6 +49,17 @@ std::vector<std::int64_t> splits_for_ratio(std::span<const std::int64_t> s, doub
   return l;
 }
 
+std::vector<std::int64_t> host_splits_for_ratio(std::span<const std::int64_t> s,
+                                                std::span<const std::int64_t> l,
+                                                double host_ratio) {
+  std::vector<std::int64_t> m(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const std::int64_t host = std::llround(host_ratio * static_cast<double>(s[i]));
+    m[i] = std::clamp<std::int64_t>(s[i] - host, i < l.size() ? l[i] : 0, s[i]);
+  }
+  return m;
+}
+
 double lower_bound_s(const LayerShape& shape, std::span<const std::int64_t> s, const Rates& rates) {
   double best = 1e300;
   constexpr int kSteps = 256;

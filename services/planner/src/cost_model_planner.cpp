@@ -56,6 +56,12 @@ Plan CostModelPlanner::plan(const PlanRequest& request) {
       }
       break;
   }
+  if (request.host_split && request.policy != Policy::resident) {
+    plan.m.resize(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i)
+      plan.m[i] = std::clamp<std::int64_t>(*request.host_split, plan.l[i], s[i]);
+    plan.reason += str("; tokens from m = ", *request.host_split, " on attended on the host");
+  }
   if (request.policy != Policy::resident) {
     const auto cost = layer_cost(request.shape, s, plan.l, request.rates, chunk_);
     plan.predicted_step_s = static_cast<double>(request.n_layers) *

@@ -52,6 +52,14 @@ const char* to_string(OpKind kind) {
       return "head";
     case OpKind::drain:
       return "drain";
+    case OpKind::download_query:
+      return "download_query";
+    case OpKind::host_attend:
+      return "host_attend";
+    case OpKind::upload_partials:
+      return "upload_partials";
+    case OpKind::merge:
+      return "merge";
   }
   return "?";
 }
@@ -64,12 +72,19 @@ DecodeSchedule::DecodeSchedule(ScheduleShape shape) : shape_(std::move(shape)) {
   if (shape_.l.size() != shape_.s.size()) {
     fail("decode schedule: ", shape_.s.size(), " lengths, ", shape_.l.size(), " splits");
   }
+  if (!shape_.m.empty() && shape_.m.size() != shape_.s.size()) {
+    fail("decode schedule: ", shape_.s.size(), " lengths, ", shape_.m.size(), " host splits");
+  }
   std::int64_t boundary = shape_.chunk;
   for (std::size_t i = 0; i < shape_.s.size(); ++i) {
     const std::int64_t s = shape_.s[i];
     if (s < 0) fail("decode schedule: context length ", s, " of sequence ", i);
     const std::int64_t l = shape_.resident ? 0 : std::clamp<std::int64_t>(shape_.l[i], 0, s);
     l_.push_back(l);
+    const std::int64_t m =
+        shape_.resident || shape_.m.empty() ? s : std::clamp<std::int64_t>(shape_.m[i], l, s);
+    m_.push_back(m);
+    host_total_ += s - m;
     act_row_.push_back(l_total_);
     kv_row_.push_back(kv_total_);
     for (std::int64_t t = 0; t < l; ++t) act_positions_.push_back(static_cast<std::int32_t>(t));
@@ -80,7 +95,7 @@ DecodeSchedule::DecodeSchedule(ScheduleShape shape) : shape_(std::move(shape)) {
         boundary = l_total_ + shape_.chunk;
       }
     });
-    kv_total_ += shape_.resident ? 0 : s - l;
+    kv_total_ += shape_.resident ? 0 : m - l;
   }
   if (l_total_ > 0 && (chunk_ends_.empty() || chunk_ends_.back() < l_total_)) {
     chunk_ends_.push_back(l_total_);
@@ -123,8 +138,8 @@ void DecodeSchedule::fetch(std::int64_t layer, int slot, bool await, const Visit
   };
   for (std::size_t i = 0; i < l_.size(); ++i) blocks(i, Part::act, 0, l_[i], act_row_[i]);
   for (std::size_t i = 0; i < l_.size(); ++i) {
-    blocks(i, Part::k, l_[i], shape_.s[i], kv_row_[i]);
-    blocks(i, Part::v, l_[i], shape_.s[i], kv_row_[i]);
+    blocks(i, Part::k, l_[i], m_[i], kv_row_[i]);
+    blocks(i, Part::v, l_[i], m_[i], kv_row_[i]);
   }
   op.kind = OpKind::kv_landed;
   visit(op);
@@ -166,10 +181,13 @@ void DecodeSchedule::run(const Visit& visit) const {
     }
   }
   simple(OpKind::embed, -1);
+  const bool host = host_total_ > 0;
   for (std::int64_t layer = 0; layer < n_layers; ++layer) {
     const int slot = shape_.resident ? -1 : slot_of(layer);
     simple(OpKind::project, layer);
+    if (host) simple(OpKind::download_query, layer);
     simple(OpKind::write_back, layer);
+    if (host) simple(OpKind::host_attend, layer);
     if (!shape_.resident) {
       recompute(layer, slot, visit);
       simple(OpKind::await_kv, layer, slot);
@@ -180,6 +198,10 @@ void DecodeSchedule::run(const Visit& visit) const {
       if (layer + kPrefetchLayers < n_layers) fetch(layer + kPrefetchLayers, slot, true, visit);
       if (layer + kPrefetchLayers + 1 < n_layers)
         simple(OpKind::prefetch, layer + kPrefetchLayers + 1);
+    }
+    if (host) {
+      simple(OpKind::upload_partials, layer);
+      simple(OpKind::merge, layer);
     }
     simple(OpKind::finish_layer, layer);
   }

@@ -50,17 +50,18 @@ std::shared_ptr<const HardwareProfile> ProfilePlanner::current() const {
 
 StepPrediction ProfilePlanner::predict(const std::vector<std::int64_t>& s,
                                        const std::vector<std::int64_t>& l, std::int64_t chunk,
-                                       bool resident) const {
-  return predict(*current(), s, l, chunk, resident);
+                                       bool resident, const std::vector<std::int64_t>& m) const {
+  return predict(*current(), s, l, chunk, resident, m);
 }
 
 StepPrediction ProfilePlanner::predict(const HardwareProfile& profile,
                                        const std::vector<std::int64_t>& s,
                                        const std::vector<std::int64_t>& l, std::int64_t chunk,
-                                       bool resident) const {
+                                       bool resident, const std::vector<std::int64_t>& m) const {
   StepShape shape = model_;
   shape.s = s;
   shape.l = l;
+  shape.m = m;
   shape.chunk = chunk;
   shape.resident = resident;
   return predict_step(profile, shape);
@@ -73,6 +74,7 @@ Decision ProfilePlanner::decide(const std::vector<std::int64_t>& s) const {
 Decision ProfilePlanner::decide(const HardwareProfile& profile,
                                 const std::vector<std::int64_t>& s) const {
   Decision d;
+  d.s = s;
   const std::vector<std::int64_t> zeros(s.size(), 0);
   d.transfer = predict(profile, s, zeros, kChunkTokens, false);
   d.recompute = predict(profile, s, s, kChunkTokens, false);
@@ -93,6 +95,7 @@ Decision ProfilePlanner::decide(const HardwareProfile& profile,
                       ") is not smaller than the K,V it replaces (2·h_kv = ", 2 * model_.h_kv,
                       "), so recomputing never saves link time; transfer predicted ",
                       ms(d.transfer.total_s), " per step");
+    add_host_split(profile, s, d);
     return d;
   }
   // Every chunk size over a coarse grid of ratios, then a finer grid around the best.
@@ -144,16 +147,59 @@ Decision ProfilePlanner::decide(const HardwareProfile& profile,
                       link_bound ? "link-bound" : "compute-bound", " (link busy ",
                       ms(best.p.transfer_s), ", recompute ", ms(best.p.recompute_s), ")");
   }
+  add_host_split(profile, s, d);
   return d;
+}
+
+void ProfilePlanner::add_host_split(const HardwareProfile& profile,
+                                    const std::vector<std::int64_t>& s, Decision& d) const {
+  Plan& plan = d.plan;
+  d.two_way = d.predicted;
+  if (profile.host_attn_bytes_per_s <= 0 || profile.host_threads <= 0) {
+    plan.reason += "; host attention not measured in the profile: nothing on the host";
+    return;
+  }
+  // The host fraction over a grid, then finer around the best, at the two-way (l, chunk).
+  double best_ratio = 0;
+  StepPrediction best = d.predicted;
+  const auto consider = [&](double host_ratio) {
+    const auto m = host_splits_for_ratio(s, plan.l, host_ratio);
+    const auto p = predict(profile, s, plan.l, plan.chunk, false, m);
+    if (p.total_s < best.total_s) {
+      best = p;
+      best_ratio = host_ratio;
+    }
+  };
+  constexpr int kCoarse = 32;
+  for (int k = 1; k <= kCoarse; ++k) consider(static_cast<double>(k) / kCoarse);
+  const double center = best_ratio;
+  for (int k = -8; k <= 8; ++k) {
+    const double r = center + static_cast<double>(k) / (8.0 * kCoarse);
+    if (r > 0 && r <= 1) consider(r);
+  }
+  const std::string host = str(profile.host_threads, " host threads at ",
+                               std::round(profile.host_attn_bytes_per_s / 1e7) / 1e2, " GB/s each");
+  if (best_ratio == 0) {
+    plan.reason += str("; no host share helps (", host, ")");
+    return;
+  }
+  plan.host_ratio = best_ratio;
+  plan.m = host_splits_for_ratio(s, plan.l, best_ratio);
+  d.predicted = best;
+  plan.predicted_step_s = best.total_s;
+  plan.reason += str("; then the oldest ", std::round(best_ratio * 1000) / 10,
+                     "% of each context attended on the host (", host, "): ", ms(best.total_s),
+                     " per step predicted vs ", ms(d.two_way.total_s), " two-way (host busy ",
+                     ms(best.host_attention_s), ", link ", ms(best.transfer_s), ")");
 }
 
 Plan ProfilePlanner::plan(const PlanRequest& request) {
   const auto& s = request.s;
-  if (request.policy != Policy::kvpr || request.split) {
+  if (request.policy != Policy::kvpr || request.split || request.host_split) {
     Plan fixed = CostModelPlanner(kChunkTokens)
-                     .plan(request);  // the policy fixes l; predict it with the profile
+                     .plan(request);  // the policy fixes l (and m); predict it with the profile
     fixed.predicted_step_s =
-        predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident).total_s;
+        predict(s, fixed.l, fixed.chunk, request.policy == Policy::resident, fixed.m).total_s;
     return fixed;
   }
   // Under the cache's lock: the profile read here is the one update_profile's clear() follows.
@@ -162,7 +208,9 @@ Plan ProfilePlanner::plan(const PlanRequest& request) {
     planned.reason += str(" [planned for contexts up to ", upper.s.back(), " tokens]");
     return planned;
   });
-  plan.predicted_step_s = predict(s, plan.l, plan.chunk, false).total_s;
+  plan.m.clear();  // the cached m is the bucket's: scale it to these contexts
+  if (plan.host_ratio > 0) plan.m = host_splits_for_ratio(s, plan.l, plan.host_ratio);
+  plan.predicted_step_s = predict(s, plan.l, plan.chunk, false, plan.m).total_s;
   return plan;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 
 #include "kvpr/common/error.h"
 
@@ -11,7 +12,7 @@ namespace {
 // The two queues' timelines while the schedule is replayed.
 class Replay {
  public:
-  Replay(const HardwareProfile& profile, const StepShape& shape,
+  Replay(const HardwareProfile& profile, const StepShape& shape, const DecodeSchedule& schedule,
          const std::function<void(const PredictedSpan&)>& on_span)
       : profile_(profile), shape_(shape), on_span_(on_span) {
     const double h = static_cast<double>(shape.h);
@@ -26,8 +27,21 @@ class Replay {
     project_s_ = other_layer * pre_flops / (pre_flops + post_flops);
     finish_s_ = other_layer - project_s_;
     attention_s_ = profile.attention_s_per_query * b;
-    for (auto s : shape.s)
-      attention_s_ += profile.attention_s_per_token * static_cast<double>(s + 1);
+    double host_rows = 0;
+    for (std::size_t i = 0; i < shape.s.size(); ++i) {
+      attention_s_ += profile.attention_s_per_token * static_cast<double>(schedule.m(i) + 1);
+      host_rows += static_cast<double>(shape.s[i] - schedule.m(i));
+    }
+    // The host scans 2·h_kv·p bytes per token on its threads; its query and partials cross the
+    // link (fp32) each way.
+    const double host_rate = profile.host_attn_bytes_per_s *
+                             static_cast<double>(std::max<std::int64_t>(profile.host_threads, 1));
+    host_s_ = host_rows == 0  ? 0
+              : host_rate > 0 ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
+                              : std::numeric_limits<double>::infinity();
+    const double n_heads = static_cast<double>(profile.n_heads);  // partials: n_heads·(d + 2)
+    query_bytes_ = b * h * 4;
+    partial_bytes_ = b * (h + 2 * n_heads) * 4;
   }
 
   void operator()(const DecodeOp& op) {
@@ -95,6 +109,24 @@ class Replay {
       case OpKind::drain:
         wait_for(copy_);
         break;
+      case OpKind::download_query:  // on the compute queue (decode_schedule.h)
+        busy(op, out_.other_s, d2h(query_bytes_));
+        query_landed_ = compute_;
+        break;
+      case OpKind::host_attend: {
+        const double begin = std::max(host_, query_landed_);
+        host_ = begin + host_s_;
+        out_.host_attention_s += host_s_;
+        if (on_span_) on_span_({op.kind, op.layer, op.chunk, false, true, begin, host_});
+        break;
+      }
+      case OpKind::upload_partials:
+        wait_for(host_);
+        busy(op, out_.other_s, h2d(partial_bytes_));
+        break;
+      case OpKind::merge:
+        busy(op, out_.attention_s, 0);
+        break;
     }
   }
 
@@ -129,7 +161,7 @@ class Replay {
     }
   }
   void span(const DecodeOp& op, bool copy_queue, double begin, double end) {
-    if (on_span_) on_span_({op.kind, op.layer, op.chunk, copy_queue, begin, end});
+    if (on_span_) on_span_({op.kind, op.layer, op.chunk, copy_queue, false, begin, end});
   }
 
   const HardwareProfile& profile_;
@@ -138,6 +170,11 @@ class Replay {
   double project_s_ = 0;
   double finish_s_ = 0;
   double attention_s_ = 0;
+  double host_s_ = 0;  // one layer's host attention
+  double query_bytes_ = 0;
+  double partial_bytes_ = 0;
+  double host_ = 0;  // when the host threads finish what they were given
+  double query_landed_ = 0;
   std::array<Slot, kStagingSlots> slots_{};
   double copy_ = 0;     // when the copy queue finishes what was enqueued so far
   double compute_ = 0;  // when the compute queue finishes what was enqueued so far
@@ -153,7 +190,7 @@ StepPrediction predict_step(const HardwareProfile& profile, const StepShape& sha
 StepPrediction predict_step(const HardwareProfile& profile, const StepShape& shape,
                             const std::function<void(const PredictedSpan&)>& on_span) {
   const DecodeSchedule schedule(shape.schedule());
-  Replay replay(profile, shape, on_span);
+  Replay replay(profile, shape, schedule, on_span);
   schedule.run([&](const DecodeOp& op) { replay(op); });
   return replay.finish();
 }

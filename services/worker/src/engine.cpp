@@ -18,6 +18,7 @@ PhaseTimes& PhaseTimes::operator+=(const PhaseTimes& o) {
   attention += o.attention;
   other += o.other;
   idle += o.idle;
+  host_attention += o.host_attention;
   total += o.total;
   return *this;
 }

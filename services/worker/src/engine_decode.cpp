@@ -81,10 +81,26 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   request.policy = options_.policy;
   request.split = options_.split;
   request.rates = rates_;
+  request.host_split = options_.host_split;
   step.plan = planner_.plan(request);
-  step.schedule.emplace(
-      planner::ScheduleShape{c.n_layers, store_.shape().block_tokens, s, step.plan.l,
-                             std::max<std::int64_t>(step.plan.chunk, 1), step.resident});
+  step.schedule.emplace(planner::ScheduleShape{
+      c.n_layers, store_.shape().block_tokens, s, step.plan.l,
+      std::max<std::int64_t>(step.plan.chunk, 1), step.resident, step.plan.m});
+  step.host = step.schedule->host_total() > 0;
+  if (step.host) {
+    if (!host_) host_ = std::make_unique<HostAttention>(std::max(options_.host_threads, 1));
+    const auto b = static_cast<std::int64_t>(seqs.size());
+    const std::int64_t partial_cols = c.n_heads * (c.head_dim + 2);
+    host_q_.resize(static_cast<std::size_t>(b * c.h));
+    host_partials_.resize(static_cast<std::size_t>(b * partial_cols));
+    const auto f32 = [&](std::unique_ptr<kernels::DeviceBuffer>& buffer, std::int64_t cols) {
+      const auto bytes = static_cast<std::size_t>(b * cols) * sizeof(float);
+      if (!buffer || buffer->bytes() < bytes) buffer = backend_.alloc(bytes);
+      return buffer->tensor(DType::f32, b, cols);
+    };
+    step.stats = f32(stats_, 2 * c.n_heads);
+    step.partials = f32(partials_, partial_cols);
+  }
   if (step.resident) {
     for (SeqHandle seq : seqs) {
       auto it = resident_.find(seq);
@@ -125,6 +141,10 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
     step.schedule->run([&](const DecodeOp& op) { execute(step, op); });
   } catch (...) {
     try {
+      if (host_) host_->wait();  // its threads read the store and host_q_
+    } catch (...) {              // the step's own error is the one to report
+    }
+    try {
       backend_.synchronize();
     } catch (...) {  // the step's own error is the one to report
     }
@@ -142,10 +162,13 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   const auto& schedule = *step.schedule;
   last_.recompute_tokens = schedule.l_total() * c.n_layers;
   last_.transfer_tokens = schedule.kv_total() * c.n_layers;
+  last_.host_tokens = schedule.host_total() * c.n_layers;
   last_.h2d_bytes = copy_after.h2d_bytes - copy_before.h2d_bytes;
   last_.d2h_bytes = copy_after.d2h_bytes - copy_before.d2h_bytes;
   last_.s = schedule.shape().s;
   if (step.resident) step.plan.l.assign(step.plan.l.size(), 0);
+  step.plan.m.resize(seqs.size());  // as executed: m = s where nothing went to the host
+  for (std::size_t i = 0; i < seqs.size(); ++i) step.plan.m[i] = schedule.m(i);
   last_.plan = std::move(step.plan);
   if (step.tracer) last_.trace = step.tracer->finish();
   return out;
@@ -227,6 +250,14 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       backend_.synchronize();  // the write-backs have landed in host memory
       return;
     }
+    case OpKind::download_query:
+      return download_query(step, op);
+    case OpKind::host_attend:
+      return host_attend(step, op.layer);
+    case OpKind::upload_partials:
+      return upload_partials(step, op);
+    case OpKind::merge:
+      return compute("merge", step.times.attention, [&] { merge(step, op); });
   }
 }
 
@@ -243,6 +274,63 @@ void Engine::prefetch(Step& step, std::int64_t layer) {
     }
   }
   store_.prefetch(ranges);
+}
+
+void Engine::download_query(Step& step, const DecodeOp& op) {
+  // On the compute queue, right behind the projection (decode_schedule.h says why not on copy).
+  auto begin = step.tracer ? step.tracer->mark(Queue::compute) : nullptr;
+  {
+    Clock clock(step.times.other);
+    backend_.copy_to_host(Queue::compute, host_q_.data(), DType::f32, step.q);
+  }
+  step.query_landed = backend_.record(Queue::compute);
+  if (step.tracer)
+    step.tracer->add("download_query", Queue::compute, op.layer, -1, begin, step.query_landed);
+}
+
+void Engine::host_attend(Step& step, std::int64_t layer) {
+  // Host threads wait for the query rows, then read the store's K,V blocks of [m, s) in place;
+  // upload_partials waits for them. The store's blocks stay put: nothing writes rows below s.
+  const ModelConfig& c = model_.config();
+  const auto& schedule = *step.schedule;
+  std::vector<HostAttnSeq> seqs(step.seqs.size());
+  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
+    HostAttnSeq& h = seqs[i];
+    h.q = host_q_.data() + i * static_cast<std::size_t>(c.h);
+    h.partial = host_partials_.data() + i * static_cast<std::size_t>(c.n_heads * (c.head_dim + 2));
+    const std::int64_t m = schedule.m(i);
+    const std::int64_t s = step.positions[i];
+    if (m < s) {
+      h.k = store_.locate(step.seqs[i], layer, Part::k, m, s);
+      h.v = store_.locate(step.seqs[i], layer, Part::v, m, s);
+    }
+  }
+  auto landed = step.query_landed;
+  host_->start([this, landed] { backend_.host_wait(landed); }, std::move(seqs),
+               store_.shape().dtype, step.attn_shape);
+}
+
+void Engine::upload_partials(Step& step, const DecodeOp& op) {
+  {
+    Clock idle(step.times.idle);
+    host_->wait();
+  }
+  step.times.host_attention += host_->last_job_s();
+  // host_partials_ is rewritten only after the next layer's query download, which this compute
+  // queue runs after this upload.
+  auto begin = step.tracer ? step.tracer->mark(Queue::compute) : nullptr;
+  {
+    Clock clock(step.times.other);
+    backend_.copy_to_device(Queue::compute, step.partials, host_partials_.data(), DType::f32);
+  }
+  if (step.tracer) {
+    step.tracer->add("upload_partials", Queue::compute, op.layer, -1, begin,
+                     step.tracer->mark(Queue::compute));
+  }
+}
+
+void Engine::merge(Step& step, const DecodeOp&) {
+  backend_.attention_merge(step.attn, step.stats, step.partials, step.attn_shape);
 }
 
 void Engine::fetch_block(Step& step, const DecodeOp& op) {
@@ -356,7 +444,7 @@ void Engine::attend(Step& step, std::int64_t layer, int slot_index) {
           {i, sl.rk->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l),
            sl.rv->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l)});
     }
-    const std::int64_t fetched = step.positions[u] - l;
+    const std::int64_t fetched = schedule.m(u) - l;
     if (fetched > 0) {
       const std::int64_t rows = std::max<std::int64_t>(schedule.kv_total(), 1);
       step.segments.push_back(
@@ -365,7 +453,8 @@ void Engine::attend(Step& step, std::int64_t layer, int slot_index) {
     }
     step.segments.push_back({i, k_new, v_new});
   }
-  backend_.attention(step.q, step.segments, step.attn_shape, step.attn);
+  backend_.attention(step.q, step.segments, step.attn_shape, step.attn,
+                     step.host ? &step.stats : nullptr);
 }
 
 void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
@@ -381,7 +470,8 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                                                {s},
                                                {std::clamp<std::int64_t>(l, 0, s)},
                                                planner::kChunkTokens,
-                                               false});
+                                               false,
+                                               {}});
   const auto& schedule = *step.schedule;
   size_slots(schedule);
   schedule.run_layer_kv(layer, [&](const DecodeOp& op) { execute(step, op); });

@@ -81,7 +81,10 @@ struct Engine::Step {
   kernels::Tensor xn, k_new, v_new;  // this layer's new rows (written back by the copy queue)
   kernels::AttnShape attn_shape;
   std::vector<kernels::AttnSegment> segments;
-  std::vector<kvstore::HostSpan> spans;  // the (sequence, part) range being fetched
+  bool host = false;                             // some tokens are attended on the host
+  kernels::Tensor stats, partials;               // fp32, when host
+  std::shared_ptr<kernels::Event> query_landed;  // the host threads wait for it
+  std::vector<kvstore::HostSpan> spans;          // the (sequence, part) range being fetched
   std::size_t next_span = 0;
   std::map<SeqHandle, std::int64_t> resident_before;  // to roll back on error
   std::vector<float>* logits = nullptr;

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kvpr/common/error.h"
+#include "kvpr/worker/host_attention.h"
 
 namespace kvpr::worker {
 
@@ -245,6 +246,39 @@ void measure_head(const Probe& probe, HardwareProfile& p) {
   p.head_s = std::max(0.0, head_one - p.head_s_per_row);
 }
 
+// Host attention (the three-way split): K,V bytes of the store's dtype one host thread scans per
+// second, for the model's head layout, over 4096 tokens in store-sized blocks of 16 rows.
+void measure_host_attention(const ModelConfig& c, const ProfileOptions& options,
+                            HardwareProfile& p) {
+  if (options.on_progress) options.on_progress("host attention");
+  constexpr std::int64_t kTokens = 4096, kBlock = 16;
+  const std::size_t row_bytes = static_cast<std::size_t>(c.h_kv()) * size_of(c.dtype);
+  std::vector<std::byte> k(kTokens * row_bytes, std::byte{0x11}), v(k.size(), std::byte{0x22});
+  std::vector<float> q(static_cast<std::size_t>(c.h), 0.01f);
+  std::vector<float> partial(static_cast<std::size_t>(c.n_heads * (c.head_dim + 2)));
+  HostAttnSeq seq{q.data(), {}, {}, partial.data()};
+  for (std::int64_t t = 0; t < kTokens; t += kBlock) {
+    seq.k.push_back({k.data() + static_cast<std::size_t>(t) * row_bytes, t, kBlock});
+    seq.v.push_back({v.data() + static_cast<std::size_t>(t) * row_bytes, t, kBlock});
+  }
+  const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.125f};
+  const auto once = [&] {
+    for (std::int64_t kv = 0; kv < c.n_kv_heads; ++kv)
+      host_attention_partial(seq, c.dtype, shape, kv);
+  };
+  once();  // warm-up
+  int reps = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  while (reps < 32 && (elapsed < options.seconds_per_point || reps < 2)) {
+    once();
+    ++reps;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  p.host_attn_bytes_per_s = static_cast<double>(2 * k.size()) * reps / elapsed;
+  p.host_threads = options.host_threads;
+}
+
 }  // namespace
 
 std::string hardware_fingerprint(const kernels::BackendOptions& b, const ModelConfig& c) {
@@ -287,6 +321,7 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& c,
   measure_layer_rest(probe, p);
   note("LM head");
   measure_head(probe, p);
+  measure_host_attention(c, options, p);
   return p;
 }
 

@@ -250,8 +250,10 @@ bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
       raise(ErrorKind::overloaded, "request ", job.id, " waited past its deadline");
     }
     if (options_.prepare) options_.prepare();
-    Engine engine(model_, backend_, store_, planner_,
-                  EngineOptions{job.work.policy, job.work.split, trace_ != nullptr});
+    EngineOptions engine_options{job.work.policy, job.work.split, trace_ != nullptr};
+    engine_options.host_split = options_.host_split;
+    engine_options.host_threads = options_.host_threads;
+    Engine engine(model_, backend_, store_, planner_, engine_options);
     auto last = Clock::now();
     const bool keep = job.work.request.keep_logits;
     const auto result = generate(engine, job.work.request, [&](const StepEvent& ev) {

@@ -88,6 +88,73 @@ TEST_P(CudaAttention, MatchesTheCpuReference) {
   }
 }
 
+// The three-way split's device half: attention with stats (unsplit and split-and-combine paths)
+// and attention_merge of a host partial, against the CPU reference.
+TEST_P(CudaAttention, StatsAndMergeMatchTheCpuReference) {
+  KVPR_SKIP_WITHOUT_CUDA();
+  const std::vector<Case> cases = {
+      {"decode-mha", 8, 8, 64, {1, 200, 5000}},
+      {"decode-gqa-long", 32, 8, 128, {4100, 3}},
+      {"decode-32k", 8, 2, 128, {32768}},
+  };
+  Pair pair(GetParam());
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto rows = static_cast<std::int64_t>(c.s.size());
+    std::int64_t total = 0;
+    for (std::int64_t s : c.s) total += s + 1;
+    const std::int64_t h = c.n_heads * c.head_dim, h_kv = c.n_kv_heads * c.head_dim;
+    auto q = random_values(static_cast<std::size_t>(rows * h), 31, 1.5f);
+    auto kv = random_values(static_cast<std::size_t>(2 * total * h_kv), 32);
+    round_to(GetParam(), q);
+    round_to(GetParam(), kv);
+    // A host partial per (row, head): max, sum, normalised output; row 0's is empty.
+    auto partials =
+        random_values(static_cast<std::size_t>(rows * c.n_heads * (c.head_dim + 2)), 33, 1.0f);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t hd = 0; hd < c.n_heads; ++hd) {
+        float* p = &partials[static_cast<std::size_t>((r * c.n_heads + hd) * (c.head_dim + 2))];
+        p[0] = r == 0 ? -INFINITY : 2.0f * p[0];
+        p[1] = r == 0 ? 0.0f : 50.0f * (1.5f + p[1]);
+      }
+    }
+    const AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
+                          1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    std::vector<std::vector<float>> stats, merged;
+    for (Side* side : {&pair.cpu, &pair.cuda}) {
+      const Tensor tq = side->put(q, rows, h);
+      const Tensor tk =
+          side->put(std::vector<float>(kv.begin(), kv.begin() + total * h_kv), total, h_kv);
+      const Tensor tv =
+          side->put(std::vector<float>(kv.begin() + total * h_kv, kv.end()), total, h_kv);
+      std::vector<AttnSegment> segs;
+      std::int64_t row0 = 0;
+      for (std::int64_t i = 0; i < rows; ++i) {
+        const std::int64_t n = c.s[static_cast<std::size_t>(i)] + 1;
+        segs.push_back({i, tk.rows_slice(row0, n), tv.rows_slice(row0, n)});
+        row0 += n;
+      }
+      const auto f32 = [&](std::int64_t cols) {
+        side->buffers.push_back(
+            side->backend->alloc(static_cast<std::size_t>(rows * cols) * sizeof(float)));
+        return side->buffers.back()->tensor(DType::f32, rows, cols);
+      };
+      const Tensor st = f32(2 * c.n_heads), tp = f32(c.n_heads * (c.head_dim + 2));
+      side->backend->copy_to_device(Queue::compute, tp, partials.data(), DType::f32);
+      const Tensor out = side->alloc(rows, h);
+      side->backend->attention(tq, segs, shape, out, &st);
+      stats.push_back(side->get(st));
+      side->backend->attention_merge(out, st, tp, shape);
+      merged.push_back(side->get(out));
+    }
+    const auto t = tol_for(GetParam(), 2e-5f);
+    expect_close(stats[1], stats[0], t.atol, 1e-4f, c.name);
+    expect_close(merged[1], merged[0], t.atol, t.rtol, c.name);
+    pair.cpu.buffers.clear();
+    pair.cuda.buffers.clear();
+  }
+}
+
 TEST_P(CudaAttention, RejectsARowWithoutKeys) {
   KVPR_SKIP_WITHOUT_CUDA();
   Pair pair(GetParam());

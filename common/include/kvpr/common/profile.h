@@ -45,6 +45,11 @@ struct HardwareProfile {
   std::int64_t vocab = 0;            // the LM head the next two were measured for
   double head_s = 0;                 // final norm + LM head once per step: fixed
   double head_s_per_row = 0;         // ... and per batch row
+  // Host attention (the three-way split): K,V bytes (store dtype) one host thread scans per second
+  // for the model's head layout, and the threads the worker may use; 0: not measured (no tokens
+  // are planned on the host).
+  double host_attn_bytes_per_s = 0;
+  std::int64_t host_threads = 0;
 
   std::string to_json() const;
   static HardwareProfile from_json(const std::string& text, const std::string& origin);

@@ -143,8 +143,16 @@ class Backend {
   // y[i] = table[ids[i]]; ids are checked against table.rows.
   void embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y);
   // out[i] = softmax(scale · q[i]·Kᵀ) · V over all segments whose query is i (fp32 softmax).
+  // With `stats` ([q.rows, 2·n_heads] F32 whatever the compute dtype), also each (row, head)'s
+  // softmax statistics (max score, sum of exp(score − max)) at [row, 2·head] and [row, 2·head + 1],
+  // so that attention_merge can fold in a partial attention computed elsewhere.
   void attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                 Tensor out);
+                 Tensor out, const Tensor* stats = nullptr);
+  // Split-K merge by the log-sum-exp rule: out[i] (with its stats from attention) and a partial
+  // attention over other tokens of the same rows, partials [out.rows, n_heads·(head_dim + 2)] F32,
+  // per head (max, sum of exp, the head's normalised output); a head whose partial sum is 0 (no
+  // tokens) leaves out as it is. out is overwritten with the attention over both token sets.
+  void attention_merge(Tensor out, Tensor stats, Tensor partials, const AttnShape& shape);
   // Index of the largest value of each row (first on ties); synchronises.
   std::vector<std::int32_t> argmax(Tensor x);
 
@@ -166,7 +174,9 @@ class Backend {
                        std::int64_t head_dim, float theta) = 0;
   virtual void do_embedding(Tensor table, std::span<const std::int32_t> ids, Tensor y) = 0;
   virtual void do_attention(Tensor q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                            Tensor out) = 0;
+                            Tensor out, const Tensor* stats) = 0;
+  virtual void do_attention_merge(Tensor out, Tensor stats, Tensor partials,
+                                  const AttnShape& shape) = 0;
   virtual std::vector<std::int32_t> do_argmax(Tensor x) = 0;
 };
 

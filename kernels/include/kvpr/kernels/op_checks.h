@@ -56,9 +56,14 @@ void check_rope(const Tensor& x, std::span<const std::int32_t> positions, std::i
                 std::int64_t head_dim, float theta, DType dtype);
 void check_embedding(const Tensor& table, std::span<const std::int32_t> ids, const Tensor& y,
                      DType dtype);
-// Also: every segment names a query row of q, and every row has at least one key.
+// Also: every segment names a query row of q, and every row has at least one key; stats, when
+// given, is F32 [q.rows, 2·n_heads] and shares no byte with q or out.
 void check_attention(const Tensor& q, std::span<const AttnSegment> segments, const AttnShape& shape,
-                     const Tensor& out, DType dtype);
+                     const Tensor& out, DType dtype, const Tensor* stats = nullptr);
+// out in the compute dtype [rows, n_heads·head_dim]; stats F32 [rows, 2·n_heads]; partials F32
+// [rows, n_heads·(head_dim + 2)]; none overlapping.
+void check_attention_merge(const Tensor& out, const Tensor& stats, const Tensor& partials,
+                           const AttnShape& shape, DType dtype);
 void check_argmax(const Tensor& x, DType dtype);
 
 }  // namespace kvpr::kernels

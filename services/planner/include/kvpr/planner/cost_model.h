@@ -42,6 +42,10 @@ double lower_bound_s(const LayerShape& shape, std::span<const std::int64_t> s, c
 
 // Splits l_i = round(ratio · s_i).
 std::vector<std::int64_t> splits_for_ratio(std::span<const std::int64_t> s, double ratio);
+// Host splits for a fraction of each context on the host: m_i = s_i − round(host_ratio · s_i),
+// clamped to [l_i, s_i] (the three-way split).
+std::vector<std::int64_t> host_splits_for_ratio(std::span<const std::int64_t> s,
+                                                std::span<const std::int64_t> l, double host_ratio);
 
 struct SplitChoice {
   double ratio = 0;

@@ -13,6 +13,16 @@
 // rows are announced to the store (prefetch) one layer before that layer's fetch is enqueued, so a
 // store whose memory lies on another host brings them over while compute runs.
 //
+// Three-way split: when some sequence has m < s, tokens [m, s) are attended on the host from the
+// store (issue 14) and only [l, m) is fetched. Right after the projection the query rows go to the
+// host, host threads attend over [m, s) while the device recomputes, awaits its K,V and attends
+// over [0, m) and the new token (keeping its softmax statistics) and the copy queue fetches the
+// next layers; after the slot's release (and the refill it allows) the host's partials come up and
+// merge into the attention output (log-sum-exp). The query and the partials (b·h and
+// b·n_heads·(d + 2) floats) travel on the compute queue: on the one in-order copy queue they would
+// wait behind the K,V fetches and serialise the host with the link. With m = s for every sequence
+// (the default) none of these ops appear.
+//
 // The schedule is a pure function of the batch layout; it owns no memory and calls `visit` with
 // one DecodeOp at a time, in enqueue order.
 #pragma once
@@ -49,6 +59,10 @@ enum class OpKind : std::uint8_t {
   finish_layer,  // compute: output projection and FFN
   head,          // compute: final norm and LM head
   drain,         // host: wait until the copy queue has passed every write-back
+  download_query,   // compute, after the projection: the query rows → host
+  host_attend,      // host: partial attention over [m, s) of every sequence, after the download
+  upload_partials,  // compute, after the host's partials: → device
+  merge,            // compute: log-sum-exp merge of the partials into the attention output
 };
 
 struct DecodeOp {
@@ -74,6 +88,9 @@ struct ScheduleShape {
   std::vector<std::int64_t> l;    // split of each sequence (clamped to [0, s])
   std::int64_t chunk = kChunkTokens;
   bool resident = false;  // K,V stay on the device: nothing is fetched
+  // Host attention from m of each sequence on (clamped to [l, s]); empty: m = s, nothing on the
+  // host. Ignored when resident.
+  std::vector<std::int64_t> m = {};
 };
 
 class DecodeSchedule {
@@ -92,6 +109,8 @@ class DecodeSchedule {
   const ScheduleShape& shape() const { return shape_; }
   std::int64_t b() const { return static_cast<std::int64_t>(shape_.s.size()); }
   std::int64_t l(std::size_t i) const { return l_[i]; }
+  std::int64_t m(std::size_t i) const { return m_[i]; }
+  std::int64_t host_total() const { return host_total_; }  // K,V rows attended on the host
   // Slot rows: activations of sequence i start at act_row(i), its fetched K,V at kv_row(i).
   std::int64_t act_row(std::size_t i) const { return act_row_[i]; }
   std::int64_t kv_row(std::size_t i) const { return kv_row_[i]; }
@@ -106,12 +125,14 @@ class DecodeSchedule {
 
   ScheduleShape shape_;
   std::vector<std::int64_t> l_;
+  std::vector<std::int64_t> m_;
   std::vector<std::int64_t> act_row_;
   std::vector<std::int64_t> kv_row_;
   std::vector<std::int32_t> act_positions_;
   std::vector<std::int64_t> chunk_ends_;  // rows landed at each chunk mark of a slot
   std::int64_t l_total_ = 0;
   std::int64_t kv_total_ = 0;
+  std::int64_t host_total_ = 0;
 };
 
 }  // namespace kvpr::planner

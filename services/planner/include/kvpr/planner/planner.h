@@ -34,14 +34,19 @@ struct PlanRequest {
   Policy policy = Policy::kvpr;
   std::optional<std::int64_t> split;  // fixed l (clamped to each s); nullopt = choose
   Rates rates;                        // the worker's rates
+  // Fixed host split m (clamped to [l, s]): tokens [m, s) attended on the host; nullopt = the
+  // planner's choice (CostModelPlanner: none, m = s).
+  std::optional<std::int64_t> host_split = std::nullopt;
 };
 
 struct Plan {
   Policy policy = Policy::kvpr;
-  std::vector<std::int64_t> l;  // per sequence
-  std::int64_t chunk = 0;       // activation rows recomputed per pipeline chunk
-  bool paper_schedule = false;  // one chunk: all activations land before any recompute
-  double ratio = 0;             // l_i ≈ ratio · s_i
+  std::vector<std::int64_t> l;       // per sequence
+  std::vector<std::int64_t> m = {};  // host attention from m of each sequence on; empty: m = s
+  std::int64_t chunk = 0;            // activation rows recomputed per pipeline chunk
+  bool paper_schedule = false;       // one chunk: all activations land before any recompute
+  double ratio = 0;                  // l_i ≈ ratio · s_i
+  double host_ratio = 0;             // s_i − m_i ≈ host_ratio · s_i (ProfilePlanner's choice)
   double predicted_step_s =
       0;  // CostModelPlanner: link and recompute only; ProfilePlanner: whole step
   std::string reason;

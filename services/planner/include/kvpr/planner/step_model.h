@@ -30,8 +30,9 @@ struct StepShape {
   std::vector<std::int64_t> l;        // split of each sequence
   std::int64_t chunk = kChunkTokens;  // activation rows per recompute chunk
   bool resident = false;              // K,V already on the device: nothing fetched
+  std::vector<std::int64_t> m = {};   // host attention from m of each sequence (empty: m = s)
 
-  ScheduleShape schedule() const { return {n_layers, block_tokens, s, l, chunk, resident}; }
+  ScheduleShape schedule() const { return {n_layers, block_tokens, s, l, chunk, resident, m}; }
 };
 
 struct StepPrediction {
@@ -40,7 +41,8 @@ struct StepPrediction {
   double recompute_s = 0;
   double attention_s = 0;
   double other_s = 0;
-  double idle_s = 0;  // compute waiting for data
+  double idle_s = 0;            // compute waiting for data
+  double host_attention_s = 0;  // host threads attending over [m, s) (overlaps the device)
 };
 
 // One predicted span of the replay, in seconds from the step's start (for comparison with the
@@ -50,6 +52,7 @@ struct PredictedSpan {
   std::int32_t layer = -1;
   std::int32_t chunk = -1;
   bool copy_queue = false;
+  bool host = false;  // on the host's threads (host_attend), neither queue
   double begin_s = 0;
   double end_s = 0;
 };

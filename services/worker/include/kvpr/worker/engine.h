@@ -21,6 +21,7 @@
 #include "kvpr/planner/decode_schedule.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
+#include "kvpr/worker/host_attention.h"
 
 namespace kvpr::worker {
 
@@ -28,6 +29,9 @@ struct EngineOptions {
   planner::Policy policy = planner::Policy::kvpr;
   std::optional<std::int64_t> split;  // fixed l; nullopt = ask the planner (`--split auto`)
   bool trace = false;  // record each decode step's spans per queue (StepStats::trace)
+  // Host attention from m on ([m, s) on the host; `--split L:M`); nullopt = the planner's m.
+  std::optional<std::int64_t> host_split = std::nullopt;
+  int host_threads = 1;  // threads of the host-attention pool (`--host-threads`)
 };
 
 // Seconds spent per phase. transfer is the copy queue's busy time, which overlaps the compute
@@ -38,6 +42,7 @@ struct PhaseTimes {
   double attention = 0;
   double other = 0;
   double idle = 0;
+  double host_attention = 0;  // host threads attending over [m, s) (overlaps the device)
   double total = 0;
   PhaseTimes& operator+=(const PhaseTimes& o);
 };
@@ -59,6 +64,7 @@ struct StepStats {
   PhaseTimes times;
   std::int64_t recompute_tokens = 0;  // K,V rows rebuilt from activations (all layers)
   std::int64_t transfer_tokens = 0;   // K,V rows fetched from host (all layers)
+  std::int64_t host_tokens = 0;       // K,V rows attended on the host (all layers)
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
   planner::Plan plan;
@@ -130,6 +136,11 @@ class Engine {
   void write_back(Step& step, std::int64_t layer);
   void recompute(Step& step, const planner::DecodeOp& op);
   void attend(Step& step, std::int64_t layer, int slot);
+  // The host third of the split (three-way schedule ops).
+  void download_query(Step& step, const planner::DecodeOp& op);
+  void host_attend(Step& step, std::int64_t layer);
+  void upload_partials(Step& step, const planner::DecodeOp& op);
+  void merge(Step& step, const planner::DecodeOp& op);
   void finish_step(Step& step);
   Slot& slot(std::size_t index);
   void resident_append(SeqHandle seq, std::int64_t layer, kernels::Tensor k, kernels::Tensor v);
@@ -144,6 +155,10 @@ class Engine {
   std::vector<std::unique_ptr<kernels::DeviceBuffer>> scratch_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::map<SeqHandle, std::unique_ptr<Resident>> resident_;
+  std::unique_ptr<HostAttention> host_;  // started at the first step with host attention
+  std::vector<float> host_q_;            // the query rows on the host, [b, h] fp32
+  std::vector<float> host_partials_;     // [b, n_heads·(head_dim + 2)] fp32
+  std::unique_ptr<kernels::DeviceBuffer> stats_, partials_;  // their device side (fp32)
   StepStats last_;
 };
 

@@ -23,6 +23,7 @@ struct ProfileOptions {
   double seconds_per_point =
       0.05;  // repeat a measurement until it took this long (at most 32 times)
   std::function<void(const std::string&)> on_progress;
+  int host_threads = 1;  // the host-attention threads plans may count on (HardwareProfile)
 };
 
 // What a profile's numbers depend on: backend, processor, threads, link emulation, model shape.

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <zmq.hpp>
@@ -59,6 +60,10 @@ struct WorkerServiceOptions {
   // Sees every decode step and refits a drifting profile (profile_drift.h); borrowed, outlives
   // the service; null: plans without a profile, nothing to correct.
   ProfileCorrector* corrector = nullptr;
+  // The three-way split (EngineOptions): a fixed host split for every request and the host
+  // attention pool's threads; set in-process (the wire does not carry them).
+  std::optional<std::int64_t> host_split = std::nullopt;
+  int host_threads = 1;
 };
 
 class WorkerService {
