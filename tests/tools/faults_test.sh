@@ -139,7 +139,12 @@ w0=$(service worker-0 endpoint)
 "$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \
   --connect "$w0" --logits-out "$work/drained.npy" > /dev/null 2> "$work/err.txt" &
 client=$!
-sleep 1
+# Down only once the request decodes: its prompt is in the kvstore (a fixed sleep raced with a
+# client slow to start on a loaded machine).
+kv_port=$(service kvstore metrics_port)
+decoding() { python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)" \
+  "$(metric "$kv_port" kvpr_kvstore_used_bytes)"; }
+wait_for 30 decoding || { echo "FAIL the request never reached the worker"; exit 1; }
 [ ! -f "$work/drained.npy" ] || { echo "FAIL the request finished before kvpr down began"; exit 1; }
 "$kvpr" down --run-dir "$run_dir" --timeout 60 > "$work/down.txt"
 wait $client || { echo "FAIL the request in flight at kvpr down failed: $(cat "$work/err.txt")"; exit 1; }
