@@ -5,6 +5,10 @@ function(kvpr_target_defaults target)
   # g++ 12 reports false -Wrestrict in libstdc++'s inlined string appends at -O2/-O3 (GCC bug
   # 105329); the warning stays on for other compilers.
   target_compile_options(${target} PRIVATE $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-restrict>)
+  # g++ 12 at -O3 (Release) reports a false -Warray-bounds inside libstdc++'s stl_tree.h when it
+  # inlines nlohmann::json's std::map (GCC meta-bug 56456; nlohmann/json#3808). Off only there.
+  target_compile_options(${target} PRIVATE
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>,$<CONFIG:Release>>:-Wno-array-bounds>)
   if(KVPR_WERROR)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
   endif()

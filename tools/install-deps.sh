@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-json3-dev
-          libcli11-dev libgtest-dev libgmock-dev python3 clang-format
+          libcli11-dev libgtest-dev libgmock-dev python3 clang-format clang-tidy
           libucx-dev ucx-utils libzmq3-dev cppzmq-dev capnproto libcapnp-dev prometheus-cpp-dev
           clang libclang-rt-14-dev iproute2 procps curl prometheus python3-yaml
           libcairo2-dev libpcre2-dev libspdlog-dev)

@@ -88,7 +88,7 @@ float f16_to_f32(std::uint16_t h) {
 }
 
 std::uint16_t f32_to_f16(float value) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(value);
+  const auto x = std::bit_cast<std::uint32_t>(value);
   const std::uint32_t sign = (x >> 16) & 0x8000u;
   const std::uint32_t abs = x & 0x7fffffffu;
   if (abs >= 0x7f800000u) {  // inf or nan
@@ -117,7 +117,7 @@ float bf16_to_f32(std::uint16_t bits) {
 }
 
 std::uint16_t f32_to_bf16(float value) {
-  std::uint32_t x = std::bit_cast<std::uint32_t>(value);
+  auto x = std::bit_cast<std::uint32_t>(value);
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
   x += 0x7fffu + ((x >> 16) & 1u);
   return static_cast<std::uint16_t>(x >> 16);

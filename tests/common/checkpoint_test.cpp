@@ -24,7 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using Shape = std::vector<std::int64_t>;
 
-const fs::path golden_models = fs::path(KVPR_TEST_DATA) / "golden/models";
+const fs::path kGoldenModels = fs::path(KVPR_TEST_DATA) / "golden/models";
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -79,7 +79,7 @@ class CheckpointTest : public ::testing::Test {
   // A private copy of a golden model to break, fresh on every call.
   fs::path copy_golden(const std::string& model) {
     fs::path out = dir_ / (model + "." + std::to_string(copies_++));
-    fs::copy(golden_models / model, out);
+    fs::copy(kGoldenModels / model, out);
     return out;
   }
 
@@ -106,7 +106,7 @@ void replace_in_config(const fs::path& dir, const std::string& from, const std::
 }
 
 TEST_F(CheckpointTest, GoldenOptLoads) {
-  const Checkpoint ckpt(golden_models / "opt-2l-h64");
+  const Checkpoint ckpt(kGoldenModels / "opt-2l-h64");
   const ModelConfig& c = ckpt.config();
   EXPECT_EQ(c.arch, Arch::opt);
   EXPECT_EQ(c.n_layers, 2);
@@ -147,7 +147,7 @@ TEST_F(CheckpointTest, GoldenOptLoads) {
 }
 
 TEST_F(CheckpointTest, GoldenOptFp16Loads) {
-  const Checkpoint ckpt(golden_models / "opt-2l-h64-fp16");
+  const Checkpoint ckpt(kGoldenModels / "opt-2l-h64-fp16");
   EXPECT_EQ(ckpt.config().dtype, DType::f16);
   const TensorView& embed = ckpt.tensor("model.decoder.embed_tokens.weight");
   EXPECT_EQ(embed.dtype, DType::f16);
@@ -157,7 +157,7 @@ TEST_F(CheckpointTest, GoldenOptFp16Loads) {
   EXPECT_EQ(bits[0], 0x3530);
   EXPECT_EQ(bits[1], 0x99ed);
   // The fp16 file is the fp32 one rounded to nearest even.
-  const Checkpoint f32(golden_models / "opt-2l-h64");
+  const Checkpoint f32(kGoldenModels / "opt-2l-h64");
   const TensorView& ref = f32.tensor("model.decoder.layers.1.fc2.bias");
   const TensorView& half = ckpt.tensor("model.decoder.layers.1.fc2.bias");
   for (std::size_t i = 0; i < 64; ++i) {
@@ -168,7 +168,7 @@ TEST_F(CheckpointTest, GoldenOptFp16Loads) {
 }
 
 TEST_F(CheckpointTest, GoldenLlamaLoads) {
-  const Checkpoint ckpt(golden_models / "llama-2l-h64-mha");
+  const Checkpoint ckpt(kGoldenModels / "llama-2l-h64-mha");
   const ModelConfig& c = ckpt.config();
   EXPECT_EQ(c.arch, Arch::llama);
   EXPECT_EQ(c.n_layers, 2);
@@ -253,7 +253,7 @@ TEST_F(CheckpointTest, ConfigJsonRoundTrips) {
   for (const char* model : {"opt-2l-h64", "opt-2l-h64-fp16", "llama-2l-h64-mha"}) {
     SCOPED_TRACE(model);
     const ModelConfig c =
-        load_model_config(golden_models / model);  // a directory names its config.json
+        load_model_config(kGoldenModels / model);  // a directory names its config.json
     EXPECT_EQ(fields(parse_model_config(model_config_to_json(c), model)), fields(c));
   }
   EXPECT_NE(model_config_to_json(modelgen::preset("llama-tiny")).find(R"("rms_norm_eps": 1e-05)"),
@@ -261,7 +261,7 @@ TEST_F(CheckpointTest, ConfigJsonRoundTrips) {
 }
 
 TEST_F(CheckpointTest, BadConfigsAreRejected) {
-  const std::string llama = read_text(golden_models / "llama-2l-h64-mha/config.json");
+  const std::string llama = read_text(kGoldenModels / "llama-2l-h64-mha/config.json");
   const auto with = [&](const std::string& from, const std::string& to) {
     std::string text = llama;
     const auto at = text.find(from);
@@ -294,7 +294,7 @@ TEST_F(CheckpointTest, BadConfigsAreRejected) {
       ErrorKind::unimplemented);
   bad(with(R"("hidden_size": 64)", R"("hidden_size": 99999999999)"),
       {"'hidden_size'", "99999999999"});
-  const std::string opt = read_text(golden_models / "opt-2l-h64/config.json");
+  const std::string opt = read_text(kGoldenModels / "opt-2l-h64/config.json");
   std::string gelu_new = opt;
   gelu_new.replace(gelu_new.find(R"("relu")"), 6, R"("gelu_new")");
   bad(gelu_new, {"'activation_function'", "'gelu_new'"});
@@ -404,8 +404,8 @@ TEST_F(CheckpointTest, ShardedCheckpointMatchesSingleFile) {
   for (const char* model : {"opt-2l-h64", "llama-2l-h64-mha"}) {
     SCOPED_TRACE(model);
     const fs::path d = dir_ / model;
-    shard(golden_models / model, d);
-    const Checkpoint single(golden_models / model);
+    shard(kGoldenModels / model, d);
+    const Checkpoint single(kGoldenModels / model);
     const Checkpoint sharded(d);
     EXPECT_EQ(fields(sharded.config()), fields(single.config()));
     for (const TensorSpec& spec : expected_tensors(single.config())) {
@@ -420,7 +420,7 @@ TEST_F(CheckpointTest, ShardedCheckpointMatchesSingleFile) {
 
 TEST_F(CheckpointTest, BrokenShardsAreRejected) {
   const fs::path d = dir_ / "sharded";
-  shard(golden_models / "opt-2l-h64", d);
+  shard(kGoldenModels / "opt-2l-h64", d);
   const fs::path index = d / "model.safetensors.index.json";
   const std::string good = read_text(index);
   // Writes the good index with every `from` replaced by `to`.

@@ -378,9 +378,9 @@ TEST_F(CpuAttention, DecodeShapeSmall) {
   // b = 4 sequences, each: recomputed prefix, fetched rest, the new token.
   std::vector<std::pair<std::int64_t, std::int64_t>> layout;
   for (std::int64_t b = 0; b < 4; ++b) {
-    layout.push_back({b, 40 + 7 * b});
-    layout.push_back({b, 90 - 5 * b});
-    layout.push_back({b, 1});
+    layout.emplace_back(b, 40 + 7 * b);
+    layout.emplace_back(b, 90 - 5 * b);
+    layout.emplace_back(b, 1);
   }
   check({8, 8, 64, 0.125f}, 4, layout);
 }

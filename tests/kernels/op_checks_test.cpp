@@ -47,7 +47,7 @@ class OpChecks : public ::testing::Test {
 };
 
 TEST_F(OpChecks, BackendFailsExactlyAsTheChecker) {
-  constexpr DType f32 = DType::f32;
+  constexpr DType f32 = DType::f32;  // NOLINT(readability-identifier-naming): reads as the enum
   Backend& b = *backend_;
   const Tensor x = make(2, 3), w = make(4, 5), y = make(2, 4), sq = make(3, 3);
   expect_same(

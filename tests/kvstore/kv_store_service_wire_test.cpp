@@ -7,6 +7,8 @@
 #include <capnp/schema.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -47,9 +49,13 @@ Reply decode(const void* data, std::size_t size) {
   return r;
 }
 
-std::vector<capnp::word> encode_words(capnp::MessageBuilder& message) {
-  const auto words = capnp::messageToFlatArray(message);
-  return {words.begin(), words.end()};
+// A flat message as copyable, word-aligned storage (capnp::word is not copyable under clang).
+std::vector<std::uint64_t> encode_words(capnp::MessageBuilder& message) {
+  const auto flat = capnp::messageToFlatArray(message);
+  const auto bytes = flat.asBytes();
+  std::vector<std::uint64_t> words(flat.size());
+  std::memcpy(words.data(), bytes.begin(), bytes.size());
+  return words;
 }
 
 class KvStoreServiceWireTest : public ::testing::Test {
@@ -89,7 +95,7 @@ class KvStoreServiceWireTest : public ::testing::Test {
   // Sends request through handle() (no socket) and returns the reply's frame.
   std::unique_ptr<net::Frame> call_handle(capnp::MessageBuilder& message) {
     const auto words = encode_words(message);
-    const auto reply = service_->handle(words.data(), words.size() * sizeof(capnp::word));
+    const auto reply = service_->handle(words.data(), words.size() * sizeof(std::uint64_t));
     return std::make_unique<net::Frame>(reply);
   }
 
@@ -162,7 +168,7 @@ TEST_F(KvStoreServiceWireTest, MalformedFramesAreAnsweredAndCounted) {
   reg.initShape().setNLayers(2);
   const auto whole = encode_words(message);
   const std::string truncated(reinterpret_cast<const char*>(whole.data()),
-                              (whole.size() / 2) * sizeof(capnp::word));
+                              (whole.size() / 2) * sizeof(std::uint64_t));
   const Reply cut = exchange({truncated});
   EXPECT_TRUE(cut.error);
   EXPECT_NE(cut.reason.find("malformed"), std::string::npos) << cut.reason;
@@ -428,9 +434,9 @@ TEST_F(KvStoreServiceWireTest, HandleNeverThrowsOnRandomOrMutatedInput) {
   loc.setT1(8);
   const auto valid = encode_words(message);
   for (int i = 0; i < 3000; ++i) {
-    std::vector<capnp::word> words = valid;
+    std::vector<std::uint64_t> words = valid;
     auto* bytes = reinterpret_cast<unsigned char*>(words.data());
-    const std::size_t n = words.size() * sizeof(capnp::word);
+    const std::size_t n = words.size() * sizeof(std::uint64_t);
     for (int flips = 1 + static_cast<int>(rng() % 4); flips > 0; --flips) {
       bytes[rng() % n] ^= static_cast<unsigned char>(1u << (rng() % 8));
     }

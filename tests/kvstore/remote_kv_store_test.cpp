@@ -149,7 +149,7 @@ TEST_F(RemoteKvStoreTest, RowsReachTheDaemonAndItsLocateAgreesWithTheClientsTabl
         EXPECT_EQ(mine[i].t0, theirs[i].t0);
         EXPECT_EQ(mine[i].n_tokens, theirs[i].n_tokens);
         // The committed rows are in the daemon's own memory, whichever way they travelled.
-        const std::size_t offset =
+        const auto offset =
             static_cast<std::size_t>(mine[i].data - static_cast<std::byte*>(a->arena()));
         float first = 0;
         std::memcpy(&first, daemon + offset, sizeof first);
@@ -161,8 +161,7 @@ TEST_F(RemoteKvStoreTest, RowsReachTheDaemonAndItsLocateAgreesWithTheClientsTabl
 
   // Every locate reads the daemon's current rows (a fresh ucp_get on the tcp path).
   const auto span = a->locate_at_daemon(sa, 1, Part::k, 5, 6).at(0);
-  const std::size_t offset =
-      static_cast<std::size_t>(span.data - static_cast<std::byte*>(a->arena()));
+  const auto offset = static_cast<std::size_t>(span.data - static_cast<std::byte*>(a->arena()));
   const float changed = -1.5f;
   std::memcpy(static_cast<std::byte*>(service_->arena()) + offset, &changed, sizeof changed);
   float seen = 0;

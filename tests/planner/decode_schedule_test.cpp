@@ -37,7 +37,7 @@ TEST(DecodeSchedule, BlocksChunksAndRowsOfABatch) {
       EXPECT_EQ(op.t0 / 16, (op.t0 + op.n - 1) / 16) << "a fetch never crosses a store block";
       if (op.layer == 0) (op.part == Part::act ? act_rows : kv_rows) += op.n;
     }
-    if (op.layer == 0) layer0.push_back(to_string(op.kind));
+    if (op.layer == 0) layer0.emplace_back(to_string(op.kind));
   }
   EXPECT_EQ(act_rows, 27);
   EXPECT_EQ(kv_rows, 40);  // K and V of seq 0's tokens [20, 40)
@@ -106,7 +106,7 @@ TEST(DecodeSchedule, LayerKvIsOneFillOfSlotZero) {
   schedule.run_layer_kv(2, [&](const DecodeOp& op) {
     EXPECT_EQ(op.layer, 2);
     EXPECT_EQ(op.slot, 0);
-    kinds.push_back(to_string(op.kind));
+    kinds.emplace_back(to_string(op.kind));
   });
   // act blocks [0,16) [16,32) [32,33) with marks at 16, 32, 33; K,V of [33,48) [48,64) [64,70).
   const std::vector<std::string> want = {

@@ -92,6 +92,7 @@ void wide_gelu_fp16(ModelConfig& c) {
 // This suite's one table of tolerances: max |logits − resident| per model and backend row of
 // kBackends; `no`: not run on that backend.
 const std::vector<ModelCase>& model_cases() {
+  // NOLINTNEXTLINE(readability-identifier-naming): a word of the table below, not a constant
   constexpr std::nullopt_t no = std::nullopt;
   // clang-format off
   static const std::vector<ModelCase> cases = {
@@ -159,7 +160,7 @@ class PolicyEquivalence : public ::testing::TestWithParam<Column> {
   const BackendCase& backend() const { return kBackends[column()]; }
   Stack stack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
               std::uint64_t capacity = std::uint64_t{1} << 28) const {
-    return Stack(dir, policy, split, capacity, backend().options());
+    return {dir, policy, split, capacity, backend().options()};
   }
 };
 

@@ -27,7 +27,8 @@ const std::string kModel = std::string(KVPR_TEST_DATA) + "/golden/models/opt-2l-
 struct Served {
   explicit Served(WorkerServiceOptions options = {})
       : stack(kModel, planner::Policy::kvpr, std::nullopt),
-        service(context, *stack.model, *stack.backend, *stack.store, stack.planner, options) {
+        service(context, *stack.model, *stack.backend, *stack.store, stack.planner,
+                std::move(options)) {
     service.start();
   }
   testing::Stack stack;
@@ -95,7 +96,7 @@ struct Raw {
 
 std::string bytes(capnp::MallocMessageBuilder& m) {
   const auto msg = net::encode(m);
-  return std::string(static_cast<const char*>(msg.data()), msg.size());
+  return {static_cast<const char*>(msg.data()), msg.size()};
 }
 
 std::string generate_message(std::uint64_t id, const std::vector<std::int32_t>& prompt,

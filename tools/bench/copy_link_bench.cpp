@@ -149,6 +149,9 @@ int run(const Options& options) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   Options options;
   CLI::App app(

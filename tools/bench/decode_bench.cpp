@@ -133,6 +133,7 @@ std::vector<kvstore::SeqId> prefill(worker::Engine& engine,
                                     double& seconds) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<kvstore::SeqId> seqs;
+  seqs.reserve(prompts.size());
   std::vector<float> logits;
   for (const auto& p : prompts) seqs.push_back(engine.prefill(p, logits));
   seconds = seconds_since(t0);
@@ -415,6 +416,9 @@ int run(const Options& o) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   Options options;
   CLI::App app(

@@ -45,6 +45,7 @@ StoreRegistration::StoreRegistration(kernels::Backend& backend, kvstore::LocalKv
     }
   }
   for (const auto& [begin, end] : merged) {
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the ranges are kept as integer addresses
     auto* data = reinterpret_cast<std::byte*>(begin);
     const auto bytes = static_cast<std::size_t>(end - begin);
     if (backend_.register_host(data, bytes)) {

@@ -125,7 +125,7 @@ struct Bench {
     Measured m;
     // The lower median: on a shared 2-core machine a step is only ever slowed down by others.
     m.measured_s = totals[(totals.size() - 1) / 2];
-    const double n = static_cast<double>(options.steps);
+    const auto n = static_cast<double>(options.steps);
     m.phases = {sum.transfer / n, sum.recompute / n, sum.attention / n,
                 sum.other / n,    sum.idle / n,      sum.total / n};
     m.l = engine.last_step().plan.l;
@@ -180,6 +180,7 @@ struct Bench {
   }
 };
 
+// NOLINTNEXTLINE(bugprone-exception-escape): clang-tidy 14 misreads the implicit members
 struct Results {
   std::vector<Measured> points;  // resident, transfer, recompute, chosen, chosen with paper chunk
   std::vector<Measured> sweep;

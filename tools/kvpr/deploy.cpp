@@ -1,12 +1,13 @@
 #include "deploy.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -59,6 +60,7 @@ pid_t spawn(const std::vector<std::string>& argv, const fs::path& log) {
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid = -1;
@@ -165,6 +167,7 @@ int up_command(const UpOptions& o) {
                {binary("kvpr-kvstore").string(), "--listen", "tcp://127.0.0.1:0", "--capacity",
                 std::to_string(o.capacity_bytes), "--lease-ms", std::to_string(o.lease_ms)});
     std::vector<std::string> planners;
+    planners.reserve(static_cast<std::size_t>(o.planners));
     for (int i = 0; i < o.planners; ++i) {
       planners.push_back(
           launch("planner-" + std::to_string(i), "planner",
@@ -199,7 +202,9 @@ int up_command(const UpOptions& o) {
     return 0;
   } catch (...) {
     std::vector<pid_t> pids;
-    for (auto it = started.rbegin(); it != started.rend(); ++it) pids.push_back(it->pid);
+    pids.reserve(started.size());
+    for (const auto& child : started) pids.push_back(child.pid);
+    std::reverse(pids.begin(), pids.end());  // stop in the reverse order of start
     stop_all(pids, 5);
     throw;
   }

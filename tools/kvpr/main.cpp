@@ -32,6 +32,9 @@ void report(std::string_view kind, std::string message) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   CLI::App app{"kvpr: LLM decoding with a host-resident KV cache and partial recomputation"};
   app.require_subcommand(1);

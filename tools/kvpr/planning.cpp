@@ -4,6 +4,7 @@
 
 #include "embedded.h"
 #include "kvpr/common/error.h"
+#include "kvpr/planner/decode_schedule.h"
 #include "kvpr/worker/profiler.h"
 
 namespace kvpr::cli {
@@ -91,7 +92,7 @@ nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const Mod
   // Device memory of one device batch of bs sequences: two staging slots of activations and K,V
   // (fp32 on the device) plus the work buffers; the weights are resident and counted once.
   const double weights = [&] {
-    double n = static_cast<double>(c.vocab * c.word_embed_proj_dim);
+    auto n = static_cast<double>(c.vocab * c.word_embed_proj_dim);
     n += static_cast<double>(c.n_layers) *
          (static_cast<double>(c.h * (c.h + 2 * c.h_kv()) + c.h * c.h) +
           (c.arch == Arch::llama ? 3.0 : 2.0) * static_cast<double>(c.h * c.ffn));
@@ -143,7 +144,9 @@ void print_plan(const nlohmann::json& plan) {
   std::printf("policy %s, split l = %s (ratio %.3f), chunk %s, %s schedule\n",
               plan["policy"].get<std::string>().c_str(), plan["splits"].dump().c_str(),
               plan["ratio"].get<double>(),
-              plan["chunk"].get<std::int64_t>() > (1 << 30) ? "all" : plan["chunk"].dump().c_str(),
+              plan["chunk"].get<std::int64_t>() >= planner::kPaperChunk
+                  ? "all"
+                  : plan["chunk"].dump().c_str(),
               plan["schedule"].get<std::string>().c_str());
   const auto& ph = plan["predicted_phases"];
   std::printf(

@@ -9,7 +9,7 @@ namespace kvpr::net {
 zmq::message_t encode(capnp::MessageBuilder& message) {
   const auto words = capnp::messageToFlatArray(message);
   const auto bytes = words.asBytes();
-  return zmq::message_t(bytes.begin(), bytes.size());
+  return {bytes.begin(), bytes.size()};
 }
 
 Frame::Frame(const zmq::message_t& frame) : Frame(frame.data(), frame.size()) {}

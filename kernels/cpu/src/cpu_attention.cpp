@@ -62,10 +62,10 @@ void attention(const Tensor& q, std::span<const AttnSegment> segments, const Att
   // Bucket the segments by query, keeping their order (a stable counting sort), and count tokens.
   std::vector<std::size_t> first(static_cast<std::size_t>(n_queries) + 1, 0);
   std::vector<std::int64_t> n_tokens(static_cast<std::size_t>(n_queries), 0);
-  for (std::size_t i = 0; i < segments.size(); ++i) {
-    const auto query = static_cast<std::size_t>(segments[i].query);
+  for (const auto& segment : segments) {
+    const auto query = static_cast<std::size_t>(segment.query);
     ++first[query + 1];
-    n_tokens[query] += segments[i].k.rows;
+    n_tokens[query] += segment.k.rows;
   }
   for (std::size_t r = 0; r < n_tokens.size(); ++r) {
     first[r + 1] += first[r];

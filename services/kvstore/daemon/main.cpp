@@ -52,6 +52,9 @@ std::uint64_t parse_bytes(const std::string& text, const std::string& flag) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   CLI::App app{"kvpr-kvstore: host memory for KV caches, shared over ZeroMQ + UCX"};
   std::string listen = "tcp://127.0.0.1:5555";

@@ -26,6 +26,9 @@ void report(const std::string& kind, std::string message) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   CLI::App app{"kvpr-planner: plans KV splits from workers' hardware profiles (one replica)"};
   kvpr::planner::PlannerServiceOptions options;

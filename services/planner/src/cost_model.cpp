@@ -15,14 +15,14 @@ LayerCost layer_cost(const LayerShape& shape, std::span<const std::int64_t> s,
     fail("cost model: rates must be positive (B=", rates.bytes_per_s, ", F=", rates.flops_per_s,
          ")");
   }
-  const double h = static_cast<double>(shape.h);
-  const double h_kv = static_cast<double>(shape.h_kv);
-  const double p = static_cast<double>(shape.p);
+  const auto h = static_cast<double>(shape.h);
+  const auto h_kv = static_cast<double>(shape.h_kv);
+  const auto p = static_cast<double>(shape.p);
   LayerCost c;
   double l_total = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    const double li = static_cast<double>(std::clamp<std::int64_t>(l[i], 0, s[i]));
-    const double si = static_cast<double>(s[i]);
+    const auto li = static_cast<double>(std::clamp<std::int64_t>(l[i], 0, s[i]));
+    const auto si = static_cast<double>(s[i]);
     l_total += li;
     c.activation_bytes += li * h * p;
     c.kv_bytes += (si - li) * 2.0 * h_kv * p;
@@ -84,7 +84,7 @@ SplitChoice choose_split(const LayerShape& shape, std::span<const std::int64_t> 
   }
   constexpr int kSteps = 256;
   for (int k = 1; k <= kSteps; ++k) {
-    const double ratio = static_cast<double>(k) / kSteps;
+    const auto ratio = static_cast<double>(k) / kSteps;
     auto l = splits_for_ratio(s, ratio);
     const auto c = layer_cost(shape, s, l, rates, chunk);
     if (c.pipelined_s < choice.cost.pipelined_s) {

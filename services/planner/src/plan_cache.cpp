@@ -73,6 +73,7 @@ std::vector<std::int64_t> scale_splits(const Plan& plan, const PlanRequest& requ
   switch (plan.policy) {
     case Policy::resident:
     case Policy::transfer:
+      // NOLINTNEXTLINE(modernize-return-braced-init-list): braces would pick the list constructor
       return std::vector<std::int64_t>(s.size(), 0);
     case Policy::recompute:
       return s;

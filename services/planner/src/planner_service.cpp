@@ -84,7 +84,11 @@ PlannerService::PlannerService(zmq::context_t& context, PlannerServiceOptions op
       instruments_(std::make_unique<Instruments>(metrics_->registry())) {}
 
 PlannerService::~PlannerService() {
-  stop();
+  try {
+    stop();
+  } catch (const std::exception& e) {  // a destructor logs and never throws
+    log::error("planner ", options_.name, ": while stopping: ", e.what());
+  }
 }
 
 void PlannerService::start() {

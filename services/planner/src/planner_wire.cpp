@@ -29,7 +29,7 @@ std::string text(std::string_view what, std::string_view field, capnp::Text::Rea
   if (in.size() > max_bytes) {
     fail("invalid ", what, ": ", field, " has ", in.size(), " bytes (at most ", max_bytes, ")");
   }
-  return std::string(in.cStr(), in.size());
+  return {in.cStr(), in.size()};
 }
 
 void encode_curve(const Curve& curve, capnp::List<wire::Point>::Builder out) {

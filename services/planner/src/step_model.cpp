@@ -15,8 +15,8 @@ class Replay {
   Replay(const HardwareProfile& profile, const StepShape& shape, const DecodeSchedule& schedule,
          const std::function<void(const PredictedSpan&)>& on_span)
       : profile_(profile), shape_(shape), on_span_(on_span) {
-    const double h = static_cast<double>(shape.h);
-    const double h_kv = static_cast<double>(shape.h_kv);
+    const auto h = static_cast<double>(shape.h);
+    const auto h_kv = static_cast<double>(shape.h_kv);
     const auto b = static_cast<double>(shape.s.size());
     // "other" splits between before attention (q/k/v projections) and after it (o projection,
     // FFN) by their GEMM FLOPs.
@@ -45,9 +45,9 @@ class Replay {
   }
 
   void operator()(const DecodeOp& op) {
-    const double p = static_cast<double>(shape_.p);
-    const double h = static_cast<double>(shape_.h);
-    const double h_kv = static_cast<double>(shape_.h_kv);
+    const auto p = static_cast<double>(shape_.p);
+    const auto h = static_cast<double>(shape_.h);
+    const auto h_kv = static_cast<double>(shape_.h_kv);
     auto& slot = slots_[static_cast<std::size_t>(std::max(op.slot, 0))];
     switch (op.kind) {
       case OpKind::prefetch:
@@ -86,7 +86,7 @@ class Replay {
       }
       case OpKind::recompute: {
         wait_for(slot.chunks.at(static_cast<std::size_t>(op.chunk)));
-        const double m = static_cast<double>(op.n);
+        const auto m = static_cast<double>(op.n);
         busy(op, out_.recompute_s, 4.0 * m * h * h_kv / profile_.recompute_flops_per_s.at(m));
         break;
       }

@@ -152,6 +152,9 @@ int serve(const Flags& f) {
 
 }  // namespace
 
+// A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
+// start should do.
+// NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   CLI::App app{"kvpr-worker: runs prefill and decode steps for clients on one device"};
   Flags f;

@@ -29,7 +29,7 @@ struct WorkerService::Job {
 namespace {
 
 zmq::message_t copy(const zmq::message_t& m) {
-  return zmq::message_t(m.data(), m.size());
+  return {m.data(), m.size()};
 }
 
 std::string rejection_reason(const Error& e) {

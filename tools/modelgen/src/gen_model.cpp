@@ -110,7 +110,7 @@ class Rng {
     const std::uint64_t r = next();
     const auto sum = static_cast<std::int64_t>((r & 0xffff) + ((r >> 16) & 0xffff) +
                                                ((r >> 32) & 0xffff) + (r >> 48));
-    return static_cast<float>(sum - std::int64_t{2 * 65535}) * (1.7320508f / 65536.0f);
+    return static_cast<float>(sum - std::int64_t{2} * 65535) * (1.7320508f / 65536.0f);
   }
 
  private:
