@@ -139,9 +139,10 @@ TEST(DecodeSchedule, ThreeWaySplitFetchesOnlyUpToMAndAttendsTheRestOnTheHost) {
   EXPECT_EQ(kv_rows, 16);
   // The query goes down after the projection; the host works while the device recomputes and
   // attends; its partials come up and merge after the slot's release.
+  // (Layer 1's rows were announced to the store at the step's start.)
   const std::vector<std::string> want = {
-      "project", "download_query", "write_back",      "host_attend", "recompute",   "await_kv",
-      "attend",  "release_slot",   "upload_partials", "merge",       "finish_layer"};
+      "prefetch", "project", "download_query", "write_back",      "host_attend", "recompute",
+      "await_kv", "attend",  "release_slot",   "upload_partials", "merge",       "finish_layer"};
   EXPECT_EQ(layer1, want);
 
   // m = s everywhere (or no m): today's schedule, no host ops; m = 0 clamps to l.

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <numeric>
 
+#include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/service.h"
