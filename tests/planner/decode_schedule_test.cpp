@@ -134,7 +134,7 @@ TEST(DecodeSchedule, ThreeWaySplitFetchesOnlyUpToMAndAttendsTheRestOnTheHost) {
     }
     if (op.layer == 1 && op.kind != OpKind::fetch && op.kind != OpKind::chunk_landed &&
         op.kind != OpKind::kv_landed)
-      layer1.push_back(to_string(op.kind));
+      layer1.emplace_back(to_string(op.kind));
   }
   EXPECT_EQ(kv_rows, 16);
   // The query goes down after the projection; the host works while the device recomputes and

@@ -160,7 +160,7 @@ int run(int argc, char** argv) {
           for (Part part : {Part::k, Part::v}) {
             for (const auto& span : store.locate(seq, layer, part, 0, s)) {
               auto* p = reinterpret_cast<std::uint16_t*>(span.data);
-              const std::size_t n = static_cast<std::size_t>(span.n_tokens * c.h_kv());
+              const auto n = static_cast<std::size_t>(span.n_tokens * c.h_kv());
               for (std::size_t j = 0; j < n; ++j) p[j] = f32_to_f16((rng() % 2001) / 1000.0f - 1);
             }
           }

@@ -61,6 +61,7 @@ struct FetchKey {
   Part part = Part::act;
   std::int64_t t0 = 0;
   std::int64_t t1 = 0;
+  // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads a defaulted <=> (LLVM #46235)
   auto operator<=>(const FetchKey&) const = default;
 };
 

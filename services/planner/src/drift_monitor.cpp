@@ -85,6 +85,7 @@ Refit refit_profile(const HardwareProfile& profile, const std::vector<ObservedSt
   // What the phases leave unexplained, once per step on the compute queue: the median over the
   // steps, so that one step slowed down by something else does not move every prediction.
   std::vector<double> unexplained;
+  unexplained.reserve(steps.size());
   for (const auto& step : steps) {
     unexplained.push_back(step.measured.total_s - predict_step(p, step.shape).total_s);
   }

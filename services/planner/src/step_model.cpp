@@ -39,7 +39,7 @@ class Replay {
     host_s_ = host_rows == 0  ? 0
               : host_rate > 0 ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
                               : std::numeric_limits<double>::infinity();
-    const double n_heads = static_cast<double>(profile.n_heads);  // partials: n_heads·(d + 2)
+    const auto n_heads = static_cast<double>(profile.n_heads);  // partials: n_heads·(d + 2)
     query_bytes_ = b * h * 4;
     partial_bytes_ = b * (h + 2 * n_heads) * 4;
   }
