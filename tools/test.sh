@@ -17,6 +17,7 @@ if [ "${KVPR_SKIP_SANITIZERS:-0}" != 1 ]; then
         -DKVPR_SANITIZE=address,undefined -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DKVPR_WERROR=ON >/dev/null
   ninja -C build-asan
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp" \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
 fi
 
@@ -31,7 +32,7 @@ if [ "${KVPR_SKIP_FUZZ:-0}" != 1 ]; then
   for f in "${fuzzers[@]}"; do
     seeds="$corpus/$(echo "$f" | sed 's/fuzz_\(.*\)_request/\1/')"
     echo "fuzzing $f for ${KVPR_FUZZ_SECONDS:-30} s"
-    if ! LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp build-fuzz/tests/fuzz/"$f" \
+    if ! LSAN_OPTIONS=suppressions=tests/lsan.supp build-fuzz/tests/fuzz/"$f" \
          -max_total_time="${KVPR_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 -timeout=10 \
          -artifact_prefix="$corpus/" "$seeds" > "$corpus/$f.log" 2>&1; then
       tail -40 "$corpus/$f.log"

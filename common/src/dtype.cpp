@@ -166,6 +166,7 @@ bool has_f16c() {
 #endif
 
 void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t n) {
+  if (n == 0) return;  // empty spans may carry null pointers, which memcpy must not see
 #if defined(__x86_64__)
   if (has_f16c() && src_dtype == DType::f16 && dst_dtype == DType::f32) {
     f16_to_f32_f16c(static_cast<const std::uint16_t*>(src), static_cast<float*>(dst), n);
