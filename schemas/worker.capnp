@@ -1,6 +1,8 @@
 # A worker's client protocol (ZeroMQ DEALER -> ROUTER). A client submits a generation request and
-# receives a stream of events with the same id: `accepted`, then `tokens` once per step (and
-# `working` while a step takes long), then `done` with the summary, or `error` at any point.
+# receives a stream of events with the same id: `accepted`, then `queued` keep-alives while it
+# waits, `tokens` for each step its sequences take part in (and `working` while a step takes
+# long), then `done` with the summary, or `error` at any point. `cancel` stops a request (or one
+# of its sequences) of the same client: the worker frees it before its next step.
 @0xf940b045a6c7afdf;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -15,7 +17,27 @@ struct WorkerRequest {
   union {
     generate @2 :Generate;
     stats @3 :Void;
+    cancel @4 :Cancel;
   }
+}
+
+struct Cancel {
+  request @0 :UInt64;     # the id of a request this client sent
+  index @1 :Int64 = -1;   # one of its sequences; -1: all of them
+}
+
+# How tokens are chosen (kvpr::SamplingParams); absent: greedy, stopping at the model's EOS.
+struct Sampling {
+  temperature @0 :Float64;
+  topK @1 :Int64;
+  topP @2 :Float64 = 1.0;
+  hasSeed @3 :Bool;
+  seed @4 :UInt64;
+  presencePenalty @5 :Float64;
+  frequencyPenalty @6 :Float64;
+  stopTokenIds @7 :List(Int32);
+  ignoreEos @8 :Bool;
+  logprobs @9 :Int32 = -1;
 }
 
 struct Generate {
@@ -24,6 +46,7 @@ struct Generate {
   policy @2 :Common.Policy;
   split @3 :Int64;                # fixed l; -1: ask the planner
   keepLogits @4 :Bool;            # send each step's logits rows back
+  sampling @5 :Sampling;
 }
 
 struct WorkerEvent {
@@ -35,13 +58,31 @@ struct WorkerEvent {
     tokens @4 :Tokens;
     done @5 :Summary;
     stats @6 :WorkerStats;
+    queued @7 :UInt64;    # still waiting, with this many requests ahead (a keep-alive)
   }
 }
 
+enum FinishReason {
+  stop @0;       # a stop or EOS id (delivered as the sequence's last token)
+  length @1;     # maxNewTokens, or the model's last position
+  cancelled @2;  # a cancel
+}
+
+struct Finished {
+  index @0 :UInt32;
+  reason @1 :FinishReason;
+}
+
 struct Tokens {
-  step @0 :Int64;          # 0: chosen from the prefill's last logits
-  tokens @1 :List(Int32);  # one per sequence
-  logits @2 :List(Float32); # [sequences, vocab] when keepLogits
+  step @0 :Int64;              # the worker's decode step (its admissions come before step 1)
+  tokens @1 :List(Int32);      # one per listed sequence
+  logits @2 :List(Float32);    # [tokens, vocab] when keepLogits
+  indices @3 :List(UInt32);    # the sequence of each token
+  logprobs @4 :List(Float32);  # of each token, when sampling.logprobs >= 0
+  topN @5 :UInt32;             # entries of topIds and topLogprobs per token
+  topIds @6 :List(Int32);      # [tokens, topN], most likely first
+  topLogprobs @7 :List(Float32);
+  finished @8 :List(Finished); # sequences that ended with this event
 }
 
 struct Phases {
@@ -73,4 +114,11 @@ struct WorkerStats {
   completed @3 :UInt64;
   failed @4 :UInt64;
   rejectedMessages @5 :UInt64;
+  runningSequences @6 :UInt64;
+  waitingSequences @7 :UInt64;
+  maxBatch @8 :UInt64;
+  maxQueue @9 :UInt64;
+  kvFreeBytes @10 :UInt64;
+  preemptions @11 :UInt64;
+  cancellations @12 :UInt64;
 }

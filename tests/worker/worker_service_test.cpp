@@ -43,6 +43,7 @@ RemoteGenerate request(std::vector<std::vector<std::int32_t>> prompts, std::int6
   r.request.keep_logits = true;
   r.policy = planner::Policy::kvpr;
   r.split = 3;
+  r.sampling.ignore_eos = true;
   return r;
 }
 
@@ -51,7 +52,9 @@ TEST(WorkerService, MatchesInProcessGenerateBitForBit) {
   WorkerClient client(served.context, served.service.endpoint());
   const auto work = request({{2, 31, 45, 60, 7}, {2, 9}}, 6);
   std::vector<std::int64_t> steps;
-  const auto remote = client.generate(work, [&](const StepEvent& e) { steps.push_back(e.step); });
+  StreamCallbacks callbacks;
+  callbacks.on_step = [&](const JobStep& e) { steps.push_back(e.step); };
+  const auto remote = client.generate(work, callbacks);
   EXPECT_EQ(steps, (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5}));
 
   testing::Stack local(kModel, planner::Policy::kvpr, 3);

@@ -70,7 +70,7 @@ class HostSplitRecorder final : public planner::Planner {
 // planner, and this command talks to it over inproc:// exactly as it talks to a remote worker.
 worker::GenerateResult run_embedded(const RunOptions& options, const worker::RemoteGenerate& work,
                                     std::optional<std::int64_t> host_split,
-                                    const worker::StepCallback& on_step,
+                                    const worker::StreamCallbacks& on_step,
                                     std::vector<std::int64_t>& executed_host_split) {
   if (options.host_threads < 1)
     fail("--host-threads must be at least 1, got ", options.host_threads);
@@ -95,7 +95,7 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
 }
 
 worker::GenerateResult run_connected(const RunOptions& options, const worker::RemoteGenerate& work,
-                                     const worker::StepCallback& on_step) {
+                                     const worker::StreamCallbacks& on_step) {
   const BackendFlags defaults;
   if (options.backend.backend != defaults.backend ||
       options.backend.emulate_link_gbps != defaults.emulate_link_gbps ||
@@ -154,6 +154,7 @@ int run_command(const RunOptions& options) {
   worker::GenerateRequest& request = work.request;
   request.max_new_tokens = options.max_new_tokens;
   request.keep_logits = !options.logits_out.empty();
+  work.sampling.ignore_eos = true;  // exactly --max-new-tokens tokens, as the CLI contract says
   if (!options.prompts.empty()) {
     tokenizer = load_tokenizer(options.model);
     for (const auto& text : options.prompts) {
@@ -170,8 +171,10 @@ int run_command(const RunOptions& options) {
 
   Progress progress("generating", static_cast<std::uint64_t>(options.max_new_tokens - 1),
                     !options.quiet);
-  const auto on_step = [&](const worker::StepEvent& event) {
-    progress.update(static_cast<std::uint64_t>(event.step));
+  std::uint64_t steps = 0;
+  worker::StreamCallbacks on_step;
+  on_step.on_step = [&](const worker::JobStep& step) {
+    if (!step.tokens.empty()) progress.update(steps++);
   };
   std::vector<std::int64_t> host_split;  // as executed (embedded only)
   const auto result = options.connect.empty()

@@ -38,7 +38,8 @@ void serve(Router& router, const ServeLoop& loop) {
       if ((items[0].revents & ZMQ_POLLIN) != 0)
         request = router.receive(std::chrono::milliseconds(0));
       if (request) {
-        router.send(request->peer, loop.answer(*request));
+        zmq::message_t reply = loop.answer(*request);
+        if (reply.size() > 0) router.send(request->peer, std::move(reply));
       } else if (draining) {
         return;
       }

@@ -43,6 +43,10 @@ struct Flags {
   std::string log_level;
   std::string trace;
   kvpr::planner::DriftOptions drift;
+  std::int64_t max_batch = 32;
+  std::size_t max_queue = 64;
+  std::int64_t max_prefill_tokens = 2048;
+  std::string admit = "full";
 };
 
 int serve(const Flags& f) {
@@ -134,6 +138,10 @@ int serve(const Flags& f) {
   so.link_bytes_per_s = link_bytes_per_s;
   so.trace_path = f.trace;
   so.corrector = corrector.get();
+  so.max_queue = f.max_queue;
+  so.batching.max_batch = f.max_batch;
+  so.batching.max_prefill_tokens_per_step = f.max_prefill_tokens;
+  so.batching.admit = worker::parse_admit(f.admit);
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
   log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
@@ -182,6 +190,14 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
+  app.add_option("--max-batch", f.max_batch, "Sequences decoded together (continuous batching)");
+  app.add_option("--max-queue", f.max_queue,
+                 "Requests that may wait; more are answered overloaded");
+  app.add_option("--max-prefill-tokens-per-step", f.max_prefill_tokens,
+                 "Prompt tokens prefilled between two decode steps (bounds a step's stall)");
+  app.add_option("--admit", f.admit,
+                 "full: admit when prompt + max tokens fit the KV store; prompt: when the prompt "
+                 "fits (more in the batch; preempts when the store fills)");
   app.add_option("--trace", f.trace,
                  "Write every decode step's copy and compute spans here (Chrome trace JSON)");
   app.add_option(

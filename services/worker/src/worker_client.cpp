@@ -17,32 +17,64 @@ WorkerClient::WorkerClient(zmq::context_t& context, const std::string& endpoint,
       endpoint_(endpoint),
       idle_timeout_(idle_timeout) {}
 
-WorkerClient::~WorkerClient() = default;
+WorkerClient::~WorkerClient() {
+  if (active_ == 0) return;
+  try {
+    stop(-1);  // the request outlives nobody who wants it
+  } catch (const std::exception&) {  // best effort: a dead worker has nothing to cancel
+  }
+}
 
-GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCallback& on_step) {
+void WorkerClient::stop(std::int64_t index) {
+  if (active_ == 0) return;
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<wire::WorkerRequest>();
+  r.setId(net::next_request_id());
+  auto c = r.initCancel();
+  c.setRequest(active_);
+  c.setIndex(index);
+  rpc_->send(message, std::chrono::milliseconds(1000));
+}
+
+namespace {
+
+void send_generate(net::RpcClient& rpc, std::uint64_t id, const RemoteGenerate& remote,
+                   std::chrono::milliseconds timeout) {
+  const GenerateRequest& request = remote.request;
+  capnp::MallocMessageBuilder message;
+  auto r = message.initRoot<wire::WorkerRequest>();
+  r.setId(id);
+  r.setDeadlineUnixMs(remote.deadline_unix_ms);
+  auto g = r.initGenerate();
+  auto prompts = g.initPrompts(static_cast<unsigned>(request.prompts.size()));
+  for (unsigned i = 0; i < request.prompts.size(); ++i) {
+    const auto& p = request.prompts[i];
+    auto ids = prompts.init(i, static_cast<unsigned>(p.size()));
+    for (unsigned j = 0; j < p.size(); ++j) ids.set(j, p[j]);
+  }
+  g.setMaxNewTokens(request.max_new_tokens);
+  g.setPolicy(planner::wire_adapter::encode_policy(remote.policy));
+  g.setSplit(remote.split.value_or(-1));
+  g.setKeepLogits(request.keep_logits);
+  wire_adapter::encode_sampling(remote.sampling, g.initSampling());
+  rpc.send(message, timeout);
+}
+
+}  // namespace
+
+GenerateResult WorkerClient::generate(const RemoteGenerate& remote,
+                                      const StreamCallbacks& callbacks) {
   const GenerateRequest& request = remote.request;
   if (request.prompts.empty()) fail("generate: no prompts");
+  if (active_ != 0) stop(-1);  // the last request ended in an error: it is not wanted any more
   const std::uint64_t id = net::next_request_id();
-  {
-    capnp::MallocMessageBuilder message;
-    auto r = message.initRoot<wire::WorkerRequest>();
-    r.setId(id);
-    auto g = r.initGenerate();
-    auto prompts = g.initPrompts(static_cast<unsigned>(request.prompts.size()));
-    for (unsigned i = 0; i < request.prompts.size(); ++i) {
-      const auto& p = request.prompts[i];
-      auto ids = prompts.init(i, static_cast<unsigned>(p.size()));
-      for (unsigned j = 0; j < p.size(); ++j) ids.set(j, p[j]);
-    }
-    g.setMaxNewTokens(request.max_new_tokens);
-    g.setPolicy(planner::wire_adapter::encode_policy(remote.policy));
-    g.setSplit(remote.split.value_or(-1));
-    g.setKeepLogits(request.keep_logits);
-    rpc_->send(message, idle_timeout_);
-  }
+  send_generate(*rpc_, id, remote, idle_timeout_);
+  active_ = id;
   GenerateResult result;
   result.sequences.resize(request.prompts.size());
   const std::size_t b = request.prompts.size();
+  std::vector<bool> ended(b, false);
+  std::vector<float> logits;
   for (;;) {
     auto frame = rpc_->receive(idle_timeout_);
     if (!frame) {
@@ -55,42 +87,39 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCa
       if (event.getId() != id) return;  // a late event of an abandoned request
       switch (event.which()) {
         case wire::WorkerEvent::ERROR:
+          active_ = 0;
           net::throw_error(event.getError(), rpc_->peer());
         case wire::WorkerEvent::ACCEPTED:
+          if (callbacks.on_queued) callbacks.on_queued(static_cast<std::int64_t>(event.getAccepted()));
+          return;
+        case wire::WorkerEvent::QUEUED:
+          if (callbacks.on_queued) callbacks.on_queued(static_cast<std::int64_t>(event.getQueued()));
+          return;
         case wire::WorkerEvent::WORKING:
         case wire::WorkerEvent::STATS:
           return;
         case wire::WorkerEvent::TOKENS: {
-          const auto t = event.getTokens();
-          const auto tokens = t.getTokens();
-          if (tokens.size() != b) {
-            fail(rpc_->peer(), ": step ", t.getStep(), " has ", tokens.size(), " tokens for ", b,
-                 " sequences");
-          }
-          std::vector<std::int32_t> ids;
-          for (const std::int32_t token : tokens) ids.push_back(token);
-          std::vector<float> logits;
-          logits.reserve(t.getLogits().size());
-          for (const float x : t.getLogits()) logits.push_back(x);
-          if (request.keep_logits && (logits.empty() || logits.size() % b != 0)) {
-            fail(rpc_->peer(), ": step ", t.getStep(), " carries ", logits.size(), " logits for ",
-                 b, " sequences");
-          }
-          const std::size_t vocab = logits.size() / b;
-          for (std::size_t i = 0; i < b; ++i) {
-            auto& seq = result.sequences[i];
-            seq.tokens.push_back(ids[i]);
+          const JobStep step =
+              wire_adapter::decode_step(event.getTokens(), b, request.keep_logits, logits);
+          const std::size_t vocab = step.tokens.empty() ? 0 : logits.size() / step.tokens.size();
+          for (std::size_t i = 0; i < step.tokens.size(); ++i) {
+            const auto index = static_cast<std::size_t>(step.tokens[i].index);
+            if (ended[index]) fail(rpc_->peer(), ": a token for finished sequence ", index);
+            auto& seq = result.sequences[index];
+            seq.tokens.push_back(step.tokens[i].token);
             if (request.keep_logits) {
               const float* row = logits.data() + i * vocab;
               seq.logits.insert(seq.logits.end(), row, row + vocab);
             }
           }
-          if (on_step) {
-            on_step({t.getStep(), request.max_new_tokens - 1, ids, logits, nullptr});
+          for (const auto& [index, why] : step.finished) {
+            ended[static_cast<std::size_t>(index)] = true;
+            result.sequences[static_cast<std::size_t>(index)].finish = why;
           }
+          if (callbacks.on_step) callbacks.on_step(step);
           return;
         }
-        case wire::WorkerEvent::DONE:
+        case wire::WorkerEvent::DONE: {
           std::vector<std::int64_t> s_max;
           for (const auto& p : request.prompts) {
             s_max.push_back(static_cast<std::int64_t>(p.size()) + request.max_new_tokens);
@@ -99,16 +128,18 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote, const StepCa
           last_worker_ = event.getDone().getWorker().cStr();
           done = true;
           return;
+        }
       }
       fail(rpc_->peer(), ": unknown event type ", static_cast<int>(event.which()));
     });
     if (done) break;
   }
+  active_ = 0;
   for (std::size_t i = 0; i < b; ++i) {
     const auto n = static_cast<std::int64_t>(result.sequences[i].tokens.size());
-    if (n != request.max_new_tokens) {
-      fail(rpc_->peer(), ": sequence ", i, " got ", n, " tokens, expected ",
-           request.max_new_tokens);
+    if (!ended[i] || n > request.max_new_tokens) {
+      fail(rpc_->peer(), ": sequence ", i, " ended with ", n, " tokens (at most ",
+           request.max_new_tokens, ")", ended[i] ? "" : " without a finish");
     }
   }
   return result;
@@ -127,8 +158,11 @@ WorkerStatus WorkerClient::status() {
     if (event.isError()) net::throw_error(event.getError(), rpc_->peer());
     if (!event.isStats()) fail(rpc_->peer(), ": stats request answered with another event");
     const auto s = event.getStats();
-    status = {s.getName().cStr(), s.getQueued(), s.getRunning(),
-              s.getCompleted(),   s.getFailed(), s.getRejectedMessages()};
+    status = {s.getName().cStr(),     s.getQueued(),           s.getRunning(),
+              s.getCompleted(),       s.getFailed(),           s.getRejectedMessages(),
+              s.getRunningSequences(), s.getWaitingSequences(), s.getMaxBatch(),
+              s.getMaxQueue(),        s.getKvFreeBytes(),      s.getPreemptions(),
+              s.getCancellations()};
   });
   return status;
 }

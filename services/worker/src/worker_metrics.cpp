@@ -101,6 +101,38 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                      .Labels(labels)
                      .Register(registry)
                      .Add({});
+  running_sequences = &prometheus::BuildGauge()
+                           .Name("kvpr_running_sequences")
+                           .Help("Sequences in the decode batch")
+                           .Labels(labels)
+                           .Register(registry)
+                           .Add({});
+  waiting_sequences = &prometheus::BuildGauge()
+                           .Name("kvpr_waiting_sequences")
+                           .Help("Sequences waiting to join the batch (queued or preempted)")
+                           .Labels(labels)
+                           .Register(registry)
+                           .Add({});
+  preemptions = &prometheus::BuildCounter()
+                     .Name("kvpr_preemptions_total")
+                     .Help(
+                         "Sequences taken out of the batch because the KV store filled; each "
+                         "resumes later, rebuilt from its tokens")
+                     .Labels(labels)
+                     .Register(registry)
+                     .Add({});
+  cancellations = &prometheus::BuildCounter()
+                       .Name("kvpr_cancellations_total")
+                       .Help("Sequences stopped by their client's cancel")
+                       .Labels(labels)
+                       .Register(registry)
+                       .Add({});
+  request_latency = &prometheus::BuildHistogram()
+                         .Name("kvpr_request_latency_seconds")
+                         .Help("From a request's arrival to its last event, for finished requests")
+                         .Labels(labels)
+                         .Register(registry)
+                         .Add({}, net::latency_buckets());
   // Exported from the start (1 and 0), also by workers that plan without a profile.
   drift_ratio = &prometheus::BuildGauge()
                      .Name("kvpr_plan_drift_ratio")

@@ -41,6 +41,11 @@ struct WorkerMetrics {
   prometheus::Gauge* profile_h2d = nullptr;
   prometheus::Gauge* queue_depth = nullptr;
   prometheus::Gauge* drift_ratio = nullptr;
+  prometheus::Gauge* running_sequences = nullptr;
+  prometheus::Gauge* waiting_sequences = nullptr;
+  prometheus::Counter* preemptions = nullptr;
+  prometheus::Counter* cancellations = nullptr;
+  prometheus::Histogram* request_latency = nullptr;
   prometheus::Counter* profile_refits = nullptr;
 };
 

@@ -1,5 +1,7 @@
 #include "kvpr/worker/worker_service.h"
 
+#include <cstring>
+
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
@@ -9,6 +11,7 @@
 #include "kvpr/worker/engine.h"
 #include "kvpr/worker/generator.h"
 #include "kvpr/worker/trace.h"
+#include "worker_job.h"
 #include "worker_metrics.h"
 #include "worker_wire.h"
 
@@ -16,15 +19,6 @@ namespace kvpr::worker {
 
 using net::Clock;
 using wire_adapter::DecodedRequest;
-
-struct WorkerService::Job {
-  zmq::message_t peer;
-  std::uint64_t id = 0;
-  std::uint64_t deadline_unix_ms = 0;
-  wire_adapter::GenerateJob work;
-  Clock::time_point accepted_at;
-  std::atomic<Clock::rep> last_event{0};  // for keep-alives, read by the router thread
-};
 
 namespace {
 
@@ -110,6 +104,49 @@ void WorkerService::reject(const std::string& reason) {
   ++rejected_;
 }
 
+zmq::message_t WorkerService::stats_event(std::uint64_t id) {
+  capnp::MallocMessageBuilder message;
+  auto event = message.initRoot<wire::WorkerEvent>();
+  event.setId(id);
+  auto st = event.initStats();
+  std::lock_guard lock(mutex_);
+  std::uint64_t running = 0;
+  for (const auto& job : live_) running += job->batch->started ? 1 : 0;
+  st.setName(options_.name);
+  st.setQueued(live_.size() - running);
+  st.setRunning(running);
+  st.setCompleted(completed_);
+  st.setFailed(failed_);
+  st.setRejectedMessages(rejected_);
+  st.setRunningSequences(running_seqs_);
+  st.setWaitingSequences(waiting_seqs_);
+  st.setMaxBatch(static_cast<std::uint64_t>(options_.batching.max_batch));
+  st.setMaxQueue(options_.max_queue);
+  st.setPreemptions(counters_.preemptions);
+  st.setCancellations(counters_.cancellations);
+  const auto store = store_.stats();
+  st.setKvFreeBytes(store.capacity_bytes - std::min(store.capacity_bytes, store.used_bytes));
+  return net::encode(message);
+}
+
+// A cancel names a request by the id its client gave it; only the same client (routing id) can
+// cancel it, so one client cannot stop another's work by guessing ids.
+void WorkerService::cancel(const zmq::message_t& peer, std::uint64_t request, std::int64_t index) {
+  std::lock_guard lock(mutex_);
+  for (const auto& job : live_) {
+    if (job->batch->id != request || job->peer.size() != peer.size() ||
+        std::memcmp(job->peer.data(), peer.data(), peer.size()) != 0) {
+      continue;
+    }
+    if (index < 0) {
+      job->batch->cancelled = true;
+    } else {
+      job->batch->request_stop(index);
+    }
+  }
+  wake_.notify_one();
+}
+
 zmq::message_t WorkerService::handle_request(const zmq::message_t& peer,
                                              const zmq::message_t& payload) {
   std::uint64_t id = 0;
@@ -117,45 +154,50 @@ zmq::message_t WorkerService::handle_request(const zmq::message_t& peer,
     const wire_adapter::ModelLimits limits{model_.config().vocab, model_.config().max_positions};
     DecodedRequest request =
         wire_adapter::decode_request(payload.data(), payload.size(), limits, id);
+    if (request.kind == DecodedRequest::Kind::cancel) {
+      cancel(peer, request.cancel_request, request.cancel_index);
+      return {};
+    }
     if (request.deadline_unix_ms != 0 && net::now_unix_ms() > request.deadline_unix_ms) {
       reject("expired");
       return error_event(
           id, Error(ErrorKind::failed, str("request ", id, " arrived past its deadline")));
     }
-    capnp::MallocMessageBuilder message;
-    auto event = message.initRoot<wire::WorkerEvent>();
-    event.setId(id);
-    if (request.kind == DecodedRequest::Kind::stats) {
-      std::lock_guard lock(mutex_);
-      auto st = event.initStats();
-      st.setName(options_.name);
-      st.setQueued(queue_.size());
-      st.setRunning(running_ != nullptr ? 1 : 0);
-      st.setCompleted(completed_);
-      st.setFailed(failed_);
-      st.setRejectedMessages(rejected_);
-      return net::encode(message);
-    }
+    if (request.kind == DecodedRequest::Kind::stats) return stats_event(id);
     std::size_t ahead = 0;
     {
       std::lock_guard lock(mutex_);
       if (stopping_) raise(ErrorKind::overloaded, "worker ", options_.name, " is stopping");
-      if (queue_.size() >= options_.max_queue) {
-        raise(ErrorKind::overloaded, "worker ", options_.name, " has ", queue_.size(),
-              " requests waiting (the limit)");
+      std::size_t waiting = 0;
+      for (const auto& job : live_) waiting += job->batch->started ? 0 : 1;
+      if (waiting >= options_.max_queue) {
+        raise(ErrorKind::overloaded, "worker ", options_.name, " has ", waiting,
+              " requests waiting (the limit, --max-queue)");
       }
-      auto job = std::make_unique<Job>();
+      auto job = std::make_shared<Job>();
       job->peer = copy(peer);
-      job->id = id;
-      job->deadline_unix_ms = request.deadline_unix_ms;
-      job->work = std::move(request.job);
-      job->accepted_at = Clock::now();
+      job->batch = std::make_shared<BatchJob>();
+      BatchJob& b = *job->batch;
+      b.id = id;
+      b.request = std::move(request.job.request);
+      b.sampling = std::move(request.job.sampling);
+      b.policy = request.job.policy;
+      b.split = request.job.split;
+      if (request.deadline_unix_ms != 0) {
+        b.deadline = Clock::now() + std::chrono::milliseconds(
+                                         static_cast<std::int64_t>(request.deadline_unix_ms) -
+                                         static_cast<std::int64_t>(net::now_unix_ms()));
+      }
       job->last_event = Clock::now().time_since_epoch().count();
-      ahead = queue_.size() + (running_ != nullptr ? 1 : 0);
-      queue_.push_back(std::move(job));
-      instruments_->queue_depth->Set(static_cast<double>(queue_.size()));
+      ahead = waiting;
+      inbox_.push_back(job);
+      live_.push_back(std::move(job));
+      instruments_->queue_depth->Set(static_cast<double>(waiting + 1));
     }
     wake_.notify_one();
+    capnp::MallocMessageBuilder message;
+    auto event = message.initRoot<wire::WorkerEvent>();
+    event.setId(id);
     event.setAccepted(ahead);
     return net::encode(message);
   } catch (const Error& e) {
@@ -177,16 +219,25 @@ void WorkerService::forward_events() {
 
 void WorkerService::keep_alive() {
   std::lock_guard lock(mutex_);
-  if (running_ == nullptr) return;
   const auto now = Clock::now();
-  const auto last = Clock::time_point(Clock::duration(running_->last_event.load()));
-  if (now - last < options_.keepalive) return;
-  running_->last_event = now.time_since_epoch().count();
-  capnp::MallocMessageBuilder message;
-  auto event = message.initRoot<wire::WorkerEvent>();
-  event.setId(running_->id);
-  event.setWorking();
-  router_->send(running_->peer, message);
+  std::uint64_t ahead = 0;
+  for (const auto& job : live_) {
+    const bool started = job->batch->started;
+    const auto last = Clock::time_point(Clock::duration(job->last_event.load()));
+    if (now - last >= options_.keepalive) {
+      job->last_event = now.time_since_epoch().count();
+      capnp::MallocMessageBuilder message;
+      auto event = message.initRoot<wire::WorkerEvent>();
+      event.setId(job->batch->id);
+      if (started) {
+        event.setWorking();
+      } else {
+        event.setQueued(ahead);
+      }
+      router_->send(job->peer, message);
+    }
+    if (!started) ++ahead;
+  }
 }
 
 // Serves until the executor has returned (stop() drains the queue first), then forwards the
@@ -210,100 +261,6 @@ void WorkerService::route() {
     return error_event(0, net::MalformedMessage(request.malformed));
   };
   net::serve(*router_, loop);
-}
-
-void WorkerService::execute() {
-  zmq::socket_t events = net::make_socket(context_, zmq::socket_type::push);
-  events.connect(events_endpoint_);
-  for (;;) {
-    std::unique_ptr<Job> job;
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and nothing left to drain
-      job = std::move(queue_.front());
-      queue_.pop_front();
-      running_ = job.get();
-      instruments_->queue_depth->Set(static_cast<double>(queue_.size()));
-    }
-    const bool ok = run_job(*job, events);
-    std::lock_guard lock(mutex_);
-    running_ = nullptr;
-    ++(ok ? completed_ : failed_);
-  }
-}
-
-namespace {
-
-void send(zmq::socket_t& events, const zmq::message_t& peer, capnp::MessageBuilder& message) {
-  zmq::message_t id(peer.data(), peer.size());
-  events.send(id, zmq::send_flags::sndmore);
-  events.send(net::encode(message), zmq::send_flags::none);
-}
-
-}  // namespace
-
-bool WorkerService::run_job(Job& job, zmq::socket_t& events) {
-  auto& m = *instruments_;
-  try {
-    if (job.deadline_unix_ms != 0 && net::now_unix_ms() > job.deadline_unix_ms) {
-      raise(ErrorKind::overloaded, "request ", job.id, " waited past its deadline");
-    }
-    if (options_.prepare) options_.prepare();
-    EngineOptions engine_options{job.work.policy, job.work.split, trace_ != nullptr};
-    engine_options.host_split = options_.host_split;
-    engine_options.host_threads = options_.host_threads;
-    Engine engine(model_, backend_, store_, planner_, engine_options);
-    auto last = Clock::now();
-    const bool keep = job.work.request.keep_logits;
-    const auto result = generate(engine, job.work.request, [&](const StepEvent& ev) {
-      const auto now = Clock::now();
-      job.last_event = now.time_since_epoch().count();
-      if (ev.step == 0) {
-        m.time_to_first_token->Observe(
-            std::chrono::duration<double>(now - job.accepted_at).count());
-      } else {
-        m.inter_token->Observe(std::chrono::duration<double>(now - last).count());
-        m.observe_step(*ev.stats);
-        if (options_.corrector) {
-          m.observe_drift(*options_.corrector, options_.corrector->observe(*ev.stats));
-        }
-        if (trace_) trace_->add_step(*ev.stats, str("request ", job.id, " step ", ev.step));
-      }
-      last = now;
-      m.tokens->Increment(static_cast<double>(ev.tokens.size()));
-      capnp::MallocMessageBuilder message;
-      auto event = message.initRoot<wire::WorkerEvent>();
-      event.setId(job.id);
-      auto t = event.initTokens();
-      t.setStep(ev.step);
-      auto tokens = t.initTokens(static_cast<unsigned>(ev.tokens.size()));
-      for (unsigned i = 0; i < ev.tokens.size(); ++i) tokens.set(i, ev.tokens[i]);
-      if (keep) {
-        auto logits = t.initLogits(static_cast<unsigned>(ev.logits.size()));
-        for (unsigned i = 0; i < ev.logits.size(); ++i) logits.set(i, ev.logits[i]);
-      }
-      send(events, job.peer, message);
-    });
-    capnp::MallocMessageBuilder message;
-    auto event = message.initRoot<wire::WorkerEvent>();
-    event.setId(job.id);
-    wire_adapter::set_summary(event.initDone(), result, options_.name);
-    send(events, job.peer, message);
-    m.requests_completed->Increment();
-    return true;
-  } catch (const std::exception& e) {
-    const auto* error = dynamic_cast<const Error*>(&e);
-    const Error reply = error != nullptr ? *error : Error(ErrorKind::failed, e.what());
-    log::warn(options_.name, ": request ", job.id, " failed: ", reply.what());
-    capnp::MallocMessageBuilder message;
-    auto event = message.initRoot<wire::WorkerEvent>();
-    event.setId(job.id);
-    net::set_error(event.initError(), reply);
-    send(events, job.peer, message);
-    m.requests_failed->Increment();
-    return false;
-  }
 }
 
 }  // namespace kvpr::worker

@@ -10,6 +10,27 @@ namespace kvpr::worker::wire_adapter {
 
 namespace {
 
+constexpr std::size_t kMaxStopIds = 64;
+
+SamplingParams decode_sampling(wire::Sampling::Reader in, const ModelLimits& limits) {
+  SamplingParams p;
+  p.temperature = in.getTemperature();
+  p.top_k = in.getTopK();
+  p.top_p = in.getTopP();
+  if (in.getHasSeed()) p.seed = in.getSeed();
+  p.presence_penalty = in.getPresencePenalty();
+  p.frequency_penalty = in.getFrequencyPenalty();
+  const auto stops = in.getStopTokenIds();
+  if (stops.size() > kMaxStopIds) {
+    fail("generate: ", stops.size(), " stop token ids; at most ", kMaxStopIds);
+  }
+  for (const std::int32_t id : stops) p.stop_token_ids.push_back(id);
+  p.ignore_eos = in.getIgnoreEos();
+  p.logprobs = in.getLogprobs();
+  p.validate(limits.vocab);
+  return p;
+}
+
 GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits) {
   GenerateJob job;
   const auto prompts = g.getPrompts();
@@ -44,6 +65,7 @@ GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits)
   const std::int64_t split = g.getSplit();
   if (split < -1) fail("generate: split ", split, " must be -1 (auto) or a token count");
   if (split >= 0) job.split = split;
+  if (g.hasSampling()) job.sampling = decode_sampling(g.getSampling(), limits);
   return job;
 }
 
@@ -66,10 +88,138 @@ DecodedRequest decode_request(const void* data, std::size_t size, const ModelLim
       case wire::WorkerRequest::STATS:
         out.kind = DecodedRequest::Kind::stats;
         return;
+      case wire::WorkerRequest::CANCEL: {
+        out.kind = DecodedRequest::Kind::cancel;
+        const auto c = r.getCancel();
+        out.cancel_request = c.getRequest();
+        out.cancel_index = c.getIndex();
+        if (out.cancel_index < -1 || out.cancel_index >= static_cast<std::int64_t>(kMaxSequences)) {
+          fail("cancel: index ", out.cancel_index, " must be -1 (all) or a sequence");
+        }
+        return;
+      }
     }
     raise(ErrorKind::unimplemented, "unknown worker request type ", static_cast<int>(r.which()));
   });
   return out;
+}
+
+void encode_sampling(const SamplingParams& in, wire::Sampling::Builder out) {
+  out.setTemperature(in.temperature);
+  out.setTopK(in.top_k);
+  out.setTopP(in.top_p);
+  out.setHasSeed(in.seed.has_value());
+  out.setSeed(in.seed.value_or(0));
+  out.setPresencePenalty(in.presence_penalty);
+  out.setFrequencyPenalty(in.frequency_penalty);
+  auto stops = out.initStopTokenIds(static_cast<unsigned>(in.stop_token_ids.size()));
+  for (unsigned i = 0; i < in.stop_token_ids.size(); ++i) stops.set(i, in.stop_token_ids[i]);
+  out.setIgnoreEos(in.ignore_eos);
+  out.setLogprobs(in.logprobs);
+}
+
+namespace {
+
+wire::FinishReason encode_finish(Finish f) {
+  switch (f) {
+    case Finish::stop:
+      return wire::FinishReason::STOP;
+    case Finish::length:
+      return wire::FinishReason::LENGTH;
+    case Finish::cancelled:
+      break;
+  }
+  return wire::FinishReason::CANCELLED;
+}
+
+Finish decode_finish(wire::FinishReason f) {
+  switch (f) {
+    case wire::FinishReason::STOP:
+      return Finish::stop;
+    case wire::FinishReason::LENGTH:
+      return Finish::length;
+    case wire::FinishReason::CANCELLED:
+      return Finish::cancelled;
+  }
+  fail("tokens: unknown finish reason ", static_cast<int>(f));
+}
+
+}  // namespace
+
+void encode_step(const JobStep& step, wire::Tokens::Builder out) {
+  const auto n = static_cast<unsigned>(step.tokens.size());
+  out.setStep(step.step);
+  auto tokens = out.initTokens(n);
+  auto indices = out.initIndices(n);
+  const bool with_logprobs = !step.tokens.empty() && step.with_logprobs;
+  auto logprobs = out.initLogprobs(with_logprobs ? n : 0);
+  const unsigned top_n = n == 0 ? 0 : static_cast<unsigned>(step.tokens[0].top.size());
+  out.setTopN(top_n);
+  auto top_ids = out.initTopIds(n * top_n);
+  auto top_lp = out.initTopLogprobs(n * top_n);
+  for (unsigned i = 0; i < n; ++i) {
+    const TokenOut& t = step.tokens[i];
+    tokens.set(i, t.token);
+    indices.set(i, static_cast<std::uint32_t>(t.index));
+    if (with_logprobs) logprobs.set(i, t.logprob);
+    if (t.top.size() != top_n) fail("tokens: ", t.top.size(), " top entries, expected ", top_n);
+    for (unsigned j = 0; j < top_n; ++j) {
+      top_ids.set(i * top_n + j, t.top[j].token);
+      top_lp.set(i * top_n + j, t.top[j].logprob);
+    }
+  }
+  auto logits = out.initLogits(static_cast<unsigned>(step.logits.size()));
+  for (unsigned i = 0; i < step.logits.size(); ++i) logits.set(i, step.logits[i]);
+  auto finished = out.initFinished(static_cast<unsigned>(step.finished.size()));
+  for (unsigned i = 0; i < step.finished.size(); ++i) {
+    finished[i].setIndex(static_cast<std::uint32_t>(step.finished[i].first));
+    finished[i].setReason(encode_finish(step.finished[i].second));
+  }
+}
+
+JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_logits,
+                    std::vector<float>& logits) {
+  JobStep step;
+  step.step = in.getStep();
+  const auto tokens = in.getTokens();
+  const auto indices = in.getIndices();
+  const auto logprobs = in.getLogprobs();
+  const unsigned top_n = in.getTopN();
+  const auto top_ids = in.getTopIds();
+  const auto top_lp = in.getTopLogprobs();
+  const unsigned n = tokens.size();
+  if (indices.size() != n) fail("tokens: ", indices.size(), " indices for ", n, " tokens");
+  if (logprobs.size() != 0 && logprobs.size() != n) {
+    fail("tokens: ", logprobs.size(), " logprobs for ", n, " tokens");
+  }
+  if (top_n > static_cast<unsigned>(kMaxLogprobs) || top_ids.size() != n * top_n ||
+      top_lp.size() != n * top_n) {
+    fail("tokens: top entries ", top_ids.size(), "/", top_lp.size(), " do not match ", n, " x ",
+         top_n);
+  }
+  step.with_logprobs = logprobs.size() == n && n > 0;
+  for (unsigned i = 0; i < n; ++i) {
+    TokenOut t;
+    t.index = indices[i];
+    if (static_cast<std::size_t>(t.index) >= sequences) {
+      fail("tokens: sequence ", t.index, " of a request with ", sequences);
+    }
+    t.token = tokens[i];
+    if (step.with_logprobs) t.logprob = logprobs[i];
+    for (unsigned j = 0; j < top_n; ++j) t.top.push_back({top_ids[i * top_n + j], top_lp[i * top_n + j]});
+    step.tokens.push_back(std::move(t));
+  }
+  logits.clear();
+  for (const float x : in.getLogits()) logits.push_back(x);
+  if (keep_logits ? (n == 0 ? !logits.empty() : logits.size() % n != 0 || logits.empty())
+                  : !logits.empty()) {
+    fail("tokens: ", logits.size(), " logits for ", n, " tokens");
+  }
+  for (const auto f : in.getFinished()) {
+    if (f.getIndex() >= sequences) fail("tokens: finished sequence ", f.getIndex(), " of ", sequences);
+    step.finished.emplace_back(f.getIndex(), decode_finish(f.getReason()));
+  }
+  return step;
 }
 
 void set_summary(wire::Summary::Builder out, const GenerateResult& result,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kvpr/planner/planner.h"
+#include "kvpr/worker/batcher.h"
 #include "kvpr/worker/generator.h"
 #include "schemas/worker.capnp.h"
 
@@ -25,6 +26,7 @@ inline constexpr std::int64_t kMaxNewTokens = 1 << 20;
 
 struct GenerateJob {
   GenerateRequest request;
+  SamplingParams sampling;
   planner::Policy policy = planner::Policy::kvpr;
   std::optional<std::int64_t> split;
 };
@@ -32,14 +34,22 @@ struct GenerateJob {
 struct DecodedRequest {
   std::uint64_t id = 0;
   std::uint64_t deadline_unix_ms = 0;
-  enum class Kind { generate, stats } kind = Kind::stats;
+  enum class Kind { generate, stats, cancel } kind = Kind::stats;
   GenerateJob job;  // kind == generate
+  std::uint64_t cancel_request = 0;  // kind == cancel
+  std::int64_t cancel_index = -1;    // -1: every sequence
 };
 
 // Throws kvpr::Error(failed) for undecodable bytes, an unknown request type or an out-of-range
 // field. `id` receives the request id as soon as it could be read (0 before), for the error reply.
 DecodedRequest decode_request(const void* data, std::size_t size, const ModelLimits& limits,
                               std::uint64_t& id);
+
+void encode_sampling(const SamplingParams& in, wire::Sampling::Builder out);
+void encode_step(const JobStep& step, wire::Tokens::Builder out);
+// Checks indices against the request's `sequences` and the logits against them.
+JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_logits,
+                    std::vector<float>& logits);
 
 void set_summary(wire::Summary::Builder out, const GenerateResult& result,
                  const std::string& worker);

@@ -17,7 +17,8 @@ namespace kvpr::net {
 struct ServeLoop {
   std::string name;  // for the log line of a socket error
   // Answers one request (request.malformed set: frames that form no request). Must not throw
-  // for bad input: a bad request gets an error reply.
+  // for bad input: a bad request gets an error reply. An empty message sends no reply (a
+  // one-way request such as a cancel).
   std::function<zmq::message_t(Router::Request& request)> answer;
   // Runs after every wake-up, before the request (if any) is answered: lease checks, forwarding
   // events, keep-alives. Optional.

@@ -18,8 +18,13 @@ struct GenerateRequest {
   bool keep_logits = false;  // keep the logits row each generated token was chosen from
 };
 
+// Why a sequence ended: a stop or EOS id (its last token), max_new_tokens (or the model's last
+// position), or a cancel.
+enum class Finish { stop, length, cancelled };
+
 struct SequenceResult {
   std::vector<std::int32_t> tokens;  // generated tokens only
+  Finish finish = Finish::length;
   std::vector<float> logits;         // [tokens, vocab] when keep_logits
 };
 

@@ -5,10 +5,11 @@
 // (in-process store and planner, inproc:// transport) and the `kvpr-worker` process (the kvstore
 // daemon and planner replicas over tcp://).
 //
-// Threads: a router thread owns the listening socket (decodes, validates, queues, answers stats,
-// forwards events, sends keep-alives); an executor thread runs one request at a time on a fresh
-// Engine with the request's policy and split. stop() refuses new requests, finishes the queued and
-// running ones, delivers their last events and returns.
+// Threads: a router thread owns the listening socket (decodes, validates, queues, answers stats
+// and cancels, forwards events, sends keep-alives with queue positions); an executor thread runs
+// the continuous batch (batcher.h): requests join and leave it between decode steps. stop()
+// refuses new requests, finishes the queued and running ones, delivers their last events and
+// returns.
 #pragma once
 
 #include <chrono>
@@ -26,6 +27,7 @@
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kvstore/kv_store_client.h"
 #include "kvpr/planner/planner.h"
+#include "kvpr/worker/batcher.h"
 #include "kvpr/worker/device_model.h"
 
 namespace kvpr {
@@ -54,6 +56,7 @@ struct WorkerServiceOptions {
   int metrics_port = -1;   // 0: a free port; -1: not served
   std::chrono::milliseconds keepalive{500};
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
+  BatcherOptions batching;        // --max-batch, --max-prefill-tokens-per-step, admission
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
   double link_bytes_per_s = 0;    // the host->device rate plans assume (0: the backend's nominal)
   std::string trace_path;         // write every decode step's queue spans here (Chrome trace)
@@ -86,11 +89,15 @@ class WorkerService {
 
   void route();
   void forward_events();
-  void keep_alive();  // a `working` event to the running request's client when it is due
+  void keep_alive();  // `working` / `queued` to each live request's client when one is due
   void execute();
-  bool run_job(Job& job, zmq::socket_t& events);  // false: the request failed
-  // The reply to one request: accepted (queued), stats, or an error.
+  // The executor's hooks of one request: its events go to the inproc pipe.
+  void wire_job(const std::shared_ptr<Job>& job, zmq::socket_t& events);
+  void finished(const Job& job, bool ok);
+  // The reply to one request: accepted (queued), stats, nothing (a cancel) or an error.
   zmq::message_t handle_request(const zmq::message_t& peer, const zmq::message_t& payload);
+  zmq::message_t stats_event(std::uint64_t id);
+  void cancel(const zmq::message_t& peer, std::uint64_t request, std::int64_t index);
   void reject(const std::string& reason);
 
   zmq::context_t& context_;
@@ -109,14 +116,18 @@ class WorkerService {
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<std::unique_ptr<Job>> queue_;
-  Job* running_ = nullptr;  // guarded by mutex_
+  std::deque<std::shared_ptr<Job>> inbox_;  // accepted, not yet given to the batcher
+  std::vector<std::shared_ptr<Job>> live_;  // accepted and not finished, in arrival order
   bool stopping_ = false;
   bool started_ = false;
   bool executor_done_ = false;  // the executor has returned: drain its last events and stop
   std::uint64_t completed_ = 0;
   std::uint64_t failed_ = 0;
   std::uint64_t rejected_ = 0;
+  // The batch as the executor last saw it (for stats).
+  std::uint64_t running_seqs_ = 0;
+  std::uint64_t waiting_seqs_ = 0;
+  BatcherCounters counters_;
 
   std::thread router_thread_;
   std::thread executor_thread_;
