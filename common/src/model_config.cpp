@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <system_error>
+#include <utility>
 
 #include "json_shown.h"
 #include "kvpr/common/error.h"
@@ -75,20 +76,24 @@ class ConfigReader {
     return value->get<std::string>();
   }
 
-  // bos/eos ids: an integer, or a list whose first entry is used (newer configs list several eos).
-  int token_id_or(const char* key, int fallback) const {
+  // Token ids: an integer or a list of them (newer configs list several eos ids). An empty list
+  // counts as absent.
+  std::vector<std::int32_t> token_ids_or(const char* key,
+                                         const std::vector<std::int32_t>& fallback) const {
     const json* value = find(key);
-    if (value == nullptr) return fallback;
-    const json* id = value;
-    if (value->is_array()) {
-      if (value->empty()) return fallback;
-      id = &value->front();
+    if (value == nullptr || (value->is_array() && value->empty())) return fallback;
+    std::vector<std::int32_t> ids;
+    if (!value->is_array()) {
+      ids.push_back(token_id(key, *value, *value));
+      return ids;
     }
-    if (!id->is_number_integer() || id->get<std::int64_t>() < 0 ||
-        id->get<std::int64_t>() > std::numeric_limits<int>::max()) {
-      fail(source_, ": field '", key, "' is not a token id: ", shown(*value));
-    }
-    return static_cast<int>(id->get<std::int64_t>());
+    ids.reserve(value->size());
+    for (const json& id : *value) ids.push_back(token_id(key, id, *value));
+    return ids;
+  }
+  // One id: the integer, or the first entry of a list.
+  int token_id_or(const char* key, int fallback) const {
+    return token_ids_or(key, {fallback}).front();
   }
 
   const std::string& source() const { return source_; }
@@ -105,6 +110,14 @@ class ConfigReader {
       fail(source_, ": field '", key, "' must be in [1, ", kMaxSize, "]: ", shown(value));
     }
     return value.get<std::int64_t>();
+  }
+
+  std::int32_t token_id(const char* key, const json& id, const json& whole) const {
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+        id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max()) {
+      fail(source_, ": field '", key, "' is not a token id: ", shown(whole));
+    }
+    return static_cast<std::int32_t>(id.get<std::int64_t>());
   }
 
   const json& object_;
@@ -166,7 +179,7 @@ void read_opt(const ConfigReader& in, ModelConfig& c) {
          ", expected relu or gelu");
   c.norm_eps = 1e-5f;  // OPT's LayerNorm uses the PyTorch default
   c.bos_token_id = in.token_id_or("bos_token_id", 2);
-  c.eos_token_id = in.token_id_or("eos_token_id", 2);
+  c.eos_token_ids = in.token_ids_or("eos_token_id", {2});
 }
 
 void read_llama(const ConfigReader& in, ModelConfig& c) {
@@ -195,7 +208,7 @@ void read_llama(const ConfigReader& in, ModelConfig& c) {
   c.enable_bias = false;
   c.word_embed_proj_dim = c.h;
   c.bos_token_id = in.token_id_or("bos_token_id", 1);
-  c.eos_token_id = in.token_id_or("eos_token_id", 2);
+  c.eos_token_ids = in.token_ids_or("eos_token_id", {2});
 }
 
 // The relations between sizes that the model code relies on.
@@ -219,6 +232,31 @@ void validate(const ConfigReader& in, ModelConfig& c) {
   }
 }
 
+// The whole of a small text file (config.json, generation_config.json).
+std::string read_text(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file.string(), ": cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) fail(file.string(), ": read failed");
+  return text.str();
+}
+
+// generation_config.json's eos_token_id, when given, replaces config.json's: transformers'
+// generate() stops on the former, and only it lists every id of chat models (LLaMA-3: <|eot_id|>).
+void read_generation_config(const std::filesystem::path& file, ModelConfig& c) {
+  const std::string text = read_text(file);
+  const json root = json::parse(text, nullptr, false);
+  if (root.is_discarded()) fail(file.string(), ": not valid JSON");
+  if (!root.is_object()) fail(file.string(), ": not a JSON object");
+  const std::string source = file.string();
+  const ConfigReader in(root, source);
+  std::vector<std::int32_t> ids = in.token_ids_or("eos_token_id", {});
+  if (ids.empty()) return;
+  c.eos_token_id = ids.front();
+  c.eos_token_ids = std::move(ids);
+}
+
 // A float as the shortest decimal that reads back to it (1e-05, not 9.99999974737875e-06).
 double shortest(float x) {
   char buf[32];
@@ -234,6 +272,12 @@ std::string_view to_string(Arch arch) {
   return arch == Arch::opt ? "opt" : "llama";
 }
 
+std::vector<std::int32_t> ModelConfig::eos_ids() const {
+  if (!eos_token_ids.empty()) return eos_token_ids;
+  if (eos_token_id >= 0) return {eos_token_id};
+  return {};
+}
+
 ModelConfig parse_model_config(std::string_view json_text, const std::string& source) {
   const json root = json::parse(json_text.begin(), json_text.end(), nullptr, false);
   if (root.is_discarded()) fail(source, ": not valid JSON");
@@ -246,6 +290,7 @@ ModelConfig parse_model_config(std::string_view json_text, const std::string& so
     read_opt(in, c);
   else
     read_llama(in, c);
+  c.eos_token_id = c.eos_token_ids.front();
   validate(in, c);
   return c;
 }
@@ -254,18 +299,19 @@ ModelConfig load_model_config(const std::filesystem::path& config_json) {
   std::error_code ec;
   const std::filesystem::path file =
       std::filesystem::is_directory(config_json, ec) ? config_json / "config.json" : config_json;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail(file.string(), ": cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail(file.string(), ": read failed");
-  return parse_model_config(text.str(), file.string());
+  ModelConfig c = parse_model_config(read_text(file), file.string());
+  const std::filesystem::path generation = file.parent_path() / "generation_config.json";
+  if (std::filesystem::is_regular_file(generation, ec)) read_generation_config(generation, c);
+  return c;
 }
 
 std::string model_config_to_json(const ModelConfig& c) {
   json j;
   j["bos_token_id"] = c.bos_token_id;
-  j["eos_token_id"] = c.eos_token_id;
+  if (c.eos_token_ids.size() > 1)
+    j["eos_token_id"] = c.eos_token_ids;
+  else
+    j["eos_token_id"] = c.eos_token_id;
   j["hidden_size"] = c.h;
   j["max_position_embeddings"] = c.max_positions;
   j["num_attention_heads"] = c.n_heads;

@@ -26,8 +26,8 @@ void SamplingParams::validate(std::int64_t vocab) const {
   check_penalty("presence_penalty", presence_penalty);
   check_penalty("frequency_penalty", frequency_penalty);
   if (stop_token_ids.size() > kMaxStopTokenIds) {
-    fail("sampling: stop_token_ids has ", stop_token_ids.size(), " ids, at most ",
-         kMaxStopTokenIds, " are allowed");
+    fail("sampling: stop_token_ids has ", stop_token_ids.size(), " ids, at most ", kMaxStopTokenIds,
+         " are allowed");
   }
   for (std::size_t i = 0; i < stop_token_ids.size(); ++i) {
     const std::int32_t id = stop_token_ids[i];

@@ -72,8 +72,7 @@ void Batcher::submit(std::shared_ptr<BatchJob> job) {
     }
   }
   job->open = static_cast<std::int64_t>(r.prompts.size());
-  std::vector<std::int32_t> eos;
-  if (model_.config().eos_token_id >= 0) eos.push_back(model_.config().eos_token_id);
+  const std::vector<std::int32_t> eos = model_.config().eos_ids();
   for (std::size_t i = 0; i < r.prompts.size(); ++i) {
     SamplingParams params = job->sampling;
     if (params.seed) params.seed = *params.seed + i;

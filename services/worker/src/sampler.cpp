@@ -1,10 +1,11 @@
 // Sampler: penalties → temperature → top_k → top_p → draw over one logits row.
 //
 // Cost per step for a vocabulary of V: one pass to check the row, one to weigh the candidates and
-// one for the log-softmax normaliser (O(V) exps in all). top_k selects with nth_element (O(V));
-// top_p sorts only as far as the nucleus reaches, in growing partial_sort chunks, so a nucleus of a
-// few dozen tokens out of 50k costs about one O(V) pass, not a full sort. Weights are computed in
-// double relative to the best candidate, so no exp overflows whatever the temperature.
+// one for the log-softmax normaliser (2V exps in all). Nothing is sorted: top_k selects with
+// nth_element (O(V)) and top_p finds its nucleus by halving with nth_element (O(V) expected), then
+// draws over it unsorted, which gives each token the same probability as a sorted walk would.
+// Weights are taken relative to the best candidate, so no exp overflows whatever the temperature,
+// and summed in double.
 //
 // Candidates are ordered by (logit descending, id ascending) everywhere, so ties resolve the same
 // way in top_k, top_p and the reported top-n, and greedy keeps generator.h's first maximum.
@@ -103,64 +104,75 @@ std::span<const float> Sampler::penalised(std::span<const float> row) {
 }
 
 std::int32_t Sampler::draw(std::span<const float> z) {
-  const auto before = more_likely(z);
   order_.resize(z.size());
   std::iota(order_.begin(), order_.end(), 0);
   if (params_.top_k > 0 && static_cast<std::size_t>(params_.top_k) < order_.size()) {
     const auto k = static_cast<std::ptrdiff_t>(params_.top_k);
-    std::nth_element(order_.begin(), order_.begin() + (k - 1), order_.end(), before);
+    std::nth_element(order_.begin(), order_.begin() + (k - 1), order_.end(), more_likely(z));
     order_.resize(static_cast<std::size_t>(k));
   }
-  const std::size_t n = order_.size();
   float z_max = -std::numeric_limits<float>::infinity();
   for (const std::int32_t t : order_) z_max = std::max(z_max, z[static_cast<std::size_t>(t)]);
   if (!std::isfinite(z_max)) fail("sampler: the penalised logits have no finite maximum");
-  const double inv_t = 1.0 / params_.temperature;
-  const auto weight = [&](std::int32_t t) {
-    return std::exp((double{z[static_cast<std::size_t>(t)]} - z_max) * inv_t);
-  };
-  weights_.resize(n);
+  // weights_[t] = exp((z[t] - z_max) / T) for the candidates t; 1 for the most likely.
+  const auto inv_t = static_cast<float>(1.0 / params_.temperature);
+  weights_.resize(z.size());
   double total = 0;
-  for (std::size_t i = 0; i < n; ++i) total += weights_[i] = weight(order_[i]);
-
-  std::size_t kept = n;
+  for (const std::int32_t t : order_) {
+    const auto i = static_cast<std::size_t>(t);
+    total += weights_[i] = std::exp((z[i] - z_max) * inv_t);
+  }
+  const std::size_t kept = params_.top_p < 1 ? nucleus(z, params_.top_p * total) : order_.size();
   double mass = total;
-  if (params_.top_p < 1) {
-    // The nucleus: the most likely tokens until their mass reaches top_p (the one crossing it
-    // included), sorted chunk by chunk; partial_sort leaves the rest after the sorted prefix.
-    const double target = params_.top_p * total;
-    double cum = 0;
-    std::size_t sorted = 0;
-    kept = 0;
-    while (kept == 0 && sorted < n) {
-      const std::size_t end = std::min(n, std::max<std::size_t>(64, 2 * sorted));
-      const auto first = order_.begin();
-      std::partial_sort(first + static_cast<std::ptrdiff_t>(sorted),
-                        first + static_cast<std::ptrdiff_t>(end), order_.end(), before);
-      for (; sorted < end && kept == 0; ++sorted) {
-        cum += weights_[sorted] = weight(order_[sorted]);
-        if (cum >= target) kept = sorted + 1;
-      }
-    }
-    if (kept == 0) kept = n;  // rounding kept the sum just below target
-    mass = cum;
+  if (kept < order_.size()) {
+    mass = 0;
+    for (std::size_t i = 0; i < kept; ++i) mass += weights_[static_cast<std::size_t>(order_[i])];
   }
   double u = unit_interval(rng_) * mass;
   std::size_t last = 0;  // the last candidate with any weight, should rounding leave u over
   for (std::size_t i = 0; i < kept; ++i) {
-    if (weights_[i] <= 0) continue;
+    const double w = weights_[static_cast<std::size_t>(order_[i])];
+    if (w <= 0) continue;
     last = i;
-    u -= weights_[i];
+    u -= w;
     if (u < 0) return order_[i];
   }
   return order_[last];
 }
 
+// Moves the nucleus (the most likely candidates until their weight reaches `target`, the one that
+// crosses it included) to the front of order_, unsorted, and returns its size. Each round places
+// the middle of the undecided range with nth_element and keeps the half the boundary lies in, so
+// the whole costs O(n) expected, where a sort would cost O(n log n).
+std::size_t Sampler::nucleus(std::span<const float> z, double target) {
+  const auto before = more_likely(z);
+  const auto begin = order_.begin();
+  auto lo = begin;         // [begin, lo): in the nucleus, each more likely than anything after lo
+  auto hi = order_.end();  // the boundary lies in [lo, hi); [hi, end): out
+  double need = target;    // weight still to cover from [lo, hi)
+  while (hi - lo > 1) {
+    const auto mid = lo + (hi - lo) / 2;
+    std::nth_element(lo, mid, hi, before);
+    double upper = 0;  // [lo, mid) are all more likely than *mid
+    for (auto it = lo; it != mid; ++it) upper += weights_[static_cast<std::size_t>(*it)];
+    if (upper >= need) {
+      hi = mid;
+      continue;
+    }
+    need -= upper + weights_[static_cast<std::size_t>(*mid)];
+    if (need <= 0) return static_cast<std::size_t>(mid - begin) + 1;
+    lo = mid + 1;
+  }
+  // One candidate left: it crosses the target. (lo == hi only when rounding left `need` a hair
+  // above zero after taking everything up to hi.)
+  return std::min(order_.size(), static_cast<std::size_t>(lo - begin) + 1);
+}
+
 void Sampler::fill_logprobs(std::span<const float> row, TokenChoice& choice) {
-  const double row_max = *std::max_element(row.begin(), row.end());
+  const float row_max = *std::max_element(row.begin(), row.end());
   double sum = 0;
-  for (const float x : row) sum += std::exp(double{x} - row_max);
-  const double log_z = row_max + std::log(sum);
+  for (const float x : row) sum += std::exp(x - row_max);
+  const double log_z = double{row_max} + std::log(sum);
   const auto logprob = [&](std::int32_t t) {
     return static_cast<float>(double{row[static_cast<std::size_t>(t)]} - log_z);
   };

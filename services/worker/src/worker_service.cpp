@@ -70,6 +70,9 @@ const std::string& WorkerService::endpoint() const {
 int WorkerService::metrics_port() const {
   return metrics_->port();
 }
+prometheus::Registry& WorkerService::registry() {
+  return metrics_->registry();
+}
 
 void WorkerService::start() {
   router_ = std::make_unique<net::Router>(context_, options_.endpoint);

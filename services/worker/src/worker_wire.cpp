@@ -10,8 +10,6 @@ namespace kvpr::worker::wire_adapter {
 
 namespace {
 
-constexpr std::size_t kMaxStopIds = 64;
-
 SamplingParams decode_sampling(wire::Sampling::Reader in, const ModelLimits& limits) {
   SamplingParams p;
   p.temperature = in.getTemperature();
@@ -21,8 +19,8 @@ SamplingParams decode_sampling(wire::Sampling::Reader in, const ModelLimits& lim
   p.presence_penalty = in.getPresencePenalty();
   p.frequency_penalty = in.getFrequencyPenalty();
   const auto stops = in.getStopTokenIds();
-  if (stops.size() > kMaxStopIds) {
-    fail("generate: ", stops.size(), " stop token ids; at most ", kMaxStopIds);
+  if (stops.size() > kMaxStopTokenIds) {
+    fail("generate: ", stops.size(), " stop token ids; at most ", kMaxStopTokenIds);
   }
   for (const std::int32_t id : stops) p.stop_token_ids.push_back(id);
   p.ignore_eos = in.getIgnoreEos();

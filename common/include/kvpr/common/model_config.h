@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "kvpr/common/dtype.h"
 
@@ -30,7 +31,10 @@ struct ModelConfig {
   Activation activation = Activation::relu;
   float norm_eps = 1e-5f;
   int bos_token_id = -1;
-  int eos_token_id = -1;
+  int eos_token_id = -1;  // the first of eos_token_ids (-1: none)
+  // Every id that ends a sequence: generation_config.json's eos_token_id (an int or a list) when
+  // the checkpoint has one, else config.json's. Empty in configs built in code: use eos_ids().
+  std::vector<std::int32_t> eos_token_ids;
   // OPT
   bool pre_layer_norm = true;            // do_layer_norm_before
   bool final_layer_norm = true;          // pre-LN and not _remove_final_layer_norm
@@ -43,10 +47,13 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
 
   std::int64_t h_kv() const { return n_kv_heads * head_dim; }
+  // eos_token_ids, or {eos_token_id} when only that is set.
+  std::vector<std::int32_t> eos_ids() const;
   bool has_projections() const { return arch == Arch::opt && word_embed_proj_dim != h; }
 };
 
-// Reads and validates DIR/config.json (or the given file).
+// Reads and validates DIR/config.json (or the given file), then takes eos_token_ids from
+// generation_config.json beside it when that file exists and names eos_token_id.
 ModelConfig load_model_config(const std::filesystem::path& config_json);
 // Parses and validates config.json text; `source` names it in error messages.
 ModelConfig parse_model_config(std::string_view json_text, const std::string& source);

@@ -11,15 +11,15 @@
 namespace kvpr {
 
 struct SamplingParams {
-  double temperature = 0;          // 0: greedy (argmax); otherwise logits / temperature
-  std::int64_t top_k = 0;          // keep the k most likely tokens; 0: all
-  double top_p = 1;                // keep the smallest set whose probability reaches top_p
+  double temperature = 0;             // 0: greedy (argmax); otherwise logits / temperature
+  std::int64_t top_k = 0;             // keep the k most likely tokens; 0: all
+  double top_p = 1;                   // keep the smallest set whose probability reaches top_p
   std::optional<std::uint64_t> seed;  // same seed, same tokens on the same backend
-  double presence_penalty = 0;     // OpenAI semantics, over the sequence's generated tokens
+  double presence_penalty = 0;        // OpenAI semantics, over the sequence's generated tokens
   double frequency_penalty = 0;
   std::vector<std::int32_t> stop_token_ids;  // besides the model's EOS ids (unless ignore_eos)
   bool ignore_eos = false;
-  std::int32_t logprobs = -1;      // -1: none; n >= 0: the chosen token's and the n most likely
+  std::int32_t logprobs = -1;  // -1: none; n >= 0: the chosen token's and the n most likely
 
   // Raises Error(failed) naming the first bad field and its value (vocab bounds the ids).
   void validate(std::int64_t vocab) const;

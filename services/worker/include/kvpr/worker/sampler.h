@@ -60,6 +60,7 @@ class Sampler {
   // The logits the choice is made from: the row, or the penalised copy of it in logits_.
   std::span<const float> penalised(std::span<const float> row);
   std::int32_t draw(std::span<const float> z);
+  std::size_t nucleus(std::span<const float> z, double target);
   void fill_logprobs(std::span<const float> row, TokenChoice& choice);
 
   SamplingParams params_;
@@ -69,8 +70,8 @@ class Sampler {
   std::unordered_map<std::int32_t, std::int32_t> counts_;  // generated token → times
   // Scratch reused across steps so that a step allocates nothing once warm.
   std::vector<float> logits_;
-  std::vector<std::int32_t> order_;
-  std::vector<double> weights_;
+  std::vector<std::int32_t> order_;  // candidate token ids
+  std::vector<double> weights_;      // by token id, valid for the candidates of this step
 };
 
 // A double in [0, 1) from the top 53 bits of one draw: the same on every platform, unlike

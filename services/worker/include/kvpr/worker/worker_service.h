@@ -38,6 +38,10 @@ namespace capnp {
 class MessageBuilder;
 }  // namespace capnp
 
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
 namespace kvpr::net {
 class Metrics;
 class Router;
@@ -83,6 +87,8 @@ class WorkerService {
 
   const std::string& endpoint() const;
   int metrics_port() const;
+  // The worker's metrics (what its /metrics serves), e.g. for an embedded gateway to serve too.
+  prometheus::Registry& registry();
 
  private:
   struct Job;
