@@ -18,9 +18,9 @@ namespace kvpr::gateway {
 
 struct TokenRequest {
   std::vector<std::int32_t> prompt;
-  std::int64_t n = 1;               // sequences sampled from this prompt (OpenAI's `n`)
-  std::int64_t max_tokens = 16;     // per sequence
-  SamplingParams sampling;          // per sequence i, a set seed becomes seed + i
+  std::int64_t n = 1;            // sequences sampled from this prompt (OpenAI's `n`)
+  std::int64_t max_tokens = 16;  // per sequence
+  SamplingParams sampling;       // per sequence i, a set seed becomes seed + i
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
@@ -29,7 +29,7 @@ enum class FinishReason { stop, length };  // stop: a stop/EOS id (or the gatewa
 struct TokenEvent {
   std::int64_t index = 0;  // which of the request's n sequences
   std::int32_t token = 0;
-  float logprob = 0;       // of the chosen token (when sampling.logprobs >= 0)
+  float logprob = 0;  // of the chosen token (when sampling.logprobs >= 0)
   std::vector<std::pair<std::int32_t, float>> top;  // the sampling.logprobs most likely
 };
 
