@@ -52,7 +52,27 @@ struct DemoOptions {
   BackendFlags backend;
 };
 
+// `kvpr serve`: gateway, worker, store and planner in one process (serve_command.cpp).
+struct ServeOptions {
+  std::string model;
+  std::string served_name;  // the "model" clients name; default: the checkpoint folder's name
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: a free port
+  std::string ready_file;
+  std::string api_key_file;
+  std::string policy = "kvpr";
+  std::string planner = "nominal";
+  BackendFlags backend;
+  std::uint64_t capacity_bytes = 8ull << 30;
+  std::int64_t max_batch = 32;
+  std::size_t max_queue = 64;
+  std::int64_t max_prefill_tokens = 2048;
+  std::string admit = "full";
+  bool quiet = false;
+};
+
 int run_command(const RunOptions& options);
+int serve_command(const ServeOptions& options);
 int gen_model_command(const GenModelOptions& options);
 int demo_command(const DemoOptions& options);
 

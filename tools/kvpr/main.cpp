@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -70,6 +71,31 @@ int main(int argc, char** argv) {
                       "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
   run_cmd->add_option("--timeout", run.timeout_s,
                       "--connect: seconds without any word from a worker before giving up");
+
+  kvpr::cli::ServeOptions serve;
+  auto* serve_cmd = app.add_subcommand(
+      "serve", "OpenAI-compatible HTTP server: gateway, worker, store and planner in one process");
+  serve_cmd->add_option("--model", serve.model, "Checkpoint directory (config.json + safetensors)")
+      ->required();
+  serve_cmd->add_option("--served-model-name", serve.served_name,
+                        "The model name clients use (default: the checkpoint folder's name)");
+  serve_cmd->add_option("--host", serve.host, "Address to listen on");
+  serve_cmd->add_option("--port", serve.port, "HTTP port (0: a free one)");
+  serve_cmd->add_option("--ready-file", serve.ready_file,
+                        "Write {\"http\": \"http://HOST:PORT\"} here once serving");
+  serve_cmd->add_option("--api-key-file", serve.api_key_file,
+                        "Accept only these API keys (one per line; Authorization: Bearer KEY)");
+  serve_cmd->add_option("--policy", serve.policy, "resident, transfer, recompute or kvpr");
+  serve_cmd->add_option("--planner", serve.planner, "Split planner: nominal or measured");
+  serve_cmd->add_option("--kv-capacity", serve.capacity_bytes, "Host KV store capacity in bytes");
+  serve_cmd->add_option("--max-batch", serve.max_batch, "Sequences decoded together");
+  serve_cmd->add_option("--max-queue", serve.max_queue, "Requests that may wait");
+  serve_cmd->add_option("--max-prefill-tokens-per-step", serve.max_prefill_tokens,
+                        "Prompt tokens prefilled between two decode steps");
+  serve_cmd->add_option("--admit", serve.admit,
+                        "full (prompt + max_tokens must fit the KV store) or prompt");
+  serve_cmd->add_flag("--quiet", serve.quiet, "No progress output");
+  add_backend_flags(serve_cmd, serve.backend);
 
   kvpr::cli::GenModelOptions gen;
   auto* gen_cmd = app.add_subcommand(
@@ -166,6 +192,12 @@ int main(int argc, char** argv) {
   }
   try {
     if (run_cmd->parsed()) return kvpr::cli::run_command(run);
+    if (serve_cmd->parsed()) {
+      if (serve.served_name.empty()) {
+        serve.served_name = std::filesystem::weakly_canonical(serve.model).filename().string();
+      }
+      return kvpr::cli::serve_command(serve);
+    }
     if (gen_cmd->parsed()) return kvpr::cli::gen_model_command(gen);
     if (demo_cmd->parsed()) return kvpr::cli::demo_command(demo);
     if (prof_cmd->parsed()) return kvpr::cli::profile_command(prof);

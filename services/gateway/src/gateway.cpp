@@ -2,6 +2,7 @@
 
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -140,8 +141,21 @@ void Gateway::Impl::routes() {
         kJson);
   });
   server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(prometheus::TextSerializer().Serialize(registry_->Collect()),
-                    "text/plain; version=0.0.4");
+    auto families = registry_->Collect();
+    // A family both registries have (time to first token, ...) is served once, with the
+    // metrics of both (their labels differ), as the text format wants each name once.
+    for (prometheus::Registry* more : options_.also_serve) {
+      for (auto& family : more->Collect()) {
+        auto same = std::find_if(families.begin(), families.end(),
+                                 [&](const auto& f) { return f.name == family.name; });
+        if (same == families.end()) {
+          families.push_back(std::move(family));
+        } else {
+          same->metric.insert(same->metric.end(), family.metric.begin(), family.metric.end());
+        }
+      }
+    }
+    res.set_content(prometheus::TextSerializer().Serialize(families), "text/plain; version=0.0.4");
   });
   server_.set_exception_handler(
       [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {

@@ -50,6 +50,8 @@ struct GatewayOptions {
   bool add_bos = true;                         // text prompts start with the tokenizer's BOS id
   // Where the gateway registers its metrics and what /metrics serves; null: a registry of its own.
   prometheus::Registry* registry = nullptr;
+  // More registries /metrics serves after the gateway's (the embedded worker's in kvpr serve).
+  std::vector<prometheus::Registry*> also_serve;
 };
 
 // API keys from a file: one per line; blank lines and lines starting with '#' are skipped.
