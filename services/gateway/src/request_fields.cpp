@@ -86,7 +86,9 @@ std::optional<std::int64_t> get_int(const json& object, std::string_view field, 
   }
   if (value->is_number_unsigned()) {
     const auto v = value->get<std::uint64_t>();
-    if (v > static_cast<std::uint64_t>(hi)) bad(field, must_be, *value);
+    if (v > static_cast<std::uint64_t>(hi) || (lo > 0 && v < static_cast<std::uint64_t>(lo))) {
+      bad(field, must_be, *value);
+    }
     return static_cast<std::int64_t>(v);
   }
   if (value->is_number_float()) {
