@@ -51,11 +51,11 @@ std::ostream& operator<<(std::ostream& os, const Config& c) {
 
 // Runs the jobs through one Batcher over a fresh stack; the jobs' policy and split are the
 // config's. `cancel_at`: job index → step after which it is cancelled.
-std::vector<Ran> run(const Config& config, const std::vector<JobSpec>& specs,
-                     BatcherOptions options = {}, std::uint64_t capacity = 1ull << 28,
-                     BatcherCounters* counters = nullptr,
-                     const std::function<void(Batcher&, int, std::vector<std::shared_ptr<BatchJob>>&,
-                                              kvstore::LocalKvStore&)>& between = {}) {
+std::vector<Ran> run(
+    const Config& config, const std::vector<JobSpec>& specs, BatcherOptions options = {},
+    std::uint64_t capacity = 1ull << 28, BatcherCounters* counters = nullptr,
+    const std::function<void(Batcher&, int, std::vector<std::shared_ptr<BatchJob>>&,
+                             kvstore::LocalKvStore&)>& between = {}) {
   testing::Stack stack(kData + config.model, config.policy, config.split, capacity);
   Batcher batcher(*stack.model, *stack.backend, *stack.store, stack.planner, options);
   std::vector<Ran> out(specs.size());
@@ -95,7 +95,8 @@ std::vector<Ran> run(const Config& config, const std::vector<JobSpec>& specs,
     }
     if (between) between(batcher, step, jobs, *stack.store);
     EXPECT_LE(static_cast<std::int64_t>(batcher.running()), options.max_batch);
-    if (!batcher.step() && std::all_of(submitted.begin(), submitted.end(), [](bool b) { return b; }) &&
+    if (!batcher.step() &&
+        std::all_of(submitted.begin(), submitted.end(), [](bool b) { return b; }) &&
         !batcher.busy()) {
       break;
     }
@@ -129,7 +130,8 @@ float margin(const float* row, std::int64_t vocab) {
 
 // Batched equals alone: logits within the tolerance and tokens equal while the alone run's
 // top-1/top-2 margin is clear; a near-tie ends the comparison of that sequence.
-void expect_same(const Ran& batched, const Ran& alone, std::int64_t vocab, const std::string& what) {
+void expect_same(const Ran& batched, const Ran& alone, std::int64_t vocab,
+                 const std::string& what) {
   ASSERT_TRUE(batched.error.empty()) << what << ": " << batched.error;
   ASSERT_TRUE(alone.error.empty()) << what << ": " << alone.error;
   for (std::size_t i = 0; i < alone.tokens.size(); ++i) {
@@ -153,9 +155,8 @@ class BatchingInvisible : public ::testing::TestWithParam<Config> {};
 
 TEST_P(BatchingInvisible, EachRequestGetsWhatItGetsAlone) {
   const Config& config = GetParam();
-  const auto vocab = testing::Stack(kData + config.model, config.policy, config.split)
-                         .model->config()
-                         .vocab;
+  const auto vocab =
+      testing::Stack(kData + config.model, config.policy, config.split).model->config().vocab;
   std::vector<JobSpec> specs;
   const std::vector<std::int64_t> lengths{5, 12, 3, 20, 8};
   const std::vector<std::int64_t> max_new{7, 3, 10, 5, 9};
@@ -183,15 +184,14 @@ TEST_P(BatchingInvisible, EachRequestGetsWhatItGetsAlone) {
 
 INSTANTIATE_TEST_SUITE_P(
     PoliciesAndModels, BatchingInvisible,
-    ::testing::Values(Config{"opt-2l-h64", planner::Policy::resident, std::nullopt, "opt_resident"},
-                      Config{"opt-2l-h64", planner::Policy::transfer, std::nullopt, "opt_transfer"},
-                      Config{"opt-2l-h64", planner::Policy::recompute, std::nullopt,
-                             "opt_recompute"},
-                      Config{"opt-2l-h64", planner::Policy::kvpr, 3, "opt_kvpr_split3"},
-                      Config{"opt-2l-h64", planner::Policy::kvpr, std::nullopt, "opt_kvpr_auto"},
-                      Config{"llama-2l-h64-mha", planner::Policy::kvpr, 5, "llama_kvpr_split5"},
-                      Config{"llama-2l-h64-mha", planner::Policy::transfer, std::nullopt,
-                             "llama_transfer"}),
+    ::testing::Values(
+        Config{"opt-2l-h64", planner::Policy::resident, std::nullopt, "opt_resident"},
+        Config{"opt-2l-h64", planner::Policy::transfer, std::nullopt, "opt_transfer"},
+        Config{"opt-2l-h64", planner::Policy::recompute, std::nullopt, "opt_recompute"},
+        Config{"opt-2l-h64", planner::Policy::kvpr, 3, "opt_kvpr_split3"},
+        Config{"opt-2l-h64", planner::Policy::kvpr, std::nullopt, "opt_kvpr_auto"},
+        Config{"llama-2l-h64-mha", planner::Policy::kvpr, 5, "llama_kvpr_split5"},
+        Config{"llama-2l-h64-mha", planner::Policy::transfer, std::nullopt, "llama_transfer"}),
     [](const auto& p) { return p.param.name; });
 
 const Config kOpt{"opt-2l-h64", planner::Policy::kvpr, 3, "opt"};
@@ -246,7 +246,8 @@ TEST(Batcher, ATinyStorePreemptsAndEveryRequestStillGetsItsOutput) {
   // outgrow the store while decoding.
   testing::Stack probe(kData + kOpt.model, kOpt.policy, kOpt.split);
   const auto& shape = probe.store->shape();
-  const std::uint64_t capacity = 7 * shape.block_bytes() * static_cast<std::uint64_t>(shape.n_layers);
+  const std::uint64_t capacity =
+      7 * shape.block_bytes() * static_cast<std::uint64_t>(shape.n_layers);
   BatcherOptions options;
   options.admit = AdmitReserve::prompt;
   BatcherCounters counters;

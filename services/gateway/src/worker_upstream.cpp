@@ -118,8 +118,10 @@ worker::RemoteGenerate remote_request(const TokenRequest& r, planner::Policy pol
   g.sampling = r.sampling;
   g.policy = policy;
   if (r.deadline != Clock::time_point::max()) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - Clock::now());
-    g.deadline_unix_ms = net::now_unix_ms() + static_cast<std::uint64_t>(std::max<std::int64_t>(1, left.count()));
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(r.deadline - Clock::now());
+    g.deadline_unix_ms =
+        net::now_unix_ms() + static_cast<std::uint64_t>(std::max<std::int64_t>(1, left.count()));
   }
   return g;
 }
@@ -157,14 +159,17 @@ void WorkerUpstream::generate(const TokenRequest& request, const UpstreamCallbac
           for (const auto& top : t.top) ev.top.emplace_back(top.token, top.logprob);
           if (callbacks.on_token && !callbacks.on_token(ev)) {
             stopped[index] = true;
-            client.stop(t.index);
+            // The last sequence stopping (or a client gone) cancels the whole request.
+            const bool all = std::all_of(stopped.begin(), stopped.end(), [](bool b) { return b; });
+            client.stop(all ? -1 : t.index);
           }
         }
         for (const auto& [index, why] : step.finished) {
-          if (stopped[static_cast<std::size_t>(index)] || why == worker::Finish::cancelled) continue;
+          if (stopped[static_cast<std::size_t>(index)] || why == worker::Finish::cancelled)
+            continue;
           if (callbacks.on_finish) {
-            callbacks.on_finish(index, why == worker::Finish::stop ? FinishReason::stop
-                                                                   : FinishReason::length);
+            callbacks.on_finish(
+                index, why == worker::Finish::stop ? FinishReason::stop : FinishReason::length);
           }
         }
       };

@@ -23,8 +23,8 @@ bool BatchJob::stop_requested(std::int64_t index) const {
   return std::find(stopped_.begin(), stopped_.end(), index) != stopped_.end();
 }
 
-Batcher::Batcher(const DeviceModel& model, kernels::Backend& backend,
-                 kvstore::KvStoreClient& store, planner::Planner& planner, BatcherOptions options)
+Batcher::Batcher(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
+                 planner::Planner& planner, BatcherOptions options)
     : model_(model), backend_(backend), store_(store), planner_(planner), options_(options) {
   if (options_.max_batch < 1) fail("--max-batch must be at least 1, got ", options_.max_batch);
   if (options_.max_prefill_tokens_per_step < 1) {
@@ -63,10 +63,10 @@ void Batcher::submit(std::shared_ptr<BatchJob> job) {
     if (seq_bytes(tokens) > capacity) {
       job->failed = true;
       if (job->on_error) {
-        job->on_error(*job, Error(ErrorKind::overloaded,
-                                  str("request ", job->id, " needs ", seq_bytes(tokens),
-                                      " bytes of KV store for ", tokens,
-                                      " tokens; the store holds ", capacity)));
+        job->on_error(
+            *job, Error(ErrorKind::overloaded, str("request ", job->id, " needs ",
+                                                   seq_bytes(tokens), " bytes of KV store for ",
+                                                   tokens, " tokens; the store holds ", capacity)));
       }
       return;
     }
@@ -129,8 +129,7 @@ void Batcher::reap(Report& report) {
   std::erase_if(running_, [](const auto& s) { return s->done; });
   std::erase_if(waiting_, [](const auto& s) { return s->done; });
   for (BatchJob* job : expired) {
-    drop_job(*job, Error(ErrorKind::overloaded,
-                         str("request ", job->id, " passed its deadline")));
+    drop_job(*job, Error(ErrorKind::overloaded, str("request ", job->id, " passed its deadline")));
   }
 }
 

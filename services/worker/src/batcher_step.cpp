@@ -17,12 +17,11 @@ double since(Clock::time_point t) {
 bool Batcher::fits(const Seq& seq, std::uint64_t& free) const {
   const bool full = options_.admit == AdmitReserve::full;
   const auto max_new = seq.job->request.max_new_tokens;
-  const std::uint64_t need =
-      seq_bytes(full ? seq.prompt_len + max_new : seq.length());
+  const std::uint64_t need = seq_bytes(full ? seq.prompt_len + max_new : seq.length());
   std::uint64_t growth = 0;
   for (const auto& r : running_) {
-    const std::int64_t until = full ? r->prompt_len + r->job->request.max_new_tokens
-                                    : r->length() + 1;
+    const std::int64_t until =
+        full ? r->prompt_len + r->job->request.max_new_tokens : r->length() + 1;
     growth += seq_bytes(until) - std::min(seq_bytes(until), seq_bytes(r->length()));
   }
   if (need + growth > free) return false;
@@ -100,8 +99,9 @@ bool Batcher::admit(Report& report) {
 }
 
 void Batcher::preempt_youngest() {
-  auto it = std::max_element(running_.begin(), running_.end(),
-                             [](const auto& a, const auto& b) { return a->admitted < b->admitted; });
+  auto it = std::max_element(running_.begin(), running_.end(), [](const auto& a, const auto& b) {
+    return a->admitted < b->admitted;
+  });
   Seq& seq = **it;
   log::debug("preempting request ", seq.job->id, " sequence ", seq.index, " at ", seq.length(),
              " tokens");
@@ -162,7 +162,8 @@ bool Batcher::decode(Report& report) {
 void Batcher::emit(Seq& seq, const float* row, Report& report) {
   BatchJob& job = *seq.job;
   const auto vocab = model_.config().vocab;
-  const TokenChoice choice = seq.sampler.next(std::span<const float>(row, static_cast<std::size_t>(vocab)));
+  const TokenChoice choice =
+      seq.sampler.next(std::span<const float>(row, static_cast<std::size_t>(vocab)));
   seq.tokens.push_back(choice.token);
   JobStep& out = report.of(job, steps_, nullptr);
   out.with_logprobs = job.sampling.logprobs >= 0;

@@ -20,7 +20,7 @@ WorkerClient::WorkerClient(zmq::context_t& context, const std::string& endpoint,
 WorkerClient::~WorkerClient() {
   if (active_ == 0) return;
   try {
-    stop(-1);  // the request outlives nobody who wants it
+    stop(-1);                        // the request outlives nobody who wants it
   } catch (const std::exception&) {  // best effort: a dead worker has nothing to cancel
   }
 }
@@ -90,10 +90,12 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote,
           active_ = 0;
           net::throw_error(event.getError(), rpc_->peer());
         case wire::WorkerEvent::ACCEPTED:
-          if (callbacks.on_queued) callbacks.on_queued(static_cast<std::int64_t>(event.getAccepted()));
+          if (callbacks.on_queued)
+            callbacks.on_queued(static_cast<std::int64_t>(event.getAccepted()));
           return;
         case wire::WorkerEvent::QUEUED:
-          if (callbacks.on_queued) callbacks.on_queued(static_cast<std::int64_t>(event.getQueued()));
+          if (callbacks.on_queued)
+            callbacks.on_queued(static_cast<std::int64_t>(event.getQueued()));
           return;
         case wire::WorkerEvent::WORKING:
         case wire::WorkerEvent::STATS:
@@ -158,10 +160,10 @@ WorkerStatus WorkerClient::status() {
     if (event.isError()) net::throw_error(event.getError(), rpc_->peer());
     if (!event.isStats()) fail(rpc_->peer(), ": stats request answered with another event");
     const auto s = event.getStats();
-    status = {s.getName().cStr(),     s.getQueued(),           s.getRunning(),
-              s.getCompleted(),       s.getFailed(),           s.getRejectedMessages(),
+    status = {s.getName().cStr(),      s.getQueued(),           s.getRunning(),
+              s.getCompleted(),        s.getFailed(),           s.getRejectedMessages(),
               s.getRunningSequences(), s.getWaitingSequences(), s.getMaxBatch(),
-              s.getMaxQueue(),        s.getKvFreeBytes(),      s.getPreemptions(),
+              s.getMaxQueue(),         s.getKvFreeBytes(),      s.getPreemptions(),
               s.getCancellations()};
   });
   return status;

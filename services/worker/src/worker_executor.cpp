@@ -94,7 +94,8 @@ void WorkerService::execute() {
   batcher.on_decode_step = [&](const StepStats& stats) {
     ++step;
     m.observe_step(stats);
-    if (options_.corrector) m.observe_drift(*options_.corrector, options_.corrector->observe(stats));
+    if (options_.corrector)
+      m.observe_drift(*options_.corrector, options_.corrector->observe(stats));
     if (trace_) trace_->add_step(stats, str("step ", step, " b=", stats.s.size()));
   };
   std::vector<std::shared_ptr<Job>> arrivals;
@@ -126,7 +127,8 @@ void WorkerService::execute() {
       log::error(options_.name, ": batch step: ", e.what());
       idle_wait = true;
     }
-    std::erase_if(held, [](const auto& job) { return job->batch->open == 0 || job->batch->failed; });
+    std::erase_if(held,
+                  [](const auto& job) { return job->batch->open == 0 || job->batch->failed; });
     std::lock_guard lock(mutex_);
     running_seqs_ = batcher.running();
     waiting_seqs_ = batcher.waiting();

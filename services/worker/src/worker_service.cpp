@@ -187,9 +187,9 @@ zmq::message_t WorkerService::handle_request(const zmq::message_t& peer,
       b.policy = request.job.policy;
       b.split = request.job.split;
       if (request.deadline_unix_ms != 0) {
-        b.deadline = Clock::now() + std::chrono::milliseconds(
-                                         static_cast<std::int64_t>(request.deadline_unix_ms) -
-                                         static_cast<std::int64_t>(net::now_unix_ms()));
+        b.deadline = Clock::now() +
+                     std::chrono::milliseconds(static_cast<std::int64_t>(request.deadline_unix_ms) -
+                                               static_cast<std::int64_t>(net::now_unix_ms()));
       }
       job->last_event = Clock::now().time_since_epoch().count();
       ahead = waiting;

@@ -204,7 +204,8 @@ JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_lo
     }
     t.token = tokens[i];
     if (step.with_logprobs) t.logprob = logprobs[i];
-    for (unsigned j = 0; j < top_n; ++j) t.top.push_back({top_ids[i * top_n + j], top_lp[i * top_n + j]});
+    for (unsigned j = 0; j < top_n; ++j)
+      t.top.push_back({top_ids[i * top_n + j], top_lp[i * top_n + j]});
     step.tokens.push_back(std::move(t));
   }
   logits.clear();
@@ -214,7 +215,8 @@ JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_lo
     fail("tokens: ", logits.size(), " logits for ", n, " tokens");
   }
   for (const auto f : in.getFinished()) {
-    if (f.getIndex() >= sequences) fail("tokens: finished sequence ", f.getIndex(), " of ", sequences);
+    if (f.getIndex() >= sequences)
+      fail("tokens: finished sequence ", f.getIndex(), " of ", sequences);
     step.finished.emplace_back(f.getIndex(), decode_finish(f.getReason()));
   }
   return step;

@@ -35,7 +35,7 @@ struct DecodedRequest {
   std::uint64_t id = 0;
   std::uint64_t deadline_unix_ms = 0;
   enum class Kind { generate, stats, cancel } kind = Kind::stats;
-  GenerateJob job;  // kind == generate
+  GenerateJob job;                   // kind == generate
   std::uint64_t cancel_request = 0;  // kind == cancel
   std::int64_t cancel_index = -1;    // -1: every sequence
 };

@@ -51,7 +51,7 @@ enum class AdmitReserve {
 AdmitReserve parse_admit(std::string_view name);
 
 struct BatcherOptions {
-  std::int64_t max_batch = 32;                    // sequences decoded together
+  std::int64_t max_batch = 32;                      // sequences decoded together
   std::int64_t max_prefill_tokens_per_step = 2048;  // prompt tokens prefilled between two steps
   AdmitReserve admit = AdmitReserve::full;
   EngineOptions engine;  // trace, host split and threads; policy and split come from requests
@@ -70,7 +70,7 @@ struct JobStep {
   std::int64_t step = 0;  // the batcher's step counter (0 before its first decode step)
   std::vector<TokenOut> tokens;
   bool with_logprobs = false;  // the tokens' logprob fields mean something (sampling.logprobs >= 0)
-  std::vector<float> logits;  // [tokens, vocab] when request.keep_logits
+  std::vector<float> logits;   // [tokens, vocab] when request.keep_logits
   std::vector<std::pair<std::int64_t, Finish>> finished;
   const StepStats* stats = nullptr;  // the decode step's stats (null for prefill admissions)
 };

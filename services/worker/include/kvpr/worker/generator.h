@@ -25,7 +25,7 @@ enum class Finish { stop, length, cancelled };
 struct SequenceResult {
   std::vector<std::int32_t> tokens;  // generated tokens only
   Finish finish = Finish::length;
-  std::vector<float> logits;         // [tokens, vocab] when keep_logits
+  std::vector<float> logits;  // [tokens, vocab] when keep_logits
 };
 
 struct GenerateResult {

@@ -12,8 +12,8 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "kvpr/planner/planner.h"
 #include "kvpr/common/sampling.h"
+#include "kvpr/planner/planner.h"
 #include "kvpr/worker/batcher.h"
 #include "kvpr/worker/generator.h"
 
@@ -43,7 +43,7 @@ struct RemoteGenerate {
   GenerateRequest request;
   SamplingParams sampling;  // default: greedy, stopping at EOS (set ignore_eos for exactly N)
   planner::Policy policy = planner::Policy::kvpr;
-  std::optional<std::int64_t> split;  // nullopt: the planner chooses
+  std::optional<std::int64_t> split;   // nullopt: the planner chooses
   std::uint64_t deadline_unix_ms = 0;  // 0: none
 };
 
