@@ -54,7 +54,7 @@ std::uint64_t Batcher::seq_bytes(std::int64_t tokens) const {
          static_cast<std::uint64_t>(shape.n_layers);
 }
 
-void Batcher::submit(std::shared_ptr<BatchJob> job) {
+void Batcher::submit(const std::shared_ptr<BatchJob>& job) {
   const auto& r = job->request;
   const std::uint64_t capacity = store_.stats().capacity_bytes;
   for (const auto& prompt : r.prompts) {

@@ -40,7 +40,7 @@ void WorkerService::wire_job(const std::shared_ptr<Job>& job, zmq::socket_t& eve
   auto& m = *instruments_;
   BatchJob& b = *job->batch;
   Job* j = job.get();  // the batch job lives inside the Job, which outlives its callbacks
-  b.on_step = [this, j, &m, &events](const BatchJob& batch, const JobStep& step) {
+  b.on_step = [j, &m, &events](const BatchJob& batch, const JobStep& step) {
     const auto now = Clock::now();
     j->last_event = now.time_since_epoch().count();
     if (!step.tokens.empty()) {

@@ -118,7 +118,7 @@ class Batcher {
   Batcher& operator=(const Batcher&) = delete;
 
   // Queues a job's sequences. A job that can never fit the store fails at once (on_error).
-  void submit(std::shared_ptr<BatchJob> job);
+  void submit(const std::shared_ptr<BatchJob>& job);
   // Drops cancelled and expired work, admits what fits, runs one decode step, reports. Returns
   // false when it could do nothing (idle, or waiting for room in a store other workers fill).
   bool step();
