@@ -9,7 +9,7 @@ packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-
           libcli11-dev libgtest-dev libgmock-dev python3 clang-format clang-tidy
           libucx-dev ucx-utils libzmq3-dev cppzmq-dev capnproto libcapnp-dev prometheus-cpp-dev
           clang libclang-rt-14-dev iproute2 procps curl prometheus python3-yaml
-          libcairo2-dev libpcre2-dev libspdlog-dev)
+          libcairo2-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev)
 # npm may come from outside Debian; the Debian packages are needed only when it is absent.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
