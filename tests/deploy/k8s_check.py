@@ -6,7 +6,8 @@ namespace); the kvstore is a DaemonSet with hostIPC and the host's /dev/shm (or 
 at /dev/shm, which the workers share; the planner is a Deployment of 2 replicas whose pods a
 Service selects; workers request nvidia.com/gpu: 1; the ConfigMaps pods read exist; every pod
 template is annotated prometheus.io/scrape "true" and prometheus.io/port, that port is a
-containerPort and the --metrics-port its command passes.
+containerPort and the port its command's --metrics-listen HOST:PORT (or --metrics-port) passes, on
+a host other than 127.0.0.1 (the default), so that Prometheus can reach it through the pod's IP.
   k8s_check.py [--rendered FILE] K8S_DIR"""
 import argparse
 import os
@@ -114,11 +115,15 @@ for (kind, name), obj in objects.items():
     for c in pod_spec(obj)["containers"]:
         ports = {str(p["containerPort"]) for p in c.get("ports", [])}
         command = " ".join(c.get("command", []) + c.get("args", []))
-        flag = re.findall(r"--metrics-port[ =](\d+)", command)
+        listen = re.findall(r"--metrics-listen[ =](\S+):(\d+)", command)
+        flag = [p for _, p in listen] + re.findall(r"--metrics-port[ =](\d+)", command)
         if port not in ports:
             problems.append(f"{kind}/{name}: prometheus.io/port {port} is not a containerPort {ports}")
         if flag != [port]:
-            problems.append(f"{kind}/{name}: --metrics-port {flag} differs from prometheus.io/port {port}")
+            problems.append(f"{kind}/{name}: metrics port {flag} differs from prometheus.io/port {port}")
+        if not listen or any(h in ("127.0.0.1", "localhost", "[::1]") for h, _ in listen):
+            problems.append(f"{kind}/{name}: /metrics must listen on the pod's address "
+                            f"(--metrics-listen 0.0.0.0:{port}); --metrics-port binds 127.0.0.1")
         for src in c.get("envFrom", []):
             cm = (src.get("configMapRef") or {}).get("name")
             if cm and ("ConfigMap", cm) not in objects:

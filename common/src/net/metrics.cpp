@@ -1,14 +1,25 @@
+// net::Metrics: the registry and its /metrics endpoint on cpp-httplib.
+//
+// How the endpoint stays answerable (see metrics.h for the threat): the listening socket defers
+// accept until a connection's first bytes arrive (TCP_DEFER_ACCEPT), so idle connections never
+// reach the pool; one that does reach it without a request is dropped within ~10 ms
+// (keep-alive wait 0). A request stalled between reads for kReadTimeout is dropped, a client that
+// does not read its answer for kWriteTimeout too, and each response closes its connection, so a
+// pool thread is never held by a quiet client for long. Threads: the listener thread runs
+// httplib's accept loop, kPoolThreads pool threads serve connections; ~Metrics stops and joins
+// them all.
 #include "kvpr/net/metrics.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
+#include <httplib.h>
+#include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
+#include <netinet/tcp.h>
 #include <prometheus/text_serializer.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -17,21 +28,39 @@
 namespace kvpr::net {
 namespace {
 
-void close_fd(int& fd) {
-  if (fd >= 0) ::close(fd);
-  fd = -1;
-}
+constexpr std::size_t kPoolThreads = 4;
+constexpr auto kReadTimeout = std::chrono::milliseconds(500);
+constexpr auto kWriteTimeout = std::chrono::seconds(2);
+constexpr int kDeferAcceptS = 2;
+constexpr int kBacklog = 128;           // httplib listens with 5
+constexpr std::size_t kMaxBody = 4096;  // GET has none; anything longer is refused (413)
+constexpr const char* kTextFormat = "text/plain; version=0.0.4; charset=utf-8";
 
-void send_all(int fd, const std::string& data) {
-  std::size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return;  // the scraper went away; nothing to do
-    sent += static_cast<std::size_t>(n);
-  }
+std::string shown_address(const std::string& host, int port) {
+  return host.find(':') != std::string::npos ? str("[", host, "]:", port) : str(host, ":", port);
 }
 
 }  // namespace
+
+MetricsAddress parse_metrics_listen(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size())
+    fail("--metrics-listen: '", text, "' is not HOST:PORT");
+  std::string_view host = text.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']')
+      fail("--metrics-listen: '", text, "' is not [IPV6]:PORT");
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string_view::npos) {
+    fail("--metrics-listen: '", text, "': write an IPv6 host in brackets, [", host, "]:PORT");
+  }
+  const std::string_view digits = text.substr(colon + 1);
+  int port = -1;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  if (ec != std::errc() || end != digits.data() + digits.size() || port < 0 || port > 65535)
+    fail("--metrics-listen: port '", digits, "' of '", text, "' is not in [0, 65535]");
+  return {std::string(host), port};
+}
 
 Metrics::Metrics(int port, const std::string& bind_host)
     : registry_(std::make_shared<prometheus::Registry>()) {
@@ -42,94 +71,73 @@ Metrics::Metrics(int port, const std::string& bind_host)
                        "unknown type, out of range or past their deadline")
                    .Register(*registry_);
   if (port < 0) return;
-  if (port > 65535) fail("--metrics-port must be at most 65535, got ", port);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (inet_pton(AF_INET, bind_host.c_str(), &addr.sin_addr) != 1) {
-    fail("metrics: '", bind_host, "' is not an IPv4 address");
+  const std::string where = shown_address(bind_host, port);
+  if (port > 65535) fail("metrics: port must be at most 65535, got ", port);
+  addrinfo hints{};
+  hints.ai_flags = AI_PASSIVE;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(bind_host.c_str(), nullptr, &hints, &found); rc != 0)
+    fail("cannot serve metrics on ", where, ": ", ::gai_strerror(rc));
+  ::freeaddrinfo(found);
+
+  server_ = std::make_unique<httplib::Server>();
+  httplib::Server& server = *server_;
+  server.new_task_queue = [] { return new httplib::ThreadPool(kPoolThreads); };
+  // httplib's default options add SO_REUSEPORT, which would let a second server share the port
+  // (and half the scrapes) instead of failing to bind.
+  int listen_fd = -1;
+  server.set_socket_options([&listen_fd](socket_t fd) {
+    const int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+#ifdef TCP_DEFER_ACCEPT
+    ::setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &kDeferAcceptS, sizeof kDeferAcceptS);
+#endif
+    listen_fd = fd;
+  });
+  server.set_keep_alive_max_count(1);
+  server.set_keep_alive_timeout(0);
+  server.set_read_timeout(kReadTimeout);
+  server.set_write_timeout(kWriteTimeout);
+  server.set_payload_max_length(kMaxBody);
+  server.Get("/metrics", [registry = registry_](const httplib::Request&, httplib::Response& res) {
+    std::ostringstream out;
+    prometheus::TextSerializer().Serialize(out, registry->Collect());
+    res.set_content(out.str(), kTextFormat);
+  });
+  server.Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 404;
+    res.set_content("metrics are at /metrics\n", "text/plain");
+  });
+  const auto only_get = [](const httplib::Request&, httplib::Response& res) {
+    res.status = 405;
+    res.set_header("Allow", "GET");
+    res.set_content("only GET\n", "text/plain");
+  };
+  server.Post(".*", only_get);
+  server.Put(".*", only_get);
+  server.Delete(".*", only_get);
+  server.Patch(".*", only_get);
+
+  errno = 0;
+  port_ = port == 0 ? server.bind_to_any_port(bind_host)
+                    : (server.bind_to_port(bind_host, port) ? port : -1);
+  if (port_ <= 0) {
+    const int err = errno;
+    port_ = -1;
+    fail("cannot serve metrics on ", where, ": ", err != 0 ? std::strerror(err) : "bind failed");
   }
-  listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (listen_fd_ < 0) fail("metrics: socket: ", std::strerror(errno));
-  const int one = 1;
-  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::listen(listen_fd_, 64) != 0) {
-    const std::string why = std::strerror(errno);
-    close_fd(listen_fd_);
-    fail("cannot serve metrics on ", bind_host, ":", port, ": ", why);
-  }
-  socklen_t len = sizeof addr;
-  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-  port_ = ntohs(addr.sin_port);
-  if (::pipe2(wake_, O_CLOEXEC) != 0) {
-    close_fd(listen_fd_);
-    fail("metrics: pipe: ", std::strerror(errno));
-  }
-  server_ = std::thread([this] { serve(); });
+  if (listen_fd >= 0) ::listen(listen_fd, kBacklog);  // a larger queue for the same socket
+  listener_ = std::thread([&server] { server.listen_after_bind(); });
+  // stop() acts only once the accept loop runs: wait for it, so that ~Metrics cannot miss it.
+  for (int i = 0; i < 5000 && !server.is_running(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 Metrics::~Metrics() {
-  if (server_.joinable()) {
-    const char byte = 1;
-    (void)!::write(wake_[1], &byte, 1);
-    server_.join();
-  }
-  close_fd(wake_[0]);
-  close_fd(wake_[1]);
-  close_fd(listen_fd_);
-}
-
-// Serves one connection at a time until woken through the pipe. A scraper that sends nothing
-// within 2 s is dropped, so a stuck client cannot block the next scrape for long.
-void Metrics::serve() {
-  for (;;) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if ((fds[1].revents & POLLIN) != 0) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    const int client = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (client < 0) continue;
-    answer(client);
-    ::close(client);
-  }
-}
-
-void Metrics::answer(int client) {
-  std::string request;
-  char buf[2048];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
-    pollfd p{client, POLLIN, 0};
-    if (::poll(&p, 1, 2000) <= 0) return;
-    const ssize_t n = ::recv(client, buf, sizeof buf, 0);
-    if (n <= 0) return;
-    request.append(buf, static_cast<std::size_t>(n));
-  }
-  const auto line_end = request.find("\r\n");
-  const std::string line = request.substr(0, line_end);
-  const bool get = line.starts_with("GET ");
-  const auto path_end = line.find(' ', 4);
-  const std::string path = get ? line.substr(4, path_end - 4) : "";
-  std::string status = "200 OK";
-  std::string body;
-  if (!get) {
-    status = "405 Method Not Allowed";
-    body = "only GET\n";
-  } else if (path == "/metrics" || path.starts_with("/metrics?")) {
-    std::ostringstream out;
-    prometheus::TextSerializer().Serialize(out, registry_->Collect());
-    body = out.str();
-  } else {
-    status = "404 Not Found";
-    body = "metrics are at /metrics\n";
-  }
-  std::ostringstream head;
-  head << "HTTP/1.1 " << status << "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
-       << "\r\nContent-Length: " << body.size() << "\r\nConnection: close\r\n\r\n";
-  send_all(client, head.str() + body);
+  if (!listener_.joinable()) return;
+  server_->stop();
+  listener_.join();
 }
 
 prometheus::Counter& Metrics::rejected(const std::string& reason) {

@@ -11,6 +11,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
 #include "kvpr/kvstore/kv_store_service.h"
+#include "kvpr/net/metrics.h"
 #include "kvpr/net/service.h"
 
 namespace {
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
   std::string page_bytes = "256K";
   std::int64_t lease_ms = 10000;
   int metrics_port = 0;
+  std::string metrics_listen;
   std::string name = "kvstore";
   std::string ready_file;
   std::string log_level;
@@ -73,8 +75,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Client lease: no request for this long frees its data")
       ->capture_default_str();
-  app.add_option("--metrics-port", metrics_port, "Prometheus port (0: a free port; -1: off)")
-      ->capture_default_str();
+  auto* port_flag = app.add_option("--metrics-port", metrics_port,
+                                   "Prometheus port on 127.0.0.1 (0: a free port; -1: off)")
+                        ->capture_default_str();
+  app.add_option(
+         "--metrics-listen", metrics_listen,
+         "Serve /metrics on HOST:PORT instead (e.g. 0.0.0.0:9500 for a Prometheus on another host)")
+      ->excludes(port_flag);
   app.add_option("--name", name, "Service name (logs, ready file)")->capture_default_str();
   app.add_option("--ready-file", ready_file, "Write {endpoint, metrics_port, pid} here once ready");
   app.add_option(
@@ -100,6 +107,11 @@ int main(int argc, char** argv) {
     }
     options.lease = std::chrono::milliseconds(lease_ms);
     options.metrics_port = metrics_port;
+    if (!metrics_listen.empty()) {
+      const kvpr::net::MetricsAddress address = kvpr::net::parse_metrics_listen(metrics_listen);
+      options.metrics_port = address.port;
+      options.metrics_host = address.host;
+    }
     options.name = name;
 
     kvpr::net::install_stop_signals();

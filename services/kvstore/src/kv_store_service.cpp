@@ -84,7 +84,7 @@ KvStoreService::Impl::Impl(zmq::context_t& context_in, KvStoreServiceOptions opt
   epoch = random_epoch();
   pool->set_first_sequence_id((epoch << 32) + 1);
   next_client = (epoch << 32) + 1;
-  metrics = std::make_unique<net::Metrics>(options.metrics_port);
+  metrics = std::make_unique<net::Metrics>(options.metrics_port, options.metrics_host);
   instruments = std::make_unique<ServiceInstruments>(metrics->registry());
   instruments->capacity_bytes.Set(static_cast<double>(pool->capacity_bytes()));
   for (const char* reason : {"malformed", "unknown_type", "invalid", "expired"}) {

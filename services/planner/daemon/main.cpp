@@ -12,6 +12,7 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
+#include "kvpr/net/metrics.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/planner_service.h"
 
@@ -39,10 +40,16 @@ int main(int argc, char** argv) {
   app.add_option("--listen", options.endpoint,
                  "ZeroMQ endpoint to serve on (tcp://HOST:0 picks a free port)")
       ->capture_default_str();
-  app.add_option("--metrics-port", options.metrics_port,
-                 "Prometheus /metrics port: 0 picks a free one, -1 serves none")
-      ->capture_default_str()
-      ->check(CLI::Range(-1, 65535));
+  std::string metrics_listen;
+  auto* port_flag = app.add_option("--metrics-port", options.metrics_port,
+                                   "Prometheus /metrics port on 127.0.0.1: 0 picks a free one, -1 "
+                                   "serves none")
+                        ->capture_default_str()
+                        ->check(CLI::Range(-1, 65535));
+  app.add_option(
+         "--metrics-listen", metrics_listen,
+         "Serve /metrics on HOST:PORT instead (e.g. 0.0.0.0:9500 for a Prometheus on another host)")
+      ->excludes(port_flag);
   app.add_option("--name", options.name, "Replica name, in logs and the ready file")
       ->capture_default_str();
   app.add_option("--ready-file", ready_file,
@@ -63,6 +70,11 @@ int main(int argc, char** argv) {
   }
   try {
     kvpr::log::init("kvpr-planner", log_level);
+    if (!metrics_listen.empty()) {
+      const kvpr::net::MetricsAddress address = kvpr::net::parse_metrics_listen(metrics_listen);
+      options.metrics_port = address.port;
+      options.metrics_host = address.host;
+    }
   } catch (const kvpr::Error& e) {
     report("bad arguments", e.what());
     return 1;

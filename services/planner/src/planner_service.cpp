@@ -81,7 +81,7 @@ struct PlannerService::Instruments {
 PlannerService::PlannerService(zmq::context_t& context, PlannerServiceOptions options)
     : context_(context),
       options_(std::move(options)),
-      metrics_(std::make_unique<net::Metrics>(options_.metrics_port)),
+      metrics_(std::make_unique<net::Metrics>(options_.metrics_port, options_.metrics_host)),
       instruments_(std::make_unique<Instruments>(metrics_->registry())) {}
 
 PlannerService::~PlannerService() {

@@ -13,6 +13,7 @@
 #include "kvpr/common/log.h"
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/remote_kv_store.h"
+#include "kvpr/net/metrics.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/caching_planner.h"
 #include "kvpr/planner/planner.h"
@@ -36,6 +37,8 @@ struct Flags {
   int threads = 0;
   std::string profile = "nominal";
   int metrics_port = 0;
+  std::string metrics_listen;  // HOST:PORT; replaces metrics_port and metrics_host when set
+  std::string metrics_host = "127.0.0.1";
   std::string name = "worker";
   std::string ready_file;
   int kv_timeout_ms = 2000;
@@ -134,6 +137,7 @@ int serve(const Flags& f) {
   so.name = f.name;
   so.model_name = std::filesystem::weakly_canonical(f.model).filename().string();
   so.metrics_port = f.metrics_port;
+  so.metrics_host = f.metrics_host;
   so.prepare = map_store;
   so.link_bytes_per_s = link_bytes_per_s;
   so.trace_path = f.trace;
@@ -180,7 +184,12 @@ int main(int argc, char** argv) {
   app.add_option("--threads", f.threads, "Compute threads (0 = backend default)");
   app.add_option("--profile", f.profile,
                  "nominal (backend's nominal rates) or measured (profile, cached, reported)");
-  app.add_option("--metrics-port", f.metrics_port, "Prometheus port (0: a free one; -1: off)");
+  auto* port_flag = app.add_option("--metrics-port", f.metrics_port,
+                                   "Prometheus port on 127.0.0.1 (0: a free one; -1: off)");
+  app.add_option(
+         "--metrics-listen", f.metrics_listen,
+         "Serve /metrics on HOST:PORT instead (e.g. 0.0.0.0:9500 for a Prometheus on another host)")
+      ->excludes(port_flag);
   app.add_option("--drift-margin", f.drift.margin,
                  "--profile measured: refit the profile when decode steps drift from their "
                  "predictions by more than this share over a window");
@@ -213,6 +222,11 @@ int main(int argc, char** argv) {
   }
   try {
     kvpr::log::init("kvpr-worker", f.log_level);
+    if (!f.metrics_listen.empty()) {
+      const kvpr::net::MetricsAddress address = kvpr::net::parse_metrics_listen(f.metrics_listen);
+      f.metrics_port = address.port;
+      f.metrics_host = address.host;
+    }
   } catch (const kvpr::Error& e) {
     std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
     return 1;

@@ -52,7 +52,7 @@ WorkerService::WorkerService(zmq::context_t& context, const DeviceModel& model,
       planner_(planner),
       options_(std::move(options)) {
   if (!options_.trace_path.empty()) trace_ = std::make_unique<TraceWriter>(options_.trace_path);
-  metrics_ = std::make_unique<net::Metrics>(options_.metrics_port);
+  metrics_ = std::make_unique<net::Metrics>(options_.metrics_port, options_.metrics_host);
   instruments_ =
       std::make_unique<WorkerMetrics>(metrics_->registry(), options_.name, options_.model_name);
   instruments_->profile_h2d->Set(options_.link_bytes_per_s > 0

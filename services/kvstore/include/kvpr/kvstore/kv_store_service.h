@@ -41,7 +41,8 @@ struct KvStoreServiceOptions {
   std::uint64_t capacity_bytes = std::uint64_t{1} << 30;
   std::size_t page_bytes = std::size_t{256} << 10;
   std::chrono::milliseconds lease{10000};
-  int metrics_port = -1;  // 0: a free port; -1: collected but not served
+  int metrics_port = -1;                   // 0: a free port; -1: collected but not served
+  std::string metrics_host = "127.0.0.1";  // the address /metrics binds
   std::string name = "kvstore";
 };
 

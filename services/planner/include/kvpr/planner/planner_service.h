@@ -53,6 +53,7 @@ struct PlannerServiceOptions {
   std::string endpoint = "tcp://127.0.0.1:0";  // ":0": a free port; endpoint() tells which
   std::string name = "planner";
   int metrics_port = -1;                    // 0: a free port; -1: collected but not served
+  std::string metrics_host = "127.0.0.1";   // the address /metrics binds
   std::int64_t bucket = kPlanBucketTokens;  // the schedulers' shape bucket, in tokens
   std::size_t max_profiles = 1024;   // reports of further fingerprints are refused `overloaded`
   std::size_t max_schedulers = 256;  // (fingerprint, model shape) schedulers kept; then one dropped

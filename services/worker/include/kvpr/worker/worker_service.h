@@ -56,8 +56,9 @@ class ProfileCorrector;
 struct WorkerServiceOptions {
   std::string endpoint = "tcp://127.0.0.1:0";
   std::string name = "worker";
-  std::string model_name;  // metrics label
-  int metrics_port = -1;   // 0: a free port; -1: not served
+  std::string model_name;                  // metrics label
+  int metrics_port = -1;                   // 0: a free port; -1: not served
+  std::string metrics_host = "127.0.0.1";  // the address /metrics binds
   std::chrono::milliseconds keepalive{500};
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
   BatcherOptions batching;        // --max-batch, --max-prefill-tokens-per-step, admission
