@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-ROLES = ("kvstore", "planner", "worker")
+ROLES = ("kvstore", "planner", "worker", "gateway")
 RULES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules")
 
 

@@ -37,7 +37,7 @@ trap cleanup EXIT
 
 start=$SECONDS
 "$kvpr" gen-model --arch opt --preset opt-125m --layers 2 --out "$work/model" --quiet
-"$kvpr" up --model "$work/model" --workers 2 --planners 2 --run-dir "$run" --threads 1 > "$work/up.json"
+"$kvpr" up --model "$work/model" --workers 2 --planners 2 --gateways 0 --run-dir "$run" --threads 1 > "$work/up.json"
 connect=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connect"])' "$run/deployment.json")
 echo "ok   kvpr up: $(python3 -c 'import json,sys; print(", ".join(s["name"] + ":" + str(s["metrics_port"]) for s in json.load(open(sys.argv[1]))["services"]))' "$run/deployment.json")"
 

@@ -19,7 +19,7 @@ trap cleanup EXIT
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$2"; }
 
 for model in opt-2l-h64 opt-2l-h64-fp16 llama-2l-h64-mha; do
-  "$kvpr" up --model "$golden/models/$model" --workers 2 --planners 2 --run-dir "$run_dir" \
+  "$kvpr" up --model "$golden/models/$model" --workers 2 --planners 2 --gateways 0 --run-dir "$run_dir" \
     --threads 1 > "$work/up.json"
   json 'len([s for s in d["services"] if s["role"] == "worker"]) == 2 and len(d["services"]) == 5' \
     "$work/up.json" | grep -qx True

@@ -41,7 +41,7 @@ prompt=2,31,45,60,61,62,63,64
 "$kvpr" gen-model --arch opt --preset opt-125m --layers 2 --out "$model" --seed 5 --quiet > /dev/null
 
 # 1. A worker killed mid-decode. The link is emulated slow so that decoding takes a while.
-"$kvpr" up --model "$model" --workers 1 --planners 2 --run-dir "$run_dir" --threads 1 \
+"$kvpr" up --model "$model" --workers 1 --planners 2 --gateways 0 --run-dir "$run_dir" --threads 1 \
   --lease-ms 1500 --emulate-link-gbps 0.002 > /dev/null
 kv_port=$(service kvstore metrics_port)
 worker=$(service worker-0 endpoint)
@@ -73,7 +73,7 @@ echo "ok   killed worker: kvstore used bytes went $before -> $used_mid -> $befor
 "$kvpr" down --run-dir "$run_dir" --timeout 5 > /dev/null
 
 # 2. The kvstore killed and restarted on the same endpoint; 3. one planner replica killed.
-"$kvpr" up --model "$model" --workers 1 --planners 2 --run-dir "$run_dir" --threads 1 > /dev/null
+"$kvpr" up --model "$model" --workers 1 --planners 2 --gateways 0 --run-dir "$run_dir" --threads 1 > /dev/null
 worker=$(service worker-0 endpoint)
 "$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 8 --quiet --connect "$worker" \
   --logits-out "$work/good.npy" > /dev/null
@@ -110,7 +110,7 @@ extra_pids=()
 # 4. Capacity: a small kvstore; a long request on worker 1 does not fit while worker 0 decodes.
 "$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \
   --threads 1 --emulate-link-gbps 0.02 --logits-out "$work/alone.npy" > /dev/null
-"$kvpr" up --model "$model" --workers 2 --planners 1 --run-dir "$run_dir" --threads 1 \
+"$kvpr" up --model "$model" --workers 2 --planners 1 --gateways 0 --run-dir "$run_dir" --threads 1 \
   --kv-capacity 2097152 --emulate-link-gbps 0.02 > /dev/null
 w0=$(service worker-0 endpoint)
 w1=$(service worker-1 endpoint)
@@ -133,7 +133,7 @@ echo "ok   capacity: the running sequence finished with the same logits as alone
 "$kvpr" down --run-dir "$run_dir" --timeout 5 > /dev/null
 
 # 5. kvpr down while a request decodes: the worker drains it before it exits.
-"$kvpr" up --model "$model" --workers 1 --planners 1 --run-dir "$run_dir" --threads 1 \
+"$kvpr" up --model "$model" --workers 1 --planners 1 --gateways 0 --run-dir "$run_dir" --threads 1 \
   --emulate-link-gbps 0.005 > /dev/null
 w0=$(service worker-0 endpoint)
 "$kvpr" run --model "$model" --prompt-tokens "$prompt" --max-new-tokens 60 --quiet --split 4 \

@@ -125,8 +125,17 @@ std::string flag(double value) {
 int up_command(const UpOptions& o) {
   if (o.workers < 1) fail("--workers must be at least 1, got ", o.workers);
   if (o.planners < 1) fail("--planners must be at least 1, got ", o.planners);
+  if (o.gateways < 0) fail("--gateways must be at least 0, got ", o.gateways);
   if (!fs::exists(fs::path(o.model) / "config.json")) {
     fail("--model: no config.json in '", o.model, "'");
+  }
+  const fs::path dir(o.model);
+  const bool tokenizer = fs::exists(dir / "tokenizer.json") ||
+                         (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt"));
+  if (o.gateways > 0 && !tokenizer) {
+    fail("--model '", o.model,
+         "' has no tokenizer (tokenizer.json, or vocab.json + merges.txt), which a gateway needs; "
+         "pass --gateways 0 to deploy without one");
   }
   fs::path run_dir = o.run_dir;
   if (run_dir.empty()) {
@@ -149,8 +158,9 @@ int up_command(const UpOptions& o) {
                       std::vector<std::string> argv) {
       Started s{name, role, -1, run_dir / (name + ".ready.json"), run_dir / (name + ".log")};
       fs::remove(s.ready_file);
-      argv.insert(argv.end(),
-                  {"--name", name, "--ready-file", s.ready_file.string(), "--metrics-port", "0"});
+      argv.insert(argv.end(), {"--name", name, "--ready-file", s.ready_file.string()});
+      // A gateway serves /metrics on its HTTP port; the others on a port of their own.
+      if (role != "gateway") argv.insert(argv.end(), {"--metrics-port", "0"});
       s.pid = spawn(argv, s.log);
       started.push_back(s);
       auto ready = wait_ready(started.back(), deadline);
@@ -196,7 +206,25 @@ int up_command(const UpOptions& o) {
       const std::string endpoint = launch("worker-" + std::to_string(i), "worker", argv);
       connect += (connect.empty() ? "" : ",") + endpoint;
     }
+    std::string http;
+    for (int i = 0; i < o.gateways; ++i) {
+      std::vector<std::string> argv{binary("kvpr-gateway").string(),
+                                    "--model",
+                                    model.string(),
+                                    "--host",
+                                    "127.0.0.1",
+                                    "--port",
+                                    "0"};
+      for (std::size_t pos = 0; pos < connect.size();) {
+        const auto comma = std::min(connect.find(',', pos), connect.size());
+        argv.insert(argv.end(), {"--worker", connect.substr(pos, comma - pos)});
+        pos = comma + 1;
+      }
+      const std::string url = launch("gateway-" + std::to_string(i), "gateway", argv);
+      if (http.empty()) http = url;
+    }
     nlohmann::json out{{"connect", connect}, {"run_dir", run_dir.string()}, {"services", services}};
+    if (!http.empty()) out["http"] = http;
     std::ofstream(run_dir / "deployment.json") << out.dump(2) << "\n";
     std::printf("%s\n", out.dump().c_str());
     return 0;
@@ -220,10 +248,11 @@ int down_command(const DownOptions& o) {
   } catch (const std::exception& e) {
     fail(file.string(), " is not a deployment description: ", e.what());
   }
-  // Workers drain first (they still need the store and planners), the kvstore goes last.
+  // Gateways drain first (their streams need the workers), then workers (they still need the
+  // store and planners), the kvstore goes last.
   std::size_t total = 0;
   std::size_t stopped = 0;
-  for (const char* role : {"worker", "planner", "kvstore"}) {
+  for (const char* role : {"gateway", "worker", "planner", "kvstore"}) {
     std::vector<pid_t> running;
     for (const auto& s : deployment.at("services")) {
       if (s.at("role") != role) continue;

@@ -1,8 +1,9 @@
 // `kvpr up` and `kvpr down`: a node deployment on loopback. `up` starts the kvstore daemon, the
 // planner replicas and the workers as detached processes (each in its own session, logging to
-// RUN_DIR/<name>.log), waits until every one has written its ready file, writes
-// RUN_DIR/deployment.json and prints it: {"connect", "run_dir", "services": [{"name", "role",
-// "pid", "endpoint", "metrics_port"}]}. `down` sends SIGTERM (workers first, the kvstore last),
+// RUN_DIR/<name>.log), then the gateways, waits until every one has written its ready file,
+// writes RUN_DIR/deployment.json and prints it: {"connect", "http" (the first gateway's URL),
+// "run_dir", "services": [{"name", "role", "pid", "endpoint", "metrics_port"}]}. `down` sends
+// SIGTERM (gateways first, then workers, the kvstore last),
 // waits for each to drain and exit, and SIGKILLs what is still there after the timeout.
 #pragma once
 
@@ -17,6 +18,7 @@ struct UpOptions {
   std::string model;
   int workers = 1;
   int planners = 1;
+  int gateways = 1;     // kvpr-gateway processes in front of the workers (0: none)
   std::string run_dir;  // empty: a new folder under $TMPDIR
   std::uint64_t capacity_bytes = 8ull << 30;
   std::int64_t lease_ms = 10000;

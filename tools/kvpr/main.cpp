@@ -164,10 +164,12 @@ int main(int argc, char** argv) {
 
   kvpr::cli::UpOptions up;
   auto* up_cmd = app.add_subcommand(
-      "up", "Start a node deployment on loopback: kvstore, planners and workers as processes");
+      "up",
+      "Start a node deployment on loopback: kvstore, planners, workers and gateways as processes");
   up_cmd->add_option("--model", up.model, "Checkpoint directory the workers load")->required();
   up_cmd->add_option("--workers", up.workers, "Worker processes");
   up_cmd->add_option("--planners", up.planners, "Planner replicas");
+  up_cmd->add_option("--gateways", up.gateways, "OpenAI-compatible HTTP gateways (0: none)");
   up_cmd->add_option("--run-dir", up.run_dir, "Folder for logs and deployment.json (default: new)");
   up_cmd->add_option("--kv-capacity", up.capacity_bytes, "kvstore capacity in bytes");
   up_cmd->add_option("--lease-ms", up.lease_ms, "kvstore lease of a silent worker");

@@ -94,6 +94,29 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
   return result;
 }
 
+// The worker with the most free batch slots (then free KV bytes) among those that answer.
+worker::WorkerClient& least_loaded(const std::vector<worker::WorkerClient*>& workers) {
+  worker::WorkerClient* best = nullptr;
+  double best_room = 0;
+  std::uint64_t best_free = 0;
+  for (auto* w : workers) {
+    try {
+      const auto st = w->status();
+      const double room = static_cast<double>(st.max_batch) -
+                          static_cast<double>(st.running_sequences + st.waiting_sequences);
+      if (best == nullptr || room > best_room ||
+          (room == best_room && st.kv_free_bytes > best_free)) {
+        best = w;
+        best_room = room;
+        best_free = st.kv_free_bytes;
+      }
+    } catch (const Error&) {  // a silent worker is passed over
+    }
+  }
+  if (best == nullptr) raise(ErrorKind::disconnected, "--connect: no worker answered");
+  return *best;
+}
+
 worker::GenerateResult run_connected(const RunOptions& options, const worker::RemoteGenerate& work,
                                      const worker::StreamCallbacks& on_step) {
   const BackendFlags defaults;
@@ -128,6 +151,7 @@ worker::GenerateResult run_connected(const RunOptions& options, const worker::Re
     workers.push_back(clients.back().get());
   }
   if (workers.size() == 1) return workers[0]->generate(work, on_step);
+  if (work.request.prompts.size() == 1) return least_loaded(workers).generate(work, on_step);
   return worker::generate_spread(workers, work);
 }
 
