@@ -201,7 +201,15 @@ int up_command(const UpOptions& o) {
                                     "--threads",
                                     std::to_string(o.backend.threads),
                                     "--profile",
-                                    o.profile};
+                                    o.profile,
+                                    "--max-batch",
+                                    std::to_string(o.max_batch),
+                                    "--max-queue",
+                                    std::to_string(o.max_queue),
+                                    "--max-prefill-tokens-per-step",
+                                    std::to_string(o.max_prefill_tokens),
+                                    "--admit",
+                                    o.admit};
       for (const auto& p : planners) argv.insert(argv.end(), {"--planner", p});
       const std::string endpoint = launch("worker-" + std::to_string(i), "worker", argv);
       connect += (connect.empty() ? "" : ",") + endpoint;

@@ -18,7 +18,12 @@ struct UpOptions {
   std::string model;
   int workers = 1;
   int planners = 1;
-  int gateways = 1;     // kvpr-gateway processes in front of the workers (0: none)
+  int gateways = 1;  // kvpr-gateway processes in front of the workers (0: none)
+  // The workers' continuous batching (kvpr-worker flags of the same names).
+  std::int64_t max_batch = 32;
+  std::size_t max_queue = 64;
+  std::int64_t max_prefill_tokens = 2048;
+  std::string admit = "full";
   std::string run_dir;  // empty: a new folder under $TMPDIR
   std::uint64_t capacity_bytes = 8ull << 30;
   std::int64_t lease_ms = 10000;

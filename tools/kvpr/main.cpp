@@ -170,6 +170,11 @@ int main(int argc, char** argv) {
   up_cmd->add_option("--workers", up.workers, "Worker processes");
   up_cmd->add_option("--planners", up.planners, "Planner replicas");
   up_cmd->add_option("--gateways", up.gateways, "OpenAI-compatible HTTP gateways (0: none)");
+  up_cmd->add_option("--max-batch", up.max_batch, "Each worker's continuous batch, in sequences");
+  up_cmd->add_option("--max-queue", up.max_queue, "Requests that may wait at each worker");
+  up_cmd->add_option("--max-prefill-tokens-per-step", up.max_prefill_tokens,
+                     "Prompt tokens a worker prefills between two decode steps");
+  up_cmd->add_option("--admit", up.admit, "Workers' admission: full or prompt");
   up_cmd->add_option("--run-dir", up.run_dir, "Folder for logs and deployment.json (default: new)");
   up_cmd->add_option("--kv-capacity", up.capacity_bytes, "kvstore capacity in bytes");
   up_cmd->add_option("--lease-ms", up.lease_ms, "kvstore lease of a silent worker");
