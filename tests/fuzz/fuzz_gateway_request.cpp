@@ -27,8 +27,9 @@ class ByteTokenizer : public kvpr::Tokenizer {
 
 }  // namespace
 
+// NOLINTNEXTLINE(readability-identifier-naming): the name libFuzzer calls
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using namespace kvpr::gateway;  // NOLINT(google-build-using-namespace): one function
+  using namespace kvpr::gateway;
   const ModelLimits limits{"test-model", 256, 512};
   const std::string_view body(reinterpret_cast<const char*>(data), size);
   // The first byte picks the API, so one corpus reaches both parsers.

@@ -116,8 +116,7 @@ TEST(GatewayServer, MetricsCountRequestsAndTimeTokens) {
   ASSERT_EQ(s.post("/v1/completions", completion("Hi"))->status, 200);
   expect_openai_error(s.post("/v1/completions", json{{"model", "nope"}}), 404);
   const std::vector<std::string> expected = {
-      "kvpr_http_requests_total{code=\"200\",model_name=\"test-model\","
-      "route=\"/v1/completions\"} 2",
+      R"(kvpr_http_requests_total{code="200",model_name="test-model",route="/v1/completions"} 2)",
       "code=\"404\"",
       "kvpr_time_to_first_token_seconds_count{model_name=\"test-model\"} 2",
       "kvpr_inter_token_latency_seconds_bucket",

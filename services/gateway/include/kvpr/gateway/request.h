@@ -26,7 +26,7 @@ namespace kvpr::gateway {
 // Thrown by the parsers and by the gateway's request handling; caught once, in the HTTP handler.
 class ApiError : public std::runtime_error {
  public:
-  ApiError(int status, std::string message, std::string param = {},
+  ApiError(int status, const std::string& message, std::string param = {},
            std::string type = "invalid_request_error", std::string code = {})
       : std::runtime_error(message),
         status_(status),
