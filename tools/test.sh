@@ -25,7 +25,7 @@ fi
 if [ "${KVPR_SKIP_FUZZ:-0}" != 1 ]; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DKVPR_CUDA=OFF -DKVPR_FUZZ=ON \
         -DKVPR_WERROR=OFF >/dev/null
-  fuzzers=(fuzz_worker_request fuzz_kvstore_request fuzz_planner_request)
+  fuzzers=(fuzz_worker_request fuzz_kvstore_request fuzz_planner_request fuzz_gateway_request)
   ninja -C build-fuzz fuzz_seeds "${fuzzers[@]}"
   corpus=$(mktemp -d)
   build-fuzz/tests/fuzz/fuzz_seeds "$corpus"

@@ -1,5 +1,6 @@
-// Writes valid messages of every protocol into DIR/{worker,kvstore,planner}/ as the fuzzers' seed
-// corpora, so that fuzzing starts from well-formed structure and mutates from there.
+// Writes valid messages of every protocol into DIR/{worker,kvstore,planner,gateway}/ as the
+// fuzzers' seed corpora, so that fuzzing starts from well-formed structure and mutates from there.
+// The gateway's seeds are HTTP bodies (JSON) of both OpenAI APIs.
 #include <capnp/message.h>
 
 #include <filesystem>
@@ -146,6 +147,29 @@ void planner_seeds(const fs::path& dir) {
   write(dir, "stats", m);
 }
 
+// fuzz_gateway_request picks the API by the first byte's low bit: '{' (0x7B) is odd, so chat
+// bodies start with '{' and completions bodies with ' ' (0x20, even) before it.
+void gateway_seeds(const fs::path& dir) {
+  fs::create_directories(dir);
+  const auto seed = [&](const std::string& name, const std::string& body) {
+    std::ofstream(dir / name, std::ios::binary) << body;
+  };
+  seed("completion", R"( {"model": "test-model", "prompt": "Hello", "max_tokens": 8})");
+  seed("completion_all",
+       R"( {"model": "test-model", "prompt": [1, 2, 3], "max_tokens": 7, "temperature": 0.5, )"
+       R"("top_p": 0.9, "top_k": 40, "n": 2, "stream": true, "stream_options": )"
+       R"({"include_usage": true}, "stop": ["a", "bc"], "seed": 42, "presence_penalty": 0.5, )"
+       R"("frequency_penalty": -1, "logprobs": 2, "echo": true, "user": "u", "best_of": 2})");
+  seed("completion_array", R"( {"model": "test-model", "prompt": ["one"], "stop": "x"})");
+  seed("chat", R"({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})");
+  seed("chat_all",
+       R"({"model": "test-model", "max_completion_tokens": 9, "logprobs": true, )"
+       R"("top_logprobs": 3, "temperature": 0, "stream": true, "n": 2, "messages": [)"
+       R"({"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", )"
+       R"("text": "a"}]}, {"role": "assistant", "content": "c"}, {"role": "user", )"
+       R"("content": "d"}], "response_format": {"type": "text"}})");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -154,5 +178,6 @@ int main(int argc, char** argv) {
   worker_seeds(out / "worker");
   kvstore_seeds(out / "kvstore");
   planner_seeds(out / "planner");
+  gateway_seeds(out / "gateway");
   return 0;
 }

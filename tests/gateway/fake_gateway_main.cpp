@@ -17,7 +17,7 @@
 #include "kvpr/gateway/gateway.h"
 
 int main(int argc, char** argv) {
-  using namespace kvpr::gateway;  // NOLINT(google-build-using-namespace): a test tool's main
+  using namespace kvpr::gateway;
   std::string port_file;
   std::string script = "Hello world, this is the end. More text follows here.";
   int port = 0;

@@ -3,6 +3,7 @@
 // mid-stream, and stop() draining a stream in flight.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <future>
 #include <thread>
 
@@ -114,20 +115,27 @@ TEST(GatewayServer, MetricsCountRequestsAndTimeTokens) {
   ASSERT_EQ(s.post("/v1/completions", completion("Hi", {{"stream", true}}))->status, 200);
   ASSERT_EQ(s.post("/v1/completions", completion("Hi"))->status, 200);
   expect_openai_error(s.post("/v1/completions", json{{"model", "nope"}}), 404);
-  const auto res = s.client().Get("/metrics");
-  ASSERT_EQ(res->status, 200);
-  const std::string& text = res->body;
-  EXPECT_NE(text.find("kvpr_http_requests_total{code=\"200\",model_name=\"test-model\","
-                      "route=\"/v1/completions\"} 2"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("code=\"404\""), std::string::npos);
-  EXPECT_NE(text.find("kvpr_time_to_first_token_seconds_count{model_name=\"test-model\"} 2"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("kvpr_inter_token_latency_seconds_bucket"), std::string::npos);
-  EXPECT_NE(text.find("kvpr_request_latency_seconds_count{model_name=\"test-model\"} 2"),
-            std::string::npos);
+  const std::vector<std::string> expected = {
+      R"(kvpr_http_requests_total{code="200",model_name="test-model",route="/v1/completions"} 2)",
+      "code=\"404\"",
+      "kvpr_time_to_first_token_seconds_count{model_name=\"test-model\"} 2",
+      "kvpr_inter_token_latency_seconds_bucket",
+      "kvpr_request_latency_seconds_count{model_name=\"test-model\"} 2",
+  };
+  // A stream is counted once its response is released, just after the client has the last byte.
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  const auto all_there = [&] {
+    return std::all_of(expected.begin(), expected.end(),
+                       [&](const std::string& e) { return text.find(e) != std::string::npos; });
+  };
+  do {
+    const auto res = s.client().Get("/metrics");
+    ASSERT_EQ(res->status, 200);
+    text = res->body;
+  } while (!all_there() && std::chrono::steady_clock::now() < deadline);
+  for (const std::string& e : expected)
+    EXPECT_NE(text.find(e), std::string::npos) << e << "\n" << text;
 }
 
 TEST(GatewayServer, ClientGoneMidStreamStopsEverySequence) {

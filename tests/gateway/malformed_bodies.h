@@ -78,6 +78,8 @@ inline std::vector<Malformed> malformed_bodies() {
       {false, "{" + m + R"("prompt": "hi", "stop": ["a", "b", "c", "d", "e"]})", 400, "stop"},
       {false, "{" + m + R"("prompt": "hi", "stop": [1]})", 400, "stop"},
       {false, "{" + m + R"("prompt": "hi", "best_of": 3})", 400, "best_of"},
+      {false, "{" + m + R"("prompt": "hi", "stop_token_ids": [5, 4096]})", 400, "stop_token_ids"},
+      {false, "{" + m + R"("prompt": "hi", "ignore_eos": 1})", 400, "ignore_eos"},
       {false, "{" + m + R"("prompt": "hi", "logit_bias": {"5": 100}})", 400, "logit_bias"},
       {false, "{" + m + R"("prompt": [)" + ones(300) + "]}", 413, "prompt"},
       // chat

@@ -19,7 +19,8 @@ TEST(ParseCompletion, ReadsEveryField) {
     "model": "test-model", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
     "top_k": 40, "n": 3, "stream": true, "stream_options": {"include_usage": true},
     "stop": ["a", "bc"], "seed": 42, "presence_penalty": 0.5, "frequency_penalty": -1,
-    "logprobs": 2, "echo": true, "user": "someone", "best_of": 3})",
+    "logprobs": 2, "echo": true, "user": "someone", "best_of": 3,
+    "stop_token_ids": [7, 9], "ignore_eos": true})",
                                           kLimits);
   EXPECT_EQ(r.options.model, "test-model");
   EXPECT_EQ(r.prompt_text, "Hello");
@@ -36,6 +37,8 @@ TEST(ParseCompletion, ReadsEveryField) {
   EXPECT_EQ(r.options.sampling.frequency_penalty, -1);
   EXPECT_EQ(r.options.sampling.logprobs, 2);
   EXPECT_TRUE(r.echo);
+  EXPECT_EQ(r.options.sampling.stop_token_ids, (std::vector<std::int32_t>{7, 9}));
+  EXPECT_TRUE(r.options.sampling.ignore_eos);
 }
 
 TEST(ParseCompletion, DefaultsAndPromptForms) {

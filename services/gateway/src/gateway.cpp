@@ -158,7 +158,7 @@ void Gateway::Impl::routes() {
     res.set_content(prometheus::TextSerializer().Serialize(families), "text/plain; version=0.0.4");
   });
   server_.set_exception_handler(
-      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+      [](const httplib::Request& req, httplib::Response& res, const std::exception_ptr& ep) {
         std::string what = "unknown";
         try {
           std::rethrow_exception(ep);

@@ -173,7 +173,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
 
   auto stream = std::make_shared<Stream>();
   stream->producer = std::thread([this, stream, run, clock, failure] {
-    const auto queue = [&](std::vector<json> chunks) {  // call with stream->mutex held
+    const auto queue = [&](const std::vector<json>& chunks) {  // call with stream->mutex held
       if (!stream->opened) {
         std::vector<json> opening = run->opening_chunks();
         for (json& c : opening) stream->frames.push_back(frame(c));
@@ -191,7 +191,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
       try {
         std::vector<json> chunks;
         const bool more = run->on_token(event, &chunks);
-        if (!chunks.empty()) queue(std::move(chunks));
+        if (!chunks.empty()) queue(chunks);
         return more && !stream->cancelled;
       } catch (...) {
         error = std::current_exception();
@@ -203,7 +203,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
       if (error) return;
       std::vector<json> chunks;
       run->on_finish(index, reason, &chunks);
-      queue(std::move(chunks));
+      queue(chunks);
     };
     try {
       upstream_->generate(run->token_request(), callbacks);

@@ -77,7 +77,7 @@ std::string read_content(const json& message, const std::string& field) {
   for (const json& part : *content) {
     if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
         !part["text"].is_string()) {
-      bad(field + ".content", "text parts ({\"type\": \"text\", \"text\": ...})", part);
+      bad(field + ".content", R"(text parts ({"type": "text", "text": ...}))", part);
     }
     text += part["text"].get<std::string>();
   }

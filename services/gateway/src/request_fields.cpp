@@ -196,6 +196,20 @@ GenerationOptions get_generation_options(const json& object, const ModelLimits& 
   }
   s.presence_penalty = get_number(object, "presence_penalty", -2, 2).value_or(0.0);
   s.frequency_penalty = get_number(object, "frequency_penalty", -2, 2).value_or(0.0);
+  // Extensions, as in vLLM: more ids that end a sequence, and generating past EOS.
+  if (const json* ids = find(object, "stop_token_ids")) {
+    const std::string must_be =
+        str("an array of at most ", kMaxStopTokenIds, " token ids in [0, ", limits.vocab, ")");
+    if (!ids->is_array() || ids->size() > kMaxStopTokenIds) bad("stop_token_ids", must_be, *ids);
+    for (const json& id : *ids) {
+      if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+          id.get<std::int64_t>() >= limits.vocab) {
+        bad("stop_token_ids", must_be, *ids);
+      }
+      s.stop_token_ids.push_back(static_cast<std::int32_t>(id.get<std::int64_t>()));
+    }
+  }
+  s.ignore_eos = get_bool(object, "ignore_eos").value_or(false);
   return options;
 }
 

@@ -6,11 +6,12 @@
 //   GET  /health   — 200 {"status":"ok"} while the upstream has a live worker, else 503
 //   GET  /metrics  — Prometheus text of options.registry (the gateway's own metrics are there)
 //
-// The gateway owns text: it tokenizes prompts (BOS first), applies the chat template, turns ids
-// back into UTF-8 deltas and applies stop strings (text_stream.h); the Upstream sees ids only.
-// Errors are OpenAI-shaped ({"error": {...}}): 400/404/413 from the request (request.h), 401 for a
-// missing or unknown API key when keys are configured, 503 with Retry-After when the upstream is
-// overloaded, 502 when it disconnected, 500 for anything else; the server keeps serving.
+// The gateway owns text: it tokenizes text prompts (BOS first; token-id prompts go as sent),
+// applies the chat template, turns ids back into UTF-8 deltas and applies stop strings
+// (text_stream.h); the Upstream sees ids only. Errors are OpenAI-shaped ({"error": {...}}):
+// 400/404/413 from the request (request.h), 401 for a missing or unknown API key when keys are
+// configured, 503 with Retry-After when the upstream is overloaded, 502 when it disconnected, 500
+// for anything else; the server keeps serving.
 //
 // Threads: start() runs the accept loop on its own thread; each request runs on one of
 // options.threads pool threads, a stream for its whole length (plus one thread per stream that

@@ -4,8 +4,10 @@
 // range, or an ApiError that carries the HTTP status and OpenAI's error body — the message names
 // the field and the value, `param` the field.
 //
-// Fields not listed here (user, logit_bias with no entries, …) are ignored, as most
-// OpenAI-compatible servers do; fields listed but unsupported (best_of > 1, tools) are an error.
+// Fields of OpenAI's that change nothing here (user, an empty logit_bias, …) and unknown fields
+// are ignored, as most OpenAI-compatible servers do; ones that would change the reply but are
+// not supported (best_of other than 1 or n, suffix, logit_bias, tools, response_format other than
+// text) are an error. Extensions, as in vLLM: top_k, stop_token_ids, ignore_eos.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +26,7 @@ namespace kvpr::gateway {
 // Thrown by the parsers and by the gateway's request handling; caught once, in the HTTP handler.
 class ApiError : public std::runtime_error {
  public:
-  ApiError(int status, std::string message, std::string param = {},
+  ApiError(int status, const std::string& message, std::string param = {},
            std::string type = "invalid_request_error", std::string code = {})
       : std::runtime_error(message),
         status_(status),
@@ -55,6 +57,7 @@ struct ModelLimits {
 inline constexpr std::int64_t kMaxChoices = 128;       // n
 inline constexpr std::size_t kMaxStopStrings = 4;      // stop
 inline constexpr std::size_t kMaxStopBytes = 1024;     // each stop string
+inline constexpr std::size_t kMaxStopTokenIds = 64;    // stop_token_ids (an extension)
 inline constexpr std::int64_t kDefaultMaxTokens = 16;  // completions' default
 
 // Fields both APIs share.
