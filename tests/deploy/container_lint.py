@@ -3,7 +3,10 @@
 exist in the repo (and scripts they execute are executable), COPY sources exist, the build stages
 install dependencies only through tools/install-deps.sh, and the README's build commands are the
 ones the images run: the top-level README's install command and cmake/ninja invocations, and
-deploy/README.md's "## Build" block line for line (the -DKVPR_CUDA value aside).
+deploy/README.md's "## Build" block line for line (the -DKVPR_CUDA value aside); every binary
+(kvpr and the services tools/CMakeLists.txt places next to it: kvpr-kvstore, kvpr-planner,
+kvpr-worker, kvpr-gateway) is built by the build stage and copied into the image, and the final
+stage installs the packages runtime-packages.sh derives from all of them.
   container_lint.py REPO"""
 import glob
 import os
@@ -53,6 +56,13 @@ def block_after(path, heading):
 def normalize(cmd):
     return re.sub(r"\s+", " ", re.sub(r"-DKVPR_CUDA=\w+", "-DKVPR_CUDA=*", cmd)).strip()
 
+
+# The service binaries `kvpr up` starts from kvpr's own folder (tools/CMakeLists.txt).
+cmake_tools = open(os.path.join(repo, "tools/CMakeLists.txt")).read()
+m = re.search(r"set_target_properties\(([\w\s-]+?)\s+PROPERTIES\s+RUNTIME_OUTPUT_DIRECTORY", cmake_tools)
+binaries = ["kvpr"] + (m.group(1).split() if m else [])
+if "kvpr-gateway" not in binaries:
+    problems.append(f"tools/CMakeLists.txt does not place kvpr-gateway next to kvpr: {binaries}")
 
 top = block_after(os.path.join(repo, "README.md"), "## Building by hand")
 deploy_build = block_after(os.path.join(repo, "deploy/README.md"), "## Build")
@@ -119,6 +129,25 @@ for path in files:
                         if base.startswith(("cmake", "ninja")) and not any(
                                 r.startswith(base.split(" -G ")[0]) for r in stage_runs):
                             problems.append(f"{rel}: README.md's '{part}' has no counterpart")
+    # Every binary built and copied; the runtime packages derived from what was copied.
+    for s in stages:
+        if not any(re.fullmatch(r"\. \S+", c) for c in s["copies"]):
+            continue
+        cmds = [re.sub(r"\s+", " ", c) for r in s["runs"] for c in commands(r)]
+        built = set().union(*[set(c.split()[3:]) for c in cmds if c.startswith("ninja -C build ")])
+        copied = set().union(*[{os.path.basename(w) for w in c.split()[1:-1]}
+                               for c in cmds if c.startswith("cp ") and c.endswith("/out/bin/")])
+        for b in binaries:
+            if b not in built:
+                problems.append(f"{rel}: the build stage does not build {b} (ninja -C build ...)")
+            if b not in copied:
+                problems.append(f"{rel}: the build stage does not copy {b} to /out/bin/")
+        if not any("runtime-packages.sh /out/bin/*" in c for c in cmds):
+            problems.append(f"{rel}: the runtime packages are not derived from /out/bin/*")
+    final = stages[-1]
+    if not any("packages.txt" in r for r in final["runs"]) or not any(
+            "/out/bin/" in c and "--from=" in c for c in final["copies"]):
+        problems.append(f"{rel}: the final stage does not install packages.txt and copy /out/bin/")
     if rel.endswith(".cuda") and not any("nvidia/cuda" in s["from"] or "nvidia/cuda" in open(path).read()
                                          for s in stages):
         problems.append(f"{rel}: no nvidia/cuda image")
@@ -128,4 +157,5 @@ if problems:
         print(f"FAIL {p}")
     sys.exit(1)
 print(f"ok   {', '.join(os.path.relpath(f, repo) for f in files)}: every RUN/COPY path exists, "
-      f"installs go through '{top[0]}', README build commands are the ones run")
+      f"installs go through '{top[0]}', README build commands are the ones run, "
+      f"{' '.join(binaries)} built and shipped")

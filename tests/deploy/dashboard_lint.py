@@ -2,7 +2,10 @@
 """Static checks of deploy/grafana (standard library only): the dashboard is valid JSON whose
 panels and queries take their datasource from the `datasource` variable (default: the uid the
 provisioning file gives Prometheus), panel ids are unique and the grid has no overlaps, and it has
-the panels the deployment issue asks for, recognised by their queries.
+the panels the deployment issue asks for, recognised by their queries (a "Serving" row among them);
+queries of the latency histograms that workers and gateways both export say whose they mean
+(worker="" the gateways', worker!="" or worker=~"$worker" the workers', the variable's "All"
+matching no empty label).
   dashboard_lint.py REPO"""
 import json
 import os
@@ -101,7 +104,38 @@ required = {
     "plan drift per worker": any_expr(r"by \(worker\) \(kvpr_plan_drift_ratio"),
     "profile refits": any_expr(r"kvpr_profile_refits_total"),
     "rejected messages by reason": any_expr(r"by \([^)]*reason[^)]*\) \(\w+\(kvpr_rejected_messages_total"),
+    # Serving: continuous batching on the workers, the HTTP API on the gateways.
+    "running and waiting sequences per worker": one_panel(r"by \(worker\) \(kvpr_running_sequences",
+                                                          r"by \(worker\) \(kvpr_waiting_sequences"),
+    "preemptions and cancellations rate": one_panel(r"rate\(kvpr_preemptions_total",
+                                                    r"rate\(kvpr_cancellations_total"),
+    "request latency p50/p99": one_panel(r"histogram_quantile\(0\.5,.*kvpr_request_latency_seconds_bucket",
+                                         r"histogram_quantile\(0\.99,.*kvpr_request_latency_seconds_bucket"),
+    "gateway time to first token p50/p99": one_panel(
+        r'histogram_quantile\(0\.5, sum by \(service, le\) \(rate\(kvpr_time_to_first_token_seconds_bucket\{worker=""',
+        r'histogram_quantile\(0\.99, sum by \(service, le\) \(rate\(kvpr_time_to_first_token_seconds_bucket\{worker=""'),
+    "gateway inter-token latency p50/p99": one_panel(
+        r'histogram_quantile\(0\.5, sum by \(service, le\) \(rate\(kvpr_inter_token_latency_seconds_bucket\{worker=""',
+        r'histogram_quantile\(0\.99, sum by \(service, le\) \(rate\(kvpr_inter_token_latency_seconds_bucket\{worker=""'),
+    "HTTP requests by route and code": any_expr(r"by \((route, code|code, route)\) \(rate\(kvpr_http_requests_total"),
+    "HTTP 4xx/5xx ratio": one_panel(r'kvpr_http_requests_total\{[^}]*code=~"4\.\."[^}]*\}.*/',
+                                    r'kvpr_http_requests_total\{[^}]*code=~"5\.\."[^}]*\}.*/'),
 }
+if not any(p.get("type") == "row" and p.get("title") == "Serving" for p in dashboard.get("panels", [])):
+    problems.append("no row titled 'Serving'")
+# Workers and gateways export these histograms under the same names; only the workers' carry a
+# worker label. A query must say whose it means, or it mixes the two.
+shared = r"(kvpr_(?:time_to_first_token|inter_token_latency|request_latency)_seconds\w*)(\{[^}]*\})?"
+worker_var = variables.get("worker") or {}
+all_value = worker_var.get("allValue")
+if worker_var.get("includeAll") and (all_value is None or re.fullmatch(all_value, "")):
+    problems.append(f"variable worker's All value {all_value!r} matches the gateways' series "
+                    "(no worker label): use .+")
+for where, expr in promql_names.grafana_exprs(dashboard):
+    for name, selector in re.findall(shared, expr):
+        if not re.search(r'worker(=""|!=""|=~"\$worker")', selector or ""):
+            problems.append(f"{where}: {name}{selector} mixes workers and gateways; select "
+                            'worker="" (gateways) or worker!="" / worker=~"$worker" (workers)')
 for what, found in required.items():
     if not found:
         problems.append(f"no panel for {what}")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A node deployment watched by a real Prometheus: `kvpr up` (kvstore, 2 planners, 2 workers),
-# deploy/prometheus/scrape-config.py writes the scrape config, prometheus (loopback, free port,
-# 1 s scrapes) loads it with deploy/prometheus/rules, a few `kvpr run --connect` generate tokens;
-# then prometheus_checks.py asserts through the query API (see there). `kvpr down` and the
+# A node deployment watched by a real Prometheus: `kvpr up` (kvstore, 2 planners, 2 workers, a
+# gateway), deploy/prometheus/scrape-config.py writes the scrape config, prometheus (loopback, free
+# port, 1 s scrapes) loads it with deploy/prometheus/rules, a few `kvpr run --connect` and a few
+# completions through the gateway's HTTP API (curl; one streamed) generate tokens; then
+# prometheus_checks.py asserts through the query API (see there). `kvpr down` and the
 # prometheus process are stopped on every exit.
 #   integration_test.sh KVPR REPO
 set -euo pipefail
@@ -37,8 +38,10 @@ trap cleanup EXIT
 
 start=$SECONDS
 "$kvpr" gen-model --arch opt --preset opt-125m --layers 2 --out "$work/model" --quiet
-"$kvpr" up --model "$work/model" --workers 2 --planners 2 --gateways 0 --run-dir "$run" --threads 1 > "$work/up.json"
+# The generated model has a tokenizer, which the gateway needs.
+"$kvpr" up --model "$work/model" --workers 2 --planners 2 --gateways 1 --run-dir "$run" --threads 1 > "$work/up.json"
 connect=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connect"])' "$run/deployment.json")
+http=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$run/deployment.json")
 echo "ok   kvpr up: $(python3 -c 'import json,sys; print(", ".join(s["name"] + ":" + str(s["metrics_port"]) for s in json.load(open(sys.argv[1]))["services"]))' "$run/deployment.json")"
 
 "$repo/deploy/prometheus/scrape-config.py" "$run" --interval 1s > /dev/null
@@ -61,6 +64,25 @@ done
 "$kvpr" run --model "$work/model" --prompt-tokens 2,31,45 --prompt-tokens 5,6,7,8,9 \
   --max-new-tokens 8 --connect "$connect" --quiet > /dev/null
 echo "ok   4 kvpr run --connect requests answered"
+
+# Traffic through the gateway (the served model's name is the checkpoint folder's): whole
+# completions, the model list, and one streamed completion that must end with [DONE].
+for prompt in "Hello there" "The quick brown fox" "Once upon a time"; do
+  curl -sS --fail-with-body --max-time 60 "$http/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\": \"model\", \"prompt\": \"$prompt\", \"max_tokens\": 8}" > "$work/completion.json"
+  python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); assert c["object"] == "text_completion" and c["choices"][0]["finish_reason"] and c["usage"]["completion_tokens"] > 0, c' "$work/completion.json"
+done
+curl -sS --fail-with-body --max-time 10 "$http/v1/models" > /dev/null
+curl -sS --fail-with-body --no-buffer --max-time 60 "$http/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "model", "prompt": "Streaming test", "max_tokens": 8, "stream": true}' > "$work/stream.txt"
+python3 - "$work/stream.txt" <<'PY'
+import json, sys
+events = [l[len("data: "):] for l in open(sys.argv[1]).read().splitlines() if l.startswith("data: ")]
+assert events and events[-1] == "[DONE]", events[-3:]
+chunks = [json.loads(e) for e in events[:-1]]
+assert len(chunks) >= 2 and all(c["object"] == "text_completion" for c in chunks), chunks[:2]
+PY
+echo "ok   gateway $http: 3 completions, /v1/models and 1 streamed completion answered"
 
 "${checks[@]}"
 echo "ok   integration test in $((SECONDS - start)) s"

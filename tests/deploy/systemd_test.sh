@@ -2,7 +2,8 @@
 # deploy/systemd: every unit restarts on failure with a delay, stops with SIGTERM and a drain
 # timeout, reads its flags from an EnvironmentFile whose example exists in deploy/systemd/env,
 # runs as the kvpr user (or DynamicUser); the example prometheus.yml scrapes exactly the
-# --metrics-port values of those env files; and `systemd-analyze verify` accepts the units
+# --metrics-port values of those env files and the gateways' --port (their /metrics is on the HTTP
+# port); the gateway, which faces clients, takes its API keys from a systemd credential; and `systemd-analyze verify` accepts the units
 # (templates instantiated as @0, binaries replaced by /bin/true since they are not installed here).
 # The verify step is skipped, saying so, without systemd-analyze.
 #   systemd_test.sh REPO
@@ -15,7 +16,8 @@ dir, prom = sys.argv[1], sys.argv[2]
 problems = []
 units = sorted(glob.glob(os.path.join(dir, "*.service")))
 names = {os.path.basename(u) for u in units}
-for want in ("kvpr-kvstore.service", "kvpr-planner@.service", "kvpr-worker@.service"):
+for want in ("kvpr-kvstore.service", "kvpr-planner@.service", "kvpr-worker@.service",
+             "kvpr-gateway@.service"):
     if want not in names:
         problems.append(f"missing {want}")
 metrics_ports = set()
@@ -63,6 +65,16 @@ for u in units:
                                     "which no example env file sets")
             line = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), start)
             metrics_ports |= set(re.findall(r"--metrics-port[ =](\d+)", line))
+            if re.search(r"/kvpr-gateway\s", line):
+                # The gateway serves /metrics on its HTTP port, on an address clients reach.
+                ports = re.findall(r"--port[ =](\d+)", line)
+                if len(ports) != 1:
+                    problems.append(f"{name} (instance '{inst}'): --port given {len(ports)} times")
+                metrics_ports |= set(ports)
+                keys_at = re.findall(r"--api-key-file[ =](\S+)", line)
+                if keys_at != ["%d/api-keys"] or not has("LoadCredential", r"api-keys:/etc/kvpr/\S+"):
+                    problems.append(f"{name}: the API keys are not --api-key-file %d/api-keys "
+                                    "from LoadCredential=api-keys:/etc/kvpr/...")
 # The example scrape config covers exactly those ports (static targets and the file_sd file).
 scraped = set()
 text = open(os.path.join(prom, "prometheus.yml")).read()
