@@ -11,6 +11,7 @@
 #include <functional>
 #include <ostream>
 #include <random>
+#include <utility>
 
 #include "backends.h"
 #include "kvpr/common/error.h"
@@ -40,7 +41,7 @@ struct ModelCase {
 std::string generate(const std::filesystem::path& root, const std::string& name, ModelConfig config,
                      std::uint64_t seed) {
   modelgen::GenOptions options;
-  options.config = config;
+  options.config = std::move(config);
   options.out = root / name;
   options.seed = seed;
   options.write_tokenizer = false;

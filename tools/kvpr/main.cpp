@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--host", serve.host, "Address to listen on");
   serve_cmd->add_option("--port", serve.port, "HTTP port (0: a free one)");
   serve_cmd->add_option("--ready-file", serve.ready_file,
-                        "Write {\"http\": \"http://HOST:PORT\"} here once serving");
+                        R"(Write {"http": "http://HOST:PORT"} here once serving)");
   serve_cmd->add_option("--api-key-file", serve.api_key_file,
                         "Accept only these API keys (one per line; Authorization: Bearer KEY)");
   serve_cmd->add_option("--policy", serve.policy, "resident, transfer, recompute or kvpr");
