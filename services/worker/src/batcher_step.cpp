@@ -62,9 +62,12 @@ bool Batcher::admit(Report& report) {
   if (waiting_.empty() || std::ssize(running_) >= options_.max_batch) return false;
   std::int64_t budget = options_.max_prefill_tokens_per_step;
   std::uint64_t free = 0;
-  {
+  try {
     const auto st = store_.stats();
     free = st.capacity_bytes - std::min(st.capacity_bytes, st.used_bytes);
+  } catch (const Error& e) {  // the store is unreachable: the request at the head fails with it
+    drop_job(*waiting_.front()->job, e);
+    return true;
   }
   bool any = false;
   while (!waiting_.empty() && std::ssize(running_) < options_.max_batch) {

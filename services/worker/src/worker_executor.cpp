@@ -1,6 +1,7 @@
 // The worker service's executor thread: hands accepted requests to the continuous batch, runs its
 // steps, and turns what each step produced into events on the inproc pipe that the router thread
 // forwards to the clients.
+#include <algorithm>
 #include <thread>
 
 #include "kvpr/common/error.h"
@@ -98,6 +99,20 @@ void WorkerService::execute() {
       m.observe_drift(*options_.corrector, options_.corrector->observe(stats));
     if (trace_) trace_->add_step(stats, str("step ", step, " b=", stats.s.size()));
   };
+  Clock::time_point kv_polled{};
+  auto poll_kv = [&] {  // at most every 200 ms: one round trip to a remote store
+    if (Clock::now() - kv_polled < std::chrono::milliseconds(200)) return;
+    kv_polled = Clock::now();
+    std::uint64_t free = 0;
+    try {
+      const auto st = store_.stats();
+      free = st.capacity_bytes - std::min(st.capacity_bytes, st.used_bytes);
+    } catch (const Error&) {  // unreachable: no room to offer
+    }
+    std::lock_guard lock(mutex_);
+    kv_free_bytes_ = free;
+  };
+  poll_kv();
   std::vector<std::shared_ptr<Job>> arrivals;
   // Jobs the batcher holds, kept alive until they finish (their callbacks point into them).
   std::vector<std::shared_ptr<Job>> held;
@@ -114,11 +129,16 @@ void WorkerService::execute() {
       arrivals.assign(inbox_.begin(), inbox_.end());
       inbox_.clear();
     }
-    if (!arrivals.empty() && batcher.running() == 0 && options_.prepare) options_.prepare();
     for (auto& job : arrivals) {
       wire_job(job, events);
       held.push_back(job);
-      batcher.submit(job->batch);
+      try {  // a store that went away fails the request, never the executor
+        if (batcher.running() == 0 && options_.prepare) options_.prepare();
+        batcher.submit(job->batch);
+      } catch (const Error& e) {
+        job->batch->failed = true;
+        job->batch->on_error(*job->batch, e);
+      }
     }
     arrivals.clear();
     try {
@@ -129,6 +149,7 @@ void WorkerService::execute() {
     }
     std::erase_if(held,
                   [](const auto& job) { return job->batch->open == 0 || job->batch->failed; });
+    poll_kv();
     std::lock_guard lock(mutex_);
     running_seqs_ = batcher.running();
     waiting_seqs_ = batcher.waiting();

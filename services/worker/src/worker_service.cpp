@@ -127,8 +127,7 @@ zmq::message_t WorkerService::stats_event(std::uint64_t id) {
   st.setMaxQueue(options_.max_queue);
   st.setPreemptions(counters_.preemptions);
   st.setCancellations(counters_.cancellations);
-  const auto store = store_.stats();
-  st.setKvFreeBytes(store.capacity_bytes - std::min(store.capacity_bytes, store.used_bytes));
+  st.setKvFreeBytes(kv_free_bytes_);
   return net::encode(message);
 }
 

@@ -135,6 +135,9 @@ class WorkerService {
   std::uint64_t running_seqs_ = 0;
   std::uint64_t waiting_seqs_ = 0;
   BatcherCounters counters_;
+  // The KV store's free bytes as the executor last asked (a routing hint in stats; the router
+  // thread never waits on the store).
+  std::uint64_t kv_free_bytes_ = 0;
 
   std::thread router_thread_;
   std::thread executor_thread_;
