@@ -186,6 +186,24 @@ TEST(WorkerService, StopDrainsQueuedAndRunningRequests) {
   for (const auto& r : results) EXPECT_EQ(r.sequences.at(0).tokens.size(), 250u);
 }
 
+TEST(WorkerService, ARequestPastItsDeadlineEndsWithAnErrorAndFreesItsSequences) {
+  Served served;
+  WorkerClient client(served.context, served.service.endpoint());
+  // 250 tokens take ~100 ms here; the deadline passes while it decodes (or, on a very slow
+  // machine, before it arrives: either way the answer names the deadline).
+  auto work = request({{2, 5, 7}}, 250);
+  work.deadline_unix_ms = net::now_unix_ms() + 20;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    client.generate(work);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("deadline"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(5000));
+  EXPECT_EQ(served.stack.store->stats().used_bytes, 0u);
+}
+
 TEST(WorkerClient, SilentWorkerGivesDisconnectedWithinTheDeadline) {
   zmq::context_t context;
   net::Router silent(context, "tcp://127.0.0.1:0");  // accepts connections, never answers

@@ -30,6 +30,7 @@ struct Flags {
   std::string ready_file;
   std::size_t threads = 64;
   int dead_after_ms = 2000;
+  int request_timeout_s = 600;
   std::string log_level;
 };
 
@@ -56,6 +57,8 @@ int serve(const Flags& f) {
                       : f.served_name;
   go.max_positions = config.max_positions;
   go.threads = f.threads;
+  if (f.request_timeout_s < 0) fail("--request-timeout must be >= 0, got ", f.request_timeout_s);
+  go.request_timeout = std::chrono::seconds(f.request_timeout_s);
   if (!f.api_key_file.empty()) go.api_keys = gateway::load_api_keys(f.api_key_file);
   go.chat_format = gateway::load_chat_format(f.model);
   gateway::Gateway gw(go, upstream, *tokenizer);
@@ -93,6 +96,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", f.threads, "HTTP requests served at once (a stream holds one)");
   app.add_option("--dead-after-ms", f.dead_after_ms,
                  "A worker silent this long is passed over and its streams end with an error");
+  app.add_option("--request-timeout", f.request_timeout_s,
+                 "Seconds a request may take before its worker ends it (0: no limit)");
   app.add_option("--name", f.name, "Name in logs");
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option(

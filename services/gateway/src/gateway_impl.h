@@ -47,6 +47,13 @@ class Gateway::Impl {
   // Parses, tokenizes and checks a body (throws ApiError, or Error from the tokenizer).
   Job make_job(const std::string& body, bool chat);
 
+  // The request with its deadline (options.request_timeout from now).
+  TokenRequest with_deadline(TokenRequest request) const {
+    if (options_.request_timeout.count() > 0) {
+      request.deadline = std::chrono::steady_clock::now() + options_.request_timeout;
+    }
+    return request;
+  }
   // Writes an OpenAI-shaped error reply.
   static void reply_error(httplib::Response& response, const ApiError& error);
   // The reply for an error the upstream raised (kvpr::Error kinds → 400/501/502/503).

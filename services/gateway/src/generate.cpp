@@ -156,7 +156,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
       if (!error) run->on_finish(index, reason, nullptr);
     };
     try {
-      upstream_->generate(run->token_request(), callbacks);
+      upstream_->generate(with_deadline(run->token_request()), callbacks);
     } catch (...) {
       error = std::current_exception();
     }
@@ -206,7 +206,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
       queue(chunks);
     };
     try {
-      upstream_->generate(run->token_request(), callbacks);
+      upstream_->generate(with_deadline(run->token_request()), callbacks);
     } catch (...) {
       error = std::current_exception();
     }

@@ -46,6 +46,9 @@ struct GatewayOptions {
   std::chrono::seconds read_timeout{30};
   std::chrono::seconds write_timeout{30};
   std::chrono::seconds drain_timeout{30};
+  // A request still generating this long after it arrived is ended by its worker (an error; the
+  // worker frees its sequences). 0: no deadline.
+  std::chrono::seconds request_timeout{600};
   std::size_t max_body_bytes = 8U << 20U;
   ChatFormat chat_format = ChatFormat::plain;  // load_chat_format(checkpoint dir)
   bool add_bos = true;                         // text prompts start with the tokenizer's BOS id
