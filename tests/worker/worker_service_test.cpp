@@ -186,6 +186,16 @@ TEST(WorkerService, StopDrainsQueuedAndRunningRequests) {
   for (const auto& r : results) EXPECT_EQ(r.sequences.at(0).tokens.size(), 250u);
 }
 
+TEST(WorkerService, OneTokenRequestsNeedNoDecodeStep) {
+  Served served;
+  WorkerClient client(served.context, served.service.endpoint());
+  const auto r = client.generate(request({{2, 5, 7}, {2, 9}}, 1));
+  ASSERT_EQ(r.sequences.size(), 2u);
+  EXPECT_EQ(r.sequences[0].tokens.size(), 1u);
+  EXPECT_EQ(r.last_plan.l.size(), 2u);
+  EXPECT_TRUE(r.step_s.empty());
+}
+
 TEST(WorkerService, ARequestPastItsDeadlineEndsWithAnErrorAndFreesItsSequences) {
   Served served;
   WorkerClient client(served.context, served.service.endpoint());

@@ -72,6 +72,9 @@ void Batcher::submit(const std::shared_ptr<BatchJob>& job) {
     }
   }
   job->open = static_cast<std::int64_t>(r.prompts.size());
+  // A split per sequence even when no decode step runs (max_new_tokens 1): l = 0, nothing reused.
+  job->summary.last_plan.policy = job->policy;
+  job->summary.last_plan.l.assign(r.prompts.size(), 0);
   const std::vector<std::int32_t> eos = model_.config().eos_ids();
   for (std::size_t i = 0; i < r.prompts.size(); ++i) {
     SamplingParams params = job->sampling;
