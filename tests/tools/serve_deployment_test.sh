@@ -66,9 +66,13 @@ reader=$!
 for _ in $(seq 200); do grep -q '"text"' "$work/stream.txt" 2>/dev/null && break; sleep 0.05; done
 grep -q '"text"' "$work/stream.txt" || fail "the stream sent no token"
 victim=""
-for name in worker-0 worker-1; do
-  port=$(field "[s for s in d['services'] if s['name'] == '$name'][0]['metrics_port']" "$work/up.json")
-  [ "$(metric "$port" kvpr_running_sequences)" != 0 ] && victim=$name
+for _ in $(seq 40); do  # the running gauge is set after each step: it may lag the first token
+  for name in worker-0 worker-1; do
+    port=$(field "[s for s in d['services'] if s['name'] == '$name'][0]['metrics_port']" "$work/up.json")
+    [ "$(metric "$port" kvpr_running_sequences)" != 0 ] && victim=$name
+  done
+  [ -n "$victim" ] && break
+  sleep 0.05
 done
 [ -n "$victim" ] || fail "no worker runs the stream"
 pid=$(field "[s for s in d['services'] if s['name'] == '$victim'][0]['pid']" "$work/up.json")
