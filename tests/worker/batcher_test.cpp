@@ -259,6 +259,30 @@ TEST(Batcher, ATinyStorePreemptsAndEveryRequestStillGetsItsOutput) {
   }
 }
 
+TEST(Batcher, ALongPromptIsPrefilledInChunksBetweenTheBatchsSteps) {
+  const auto vocab = opt_vocab();
+  JobSpec running = spec({prompt(6, vocab, 61)}, 30);
+  running.sampling.ignore_eos = true;
+  JobSpec long_prompt = spec({prompt(100, vocab, 62)}, 8);
+  long_prompt.sampling.ignore_eos = true;
+  long_prompt.arrive = 2;
+  BatcherOptions options;
+  options.max_prefill_tokens_per_step = 7;  // 15 chunks, one per decode step of the other
+  const auto batched = run(kOpt, {running, long_prompt}, options, 1ull << 28, nullptr,
+                           [&](Batcher& batcher, int step, auto&, kvstore::LocalKvStore&) {
+                             if (step > 3 && step < 15) {
+                               EXPECT_EQ(batcher.running(), 2u) << "step " << step;
+                             }
+                           });
+  for (std::size_t j = 0; j < 2; ++j) {
+    JobSpec alone = j == 0 ? running : long_prompt;
+    alone.arrive = 0;
+    expect_same(batched[j], run(kOpt, {alone})[0], vocab, "request " + std::to_string(j));
+  }
+  // The running request kept decoding while the long prompt went in: it finished first.
+  EXPECT_EQ(batched[0].tokens[0].size(), 30u);
+}
+
 TEST(Batcher, CancelledAndStoppedSequencesLeaveAndFreeTheirBlocks) {
   const auto vocab = opt_vocab();
   JobSpec a = spec({prompt(8, vocab, 1), prompt(8, vocab, 2)}, 40);

@@ -35,6 +35,7 @@ Batcher::Batcher(const DeviceModel& model, kernels::Backend& backend, kvstore::K
 
 Batcher::~Batcher() {
   for (auto& seq : running_) release(*seq);
+  for (auto& seq : prefilling_) release(*seq);
 }
 
 std::size_t Batcher::waiting_jobs() const {
@@ -92,6 +93,7 @@ void Batcher::release(Seq& seq) {
     log::warn("releasing a sequence of request ", seq.job->id, ": ", e.what());
   }
   seq.handle.reset();
+  seq.cached = 0;
 }
 
 // Fails a job once and removes all of its sequences.
@@ -100,13 +102,15 @@ void Batcher::drop_job(BatchJob& job, const Error& e) {
     job.failed = true;
     if (job.on_error) job.on_error(job, e);
   }
-  for (auto& seq : running_) {
-    if (seq->job.get() == &job) {
-      release(*seq);
-      seq->done = true;
+  for (auto* list : {&running_, &prefilling_}) {
+    for (auto& seq : *list) {
+      if (seq->job.get() == &job) {
+        release(*seq);
+        seq->done = true;
+      }
     }
+    std::erase_if(*list, [](const auto& s) { return s->done; });
   }
-  std::erase_if(running_, [](const auto& s) { return s->done; });
   std::erase_if(waiting_, [&](const auto& s) { return s->job.get() == &job; });
 }
 
@@ -128,8 +132,10 @@ void Batcher::reap(Report& report) {
     }
   };
   for (auto& seq : running_) reap_one(*seq);
+  for (auto& seq : prefilling_) reap_one(*seq);
   for (auto& seq : waiting_) reap_one(*seq);
   std::erase_if(running_, [](const auto& s) { return s->done; });
+  std::erase_if(prefilling_, [](const auto& s) { return s->done; });
   std::erase_if(waiting_, [](const auto& s) { return s->done; });
   for (BatchJob* job : expired) {
     drop_job(*job, Error(ErrorKind::overloaded, str("request ", job->id, " passed its deadline")));

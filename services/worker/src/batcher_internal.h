@@ -23,6 +23,9 @@ struct Batcher::Seq {
   }
   std::int64_t generated() const { return static_cast<std::int64_t>(tokens.size()) - prompt_len; }
   std::int64_t length() const { return static_cast<std::int64_t>(tokens.size()); }
+  // The tokens its cache must hold before it decodes: all but the last (the next step's input)
+  // once it has generated, else its prompt.
+  std::int64_t context() const { return length() - (generated() > 0 ? 1 : 0); }
 
   std::shared_ptr<BatchJob> job;
   std::int64_t index = 0;
@@ -30,6 +33,7 @@ struct Batcher::Seq {
   std::int64_t prompt_len = 0;
   Sampler sampler;
   std::optional<SeqHandle> handle;
+  std::int64_t cached = 0;     // context tokens in the cache (chunked prefill)
   std::uint64_t admitted = 0;  // admission order: the largest is the youngest
   bool done = false;
 };

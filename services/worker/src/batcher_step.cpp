@@ -24,6 +24,11 @@ bool Batcher::fits(const Seq& seq, std::uint64_t& free) const {
         full ? r->prompt_len + r->job->request.max_new_tokens : r->length() + 1;
     growth += seq_bytes(until) - std::min(seq_bytes(until), seq_bytes(r->length()));
   }
+  for (const auto& p : prefilling_) {  // the rest of their context, and their growth
+    const std::int64_t until =
+        full ? p->prompt_len + p->job->request.max_new_tokens : p->length() + 1;
+    growth += seq_bytes(until) - std::min(seq_bytes(until), seq_bytes(p->cached));
+  }
   if (need + growth > free) return false;
   free -= need;
   return true;
@@ -39,28 +44,83 @@ void Batcher::use_engine_of(const BatchJob& job) {
   split_ = job.split;
 }
 
-// Builds the sequence's cache: its prompt when it is new (and samples its first token from the
-// prompt's last logits), or all its tokens but the last when it resumes after a preemption (the
-// last is the input of its next decode step, as it was when it was preempted).
-void Batcher::prefill(Seq& seq, Report& report) {
+// Builds the sequence's cache, a chunk of at most `budget` tokens at a time: its prompt when it
+// is new (its first token is sampled from the prompt's last logits once all of it is in), or all
+// its tokens but the last when it resumes after a preemption (the last is the input of its next
+// decode step, as it was when it was preempted).
+bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   const auto start = Clock::now();
   const bool resume = seq.generated() > 0;
+  const std::int64_t chunk = std::min(budget, seq.context() - seq.cached);
+  const std::span<const std::int32_t> part(seq.tokens.data() + seq.cached,
+                                           static_cast<std::size_t>(chunk));
   std::vector<float> logits;
-  const std::span<const std::int32_t> context(seq.tokens.data(),
-                                              seq.tokens.size() - (resume ? 1 : 0));
-  seq.handle = engine_->prefill(context, logits);
+  if (!seq.handle) {
+    seq.handle = engine_->prefill(part, logits);
+    seq.admitted = ++admissions_;
+    seq.job->started = true;
+  } else {
+    engine_->extend(*seq.handle, part, logits);
+  }
+  seq.cached += chunk;
   seq.job->summary.prefill_s += since(start);
-  seq.admitted = ++admissions_;
-  seq.job->started = true;
-  if (!resume) emit(seq, logits.data(), report);
+  const bool complete = seq.cached == seq.context();
+  if (complete && !resume) emit(seq, logits.data(), report);
+  return complete;
 }
 
-// Admits waiting sequences in order while the batch has room, the store can hold them and the
-// step's prefill budget lasts (the first admission of a pass always fits the budget, so a long
-// prompt is not starved). Returns whether it admitted anything.
+void Batcher::place(std::unique_ptr<Seq> seq, bool complete, Report& report) {
+  if (!complete) {
+    prefilling_.push_back(std::move(seq));
+  } else if (seq->done) {
+    release(*seq);
+    report.finished_if_last(*seq->job);
+  } else {
+    running_.push_back(std::move(seq));
+  }
+}
+
+// Continues the chunked prefills, then admits waiting sequences in order while the batch has
+// room, the store can hold them and the step's prefill budget lasts. A store that fills during a
+// chunk sends that sequence back to the front of the queue (its blocks freed). Returns whether it
+// prefilled anything.
 bool Batcher::admit(Report& report) {
-  if (waiting_.empty() || std::ssize(running_) >= options_.max_batch) return false;
   std::int64_t budget = options_.max_prefill_tokens_per_step;
+  bool any = false;
+  auto requeue = [&](std::unique_ptr<Seq> seq) {
+    release(*seq);
+    waiting_.push_front(std::move(seq));
+  };
+  std::vector<std::unique_ptr<Seq>> continuing;
+  continuing.swap(prefilling_);
+  for (std::size_t i = 0; i < continuing.size(); ++i) {
+    auto& seq = continuing[i];
+    if (budget <= 0) {
+      prefilling_.push_back(std::move(seq));
+      continue;
+    }
+    const std::int64_t before = seq->cached;
+    try {
+      const bool complete = prefill(*seq, budget, report);
+      budget -= seq->cached - before;
+      any = true;
+      place(std::move(seq), complete, report);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::overloaded) {
+        BatchJob& job = *seq->job;
+        prefilling_.push_back(std::move(seq));  // drop_job finds and frees it there
+        for (std::size_t j = i + 1; j < continuing.size(); ++j) {
+          prefilling_.push_back(std::move(continuing[j]));
+        }
+        drop_job(job, e);
+        return true;
+      }
+      requeue(std::move(seq));
+    }
+  }
+  if (waiting_.empty() || std::ssize(running_) + std::ssize(prefilling_) >= options_.max_batch) {
+    return any;
+  }
   std::uint64_t free = 0;
   try {
     const auto st = store_.stats();
@@ -69,33 +129,26 @@ bool Batcher::admit(Report& report) {
     drop_job(*waiting_.front()->job, e);
     return true;
   }
-  bool any = false;
-  while (!waiting_.empty() && std::ssize(running_) < options_.max_batch) {
+  while (budget > 0 && !waiting_.empty() &&
+         std::ssize(running_) + std::ssize(prefilling_) < options_.max_batch) {
     Seq& head = *waiting_.front();
-    if (!running_.empty() && (head.job->policy != policy_ || head.job->split != split_)) break;
-    const std::int64_t n = head.length() - (head.generated() > 0 ? 1 : 0);
-    if (any && n > budget) break;
+    const bool idle = running_.empty() && prefilling_.empty();
+    if (!idle && (head.job->policy != policy_ || head.job->split != split_)) break;
     if (!fits(head, free)) break;
     std::unique_ptr<Seq> seq = std::move(waiting_.front());
     waiting_.pop_front();
     try {
       use_engine_of(*seq->job);
-      prefill(*seq, report);
+      const bool complete = prefill(*seq, budget, report);
+      budget -= seq->cached;
+      any = true;
+      place(std::move(seq), complete, report);
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::overloaded) {  // the store filled behind our back: wait
-        waiting_.push_front(std::move(seq));
+        requeue(std::move(seq));
         break;
       }
       drop_job(*seq->job, e);
-      continue;
-    }
-    budget -= n;
-    any = true;
-    if (seq->done) {
-      release(*seq);
-      report.finished_if_last(*seq->job);
-    } else {
-      running_.push_back(std::move(seq));
     }
   }
   return any;

@@ -215,42 +215,85 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<floa
   }
   const SeqHandle seq = store_.open();
   try {
-    store_.reserve(seq, n);
-    std::vector<std::int32_t> positions(static_cast<std::size_t>(n));
-    std::iota(positions.begin(), positions.end(), 0);
-    Tensor x = scratch(kX, n, c.h);
-    embed(tokens, positions, x);
-    Tensor xn = scratch(kWriteback, n, c.h);
-    Tensor q = scratch(kQ, n, c.h);
-    Tensor k = scratch(kK, n, c.h_kv());
-    Tensor v = scratch(kV, n, c.h_kv());
-    Tensor attn = scratch(kAttn, n, c.h);
-    std::vector<kernels::AttnSegment> segments(static_cast<std::size_t>(n));
-    const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
-                                   1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-    for (std::int64_t layer = 0; layer < c.n_layers; ++layer) {
-      const DeviceLayer& w = model_.layer(layer);
-      attention_input(w, x, xn);
-      qkv(w, xn, positions, q, k, v);
-      write_rows(seq, layer, kvstore::Part::act, 0, xn, Queue::compute);
-      write_rows(seq, layer, kvstore::Part::k, 0, k, Queue::compute);
-      write_rows(seq, layer, kvstore::Part::v, 0, v, Queue::compute);
-      if (options_.policy == planner::Policy::resident) resident_append(seq, layer, k, v);
-      for (std::int64_t j = 0; j < n; ++j) {  // causal: token j sees tokens [0, j]
-        segments[static_cast<std::size_t>(j)] = {j, k.rows_slice(0, j + 1), v.rows_slice(0, j + 1)};
-      }
-      backend_.attention(q, segments, shape, attn);
-      attn_out_and_ffn(w, attn, x);
-    }
-    logits(all_logits ? x : x.rows_slice(n - 1, 1), out);
-    backend_.synchronize();
-    store_.commit(seq, n);
+    run_prompt(seq, 0, tokens, out, all_logits);
   } catch (...) {
     resident_.erase(seq);
     store_.free(seq);
     throw;
   }
   return seq;
+}
+
+void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out) {
+  const ModelConfig& c = model_.config();
+  const auto n = static_cast<std::int64_t>(tokens.size());
+  const std::int64_t t0 = store_.length(seq);
+  if (n == 0) fail("extend: no tokens");
+  if (t0 + n > c.max_positions) {
+    fail("extending ", t0, " tokens by ", n, " exceeds max_position_embeddings ", c.max_positions);
+  }
+  try {
+    run_prompt(seq, t0, tokens, out, false);
+  } catch (...) {
+    truncate(seq, t0);  // nothing was committed; the resident K,V may have grown
+    throw;
+  }
+}
+
+// Tokens [t0, t0 + n) of a sequence through every layer, attending causally to themselves and to
+// the stored K,V of [0, t0) (uploaded from the store per layer), their activations and K,V written
+// to the store; commits them. `out`: the last row's logits, or every row's when all_logits.
+void Engine::run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int32_t> tokens,
+                        std::vector<float>& out, bool all_logits) {
+  const ModelConfig& c = model_.config();
+  const auto n = static_cast<std::int64_t>(tokens.size());
+  store_.reserve(seq, n);
+  std::vector<std::int32_t> positions(static_cast<std::size_t>(n));
+  std::iota(positions.begin(), positions.end(), static_cast<std::int32_t>(t0));
+  Tensor x = scratch(kX, n, c.h);
+  embed(tokens, positions, x);
+  Tensor xn = scratch(kWriteback, n, c.h);
+  Tensor q = scratch(kQ, n, c.h);
+  Tensor k = scratch(kK, n, c.h_kv());
+  Tensor v = scratch(kV, n, c.h_kv());
+  Tensor attn = scratch(kAttn, n, c.h);
+  // With a stored context, the attention reads [context; new] from one buffer per K and V.
+  Tensor kc = t0 > 0 ? scratch(kCtxK, t0 + n, c.h_kv()) : k;
+  Tensor vc = t0 > 0 ? scratch(kCtxV, t0 + n, c.h_kv()) : v;
+  const DType store_dtype = store_.shape().dtype;
+  std::vector<kernels::AttnSegment> segments(static_cast<std::size_t>(n));
+  const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
+                                 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  for (std::int64_t layer = 0; layer < c.n_layers; ++layer) {
+    const DeviceLayer& w = model_.layer(layer);
+    attention_input(w, x, xn);
+    qkv(w, xn, positions, q, k, v);
+    write_rows(seq, layer, kvstore::Part::act, t0, xn, Queue::compute);
+    write_rows(seq, layer, kvstore::Part::k, t0, k, Queue::compute);
+    write_rows(seq, layer, kvstore::Part::v, t0, v, Queue::compute);
+    if (options_.policy == planner::Policy::resident) resident_append(seq, layer, k, v);
+    if (t0 > 0) {
+      for (const auto& span : store_.locate(seq, layer, kvstore::Part::k, 0, t0)) {
+        backend_.copy_to_device(Queue::compute, kc.rows_slice(span.t0, span.n_tokens), span.data,
+                                store_dtype);
+      }
+      for (const auto& span : store_.locate(seq, layer, kvstore::Part::v, 0, t0)) {
+        backend_.copy_to_device(Queue::compute, vc.rows_slice(span.t0, span.n_tokens), span.data,
+                                store_dtype);
+      }
+      backend_.copy_device(Queue::compute, kc.rows_slice(t0, n), k);
+      backend_.copy_device(Queue::compute, vc.rows_slice(t0, n), v);
+    }
+    for (std::int64_t j = 0; j < n; ++j) {  // causal: token t0 + j sees tokens [0, t0 + j]
+      segments[static_cast<std::size_t>(j)] = {j, kc.rows_slice(0, t0 + j + 1),
+                                               vc.rows_slice(0, t0 + j + 1)};
+    }
+    backend_.attention(q, segments, shape, attn);
+    attn_out_and_ffn(w, attn, x);
+  }
+  logits(all_logits ? x : x.rows_slice(n - 1, 1), out);
+  backend_.synchronize();
+  store_.commit(seq, n);
 }
 
 void Engine::truncate(SeqHandle seq, std::int64_t n_tokens) {

@@ -25,6 +25,8 @@ enum ScratchRole : std::size_t {
   kFfn2,
   kProj,
   kLogits,
+  kCtxK,  // a prompt chunk's context K,V: the stored [0, t0) then the chunk's own (Engine::extend)
+  kCtxV,
   kWriteback,  // then 3 per layer: activation, K, V of the new tokens (the copy queue reads them
                // after compute has moved on to the next layer, so each layer has its own)
 };

@@ -1,7 +1,10 @@
 // Continuous batching of one worker: requests arrive at any time, each with its own prompts,
 // sampling and stop rules; between decode steps finished and cancelled sequences leave the batch
-// and waiting ones join (their prefill runs then, bounded per step). The split l is planned for
-// the batch as it is at each step (the Engine asks its planner, which caches by shape bucket).
+// and waiting ones join after their prefill, which runs between steps in chunks: at most
+// max_prefill_tokens_per_step prompt tokens per step, so a long prompt stalls the running batch
+// by one chunk per step (Engine::extend continues a prompt from its stored context). The split l is
+// planned for the batch as it is at each step (the Engine asks its planner, which caches by shape
+// bucket).
 //
 // Admission never loses work: a sequence joins only when the KV store can hold it (its prompt
 // plus everything it may generate, or with `AdmitReserve::prompt` only its prompt); when the store
@@ -122,8 +125,9 @@ class Batcher {
   // Drops cancelled and expired work, admits what fits, runs one decode step, reports. Returns
   // false when it could do nothing (idle, or waiting for room in a store other workers fill).
   bool step();
-  bool busy() const { return !running_.empty() || !waiting_.empty(); }
-  std::size_t running() const { return running_.size(); }
+  bool busy() const { return !running_.empty() || !prefilling_.empty() || !waiting_.empty(); }
+  // Sequences in the batch: decoding, or part way through a chunked prefill.
+  std::size_t running() const { return running_.size() + prefilling_.size(); }
   std::size_t waiting() const { return waiting_.size(); }
   std::size_t waiting_jobs() const;
   const BatcherCounters& counters() const { return counters_; }
@@ -139,7 +143,10 @@ class Batcher {
   bool admit(Report& report);
   bool fits(const Seq& seq, std::uint64_t& free) const;
   void use_engine_of(const BatchJob& job);
-  void prefill(Seq& seq, Report& report);
+  // Prefills up to `budget` more of the sequence's context; true once all of it is cached.
+  bool prefill(Seq& seq, std::int64_t budget, Report& report);
+  // Where a sequence goes once a prefill chunk ran: the decode batch, done, or still prefilling.
+  void place(std::unique_ptr<Seq> seq, bool complete, Report& report);
   bool decode(Report& report);
   void preempt_youngest();
   void emit(Seq& seq, const float* row, Report& report);
@@ -157,8 +164,9 @@ class Batcher {
   planner::Policy policy_ = planner::Policy::kvpr;
   std::optional<std::int64_t> split_;
 
-  std::deque<std::unique_ptr<Seq>> waiting_;   // FIFO; preempted sequences go to the front
-  std::vector<std::unique_ptr<Seq>> running_;  // in admission order
+  std::deque<std::unique_ptr<Seq>> waiting_;      // FIFO; preempted sequences go to the front
+  std::vector<std::unique_ptr<Seq>> running_;     // in admission order
+  std::vector<std::unique_ptr<Seq>> prefilling_;  // admitted, their prompt part way in the cache
   std::int64_t steps_ = 0;
   std::uint64_t admissions_ = 0;
   BatcherCounters counters_;

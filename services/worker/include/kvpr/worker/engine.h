@@ -86,6 +86,10 @@ class Engine {
   // `logits` receives [n, vocab] row-major when all_logits, else the last row [vocab].
   SeqHandle prefill(std::span<const std::int32_t> tokens, std::vector<float>& logits,
                     bool all_logits = false);
+  // Prefills more of a sequence's prompt (chunked prefill): tokens at positions [length, length +
+  // n) attend to the stored context and to each other. `logits` receives the last row. On error
+  // nothing is committed and the sequence is as it was.
+  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& logits);
 
   // One decode step: tokens[i] is fed to seqs[i] at position length(seqs[i]). Returns logits
   // [b, vocab] row-major. On error nothing is committed: the step can be retried.
@@ -113,6 +117,8 @@ class Engine {
   class Tracer;
 
   kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);
+  void run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int32_t> tokens,
+                  std::vector<float>& out, bool all_logits);
   void embed(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
              kernels::Tensor x);
   void attention_input(const DeviceLayer& w, kernels::Tensor x, kernels::Tensor xn);
