@@ -12,6 +12,35 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 // for a character split over up to four byte tokens.
 constexpr std::size_t kContextIds = 5;
 
+// The length of `text` without what a later token may still change: trailing U+FFFD characters
+// (an incomplete character decoded as a replacement) and a trailing incomplete raw sequence.
+std::size_t stable_length(const std::string& text) {
+  std::size_t n = text.size();
+  while (n >= kReplacement.size() &&
+         std::string_view(text).substr(n - kReplacement.size(), kReplacement.size()) ==
+             kReplacement) {
+    n -= kReplacement.size();
+  }
+  std::size_t continuation = 0;
+  for (std::size_t i = n; i > 0 && continuation < 4; --i) {
+    const auto byte = static_cast<unsigned char>(text[i - 1]);
+    if ((byte & 0xC0U) == 0x80U) {
+      ++continuation;
+      continue;
+    }
+    std::size_t need = 1;
+    if ((byte & 0xE0U) == 0xC0U) {
+      need = 2;
+    } else if ((byte & 0xF0U) == 0xE0U) {
+      need = 3;
+    } else if ((byte & 0xF8U) == 0xF0U) {
+      need = 4;
+    }
+    return continuation + 1 < need ? i - 1 : n;
+  }
+  return n;
+}
+
 }  // namespace
 
 bool ends_incomplete(const std::string& text) {
@@ -47,14 +76,25 @@ std::string IncrementalDetokenizer::push(std::int32_t id) {
   const std::string before =
       tokenizer_->decode(std::vector<std::int32_t>(begin, begin + (read_ - prefix_)));
   const std::string after = tokenizer_->decode(std::vector<std::int32_t>(begin, ids_.end()));
-  if (after.size() <= before.size() || ends_incomplete(after)) return {};
+  const std::size_t from = before.size() + held_emitted_;  // what this window already gave
+  if (ends_incomplete(after)) {
+    // Text before the incomplete tail is final: emit it now rather than when (or if) a later
+    // token completes the character — a tokenizer whose tokens keep ending mid-character would
+    // otherwise hold the whole stream back until the end.
+    const std::size_t stable = stable_length(after);
+    if (stable <= from || after.compare(0, before.size(), before) != 0) return {};
+    held_emitted_ += stable - from;
+    return after.substr(from, stable - from);
+  }
+  if (after.size() <= from) return {};
   // Keep a little context before the next window, so that its decode starts as this one did.
   read_ = ids_.size();
   prefix_ = read_ > kContextIds ? read_ - kContextIds : 0;
+  held_emitted_ = 0;
   // `after` extends `before` for every tokenizer kvpr loads; if a decoder ever rewrote earlier
   // text, emitting the longer tail is the closest to right that a stream can do.
-  if (after.compare(0, before.size(), before) == 0) return after.substr(before.size());
-  return after.substr(std::min(before.size(), after.size()));
+  if (after.compare(0, before.size(), before) == 0) return after.substr(from);
+  return after.substr(std::min(from, after.size()));
 }
 
 std::string IncrementalDetokenizer::finish() {
@@ -64,7 +104,8 @@ std::string IncrementalDetokenizer::finish() {
       tokenizer_->decode(std::vector<std::int32_t>(begin, begin + (read_ - prefix_)));
   const std::string after = tokenizer_->decode(std::vector<std::int32_t>(begin, ids_.end()));
   read_ = ids_.size();
-  return after.size() > before.size() ? after.substr(before.size()) : std::string();
+  const std::size_t from = before.size() + std::exchange(held_emitted_, 0);
+  return after.size() > from ? after.substr(from) : std::string();
 }
 
 StopMatcher::Result StopMatcher::push(const std::string& delta) {

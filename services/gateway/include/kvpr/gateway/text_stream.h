@@ -38,6 +38,7 @@ class IncrementalDetokenizer {
   std::vector<std::int32_t> ids_;
   std::size_t prefix_ = 0;  // ids_[prefix_, read_) were decoded and emitted already
   std::size_t read_ = 0;
+  std::size_t held_emitted_ = 0;  // bytes of the pending window's text emitted before its end
 };
 
 class StopMatcher {
