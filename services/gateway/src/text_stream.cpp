@@ -44,29 +44,7 @@ std::size_t stable_length(const std::string& text) {
 }  // namespace
 
 bool ends_incomplete(const std::string& text) {
-  if (text.size() >= kReplacement.size() &&
-      std::string_view(text).substr(text.size() - kReplacement.size()) == kReplacement) {
-    return true;
-  }
-  // Walk back over continuation bytes to the last lead byte and check its length.
-  std::size_t continuation = 0;
-  for (auto it = text.rbegin(); it != text.rend() && continuation < 4; ++it) {
-    const auto byte = static_cast<unsigned char>(*it);
-    if ((byte & 0xC0U) == 0x80U) {
-      ++continuation;
-      continue;
-    }
-    std::size_t need = 1;
-    if ((byte & 0xE0U) == 0xC0U) {
-      need = 2;
-    } else if ((byte & 0xF0U) == 0xE0U) {
-      need = 3;
-    } else if ((byte & 0xF8U) == 0xF0U) {
-      need = 4;
-    }
-    return continuation + 1 < need;
-  }
-  return false;
+  return stable_length(text) != text.size();
 }
 
 std::string IncrementalDetokenizer::push(std::int32_t id) {

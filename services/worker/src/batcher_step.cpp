@@ -123,8 +123,7 @@ bool Batcher::admit(Report& report) {
   }
   std::uint64_t free = 0;
   try {
-    const auto st = store_.stats();
-    free = st.capacity_bytes - std::min(st.capacity_bytes, st.used_bytes);
+    free = store_.stats().free_bytes();
   } catch (const Error& e) {  // the store is unreachable: the request at the head fails with it
     drop_job(*waiting_.front()->job, e);
     return true;

@@ -105,8 +105,7 @@ void WorkerService::execute() {
     kv_polled = Clock::now();
     std::uint64_t free = 0;
     try {
-      const auto st = store_.stats();
-      free = st.capacity_bytes - std::min(st.capacity_bytes, st.used_bytes);
+      free = store_.stats().free_bytes();
     } catch (const Error&) {  // unreachable: no room to offer
     }
     std::lock_guard lock(mutex_);

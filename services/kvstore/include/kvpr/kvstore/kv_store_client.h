@@ -13,6 +13,7 @@
 // holds suffice), and `prefetch` lets a store whose spans must be fetched start that early.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -59,6 +60,8 @@ struct StoreStats {
   std::uint64_t sequences = 0;
   std::uint64_t lookups = 0;              // locate calls
   std::uint64_t allocation_failures = 0;  // reserve calls answered `overloaded`
+
+  std::uint64_t free_bytes() const { return capacity_bytes - std::min(capacity_bytes, used_bytes); }
 };
 
 class KvStoreClient {
