@@ -1,6 +1,7 @@
 #include "kvpr/net/rpc.h"
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 namespace kvpr::net {
@@ -84,8 +85,15 @@ void Router::send(const zmq::message_t& peer, zmq::message_t payload) {
 
 RpcClient::RpcClient(zmq::context_t& context, const std::string& endpoint, std::string peer)
     : socket_(make_socket(context, zmq::socket_type::dealer)),
+      monitor_(make_socket(context, zmq::socket_type::pair)),
       endpoint_(endpoint),
       peer_(std::move(peer)) {
+  static std::atomic<std::uint64_t> monitors{0};
+  const std::string address = str("inproc://kvpr-rpc-monitor-", monitors.fetch_add(1));
+  if (zmq_socket_monitor(socket_.handle(), address.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
+    fail(peer_, ": cannot monitor the connection: ", zmq_strerror(zmq_errno()));
+  }
+  monitor_.connect(address);
   // Queue nothing for a peer that is not connected: a send waits for a live connection instead.
   socket_.set(zmq::sockopt::immediate, 1);
   socket_.set(zmq::sockopt::reconnect_ivl, 100);
@@ -104,10 +112,24 @@ void RpcClient::send(capnp::MessageBuilder& request, milliseconds timeout) {
 
 std::unique_ptr<Frame> RpcClient::receive(milliseconds timeout) {
   std::lock_guard lock(mutex_);
-  return receive_locked(Clock::now() + timeout);
+  return receive_locked(Clock::now() + timeout, /*stream=*/true);
+}
+
+void RpcClient::drain_monitor_locked() {
+  for (;;) {
+    zmq::message_t event;  // [u16 event, u32 value], then the endpoint
+    if (!monitor_.recv(event, zmq::recv_flags::dontwait)) return;
+    while (event.more()) {
+      zmq::message_t rest;
+      if (!monitor_.recv(rest, zmq::recv_flags::dontwait) || !rest.more()) break;
+    }
+    ++disconnects_;
+  }
 }
 
 void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) {
+  drain_monitor_locked();  // a connection that closed before this message is not its connection
+  sent_at_ = disconnects_;
   for (;;) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
     zmq::poll(&item, 1, milliseconds(poll_ms(deadline)));
@@ -120,10 +142,13 @@ void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) 
   }
 }
 
-std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline) {
+std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline, bool stream) {
   for (;;) {
-    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, milliseconds(poll_ms(deadline)));
+    std::array<zmq::pollitem_t, 2> items{{{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                                          {monitor_.handle(), 0, ZMQ_POLLIN, 0}}};
+    zmq::poll(items.data(), items.size(), milliseconds(poll_ms(deadline)));
+    const auto& item = items[0];
+    if ((items[1].revents & ZMQ_POLLIN) != 0) drain_monitor_locked();
     if ((item.revents & ZMQ_POLLIN) != 0) {
       zmq::message_t frame;
       if (socket_.recv(frame, zmq::recv_flags::dontwait)) {
@@ -134,6 +159,10 @@ std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline) {
         }
         return std::make_unique<Frame>(frame);
       }
+    }
+    // Everything the peer sent before closing has been read above: the stream cannot go on.
+    if (stream && disconnects_ != sent_at_) {
+      raise(ErrorKind::disconnected, peer_, ": the connection closed (the service went away)");
     }
     if (Clock::now() >= deadline) return nullptr;
   }

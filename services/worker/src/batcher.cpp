@@ -97,21 +97,29 @@ void Batcher::release(Seq& seq) {
 }
 
 // Fails a job once and removes all of its sequences.
+// The job's sequences leave the store before its error is reported: whoever hears of the failure
+// finds the store's room given back.
 void Batcher::drop_job(BatchJob& job, const Error& e) {
-  if (!job.failed) {
-    job.failed = true;
-    if (job.on_error) job.on_error(job, e);
-  }
+  std::shared_ptr<BatchJob> keep;  // the job outlives its sequences until its error is reported
   for (auto* list : {&running_, &prefilling_}) {
     for (auto& seq : *list) {
       if (seq->job.get() == &job) {
+        keep = seq->job;
         release(*seq);
         seq->done = true;
       }
     }
     std::erase_if(*list, [](const auto& s) { return s->done; });
   }
-  std::erase_if(waiting_, [&](const auto& s) { return s->job.get() == &job; });
+  std::erase_if(waiting_, [&](const auto& s) {
+    if (s->job.get() != &job) return false;
+    keep = s->job;
+    return true;
+  });
+  if (!job.failed) {
+    job.failed = true;
+    if (job.on_error) job.on_error(job, e);
+  }
 }
 
 // Cancelled, stopped and expired work leaves before anything else runs.

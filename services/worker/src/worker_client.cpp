@@ -33,7 +33,9 @@ void WorkerClient::stop(std::int64_t index) {
   auto c = r.initCancel();
   c.setRequest(active_);
   c.setIndex(index);
-  rpc_->send(message, std::chrono::milliseconds(1000));
+  // Connected, the cancel leaves at once; a peer that is gone has nothing to cancel, and a caller
+  // reporting its failure must not wait on it.
+  rpc_->send(message, std::chrono::milliseconds(100));
 }
 
 namespace {
@@ -76,7 +78,13 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote,
   std::vector<bool> ended(b, false);
   std::vector<float> logits;
   for (;;) {
-    auto frame = rpc_->receive(idle_timeout_);
+    std::unique_ptr<net::Frame> frame;
+    try {
+      frame = rpc_->receive(idle_timeout_);
+    } catch (const Error&) {
+      active_ = 0;  // the connection closed: the worker and the request died with it
+      throw;
+    }
     if (!frame) {
       raise(ErrorKind::disconnected, rpc_->peer(), ": no event for ", idle_timeout_.count(),
             " ms (request ", id, ")");

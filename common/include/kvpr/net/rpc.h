@@ -6,7 +6,9 @@
 // - `RpcClient` is a client's DEALER to one service, matching replies to requests by id and giving
 //   up with ErrorKind::disconnected when no reply arrives before the deadline (a dead or
 //   unreachable peer never hangs a caller). Replies to abandoned requests are discarded when they
-//   arrive late. Thread-safe: calls are serialised on an internal mutex.
+//   arrive late. A stream (`send` then `receive`) fails at once when the connection it was sent
+//   on closes (a killed peer's kernel closes it), not only at its deadline: a socket monitor
+//   reports the disconnect. Thread-safe: calls are serialised on an internal mutex.
 #pragma once
 
 #include <atomic>
@@ -86,7 +88,9 @@ class RpcClient {
     }
   }
 
-  // Streams: send once, then read frames until the caller has what it needs.
+  // Streams: send once, then read frames until the caller has what it needs. `receive` returns
+  // null at its deadline and raises ErrorKind::disconnected when the connection the stream was
+  // sent on has closed since.
   void send(capnp::MessageBuilder& request, milliseconds timeout);
   std::unique_ptr<Frame> receive(milliseconds timeout);
 
@@ -95,10 +99,14 @@ class RpcClient {
 
  private:
   void send_locked(zmq::message_t message, Clock::time_point deadline);
-  std::unique_ptr<Frame> receive_locked(Clock::time_point deadline);
+  std::unique_ptr<Frame> receive_locked(Clock::time_point deadline, bool stream = false);
+  void drain_monitor_locked();
 
   std::mutex mutex_;
   zmq::socket_t socket_;
+  zmq::socket_t monitor_;            // PAIR receiving socket_'s disconnect events
+  std::uint64_t disconnects_ = 0;    // seen so far
+  std::uint64_t sent_at_ = 0;        // disconnects_ when the last message was sent
   std::string endpoint_;
   std::string peer_;
 };
