@@ -9,6 +9,7 @@ enum ErrorKind {
   overloaded @1;     # out of a resource: may succeed later or elsewhere
   disconnected @2;   # a peer went away or timed out
   unimplemented @3;  # the request names something this service cannot do
+  permissionDenied @4;  # the caller may not touch what it named (not its own)
 }
 
 struct Error {

@@ -12,6 +12,8 @@ std::string_view to_string(ErrorKind kind) {
       return "disconnected";
     case ErrorKind::unimplemented:
       return "unimplemented";
+    case ErrorKind::permission_denied:
+      return "permission_denied";
   }
   return "unknown";
 }

@@ -68,6 +68,9 @@ std::optional<Router::Request> Router::receive(milliseconds timeout) {
   if (frames.empty()) return std::nullopt;
   Request request;
   request.peer = std::move(frames[0]);
+  if (const char* user = zmq_msg_gets(frames.back().handle(), "User-Id"); user != nullptr) {
+    request.principal = user;
+  }
   if (frames.size() != 2) {
     request.malformed = str(frames.size() - 1, " frames, expected 1 Cap'n Proto message");
   } else {

@@ -49,6 +49,8 @@ wire::ErrorKind to_wire(ErrorKind kind) {
       return wire::ErrorKind::DISCONNECTED;
     case ErrorKind::unimplemented:
       return wire::ErrorKind::UNIMPLEMENTED;
+    case ErrorKind::permission_denied:
+      return wire::ErrorKind::PERMISSION_DENIED;
   }
   return wire::ErrorKind::FAILED;
 }
@@ -63,6 +65,8 @@ ErrorKind from_wire(wire::ErrorKind kind) {
       return ErrorKind::disconnected;
     case wire::ErrorKind::UNIMPLEMENTED:
       return ErrorKind::unimplemented;
+    case wire::ErrorKind::PERMISSION_DENIED:
+      return ErrorKind::permission_denied;
   }
   return ErrorKind::failed;  // an enum value from a newer peer
 }

@@ -28,6 +28,7 @@ zmq::message_t copy(const zmq::message_t& m) {
 
 std::string rejection_reason(const Error& e) {
   if (e.kind() == ErrorKind::unimplemented) return "unknown_type";
+  if (e.kind() == ErrorKind::permission_denied) return "permission_denied";
   if (dynamic_cast<const net::MalformedMessage*>(&e) != nullptr) return "malformed";
   return "invalid";
 }

@@ -16,6 +16,7 @@ enum class ErrorKind {
   overloaded,     // out of a resource (memory, capacity): may succeed later or elsewhere
   disconnected,   // a peer went away or timed out
   unimplemented,  // the request names something this build or device cannot do
+  permission_denied,  // the caller may not touch what it named (not its own, or not authenticated)
 };
 
 std::string_view to_string(ErrorKind kind);

@@ -47,6 +47,9 @@ class Router {
     zmq::message_t payload;
     // Non-empty: the frames did not form one request, and why; reply with MalformedMessage(it).
     std::string malformed;
+    // Who sent it, as authenticated by the socket's ZAP handler (the name of the peer's public
+    // key); empty when the socket does not authenticate. Never taken from the message's bytes.
+    std::string principal;
   };
 
   // Waits up to `timeout` for one request.
