@@ -92,6 +92,7 @@ struct Phases {
   other @3 :Float64;
   idle @4 :Float64;
   total @5 :Float64;
+  hostAttention @6 :Float64;  # host threads attending over [m, s), overlapping the device
 }
 
 struct Summary {

@@ -65,6 +65,12 @@ TEST(WorkerService, MatchesInProcessGenerateBitForBit) {
     EXPECT_EQ(remote.sequences[i].logits, expected.sequences[i].logits);  // exact
   }
   EXPECT_EQ(remote.step_s.size(), 5u);
+  // Every phase survives the wire by name: the step total is the sum of the steps' times.
+  double steps_s = 0;
+  for (const double s : remote.step_s) steps_s += s;
+  EXPECT_GT(remote.decode_times.total, 0.0);
+  EXPECT_NEAR(remote.decode_times.total, steps_s, 1e-9 + 1e-9 * steps_s);
+  EXPECT_EQ(remote.decode_times.host_attention, 0.0);  // no host split asked for
   EXPECT_EQ(remote.last_plan.l, (std::vector<std::int64_t>{3, 3}));
   EXPECT_EQ(served.stack.store->stats().sequences, 0u);  // released after the request
   EXPECT_EQ(client.status().completed, 1u);

@@ -235,6 +235,7 @@ void set_summary(wire::Summary::Builder out, const GenerateResult& result,
   d.setOther(t.other);
   d.setIdle(t.idle);
   d.setTotal(t.total);
+  d.setHostAttention(t.host_attention);
   out.setRecomputeTokens(result.recompute_tokens);
   out.setTransferTokens(result.transfer_tokens);
   out.setH2dBytes(result.h2d_bytes);
@@ -250,8 +251,14 @@ void get_summary(wire::Summary::Reader in, const std::vector<std::int64_t>& s_ma
   result.step_s.clear();
   for (const double s : in.getStepS()) result.step_s.push_back(s);
   const auto d = in.getDecode();
-  result.decode_times = {d.getTransfer(), d.getRecompute(), d.getAttention(),
-                         d.getOther(),    d.getIdle(),      d.getTotal()};
+  PhaseTimes& t = result.decode_times;  // by name: PhaseTimes gains fields over time
+  t.transfer = d.getTransfer();
+  t.recompute = d.getRecompute();
+  t.attention = d.getAttention();
+  t.other = d.getOther();
+  t.idle = d.getIdle();
+  t.host_attention = d.getHostAttention();
+  t.total = d.getTotal();
   result.recompute_tokens = in.getRecomputeTokens();
   result.transfer_tokens = in.getTransferTokens();
   result.h2d_bytes = in.getH2dBytes();
