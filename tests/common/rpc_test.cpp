@@ -1,12 +1,12 @@
 // RpcClient streams against a real ROUTER over TCP: a peer that goes away ends the stream at once
 // with ErrorKind::disconnected (not at the stream's deadline), after what it sent before going.
+#include "kvpr/net/rpc.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <memory>
 #include <thread>
-
-#include "kvpr/net/rpc.h"
 
 namespace kvpr::net {
 namespace {
@@ -34,7 +34,8 @@ TEST(RpcClientStream, PeerThatClosesEndsTheStreamAfterWhatItSent) {
 
   auto frame = client.receive(30s);
   ASSERT_NE(frame, nullptr);
-  EXPECT_NE(std::string(frame->root<wire::Error>().getReason().cStr()).find("the one reply"), std::string::npos);
+  EXPECT_NE(std::string(frame->root<wire::Error>().getReason().cStr()).find("the one reply"),
+            std::string::npos);
   // A 30 s deadline: returning null here would mean the close went unnoticed.
   try {
     frame = client.receive(30s);

@@ -16,6 +16,7 @@ need_prometheus_tools || exit 77
 
 work=$(mktemp -d)
 run="$work/run"
+export KVPR_KEYS="$run/keys"  # kvpr up makes the keys; clients use them
 prom_pid=""
 cleanup() {
   local rc=$?

@@ -10,6 +10,7 @@ bindir="$(dirname "$kvpr")"
 work=$(mktemp -d)
 model="$work/model"
 run_dir="$work/run"
+export KVPR_KEYS="$run_dir/keys"  # kvpr up makes the keys; clients use them
 extra_pids=()
 cleanup() {
   for pid in "${extra_pids[@]}"; do kill -9 "$pid" 2> /dev/null || true; done

@@ -47,6 +47,9 @@ wait_file() {
   echo "FAIL: $1 never appeared"; cat "$work"/*.log; exit 1
 }
 export UCX_TLS=tcp
+# The kvstore listens beyond loopback: every service and client authenticates with CURVE.
+"$kvpr" keygen --out "$work/keys" --name worker --name client > /dev/null
+export KVPR_KEYS="$work/keys"
 ip netns exec "$ns1" "$bindir/kvpr-kvstore" --listen tcp://10.77.0.1:0 --metrics-port -1 \
   --capacity 256M --ready-file "$work/kvstore.json" > "$work/kvstore.log" 2>&1 &
 pids+=($!)

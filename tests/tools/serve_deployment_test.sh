@@ -9,6 +9,7 @@ kvpr="$1"
 source_dir="$2"
 work=$(mktemp -d)
 run_dir="$work/run"
+export KVPR_KEYS="$run_dir/keys"  # kvpr up makes the keys; clients use them
 cleanup() {
   [ -f "$run_dir/deployment.json" ] && "$kvpr" down --run-dir "$run_dir" --timeout 5 > /dev/null || true
   rm -rf "$work"

@@ -53,6 +53,8 @@ def main():
     run_dir = os.path.join(work, "run")
     up = json.loads(run([a.kvpr, "up", "--model", model, "--run-dir", run_dir,
                          "--threads", "1"]).stdout)
+    if "keys" in up:
+        os.environ["KVPR_KEYS"] = up["keys"]  # kvpr run --connect authenticates with the deployment's keys
     try:
         emb, dep = [], []
         for _ in range(a.rounds):

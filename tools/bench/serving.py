@@ -208,6 +208,8 @@ def main():
             if mode == "continuous":
                 # The gateway's cost per token: interleaved rounds, client-timed both ways.
                 endpoint = d["connect"].split(",")[0]
+                if "keys" in d:
+                    os.environ["KVPR_KEYS"] = d["keys"]  # the deployment's client key
                 id_list = [2 + (i * 37) % 5000 for i in range(64)]
                 ids = ",".join(str(i) for i in id_list)
                 g, c = [], []

@@ -18,7 +18,8 @@ struct BackendFlags {
 
 struct RunOptions {
   std::string model;
-  std::vector<std::string> prompts;        // text, encoded with the checkpoint's tokenizer
+  std::string keys;                  // --connect: the deployment's key folder (kvpr up's RUN/keys)
+  std::vector<std::string> prompts;  // text, encoded with the checkpoint's tokenizer
   std::vector<std::string> prompt_tokens;  // "2,31,45", one per sequence
   std::int64_t max_new_tokens = 16;
   std::string policy = "kvpr";

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kvpr/common/error.h"
+#include "kvpr/net/security.h"
 
 extern char** environ;
 
@@ -151,6 +152,13 @@ int up_command(const UpOptions& o) {
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(o.ready_timeout_s));
   const fs::path model = fs::absolute(o.model);
+  const fs::path keys = run_dir / "keys";
+  if (!o.insecure) {
+    std::vector<std::string> names{"client"};
+    for (int i = 0; i < o.workers; ++i) names.push_back("worker-" + std::to_string(i));
+    for (int i = 0; i < o.gateways; ++i) names.push_back("gateway-" + std::to_string(i));
+    net::keygen(keys, names);
+  }
   std::vector<Started> started;
   nlohmann::json services = nlohmann::json::array();
   try {
@@ -159,6 +167,7 @@ int up_command(const UpOptions& o) {
       Started s{name, role, -1, run_dir / (name + ".ready.json"), run_dir / (name + ".log")};
       fs::remove(s.ready_file);
       argv.insert(argv.end(), {"--name", name, "--ready-file", s.ready_file.string()});
+      if (!o.insecure) argv.insert(argv.end(), {"--keys", keys.string()});
       // A gateway serves /metrics on its HTTP port; the others on a port of their own.
       if (role != "gateway") argv.insert(argv.end(), {"--metrics-port", "0"});
       s.pid = spawn(argv, s.log);
@@ -232,6 +241,7 @@ int up_command(const UpOptions& o) {
       if (http.empty()) http = url;
     }
     nlohmann::json out{{"connect", connect}, {"run_dir", run_dir.string()}, {"services", services}};
+    if (!o.insecure) out["keys"] = keys.string();  // clients: --keys it (or KVPR_KEYS)
     if (!http.empty()) out["http"] = http;
     std::ofstream(run_dir / "deployment.json") << out.dump(2) << "\n";
     std::printf("%s\n", out.dump().c_str());

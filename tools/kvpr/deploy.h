@@ -30,6 +30,9 @@ struct UpOptions {
   std::string profile = "nominal";  // workers' planning: nominal or measured
   double ready_timeout_s = 120;
   BackendFlags backend;
+  // Without keys: plain sockets (loopback only). By default `up` makes RUN/keys (kvpr keygen) and
+  // every service authenticates every peer with them.
+  bool insecure = false;
 };
 
 struct DownOptions {

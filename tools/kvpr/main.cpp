@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "deploy.h"
 #include "kvpr/common/error.h"
+#include "kvpr/net/security.h"
 
 namespace {
 
@@ -69,6 +70,10 @@ int main(int argc, char** argv) {
   add_backend_flags(run_cmd, run.backend);
   run_cmd->add_option("--connect", run.connect,
                       "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
+  run_cmd
+      ->add_option("--keys", run.keys,
+                   "--connect: the deployment's key folder (kvpr up makes RUN/keys)")
+      ->envname("KVPR_KEYS");
   run_cmd->add_option("--timeout", run.timeout_s,
                       "--connect: seconds without any word from a worker before giving up");
 
@@ -180,7 +185,19 @@ int main(int argc, char** argv) {
   up_cmd->add_option("--lease-ms", up.lease_ms, "kvstore lease of a silent worker");
   up_cmd->add_option("--profile", up.profile, "Workers' planning: nominal or measured");
   up_cmd->add_option("--ready-timeout", up.ready_timeout_s, "Seconds to wait for the services");
+  up_cmd->add_flag("--insecure", up.insecure,
+                   "No keys: plain sockets on loopback (default: RUN/keys, every socket CURVE)");
   add_backend_flags(up_cmd, up.backend);
+
+  std::string keygen_out;
+  std::vector<std::string> keygen_names;
+  auto* keygen_cmd = app.add_subcommand(
+      "keygen", "Make CURVE keys: the services' server.key/.pub, and a key pair per --name");
+  keygen_cmd->add_option("--out", keygen_out, "Key folder (created; existing keys are kept)")
+      ->required();
+  keygen_cmd->add_option("--name", keygen_names,
+                         "A peer (worker-0, gateway-0, client, ...): NAME.key and "
+                         "authorized/NAME.pub; repeat");
 
   kvpr::cli::DownOptions down;
   auto* down_cmd = app.add_subcommand("down", "Stop a deployment started by kvpr up");
@@ -212,6 +229,12 @@ int main(int argc, char** argv) {
     if (bench_cmd->parsed()) return kvpr::cli::bench_command(bench);
     if (up_cmd->parsed()) return kvpr::cli::up_command(up);
     if (down_cmd->parsed()) return kvpr::cli::down_command(down);
+    if (keygen_cmd->parsed()) {
+      for (const auto& file : kvpr::net::keygen(keygen_out, keygen_names)) {
+        std::printf("%s\n", file.c_str());
+      }
+      return 0;
+    }
   } catch (const kvpr::Error& e) {
     report(kvpr::to_string(e.kind()), e.what());
     return 1;

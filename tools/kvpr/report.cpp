@@ -17,9 +17,10 @@ std::unique_ptr<Tokenizer> try_load_tokenizer(const std::filesystem::path& dir) 
 namespace {
 
 nlohmann::json phases_json(const worker::PhaseTimes& t) {
-  return {{"transfer", t.transfer}, {"recompute", t.recompute},
+  return {{"transfer", t.transfer},   {"recompute", t.recompute},
           {"attention", t.attention}, {"host_attention", t.host_attention},
-          {"other", t.other},       {"idle", t.idle},           {"total", t.total}};
+          {"other", t.other},         {"idle", t.idle},
+          {"total", t.total}};
 }
 
 }  // namespace

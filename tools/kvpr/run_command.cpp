@@ -12,6 +12,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/npy.h"
 #include "kvpr/common/tokenizer.h"
+#include "kvpr/net/security.h"
 #include "kvpr/worker/generator.h"
 #include "kvpr/worker/worker_client.h"
 #include "kvpr/worker/worker_service.h"
@@ -143,6 +144,8 @@ worker::GenerateResult run_connected(const RunOptions& options, const worker::Re
     fail("--trace records the embedded run; a deployment's workers take kvpr-worker --trace FILE");
   }
   zmq::context_t context;
+  // The deployment's keys (kvpr up's RUN/keys): this process is its "client".
+  net::Security security(context, {options.keys, "client", false, false});
   const auto idle = std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_s * 1e3));
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;
   std::vector<worker::WorkerClient*> workers;

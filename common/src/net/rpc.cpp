@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <vector>
+
+#include "kvpr/net/security.h"
 
 namespace kvpr::net {
 
@@ -47,8 +50,10 @@ int poll_ms(Clock::time_point deadline) {
 
 }  // namespace
 
-Router::Router(zmq::context_t& context, const std::string& endpoint)
+Router::Router(zmq::context_t& context, const std::string& endpoint,
+               std::function<void()> on_refused)
     : socket_(make_socket(context, zmq::socket_type::router)) {
+  Security::secure_server(context, socket_, endpoint, std::move(on_refused));
   // A peer that sends more than this is disconnected by ZeroMQ before the bytes are buffered.
   socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxMessageBytes));
   socket_.set(zmq::sockopt::router_mandatory, 0);
@@ -93,7 +98,11 @@ RpcClient::RpcClient(zmq::context_t& context, const std::string& endpoint, std::
       peer_(std::move(peer)) {
   static std::atomic<std::uint64_t> monitors{0};
   const std::string address = str("inproc://kvpr-rpc-monitor-", monitors.fetch_add(1));
-  if (zmq_socket_monitor(socket_.handle(), address.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
+  Security::secure_client(context, socket_);
+  constexpr int kEvents = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                          ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                          ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+  if (zmq_socket_monitor(socket_.handle(), address.c_str(), kEvents) != 0) {
     fail(peer_, ": cannot monitor the connection: ", zmq_strerror(zmq_errno()));
   }
   monitor_.connect(address);
@@ -126,7 +135,22 @@ void RpcClient::drain_monitor_locked() {
       zmq::message_t rest;
       if (!monitor_.recv(rest, zmq::recv_flags::dontwait) || !rest.more()) break;
     }
-    ++disconnects_;
+    std::uint16_t kind = 0;
+    std::uint32_t value = 0;
+    if (event.size() >= 6) {
+      std::memcpy(&kind, event.data(), sizeof kind);
+      std::memcpy(&value, event.data<char>() + 2, sizeof value);
+    }
+    if (kind == ZMQ_EVENT_DISCONNECTED) {
+      ++disconnects_;
+    } else if (kind == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      refused_ = str("refused this client's key (ZAP status ", value,
+                     "; is its .pub in the service's authorized/?)");
+    } else {
+      refused_ =
+          "the security handshake failed (both ends need the same mode: --keys on both, "
+          "with the service's server.pub, or on neither)";
+    }
   }
 }
 
@@ -140,6 +164,8 @@ void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) 
       return;
     }
     if (Clock::now() >= deadline) {
+      drain_monitor_locked();
+      if (!refused_.empty()) raise(ErrorKind::permission_denied, peer_, ": ", refused_);
       raise(ErrorKind::disconnected, peer_, ": not reachable at ", endpoint_);
     }
   }
@@ -147,8 +173,8 @@ void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) 
 
 std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline, bool stream) {
   for (;;) {
-    std::array<zmq::pollitem_t, 2> items{{{socket_.handle(), 0, ZMQ_POLLIN, 0},
-                                          {monitor_.handle(), 0, ZMQ_POLLIN, 0}}};
+    std::array<zmq::pollitem_t, 2> items{
+        {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {monitor_.handle(), 0, ZMQ_POLLIN, 0}}};
     zmq::poll(items.data(), items.size(), milliseconds(poll_ms(deadline)));
     const auto& item = items[0];
     if ((items[1].revents & ZMQ_POLLIN) != 0) drain_monitor_locked();

@@ -14,6 +14,7 @@
 #include "kvpr/common/tokenizer.h"
 #include "kvpr/gateway/gateway.h"
 #include "kvpr/gateway/worker_upstream.h"
+#include "kvpr/net/security_flags.h"
 #include "kvpr/net/service.h"
 
 namespace {
@@ -32,6 +33,7 @@ struct Flags {
   int dead_after_ms = 2000;
   int request_timeout_s = 600;
   std::string log_level;
+  kvpr::net::SecurityOptions security;
 };
 
 int serve(const Flags& f) {
@@ -41,7 +43,16 @@ int serve(const Flags& f) {
   if (f.dead_after_ms < 100) fail("--dead-after-ms must be at least 100, got ", f.dead_after_ms);
   const ModelConfig config = load_model_config(std::filesystem::path(f.model) / "config.json");
   const auto tokenizer = load_tokenizer(f.model);
+  if (!net::is_loopback_endpoint(str("tcp://", f.host, ":0")) && f.api_key_file.empty() &&
+      !f.security.insecure) {
+    fail("refusing to serve HTTP on '", f.host,
+         "' without API keys: pass --api-key-file FILE or --insecure");
+  }
   zmq::context_t context;
+  net::SecurityOptions security_options = f.security;
+  security_options.name = f.name;
+  security_options.listens = false;  // the gateway connects to workers; its HTTP side has API keys
+  net::Security security(context, security_options);
   gateway::WorkerUpstreamOptions uo;
   uo.endpoints = f.workers;
   uo.policy = planner::parse_policy(f.policy);
@@ -98,7 +109,8 @@ int main(int argc, char** argv) {
                  "A worker silent this long is passed over and its streams end with an error");
   app.add_option("--request-timeout", f.request_timeout_s,
                  "Seconds a request may take before its worker ends it (0: no limit)");
-  app.add_option("--name", f.name, "Name in logs");
+  app.add_option("--name", f.name, "Name in logs (and its key: KEYS/NAME.key)");
+  kvpr::net::add_security_flags(app, f.security);
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option(
       "--log-level", f.log_level,

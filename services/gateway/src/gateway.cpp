@@ -90,8 +90,8 @@ ApiError Gateway::Impl::upstream_error(const Error& error) {
     case ErrorKind::unimplemented:
       return {501, error.what(), "", "invalid_request_error", "unsupported"};
     case ErrorKind::permission_denied:  // the gateway's own credentials were refused upstream
-      return {502, str("the model worker refused the gateway: ", error.what()), "",
-              "server_error", "upstream_refused"};
+      return {502, str("the model worker refused the gateway: ", error.what()), "", "server_error",
+              "upstream_refused"};
     default:
       return {400, error.what(), "", "invalid_request_error"};
   }

@@ -12,6 +12,7 @@
 #include "kvpr/common/log.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/net/metrics.h"
+#include "kvpr/net/security_flags.h"
 #include "kvpr/net/service.h"
 
 namespace {
@@ -67,6 +68,8 @@ int main(int argc, char** argv) {
   std::string name = "kvstore";
   std::string ready_file;
   std::string log_level;
+  kvpr::net::SecurityOptions security_options;
+  kvpr::net::add_security_flags(app, security_options);
   app.add_option("--listen", listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
       ->capture_default_str();
   app.add_option("--capacity", capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
@@ -116,6 +119,8 @@ int main(int argc, char** argv) {
 
     kvpr::net::install_stop_signals();
     zmq::context_t context;
+    security_options.name = name;
+    kvpr::net::Security security(context, security_options);
     kvpr::kvstore::KvStoreService service(context, options);
     service.start();
     kvpr::log::info("kvpr-kvstore ", name, ": listening on ", service.endpoint(), ", capacity ",

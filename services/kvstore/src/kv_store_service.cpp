@@ -87,7 +87,8 @@ KvStoreService::Impl::Impl(zmq::context_t& context_in, KvStoreServiceOptions opt
   metrics = std::make_unique<net::Metrics>(options.metrics_port, options.metrics_host);
   instruments = std::make_unique<ServiceInstruments>(metrics->registry());
   instruments->capacity_bytes.Set(static_cast<double>(pool->capacity_bytes()));
-  for (const char* reason : {"malformed", "unknown_type", "invalid", "expired"}) {
+  for (const char* reason :
+       {"malformed", "unknown_type", "invalid", "expired", "unauthenticated"}) {
     metrics->rejected(reason);  // every series exists from the start, at 0
   }
 }
@@ -178,7 +179,8 @@ KvStoreService::~KvStoreService() {
 void KvStoreService::start() {
   Impl& s = *impl_;
   if (s.started) return;
-  s.router = std::make_unique<net::Router>(s.context, s.options.endpoint);
+  s.router = std::make_unique<net::Router>(s.context, s.options.endpoint,
+                                           [&s] { s.reject("unauthenticated"); });
   s.endpoint = s.router->endpoint();
   s.stopping = false;
   s.progress_stop = false;

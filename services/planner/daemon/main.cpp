@@ -13,6 +13,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
 #include "kvpr/net/metrics.h"
+#include "kvpr/net/security_flags.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/planner_service.h"
 
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
                  "ZeroMQ endpoint to serve on (tcp://HOST:0 picks a free port)")
       ->capture_default_str();
   std::string metrics_listen;
+  kvpr::net::SecurityOptions security_options;
+  kvpr::net::add_security_flags(app, security_options);
   auto* port_flag = app.add_option("--metrics-port", options.metrics_port,
                                    "Prometheus /metrics port on 127.0.0.1: 0 picks a free one, -1 "
                                    "serves none")
@@ -83,6 +86,8 @@ int main(int argc, char** argv) {
   try {
     kvpr::net::install_stop_signals();
     zmq::context_t context;
+    security_options.name = options.name;
+    kvpr::net::Security security(context, security_options);
     kvpr::planner::PlannerService service(context, options);
     service.start();
     if (!ready_file.empty()) {

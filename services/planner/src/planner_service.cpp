@@ -94,7 +94,10 @@ PlannerService::~PlannerService() {
 
 void PlannerService::start() {
   if (router_) fail("planner service '", options_.name, "' is already started");
-  router_ = std::make_unique<net::Router>(context_, options_.endpoint);
+  router_ = std::make_unique<net::Router>(context_, options_.endpoint, [this] {
+    rejected_.fetch_add(1);
+    metrics_->rejected("unauthenticated").Increment();
+  });
   endpoint_ = router_->endpoint();
   stopping_.store(false);
   thread_ = std::thread([this] { serve(); });

@@ -14,6 +14,7 @@
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/remote_kv_store.h"
 #include "kvpr/net/metrics.h"
+#include "kvpr/net/security_flags.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/caching_planner.h"
 #include "kvpr/planner/planner.h"
@@ -50,6 +51,7 @@ struct Flags {
   std::size_t max_queue = 64;
   std::int64_t max_prefill_tokens = 2048;
   std::string admit = "full";
+  kvpr::net::SecurityOptions security;
 };
 
 int serve(const Flags& f) {
@@ -70,6 +72,9 @@ int serve(const Flags& f) {
   worker::DeviceModel model(checkpoint, *backend, false);
 
   zmq::context_t context;
+  net::SecurityOptions security_options = f.security;
+  security_options.name = f.name;
+  net::Security security(context, security_options);
   kvstore::StoreShape shape;
   shape.n_layers = c.n_layers;
   shape.h = c.h;
@@ -195,7 +200,8 @@ int main(int argc, char** argv) {
                  "predictions by more than this share over a window");
   app.add_option("--drift-window", f.drift.window,
                  "Decode steps per drift verdict (0: never refit the profile)");
-  app.add_option("--name", f.name, "Name in logs and metrics");
+  app.add_option("--name", f.name, "Name in logs and metrics (and its key: KEYS/NAME.key)");
+  kvpr::net::add_security_flags(app, f.security);
   app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");

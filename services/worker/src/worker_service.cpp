@@ -76,7 +76,8 @@ prometheus::Registry& WorkerService::registry() {
 }
 
 void WorkerService::start() {
-  router_ = std::make_unique<net::Router>(context_, options_.endpoint);
+  router_ = std::make_unique<net::Router>(context_, options_.endpoint,
+                                          [this] { reject("unauthenticated"); });
   events_endpoint_ = str("inproc://kvpr-worker-events-", static_cast<const void*>(this));
   events_in_ = std::make_unique<zmq::socket_t>(net::make_socket(context_, zmq::socket_type::pull));
   events_in_->bind(events_endpoint_);

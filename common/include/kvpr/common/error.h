@@ -12,10 +12,10 @@
 namespace kvpr {
 
 enum class ErrorKind {
-  failed,         // bad input or a broken invariant: retrying the same thing fails again
-  overloaded,     // out of a resource (memory, capacity): may succeed later or elsewhere
-  disconnected,   // a peer went away or timed out
-  unimplemented,  // the request names something this build or device cannot do
+  failed,             // bad input or a broken invariant: retrying the same thing fails again
+  overloaded,         // out of a resource (memory, capacity): may succeed later or elsewhere
+  disconnected,       // a peer went away or timed out
+  unimplemented,      // the request names something this build or device cannot do
   permission_denied,  // the caller may not touch what it named (not its own, or not authenticated)
 };
 

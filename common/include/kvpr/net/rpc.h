@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -40,7 +41,11 @@ std::uint64_t now_unix_ms();
 
 class Router {
  public:
-  Router(zmq::context_t& context, const std::string& endpoint);
+  // On a context with a Security (security.h), a CURVE server admitting only authorized keys;
+  // `on_refused` runs for each connection refused (count it). Raises Error(failed) for a
+  // non-loopback endpoint on a context that neither authenticates nor was told `insecure`.
+  Router(zmq::context_t& context, const std::string& endpoint,
+         std::function<void()> on_refused = {});
 
   struct Request {
     zmq::message_t peer;
@@ -69,7 +74,9 @@ class Router {
 
 class RpcClient {
  public:
-  // `peer` names the service in error messages ("kvstore tcp://127.0.0.1:5555").
+  // `peer` names the service in error messages ("kvstore tcp://127.0.0.1:5555"). On a context
+  // with a Security, a CURVE client; a refused handshake makes the call fail with
+  // ErrorKind::permission_denied saying so, not a bare timeout.
   RpcClient(zmq::context_t& context, const std::string& endpoint, std::string peer);
 
   // Sends `request` (whose root carries `id`) and returns the first reply frame whose root has
@@ -107,9 +114,10 @@ class RpcClient {
 
   std::mutex mutex_;
   zmq::socket_t socket_;
-  zmq::socket_t monitor_;            // PAIR receiving socket_'s disconnect events
-  std::uint64_t disconnects_ = 0;    // seen so far
-  std::uint64_t sent_at_ = 0;        // disconnects_ when the last message was sent
+  zmq::socket_t monitor_;          // PAIR receiving socket_'s disconnect events
+  std::uint64_t disconnects_ = 0;  // seen so far
+  std::uint64_t sent_at_ = 0;      // disconnects_ when the last message was sent
+  std::string refused_;            // why the last handshake failed, when one did
   std::string endpoint_;
   std::string peer_;
 };
