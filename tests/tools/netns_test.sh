@@ -55,6 +55,12 @@ ip netns exec "$ns1" "$bindir/kvpr-kvstore" --listen tcp://10.77.0.1:0 --metrics
 pids+=($!)
 wait_file "$work/kvstore.json"
 kv=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['endpoint'])" "$work/kvstore.json")
+# UCX listens only on the interface of the daemon's endpoint: not on the namespace's loopback.
+listening=$(ip netns exec "$ns1" ss -Hltnp | grep "pid=${pids[0]}," | awk '{print $4}' || true)
+[ -n "$listening" ] || { echo "FAIL: no listening socket of the kvstore (pid ${pids[0]})"; exit 1; }
+elsewhere=$(echo "$listening" | grep -v '^10\.77\.0\.1:' || true)
+[ -z "$elsewhere" ] || { echo "FAIL: the kvstore listens on $elsewhere too"; exit 1; }
+echo "ok   the kvstore's sockets (ZeroMQ and UCX) listen only on 10.77.0.1: $(tr "\n" " " <<< "$listening")"
 ip netns exec "$ns2" "$bindir/kvpr-planner" --listen tcp://127.0.0.1:0 --metrics-port -1 \
   --ready-file "$work/planner.json" > "$work/planner.log" 2>&1 &
 pids+=($!)

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -76,6 +77,25 @@ bool alive(pid_t pid) {
   int status = 0;
   if (waitpid(pid, &status, WNOHANG) == pid) return false;  // our child and it exited
   return kill(pid, 0) == 0;
+}
+
+// When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat); nullopt when there is
+// no such process. With the pid it names one process: a pid reused by another has another start.
+std::optional<std::uint64_t> start_time(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return std::nullopt;
+  // Field 2, the command, is in parentheses and may hold spaces and ')': fields 3.. follow the
+  // last ')'.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  for (int i = 3; i < 22 && fields >> field; ++i) {
+  }
+  std::uint64_t ticks = 0;
+  if (!(fields >> ticks)) return std::nullopt;
+  return ticks;
 }
 
 std::string tail(const fs::path& log) {
@@ -176,6 +196,7 @@ int up_command(const UpOptions& o) {
       services.push_back(nlohmann::json{{"name", name},
                                         {"role", role},
                                         {"pid", s.pid},
+                                        {"start_time", start_time(s.pid).value_or(0)},
                                         {"endpoint", ready.at("endpoint")},
                                         {"metrics_port", ready.at("metrics_port")},
                                         {"log", s.log.string()}});
@@ -268,22 +289,38 @@ int down_command(const DownOptions& o) {
   }
   // Gateways drain first (their streams need the workers), then workers (they still need the
   // store and planners), the kvstore goes last.
+  // A pid is signalled only while it still names the process `up` started (same start time): a
+  // service that exited may have left its pid to an unrelated process.
   std::size_t total = 0;
   std::size_t stopped = 0;
+  std::size_t reused = 0;
   for (const char* role : {"gateway", "worker", "planner", "kvstore"}) {
     std::vector<pid_t> running;
     for (const auto& s : deployment.at("services")) {
       if (s.at("role") != role) continue;
       ++total;
       const auto pid = s.at("pid").get<pid_t>();
-      if (alive(pid)) running.push_back(pid);
+      const auto now = start_time(pid);
+      if (!now || !alive(pid)) continue;
+      const auto recorded = s.value("start_time", std::uint64_t{0});
+      if (*now != recorded) {
+        std::fprintf(
+            stderr, "kvpr: pid %d is no longer %s (started at tick %llu, not %llu); left alone\n",
+            static_cast<int>(pid), s.at("name").get<std::string>().c_str(),
+            static_cast<unsigned long long>(*now), static_cast<unsigned long long>(recorded));
+        ++reused;
+        continue;
+      }
+      running.push_back(pid);
     }
     stop_all(running, o.timeout_s);
     stopped += running.size();
   }
   fs::remove(file);
-  std::printf("stopped %zu of %zu services (%zu had already exited)\n", stopped, total,
-              total - stopped);
+  std::printf("stopped %zu of %zu services (%zu had already exited", stopped, total,
+              total - stopped - reused);
+  if (reused > 0) std::printf("; %zu pid(s) now another process's, left alone", reused);
+  std::printf(")\n");
   return 0;
 }
 

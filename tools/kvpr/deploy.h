@@ -2,9 +2,11 @@
 // planner replicas and the workers as detached processes (each in its own session, logging to
 // RUN_DIR/<name>.log), then the gateways, waits until every one has written its ready file,
 // writes RUN_DIR/deployment.json and prints it: {"connect", "http" (the first gateway's URL),
-// "run_dir", "services": [{"name", "role", "pid", "endpoint", "metrics_port"}]}. `down` sends
-// SIGTERM (gateways first, then workers, the kvstore last),
-// waits for each to drain and exit, and SIGKILLs what is still there after the timeout.
+// "run_dir", "services": [{"name", "role", "pid", "start_time", "endpoint", "metrics_port"}]}
+// (start_time: the process's start in clock ticks since boot). `down` sends SIGTERM (gateways
+// first, then workers, the kvstore last) to each pid whose start time is still the one recorded (a
+// reused pid is left alone, with a note naming it), waits for each to drain and exit, and SIGKILLs
+// what is still there after the timeout.
 #pragma once
 
 #include <cstdint>

@@ -73,7 +73,7 @@ KvStoreService::Impl::Impl(zmq::context_t& context_in, KvStoreServiceOptions opt
          options.page_bytes, " bytes");
   }
   if (options.lease.count() <= 0) fail("kvstore: lease of ", options.lease.count(), " ms");
-  ucx_context = ucx::Context(UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP);
+  ucx_context = ucx::Context(UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP, options.endpoint);
   worker = ucx::Worker(ucx_context, UCS_THREAD_MODE_SERIALIZED);
   worker_address = ucx::WorkerAddress(worker);
   const std::size_t arena_bytes =

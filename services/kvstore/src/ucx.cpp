@@ -1,6 +1,16 @@
 #include "ucx.h"
 
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <utility>
 
 #include "kvpr/common/error.h"
@@ -34,11 +44,110 @@ void check(const char* call, ucs_status_t status) {
   if (status != UCS_OK) throw_status(call, status);
 }
 
+// --- Network device of an endpoint --------------------------------------------------------
+
+namespace {
+
+// The local address a socket towards `host` leaves from (a connected UDP socket sends nothing):
+// the address itself when it is one of this host's. Empty when `host` does not resolve.
+std::optional<sockaddr_storage> local_address_towards(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), "9", &hints, &found) != 0) return std::nullopt;
+  std::optional<sockaddr_storage> out;
+  for (const addrinfo* a = found; a != nullptr && !out; a = a->ai_next) {
+    const int fd = socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) == 0) {
+      out = local;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return out;
+}
+
+bool same_address(const sockaddr* a, const sockaddr_storage& b) {
+  if (a == nullptr || a->sa_family != b.ss_family) return false;
+  if (a->sa_family == AF_INET) {
+    return reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(&b)->sin_addr.s_addr;
+  }
+  if (a->sa_family == AF_INET6) {
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6*>(&b)->sin6_addr,
+                       sizeof(in6_addr)) == 0;
+  }
+  return false;
+}
+
+// The interface holding `address`, the loopback one when `address` is null, or the one named
+// `name` when that is an interface name (ZeroMQ binds tcp://eth0:PORT); empty when none.
+std::string find_interface(const sockaddr_storage* address, const std::string& name) {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return {};
+  std::string out;
+  for (const ifaddrs* i = list; i != nullptr && out.empty(); i = i->ifa_next) {
+    bool match = false;
+    if (!name.empty()) {
+      match = name == i->ifa_name;
+    } else if (address != nullptr) {
+      match = same_address(i->ifa_addr, *address);
+    } else {
+      match = (i->ifa_flags & IFF_LOOPBACK) != 0;
+    }
+    if (match) out = i->ifa_name;
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+}  // namespace
+
+std::string net_device_for(std::string_view endpoint) {
+  const auto scheme = endpoint.find("://");
+  if (scheme == std::string_view::npos) return {};
+  if (endpoint.substr(0, scheme) != "tcp") return find_interface(nullptr, {});  // ipc, inproc
+  std::string_view host = endpoint.substr(scheme + 3);
+  if (const auto semicolon = host.find(';'); semicolon != std::string_view::npos) {
+    host = host.substr(semicolon + 1);  // tcp://SOURCE;DESTINATION:PORT names the peer second
+  }
+  const auto colon = host.rfind(':');
+  if (colon == std::string_view::npos) return {};
+  host = host.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string name(host);
+  if (name.empty() || name == "*" || name == "0.0.0.0" || name == "::") return {};  // everywhere
+  if (std::string device = find_interface(nullptr, name); !device.empty()) return device;
+  const auto local = local_address_towards(name);
+  return local ? find_interface(&*local, {}) : std::string();
+}
+
 // --- Context ---------------------------------------------------------------------------------
 
-Context::Context(std::uint64_t features) {
+Context::Context(std::uint64_t features, std::string_view endpoint) {
   ucp_config_t* config = nullptr;
   check("ucp_config_read", ucp_config_read(nullptr, nullptr, &config));
+  if (!endpoint.empty() && std::getenv("UCX_NET_DEVICES") == nullptr) {
+    const std::string device = net_device_for(endpoint);
+    if (!device.empty()) {
+      const ucs_status_t modified = ucp_config_modify(config, "NET_DEVICES", device.c_str());
+      if (modified != UCS_OK) ucp_config_release(config);
+      check("ucp_config_modify(NET_DEVICES)", modified);
+      log::debug("ucx: network transports on ", device, " only (the endpoint ", endpoint, ")");
+    } else if (endpoint.find("://*:") == std::string_view::npos &&
+               endpoint.find("0.0.0.0") == std::string_view::npos) {
+      log::warn("ucx: no interface found for ", endpoint,
+                "; UCX may listen on every interface (set UCX_NET_DEVICES)");
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = features;

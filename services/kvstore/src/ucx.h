@@ -20,6 +20,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvpr/common/unique_handle.h"
@@ -30,11 +31,21 @@ namespace kvpr::kvstore::ucx {
 [[noreturn]] void throw_status(const char* call, ucs_status_t status);
 void check(const char* call, ucs_status_t status);
 
+// The network interface that traffic of the ZeroMQ `endpoint` uses on this host: the one holding
+// its address (a service's bind address, e.g. tcp://127.0.0.1:PORT -> "lo"), or the one a
+// connection to it leaves from (a client's); the loopback interface for ipc:// and inproc://.
+// Empty when the endpoint binds every interface (tcp://*:PORT, 0.0.0.0, ::) or no interface is
+// found (an unresolvable host).
+std::string net_device_for(std::string_view endpoint);
+
 class Context {
  public:
   Context() = default;
-  // features: UCP_FEATURE_* (RMA, WAKEUP).
-  explicit Context(std::uint64_t features);
+  // features: UCP_FEATURE_* (RMA, WAKEUP). `endpoint`: the ZeroMQ endpoint the UCX traffic goes
+  // with (the service's bind address, or the service a client connects to); UCX's network
+  // transports then open their sockets on net_device_for(endpoint) only (UCX_NET_DEVICES), not
+  // on every interface. An explicit UCX_NET_DEVICES in the environment wins.
+  explicit Context(std::uint64_t features, std::string_view endpoint = {});
 
   ucp_context_h get() const { return handle_.get(); }
 

@@ -17,6 +17,7 @@
 #include "kvpr/net/security_flags.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/caching_planner.h"
+#include "kvpr/planner/fallback_planner.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/planner/profile_planner.h"
 #include "kvpr/planner/remote_planner.h"
@@ -100,6 +101,8 @@ int serve(const Flags& f) {
 
   std::unique_ptr<planner::Planner> planner;
   std::unique_ptr<planner::RemotePlanner> remote;
+  std::unique_ptr<planner::Planner> local;  // with replicas: plans while none answers
+  std::unique_ptr<planner::FallbackPlanner> fallback;
   double link_bytes_per_s = 0;
   const planner::StepShape step = worker::step_shape(c, store.shape().block_tokens);
   std::optional<HardwareProfile> profile;
@@ -111,22 +114,33 @@ int serve(const Flags& f) {
   // What a refitted profile replaces (profile_drift.h): the in-process scheduler's profile, or the
   // one the replicas hold, with the plans cached from the old one.
   worker::ProfileCorrector::Apply apply;
+  // The in-process planner: the only one without replicas, the fallback with them.
+  planner::ProfilePlanner* local_profile = nullptr;
+  if (profile) {
+    auto p = std::make_unique<planner::ProfilePlanner>(*profile, step);
+    local_profile = p.get();
+    local = std::move(p);
+  } else {
+    local = std::make_unique<planner::CostModelPlanner>();
+  }
   if (f.planners.empty()) {
-    if (profile) {
-      auto local = std::make_unique<planner::ProfilePlanner>(*profile, step);
-      apply = [p = local.get()](const HardwareProfile& refit) { p->update_profile(refit); };
-      planner = std::move(local);
-    } else {
-      planner = std::make_unique<planner::CostModelPlanner>();
+    if (local_profile != nullptr) {
+      apply = [local_profile](const HardwareProfile& refit) {
+        local_profile->update_profile(refit);
+      };
     }
+    planner = std::move(local);
   } else {
     remote = std::make_unique<planner::RemotePlanner>(
         context, f.planners, step, profile ? profile->fingerprint : std::string(),
         std::chrono::milliseconds(f.planner_timeout_ms));
     if (profile) remote->report(*profile);
-    auto caching = std::make_unique<planner::CachingPlanner>(*remote);
-    apply = [r = remote.get(), c = caching.get()](const HardwareProfile& refit) {
+    // Plans made locally during an outage are cached like the replicas' for their bucket.
+    fallback = std::make_unique<planner::FallbackPlanner>(*remote, *local);
+    auto caching = std::make_unique<planner::CachingPlanner>(*fallback);
+    apply = [r = remote.get(), c = caching.get(), local_profile](const HardwareProfile& refit) {
       r->report(refit);  // replicas that miss it get it before their next plan
+      if (local_profile != nullptr) local_profile->update_profile(refit);
       c->clear();
     };
     planner = std::move(caching);
@@ -147,6 +161,7 @@ int serve(const Flags& f) {
   so.link_bytes_per_s = link_bytes_per_s;
   so.trace_path = f.trace;
   so.corrector = corrector.get();
+  so.fallback = fallback.get();
   so.max_queue = f.max_queue;
   so.batching.max_batch = f.max_batch;
   so.batching.max_prefill_tokens_per_step = f.max_prefill_tokens;

@@ -151,6 +151,14 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                         .Labels(labels)
                         .Register(registry)
                         .Add({});
+  planner_fallbacks = &prometheus::BuildCounter()
+                           .Name("kvpr_planner_fallbacks_total")
+                           .Help(
+                               "Plans made by the worker's own cost model because no planner "
+                               "replica answered")
+                           .Labels(labels)
+                           .Register(registry)
+                           .Add({});
 }
 
 void WorkerMetrics::observe_step(const StepStats& step) {

@@ -47,6 +47,7 @@ struct WorkerMetrics {
   prometheus::Counter* cancellations = nullptr;
   prometheus::Histogram* request_latency = nullptr;
   prometheus::Counter* profile_refits = nullptr;
+  prometheus::Counter* planner_fallbacks = nullptr;
 };
 
 }  // namespace kvpr::worker

@@ -59,10 +59,14 @@ WorkerService::WorkerService(zmq::context_t& context, const DeviceModel& model,
   instruments_->profile_h2d->Set(options_.link_bytes_per_s > 0
                                      ? options_.link_bytes_per_s
                                      : backend_.nominal_rates().h2d_bytes_per_s);
+  if (options_.fallback != nullptr) {
+    options_.fallback->on_fallback([c = instruments_->planner_fallbacks] { c->Increment(); });
+  }
 }
 
 WorkerService::~WorkerService() {
   stop();
+  if (options_.fallback != nullptr) options_.fallback->on_fallback({});  // the counter goes
 }
 
 const std::string& WorkerService::endpoint() const {

@@ -26,6 +26,7 @@
 
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/planner/fallback_planner.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/batcher.h"
 #include "kvpr/worker/device_model.h"
@@ -68,6 +69,10 @@ struct WorkerServiceOptions {
   // Sees every decode step and refits a drifting profile (profile_drift.h); borrowed, outlives
   // the service; null: plans without a profile, nothing to correct.
   ProfileCorrector* corrector = nullptr;
+  // The decorator that plans locally when no planner replica answers (fallback_planner.h), if the
+  // planner passed in has one; borrowed, outlives the service. Its fallbacks are counted in
+  // kvpr_planner_fallbacks_total.
+  planner::FallbackPlanner* fallback = nullptr;
   // The three-way split (EngineOptions): a fixed host split for every request and the host
   // attention pool's threads; set in-process (the wire does not carry them).
   std::optional<std::int64_t> host_split = std::nullopt;
