@@ -35,10 +35,8 @@ struct Reply {
   wire::KvReply::Which which = wire::KvReply::Which::OK;
 };
 
-inline Reply decode(const void* data, std::size_t size) {
-  net::Frame frame(data, size);
+inline Reply summarize(wire::KvReply::Reader reply) {
   Reply r;
-  const auto reply = frame.root<wire::KvReply>();
   r.id = reply.getId();
   r.which = reply.which();
   r.error = reply.isError();
@@ -47,6 +45,11 @@ inline Reply decode(const void* data, std::size_t size) {
     r.reason = reply.getError().getReason().cStr();
   }
   return r;
+}
+
+inline Reply decode(const void* data, std::size_t size) {
+  net::Frame frame(data, size);
+  return summarize(frame.root<wire::KvReply>());
 }
 
 // A flat message as copyable, word-aligned storage (capnp::word is not copyable under clang).

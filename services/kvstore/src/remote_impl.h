@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "capability.h"
 #include "kvpr/kvstore/remote_kv_store.h"
 #include "kvpr/net/rpc.h"
-#include "capability.h"
 #include "kvpr/net/wire.h"
 #include "kvstore_wire.h"
 #include "ucx.h"

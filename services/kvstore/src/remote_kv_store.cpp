@@ -82,8 +82,8 @@ std::unique_ptr<net::Frame> RemoteKvStore::Impl::call_locked(const Build& build)
       lost = true;
     }
     if (kind == wire::ErrorKind::PERMISSION_DENIED) {
-      raise(ErrorKind::disconnected, peer, ": registration lost: ",
-            reply.getError().getReason().cStr());
+      raise(ErrorKind::disconnected, peer,
+            ": registration lost: ", reply.getError().getReason().cStr());
     }
     net::throw_error(reply.getError(), peer);
   });
@@ -268,8 +268,7 @@ SeqId RemoteKvStore::open() {
     try {
       auto frame = s.call_locked([](wire::KvRequest::Builder request) { request.setOpen(); });
       Capability handle;
-      net::decode_guard(
-          [&] { handle = get_capability(frame->root<wire::KvReply>().getOpened()); });
+      net::decode_guard([&] { handle = get_capability(frame->root<wire::KvReply>().getOpened()); });
       const SeqId seq = next_local_seq.fetch_add(1);
       Sequence& q = s.sequences[seq];
       q.handle = handle;

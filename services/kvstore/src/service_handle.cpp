@@ -398,9 +398,10 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size,
 
   if (options.require_principal && principal.empty()) {
     reject("permission_denied");
-    return error_reply(req.id, Error(ErrorKind::permission_denied,
-                                     str("kvstore: ", type_name(req.which),
-                                         " refused: this kvstore serves authenticated peers only")));
+    return error_reply(req.id,
+                       Error(ErrorKind::permission_denied,
+                             str("kvstore: ", type_name(req.which),
+                                 " refused: this kvstore serves authenticated peers only")));
   }
 
   // 2. Execute and encode.

@@ -18,11 +18,11 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "capability.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/kvstore/local_kv_store.h"
 #include "kvpr/kvstore/page_pool.h"
 #include "kvpr/net/metrics.h"
-#include "capability.h"
 #include "kvpr/net/rpc.h"
 #include "ucx.h"
 

@@ -66,9 +66,9 @@ struct KvStoreServiceOptions {
   bool require_principal = false;
 
   // Per-client quotas; 0: no limit but the capacity.
-  std::uint64_t max_sequences_per_client = 16384;        // open sequences
+  std::uint64_t max_sequences_per_client = 16384;          // open sequences
   std::uint64_t max_metadata_bytes_per_client = 64 << 20;  // client record + block tables
-  std::uint64_t max_block_bytes_per_client = 0;          // pages held, in bytes
+  std::uint64_t max_block_bytes_per_client = 0;            // pages held, in bytes
 };
 
 struct KvStoreServiceStats {
