@@ -22,10 +22,19 @@ struct StoreShape {
   dtype @3 :Common.DType;
 }
 
+# A capability: 128 random bits from the daemon's CSPRNG naming one client or one sequence.
+# Holding it is necessary, not sufficient: the daemon also checks that a sequence belongs to the
+# client of the request and that the client belongs to the request's authenticated principal, and
+# answers `permissionDenied` (the same answer for a handle it never made) otherwise.
+struct Handle {
+  hi @0 :UInt64;
+  lo @1 :UInt64;
+}
+
 struct KvRequest {
   id @0 :UInt64;              # echoed in the reply
   deadlineUnixMs @1 :UInt64;  # 0: none; a request past its deadline is answered with an error
-  client @2 :UInt64;          # from `registered`; 0 before registering
+  client @2 :Handle;          # from `registered`; unset before registering
   union {
     register @3 :Register;
     heartbeat @4 :Void;       # renews the client's lease
@@ -34,9 +43,9 @@ struct KvRequest {
     reserve @7 :SeqTokens;    # blocks for nTokens more tokens in every layer (idempotent)
     commit @8 :SeqTokens;     # the next nTokens reserved tokens now hold data
     locate @9 :Locate;        # where tokens [t0, t1) of one part of one layer live
-    length @10 :UInt64;       # committed tokens of this sequence
+    length @10 :Handle;       # committed tokens of this sequence
     truncate @11 :SeqTokens;  # keep the first nTokens tokens
-    free @12 :UInt64;         # this sequence
+    free @12 :Handle;         # this sequence
     stats @13 :Void;
     reserveBatch @14 :BatchTokens;  # reserve for every sequence, all or nothing
     commitBatch @15 :BatchTokens;   # commit for every sequence, all or nothing; the tokens need
@@ -52,18 +61,18 @@ struct Register {
 }
 
 struct SeqTokens {
-  seq @0 :UInt64;
+  seq @0 :Handle;
   nTokens @1 :Int64;
 }
 
 # One decode step's call for a whole batch: each sequence at most once, at most 4096 of them.
 struct BatchTokens {
-  seqs @0 :List(UInt64);
+  seqs @0 :List(Handle);
   nTokens @1 :Int64;
 }
 
 struct Locate {
-  seq @0 :UInt64;
+  seq @0 :Handle;
   layer @1 :Int64;
   part @2 :Part;
   t0 @3 :Int64;
@@ -76,7 +85,7 @@ struct KvReply {
     error @1 :Common.Error;
     registered @2 :Registered;
     ok @3 :Void;
-    opened @4 :UInt64;        # the new sequence
+    opened @4 :Handle;        # the new sequence
     reserved @5 :Reserved;
     spans @6 :List(Span);
     length @7 :Int64;
@@ -86,7 +95,7 @@ struct KvReply {
 }
 
 struct Registered {
-  client @0 :UInt64;
+  client @0 :Handle;
   blockTokens @1 :Int64;    # tokens per block for the registered shape
   leaseMs @2 :UInt64;       # heartbeat more often than this or lose every sequence
   arenaAddress @3 :UInt64;  # the arena's address in the daemon (for the rkey)
@@ -117,4 +126,5 @@ struct Stats {
   allocationFailures @5 :UInt64;
   leaseExpiries @6 :UInt64;
   rejectedMessages @7 :UInt64;
+  metadataBytes @8 :UInt64;  # sequence and client tables, counted against capacityBytes
 }

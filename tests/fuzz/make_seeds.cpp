@@ -48,7 +48,7 @@ void kvstore_seeds(const fs::path& dir) {
     capnp::MallocMessageBuilder m;
     auto r = m.initRoot<kvpr::wire::KvRequest>();
     r.setId(3);
-    r.setClient(1);
+    r.initClient().setLo(1);
     fill(r);
     write(dir, name, m);
   };
@@ -63,30 +63,30 @@ void kvstore_seeds(const fs::path& dir) {
   request("open", [](auto r) { r.setOpen(); });
   request("reserve", [](auto r) {
     auto t = r.initReserve();
-    t.setSeq(1);
+    t.initSeq().setLo(1);
     t.setNTokens(20);
   });
   request("commit", [](auto r) {
     auto t = r.initCommit();
-    t.setSeq(1);
+    t.initSeq().setLo(1);
     t.setNTokens(5);
   });
   request("reserve_batch", [](auto r) {
     auto b = r.initReserveBatch();
     auto seqs = b.initSeqs(3);
-    for (unsigned i = 0; i < 3; ++i) seqs.set(i, i + 1);
+    for (unsigned i = 0; i < 3; ++i) seqs[i].setLo(i + 1);
     b.setNTokens(1);
   });
   request("commit_batch", [](auto r) {
     auto b = r.initCommitBatch();
     auto seqs = b.initSeqs(2);
-    seqs.set(0, 1);
-    seqs.set(1, 2);
+    seqs[0].setLo(1);
+    seqs[1].setLo(2);
     b.setNTokens(1);
   });
   request("locate", [](auto r) {
     auto l = r.initLocate();
-    l.setSeq(1);
+    l.initSeq().setLo(1);
     l.setLayer(1);
     l.setPart(kvpr::wire::Part::V);
     l.setT0(0);
@@ -94,11 +94,11 @@ void kvstore_seeds(const fs::path& dir) {
   });
   request("truncate", [](auto r) {
     auto t = r.initTruncate();
-    t.setSeq(1);
+    t.initSeq().setLo(1);
     t.setNTokens(2);
   });
-  request("length", [](auto r) { r.setLength(1); });
-  request("free", [](auto r) { r.setFree(1); });
+  request("length", [](auto r) { r.initLength().setLo(1); });
+  request("free", [](auto r) { r.initFree().setLo(1); });
   request("stats", [](auto r) { r.setStats(); });
   request("heartbeat", [](auto r) { r.setHeartbeat(); });
 }

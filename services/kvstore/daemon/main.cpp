@@ -70,6 +70,19 @@ int main(int argc, char** argv) {
   std::string log_level;
   kvpr::net::SecurityOptions security_options;
   kvpr::net::add_security_flags(app, security_options);
+  std::uint64_t max_sequences = 16384;
+  std::string max_metadata = "64M";
+  std::string max_bytes = "0";
+  app.add_option("--max-sequences-per-client", max_sequences,
+                 "Open sequences one client may hold (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-metadata-per-client", max_metadata,
+                 "Bytes of client and sequence tables one client may hold (counted against the "
+                 "capacity; 0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-bytes-per-client", max_bytes,
+                 "Bytes of KV pages one client may hold (0: no limit but the capacity)")
+      ->capture_default_str();
   app.add_option("--listen", listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
       ->capture_default_str();
   app.add_option("--capacity", capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
@@ -116,11 +129,16 @@ int main(int argc, char** argv) {
       options.metrics_host = address.host;
     }
     options.name = name;
+    options.max_sequences_per_client = max_sequences;
+    options.max_metadata_bytes_per_client = parse_bytes(max_metadata, "--max-metadata-per-client");
+    options.max_block_bytes_per_client = parse_bytes(max_bytes, "--max-bytes-per-client");
 
     kvpr::net::install_stop_signals();
     zmq::context_t context;
     security_options.name = name;
     kvpr::net::Security security(context, security_options);
+    // With keys, only authenticated peers are served at all (and learn the arena's UCX key).
+    options.require_principal = security.authenticates();
     kvpr::kvstore::KvStoreService service(context, options);
     service.start();
     kvpr::log::info("kvpr-kvstore ", name, ": listening on ", service.endpoint(), ", capacity ",

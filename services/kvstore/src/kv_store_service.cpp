@@ -1,7 +1,5 @@
 // KvStoreService's lifecycle: the exported arena, the router and progress threads, leases and
 // metrics. The request path itself is in service_handle.cpp.
-#include <random>
-
 #include "kvpr/common/error.h"
 #include "kvpr/net/service.h"
 #include "service_impl.h"
@@ -10,12 +8,6 @@ namespace kvpr::kvstore {
 namespace {
 
 constexpr net::milliseconds kPoll{50};  // router wake-up: lease checks and stop requests
-
-std::uint64_t random_epoch() {
-  std::random_device device;
-  std::uniform_int_distribution<std::uint64_t> dist(1, (std::uint64_t{1} << 31) - 1);
-  return dist(device);
-}
 
 }  // namespace
 
@@ -30,6 +22,11 @@ ServiceInstruments::ServiceInstruments(prometheus::Registry& registry)
                      .Help("Bytes of the arena held by sequences (whole pages)")
                      .Register(registry)
                      .Add({})),
+      metadata_bytes(prometheus::BuildGauge()
+                         .Name("kvpr_kvstore_metadata_bytes")
+                         .Help("Bytes of client and sequence tables, counted against capacity")
+                         .Register(registry)
+                         .Add({})),
       sequences(prometheus::BuildGauge()
                     .Name("kvpr_kvstore_sequences")
                     .Help("Open sequences over all clients")
@@ -81,14 +78,12 @@ KvStoreService::Impl::Impl(zmq::context_t& context_in, KvStoreServiceOptions opt
   memory = ucx::MemoryMap(ucx_context, arena_bytes);
   rkey = ucx::RkeyBuffer(ucx_context, memory);
   pool = std::make_unique<PagePool>(memory.address(), arena_bytes, options.page_bytes);
-  epoch = random_epoch();
-  pool->set_first_sequence_id((epoch << 32) + 1);
-  next_client = (epoch << 32) + 1;
   metrics = std::make_unique<net::Metrics>(options.metrics_port, options.metrics_host);
   instruments = std::make_unique<ServiceInstruments>(metrics->registry());
   instruments->capacity_bytes.Set(static_cast<double>(pool->capacity_bytes()));
   for (const char* reason :
-       {"malformed", "unknown_type", "invalid", "expired", "unauthenticated"}) {
+       {"malformed", "unknown_type", "invalid", "expired", "unauthenticated", "permission_denied",
+        "quota"}) {
     metrics->rejected(reason);  // every series exists from the start, at 0
   }
 }
@@ -103,7 +98,9 @@ void KvStoreService::Impl::reject(const std::string& reason) {
 void KvStoreService::Impl::refresh_gauges_locked() {
   std::uint64_t n_sequences = 0;
   for (const auto& [id, client] : clients) n_sequences += client.store->stats().sequences;
-  instruments->used_bytes.Set(static_cast<double>(pool->used_bytes()));
+  instruments->used_bytes.Set(
+      static_cast<double>(pool->used_bytes() - metadata_page_bytes_locked()));
+  instruments->metadata_bytes.Set(static_cast<double>(metadata_bytes));
   instruments->sequences.Set(static_cast<double>(n_sequences));
   instruments->clients.Set(static_cast<double>(clients.size()));
 }
@@ -111,7 +108,8 @@ void KvStoreService::Impl::refresh_gauges_locked() {
 KvStoreServiceStats KvStoreService::Impl::stats_locked() const {
   KvStoreServiceStats st;
   st.capacity_bytes = pool->capacity_bytes();
-  st.used_bytes = pool->used_bytes();
+  st.used_bytes = pool->used_bytes() - metadata_page_bytes_locked();
+  st.metadata_bytes = metadata_bytes;
   for (const auto& [id, client] : clients) st.sequences += client.store->stats().sequences;
   st.clients = clients.size();
   st.lookups = lookups;
@@ -128,7 +126,7 @@ void KvStoreService::Impl::expire_leases() {
   bool changed = false;
   for (auto it = clients.begin(); it != clients.end();) {
     if (it->second.lease_end < now) {
-      it = clients.erase(it);  // the view's destructor returns its pages
+      erase_client_locked(it++);
       ++lease_expiries;
       instruments->lease_expiries.Increment();
       changed = true;
@@ -146,7 +144,9 @@ void KvStoreService::Impl::route() {
   loop.stopping = [&] { return stopping.load(); };
   loop.tick = [&] { expire_leases(); };
   loop.answer = [&](net::Router::Request& request) {
-    if (request.malformed.empty()) return handle(request.payload.data(), request.payload.size());
+    if (request.malformed.empty()) {
+      return handle(request.payload.data(), request.payload.size(), request.principal);
+    }
     reject("malformed");
     return error_reply(0, net::MalformedMessage(request.malformed));
   };
@@ -225,8 +225,9 @@ KvStoreServiceStats KvStoreService::stats() const {
   return impl_->stats_locked();
 }
 
-zmq::message_t KvStoreService::handle(const void* data, std::size_t size) {
-  return impl_->handle(data, size);
+zmq::message_t KvStoreService::handle(const void* data, std::size_t size,
+                                      std::string_view principal) {
+  return impl_->handle(data, size, principal);
 }
 
 }  // namespace kvpr::kvstore

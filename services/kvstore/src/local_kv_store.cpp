@@ -79,6 +79,11 @@ std::vector<Reservation> LocalKvStore::reserve_blocks(std::span<const SeqId> seq
     r.blocks_per_layer = blocks_for(shape_, r.reserved_tokens) - r.first_block;
     total += static_cast<std::size_t>(r.blocks_per_layer * shape_.n_layers);
   }
+  if (total > page_quota_ - std::min(page_quota_, pages_held_)) {
+    throw QuotaExceeded(str("kvstore: over quota: ", seqs.size(), " sequence(s) need ", total,
+                            " more blocks for ", n_tokens, " tokens each; this client holds ",
+                            pages_held_, " of its quota of ", page_quota_, " pages"));
+  }
   std::vector<std::size_t> pages;
   if (!pool_->allocate(total, pages)) {
     ++allocation_failures_;
@@ -103,6 +108,11 @@ std::vector<Reservation> LocalKvStore::reserve_blocks(std::span<const SeqId> seq
   }
   pages_held_ += total;
   return out;
+}
+
+void LocalKvStore::set_page_quota(std::size_t pages) {
+  std::lock_guard lock(mutex_);
+  page_quota_ = pages;
 }
 
 std::vector<HostSpan> LocalKvStore::locate(SeqId seq, std::int64_t layer, Part part,

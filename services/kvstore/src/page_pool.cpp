@@ -87,9 +87,4 @@ std::uint64_t PagePool::next_sequence_id() {
   return next_sequence_id_++;
 }
 
-void PagePool::set_first_sequence_id(std::uint64_t id) {
-  std::lock_guard lock(mutex_);
-  next_sequence_id_ = id;
-}
-
 }  // namespace kvpr::kvstore

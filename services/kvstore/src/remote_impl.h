@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "capability.h"
 #include "kvpr/kvstore/remote_kv_store.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
@@ -38,7 +39,7 @@ struct Session {
     if (mirror != nullptr) munmap(mirror, arena_bytes);
   }
 
-  std::uint64_t client = 0;
+  Capability client;                // the daemon's handle of this registration
   std::uint64_t arena_address = 0;  // in the daemon
   std::size_t arena_bytes = 0;
   ucx::Endpoint endpoint;
@@ -49,6 +50,7 @@ struct Session {
 };
 
 struct Sequence {
+  Capability handle;  // the daemon's name of this sequence (the caller's SeqId is local)
   std::int64_t length = 0;
   std::int64_t reserved = 0;
   std::vector<std::vector<std::uint64_t>> blocks;  // [layer][block] -> arena offset
@@ -90,10 +92,11 @@ struct RemoteKvStore::Impl {
   using Build = std::function<void(wire::KvRequest::Builder)>;
   // One round trip: fills the request, waits for the reply. Throws disconnected (and marks the
   // registration lost) when no reply comes in time. Returns the reply frame, errors unchecked.
-  std::unique_ptr<net::Frame> exchange(net::RpcClient& client, std::uint64_t client_id,
+  std::unique_ptr<net::Frame> exchange(net::RpcClient& client, Capability client_handle,
                                        const Build& build, net::milliseconds timeout);
-  // exchange() then throws the reply's error; a `disconnected` one (unknown client: the lease
-  // ran out or the daemon restarted) also marks the registration lost.
+  // exchange() then throws the reply's error; a `disconnected` or `permissionDenied` one (the
+  // daemon does not know this client or sequence: the lease ran out or it restarted) also marks
+  // the registration lost, and the latter is thrown as `disconnected` (register again).
   std::unique_ptr<net::Frame> call_locked(const Build& build);
 
   void register_locked();
@@ -152,10 +155,10 @@ struct RemoteKvStore::Impl {
   bool progress_stop = false;
   std::thread progress_thread;
 
-  std::atomic<std::uint64_t> client_id{0};
   std::atomic<std::int64_t> lease_ms{10000};
   net::RpcClient heartbeat_rpc;  // the heartbeat thread's own socket
-  std::mutex heartbeat_mutex;
+  std::mutex heartbeat_mutex;    // taken after mutex, never before
+  Capability heartbeat_client;   // with heartbeat_mutex: session->client, for the heartbeats
   std::condition_variable heartbeat_wake;
   bool heartbeat_stop = false;
   std::thread heartbeat_thread;

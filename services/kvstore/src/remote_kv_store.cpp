@@ -32,6 +32,12 @@ using remote::FetchKey;
 using remote::Sequence;
 using remote::Session;
 
+namespace {
+// SeqIds of every RemoteKvStore of this process: never reused, so a lost registration's ids and
+// another store's ids are unknown to a store (the daemon's handles never leave this class).
+std::atomic<SeqId> next_local_seq{1};
+}  // namespace
+
 RemoteKvStore::Impl::Impl(zmq::context_t& context, const StoreShape& shape_in,
                           RemoteKvStoreOptions options_in)
     : options(std::move(options_in)),
@@ -44,7 +50,7 @@ RemoteKvStore::Impl::Impl(zmq::context_t& context, const StoreShape& shape_in,
       heartbeat_rpc(context, options.endpoint, peer) {}
 
 std::unique_ptr<net::Frame> RemoteKvStore::Impl::exchange(net::RpcClient& client,
-                                                          std::uint64_t client_id_in,
+                                                          Capability client_handle,
                                                           const Build& build,
                                                           net::milliseconds timeout) {
   capnp::MallocMessageBuilder message;
@@ -52,7 +58,7 @@ std::unique_ptr<net::Frame> RemoteKvStore::Impl::exchange(net::RpcClient& client
   const std::uint64_t id = net::next_request_id();
   request.setId(id);
   request.setDeadlineUnixMs(net::deadline_unix_ms(timeout));
-  request.setClient(client_id_in);
+  if (!client_handle.empty()) set_capability(request.initClient(), client_handle);
   build(request);
   return client.call<wire::KvReply>(message, id, timeout);
 }
@@ -71,7 +77,14 @@ std::unique_ptr<net::Frame> RemoteKvStore::Impl::call_locked(const Build& build)
   net::decode_guard([&] {
     const auto reply = frame->root<wire::KvReply>();
     if (!reply.isError()) return;
-    if (reply.getError().getKind() == wire::ErrorKind::DISCONNECTED) lost = true;
+    const auto kind = reply.getError().getKind();
+    if (kind == wire::ErrorKind::DISCONNECTED || kind == wire::ErrorKind::PERMISSION_DENIED) {
+      lost = true;
+    }
+    if (kind == wire::ErrorKind::PERMISSION_DENIED) {
+      raise(ErrorKind::disconnected, peer,
+            ": registration lost: ", reply.getError().getReason().cStr());
+    }
     net::throw_error(reply.getError(), peer);
   });
   return frame;
@@ -79,7 +92,7 @@ std::unique_ptr<net::Frame> RemoteKvStore::Impl::call_locked(const Build& build)
 
 void RemoteKvStore::Impl::register_locked() {
   auto frame = exchange(
-      rpc, 0,
+      rpc, Capability{},
       [&](wire::KvRequest::Builder request) {
         auto reg = request.initRegister();
         reg.setName(options.name);
@@ -97,7 +110,7 @@ void RemoteKvStore::Impl::register_locked() {
     if (reply.isError()) net::throw_error(reply.getError(), peer);
     if (!reply.isRegistered()) fail(peer, ": register answered with another reply");
     const auto reg = reply.getRegistered();
-    next->client = reg.getClient();
+    next->client = get_capability(reg.getClient());
     next->arena_address = reg.getArenaAddress();
     next->arena_bytes = reg.getArenaBytes();
     block_tokens = reg.getBlockTokens();
@@ -132,7 +145,8 @@ void RemoteKvStore::Impl::register_locked() {
   lost = false;
   ++generation;
   lease_ms = static_cast<std::int64_t>(lease);
-  client_id = session->client;
+  std::lock_guard heartbeat_lock(heartbeat_mutex);
+  heartbeat_client = session->client;
 }
 
 void RemoteKvStore::Impl::recover_locked() {
@@ -149,7 +163,8 @@ void RemoteKvStore::Impl::recover_locked() {
   net::decode_guard([&] {
     const auto reply = frame->root<wire::KvReply>();
     if (!reply.isError()) return;
-    if (reply.getError().getKind() != wire::ErrorKind::DISCONNECTED) {
+    const auto kind = reply.getError().getKind();
+    if (kind != wire::ErrorKind::DISCONNECTED && kind != wire::ErrorKind::PERMISSION_DENIED) {
       net::throw_error(reply.getError(), peer);
     }
     gone = true;
@@ -178,8 +193,8 @@ void RemoteKvStore::Impl::heartbeat_loop() {
   for (;;) {
     const auto interval = net::milliseconds(std::max<std::int64_t>(lease_ms.load() / 3, 10));
     if (heartbeat_wake.wait_for(lock, interval, [&] { return heartbeat_stop; })) return;
-    const std::uint64_t id = client_id.load();
-    if (id == 0) continue;
+    const Capability id = heartbeat_client;
+    if (id.empty()) continue;
     lock.unlock();
     bool gone = false;
     try {
@@ -252,9 +267,12 @@ SeqId RemoteKvStore::open() {
   for (int attempt = 0;; ++attempt) {
     try {
       auto frame = s.call_locked([](wire::KvRequest::Builder request) { request.setOpen(); });
-      SeqId seq = 0;
-      net::decode_guard([&] { seq = frame->root<wire::KvReply>().getOpened(); });
-      s.sequences[seq].blocks.resize(static_cast<std::size_t>(s.shape.n_layers));
+      Capability handle;
+      net::decode_guard([&] { handle = get_capability(frame->root<wire::KvReply>().getOpened()); });
+      const SeqId seq = next_local_seq.fetch_add(1);
+      Sequence& q = s.sequences[seq];
+      q.handle = handle;
+      q.blocks.resize(static_cast<std::size_t>(s.shape.n_layers));
       return seq;
     } catch (const Error& e) {
       // The daemon answered "unknown client" (the lease ran out, or it restarted, since the
@@ -289,7 +307,7 @@ void RemoteKvStore::reserve(std::span<const SeqId> seqs, std::int64_t n_tokens) 
   auto frame = s.call_locked([&](wire::KvRequest::Builder request) {
     auto batch = request.initReserveBatch();
     auto list = batch.initSeqs(static_cast<unsigned>(short_of.size()));
-    for (unsigned i = 0; i < short_of.size(); ++i) list.set(i, short_of[i]);
+    for (unsigned i = 0; i < growing.size(); ++i) set_capability(list[i], growing[i]->handle);
     batch.setNTokens(n_tokens);
   });
   net::decode_guard([&] {
@@ -347,7 +365,7 @@ void RemoteKvStore::commit(std::span<const SeqId> seqs, std::int64_t n_tokens) {
   s.call_locked([&](wire::KvRequest::Builder request) {
     auto batch = request.initCommitBatch();
     auto list = batch.initSeqs(static_cast<unsigned>(seqs.size()));
-    for (unsigned i = 0; i < seqs.size(); ++i) list.set(i, seqs[i]);
+    for (unsigned i = 0; i < found.size(); ++i) set_capability(list[i], found[i]->handle);
     batch.setNTokens(n_tokens);
   });
   for (Sequence* q : found) q->length += n_tokens;
@@ -366,7 +384,7 @@ void RemoteKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
   s.drain_fetches_locked(seq);  // their gets write into blocks truncate may hand back
   s.call_locked([&](wire::KvRequest::Builder request) {
     auto st = request.initTruncate();
-    st.setSeq(seq);
+    set_capability(st.initSeq(), q.handle);
     st.setNTokens(n_tokens);
   });
   const auto keep = static_cast<std::size_t>(blocks_for(s.shape, n_tokens));
@@ -380,10 +398,11 @@ void RemoteKvStore::truncate(SeqId seq, std::int64_t n_tokens) {
 void RemoteKvStore::free(SeqId seq) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
-  s.find_locked(seq);
+  const Capability handle = s.find_locked(seq).handle;
   s.drain_fetches_locked(seq);  // their gets write into blocks the daemon will hand out again
   s.sequences.erase(seq);       // gone for this client even when the daemon cannot be told
-  s.call_locked([&](wire::KvRequest::Builder request) { request.setFree(seq); });
+  s.call_locked(
+      [&](wire::KvRequest::Builder request) { set_capability(request.initFree(), handle); });
 }
 
 StoreStats RemoteKvStore::stats() const {
@@ -406,9 +425,10 @@ std::vector<HostSpan> RemoteKvStore::locate_at_daemon(SeqId seq, std::int64_t la
                                                       std::int64_t t0, std::int64_t t1) {
   Impl& s = *impl_;
   std::lock_guard lock(s.mutex);
+  const Capability handle = s.find_locked(seq).handle;
   auto frame = s.call_locked([&](wire::KvRequest::Builder request) {
     auto loc = request.initLocate();
-    loc.setSeq(seq);
+    set_capability(loc.initSeq(), handle);
     loc.setLayer(layer);
     loc.setPart(wire_adapter::to_wire(part));
     loc.setT0(t0);
@@ -444,10 +464,6 @@ std::size_t RemoteKvStore::arena_bytes() const {
 std::uint64_t RemoteKvStore::generation() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->generation;
-}
-
-std::uint64_t RemoteKvStore::client_id() const {
-  return impl_->client_id.load();
 }
 
 }  // namespace kvpr::kvstore

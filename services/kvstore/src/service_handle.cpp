@@ -7,9 +7,13 @@
 //                 frame count
 //   unknown_type  a union member this build does not know (kind unimplemented)
 //   expired       past deadlineUnixMs
-//   invalid       any other error: unknown client or sequence, out-of-range fields, a bad shape,
-//                 a batch that lists a sequence twice or more than kMaxBatch of them
-// A full store is not a bad message: `overloaded` replies count as allocation failures instead.
+//   permission_denied  a client handle that is not the caller's (unknown, or registered by
+//                 another principal), a sequence that is not the client's, or any request
+//                 without a principal when options.require_principal
+//   quota         a client past one of its quotas (sequences, metadata, blocks): `overloaded`
+//   invalid       any other error: out-of-range fields, a bad or absurd shape, a batch that lists
+//                 a sequence twice or more than kMaxBatch of them
+// A full store is not a bad message: other `overloaded` replies count as allocation failures.
 #include <capnp/message.h>
 
 #include <span>
@@ -30,12 +34,14 @@ using Impl = KvStoreService::Impl;
 constexpr std::int64_t kMaxLayers = 1 << 16;
 constexpr std::int64_t kMaxWidth = 1 << 24;
 constexpr std::size_t kMaxBatch = 4096;  // sequences in one reserveBatch or commitBatch
+constexpr std::size_t kMaxClientName = 256;
 
 // A request as read off the wire, before any check.
 struct Request {
   std::uint64_t id = 0;
   std::uint64_t deadline_unix_ms = 0;
-  std::uint64_t client = 0;
+  Capability client;
+  std::string_view principal;  // of the peer (not on the wire): empty when not authenticated
   Which which = Which::HEARTBEAT;
   bool known = true;  // which is a member this build knows
   // register
@@ -43,8 +49,8 @@ struct Request {
   std::int64_t n_layers = 0, h = 0, h_kv = 0;
   wire::DType dtype = wire::DType::F32;
   // sequence requests
-  SeqId seq = 0;
-  std::vector<SeqId> seqs;  // batches
+  Capability seq;
+  std::vector<Capability> seqs;  // batches
   std::size_t batch_size = 0;
   std::int64_t n_tokens = 0;
   std::int64_t layer = 0;
@@ -89,7 +95,7 @@ std::string_view type_name(Which which) {
 // MalformedMessage). Checks nothing.
 void decode(wire::KvRequest::Reader in, Request& out) {
   out.deadline_unix_ms = in.getDeadlineUnixMs();
-  out.client = in.getClient();
+  out.client = get_capability(in.getClient());
   out.which = in.which();
   switch (out.which) {
     case Which::REGISTER: {
@@ -113,7 +119,7 @@ void decode(wire::KvRequest::Reader in, Request& out) {
       const auto st = out.which == Which::RESERVE  ? in.getReserve()
                       : out.which == Which::COMMIT ? in.getCommit()
                                                    : in.getTruncate();
-      out.seq = st.getSeq();
+      out.seq = get_capability(st.getSeq());
       out.n_tokens = st.getNTokens();
       break;
     }
@@ -124,14 +130,14 @@ void decode(wire::KvRequest::Reader in, Request& out) {
       const auto seqs = batch.getSeqs();
       out.batch_size = seqs.size();
       if (out.batch_size <= kMaxBatch) {
-        for (const SeqId seq : seqs) out.seqs.push_back(seq);
+        for (const auto seq : seqs) out.seqs.push_back(get_capability(seq));
       }
       out.n_tokens = batch.getNTokens();
       break;
     }
     case Which::LOCATE: {
       const auto loc = in.getLocate();
-      out.seq = loc.getSeq();
+      out.seq = get_capability(loc.getSeq());
       out.layer = loc.getLayer();
       out.part = loc.getPart();
       out.t0 = loc.getT0();
@@ -139,10 +145,10 @@ void decode(wire::KvRequest::Reader in, Request& out) {
       break;
     }
     case Which::LENGTH:
-      out.seq = in.getLength();
+      out.seq = get_capability(in.getLength());
       break;
     case Which::FREE:
-      out.seq = in.getFree();
+      out.seq = get_capability(in.getFree());
       break;
     default:
       out.known = false;
@@ -162,12 +168,19 @@ StoreShape checked_shape(const Request& req) {
   return shape;
 }
 
-std::span<const SeqId> checked_batch(const Request& req) {
+// The batch's sequences as ids in the client's view, in order (a handle listed twice stays twice:
+// the view refuses that); permission_denied when any is not the client's.
+std::vector<SeqId> checked_batch(const Impl& s, const Impl::Client& client, const Request& req) {
   if (req.batch_size > kMaxBatch) {
     fail("kvstore: ", type_name(req.which), " of ", req.batch_size, " sequences (at most ",
          kMaxBatch, ")");
   }
-  return req.seqs;
+  std::vector<SeqId> ids;
+  ids.reserve(req.seqs.size());
+  for (const Capability seq : req.seqs) {
+    ids.push_back(s.sequence_locked(client, seq, type_name(req.which)));
+  }
+  return ids;
 }
 
 // --- Reply builders ----------------------------------------------------------------------------
@@ -205,20 +218,48 @@ void set_stats(wire::Stats::Builder out, const KvStoreServiceStats& st) {
 
 // --- Handlers: one per request type, mutex held ------------------------------------------------
 
-void on_register(Impl& s, const Request& req, wire::KvReply::Builder reply) {
-  StoreShape shape = checked_shape(req);
-  const std::size_t token_bytes =
-      static_cast<std::size_t>(shape.h + 2 * shape.h_kv) * size_of(shape.dtype);
+// A shape this store could never serve is refused here, before it costs anything: a token of one
+// layer must fit a page, one token of every layer must fit the arena, and one sequence's tables
+// must fit the per-client metadata quota.
+void check_fits(const Impl& s, const StoreShape& shape, std::size_t token_bytes) {
   if (token_bytes > s.pool->page_bytes()) {
     fail("kvstore: one token of one layer takes ", token_bytes, " bytes, more than a page of ",
          s.pool->page_bytes(), " bytes");
   }
+  if (static_cast<std::uint64_t>(shape.n_layers) > s.pool->n_pages()) {
+    fail("kvstore: a shape of ", shape.n_layers, " layers needs ", shape.n_layers,
+         " pages for one token; the store has ", s.pool->n_pages());
+  }
+  const std::uint64_t table = Impl::sequence_metadata_bytes(shape);
+  const std::uint64_t quota = s.options.max_metadata_bytes_per_client;
+  if (quota != 0 && table > quota) {
+    fail("kvstore: a shape of ", shape.n_layers, " layers takes ", table,
+         " bytes of tables per sequence, more than the per-client quota of ", quota);
+  }
+}
+
+void on_register(Impl& s, const Request& req, wire::KvReply::Builder reply) {
+  if (req.name.size() > kMaxClientName) {
+    fail("kvstore: client name of ", req.name.size(), " bytes (at most ", kMaxClientName, ")");
+  }
+  StoreShape shape = checked_shape(req);
+  const std::size_t token_bytes =
+      static_cast<std::size_t>(shape.h + 2 * shape.h_kv) * size_of(shape.dtype);
+  check_fits(s, shape, token_bytes);
   shape.block_tokens = static_cast<std::int64_t>(s.pool->page_bytes() / token_bytes);
   auto store = std::make_unique<LocalKvStore>(shape, *s.pool);
-  const std::uint64_t id = s.next_client++;
-  s.clients[id] = Impl::Client{req.name, std::move(store), net::Clock::now() + s.options.lease};
+  if (s.options.max_block_bytes_per_client != 0) {
+    store->set_page_quota(
+        static_cast<std::size_t>(s.options.max_block_bytes_per_client / s.pool->page_bytes()));
+  }
+  Impl::Client client;
+  client.name = req.name;
+  client.principal = std::string(req.principal);
+  client.store = std::move(store);
+  client.lease_end = net::Clock::now() + s.options.lease;
+  const Capability handle = s.add_client_locked(std::move(client));
   auto out = reply.initRegistered();
-  out.setClient(id);
+  set_capability(out.initClient(), handle);
   out.setBlockTokens(shape.block_tokens);
   out.setLeaseMs(static_cast<std::uint64_t>(s.options.lease.count()));
   out.setArenaAddress(reinterpret_cast<std::uintptr_t>(s.memory.address()));
@@ -230,14 +271,16 @@ void on_register(Impl& s, const Request& req, wire::KvReply::Builder reply) {
 // Anyone may ask for the daemon's stats; a registered client also renews its lease.
 void on_stats(Impl& s, const Request& req, wire::KvReply::Builder reply) {
   set_stats(reply.initStats(), s.stats_locked());
-  if (auto it = s.clients.find(req.client); it != s.clients.end()) {
+  auto it = s.clients.find(req.client);
+  if (it != s.clients.end() && it->second.principal == req.principal) {
     it->second.lease_end = net::Clock::now() + s.options.lease;
   }
 }
 
-void on_locate(Impl& s, LocalKvStore& store, const Request& req, wire::KvReply::Builder reply) {
+void on_locate(Impl& s, LocalKvStore& store, SeqId seq, const Request& req,
+               wire::KvReply::Builder reply) {
   const auto spans =
-      store.locate(req.seq, req.layer, wire_adapter::from_wire(req.part), req.t0, req.t1);
+      store.locate(seq, req.layer, wire_adapter::from_wire(req.part), req.t0, req.t1);
   ++s.lookups;
   s.instruments->lookups.Increment();
   auto out = reply.initSpans(static_cast<unsigned>(spans.size()));
@@ -248,65 +291,67 @@ void on_locate(Impl& s, LocalKvStore& store, const Request& req, wire::KvReply::
   }
 }
 
-void on_reserve_batch(LocalKvStore& store, const Request& req, wire::KvReply::Builder reply) {
-  const auto reservations = store.reserve_blocks(checked_batch(req), req.n_tokens);
+void on_reserve_batch(LocalKvStore& store, std::span<const SeqId> seqs, const Request& req,
+                      wire::KvReply::Builder reply) {
+  const auto reservations = store.reserve_blocks(seqs, req.n_tokens);
   auto out = reply.initReservedBatch(static_cast<unsigned>(reservations.size()));
   for (unsigned i = 0; i < reservations.size(); ++i) set_reserved(out[i], reservations[i]);
 }
 
-// The requests of a registered client: the lease is renewed, then the request runs on its view.
+// The requests of a registered client: ownership is checked (the client is the caller's, every
+// sequence the client's), the lease is renewed, then the request runs on the client's view.
 void on_client_request(Impl& s, const Request& req, wire::KvReply::Builder reply) {
-  auto found = s.clients.find(req.client);
-  if (found == s.clients.end()) {
-    raise(ErrorKind::disconnected, "kvstore: unknown client ", req.client,
-          " (never registered, lease expired or the daemon restarted): register again");
-  }
-  found->second.lease_end = net::Clock::now() + s.options.lease;
-  LocalKvStore& store = *found->second.store;
+  const std::string_view op = type_name(req.which);
+  Impl::Client& client = s.client_locked(req.client, req.principal, op);
+  client.lease_end = net::Clock::now() + s.options.lease;
+  LocalKvStore& store = *client.store;
+  const auto seq = [&] { return s.sequence_locked(client, req.seq, op); };
   switch (req.which) {
     case Which::HEARTBEAT:
       reply.setOk();
       return;
     case Which::UNREGISTER:
-      s.clients.erase(found);
+      s.erase_client_locked(s.clients.find(req.client));
       reply.setOk();
       return;
     case Which::OPEN:
-      reply.setOpened(store.open());
+      set_capability(reply.initOpened(), s.open_locked(client));
       return;
-    case Which::RESERVE:
-      set_reserved(reply.initReserved(), store.reserve_blocks({&req.seq, 1}, req.n_tokens).front());
+    case Which::RESERVE: {
+      const SeqId id = seq();
+      set_reserved(reply.initReserved(), store.reserve_blocks({&id, 1}, req.n_tokens).front());
       return;
+    }
     case Which::RESERVE_BATCH:
-      on_reserve_batch(store, req, reply);
+      on_reserve_batch(store, checked_batch(s, client, req), req, reply);
       return;
     case Which::COMMIT:
-      store.commit(req.seq, req.n_tokens);
+      store.commit(seq(), req.n_tokens);
       reply.setOk();
       return;
     case Which::COMMIT_BATCH:  // the client reserves inside its blocks without asking
-      store.commit_in_blocks(checked_batch(req), req.n_tokens);
+      store.commit_in_blocks(checked_batch(s, client, req), req.n_tokens);
       reply.setOk();
       return;
     case Which::LOCATE:
-      on_locate(s, store, req, reply);
+      on_locate(s, store, seq(), req, reply);
       return;
     case Which::LENGTH:
-      reply.setLength(store.length(req.seq));
+      reply.setLength(store.length(seq()));
       return;
     case Which::TRUNCATE:
-      store.truncate(req.seq, req.n_tokens);
+      store.truncate(seq(), req.n_tokens);
       reply.setOk();
       return;
     case Which::FREE:
-      store.free(req.seq);
+      s.free_locked(client, req.seq, op);
       reply.setOk();
       return;
     case Which::REGISTER:
     case Which::STATS:
       break;
   }
-  fail("kvstore: request type ", type_name(req.which), " is not a client request");
+  fail("kvstore: request type ", op, " is not a client request");
 }
 
 }  // namespace
@@ -317,8 +362,10 @@ zmq::message_t KvStoreService::Impl::error_reply(std::uint64_t id, const Error& 
   return reply.encode();
 }
 
-zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) {
+zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size,
+                                            std::string_view principal) {
   Request req;
+  req.principal = principal;
   // 1. Decode: the id first, so even a message that breaks later gets an addressed reply.
   try {
     net::Frame frame(data, size);
@@ -349,6 +396,14 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) 
     }
   }
 
+  if (options.require_principal && principal.empty()) {
+    reject("permission_denied");
+    return error_reply(req.id,
+                       Error(ErrorKind::permission_denied,
+                             str("kvstore: ", type_name(req.which),
+                                 " refused: this kvstore serves authenticated peers only")));
+  }
+
   // 2. Execute and encode.
   Reply reply(req.id);
   std::lock_guard lock(mutex);
@@ -363,9 +418,14 @@ zmq::message_t KvStoreService::Impl::handle(const void* data, std::size_t size) 
     }
     refresh_gauges_locked();
     return reply.encode();
+  } catch (const QuotaExceeded& e) {
+    reject("quota");
+    return error_reply(req.id, e);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::overloaded) {
       instruments->allocation_failures.Increment();
+    } else if (e.kind() == ErrorKind::permission_denied) {
+      reject("permission_denied");
     } else {
       reject("invalid");
     }

@@ -13,9 +13,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 #include <zmq.hpp>
 
+#include "capability.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/kvstore/local_kv_store.h"
 #include "kvpr/kvstore/page_pool.h"
@@ -30,6 +33,7 @@ struct ServiceInstruments {
 
   prometheus::Gauge& capacity_bytes;
   prometheus::Gauge& used_bytes;
+  prometheus::Gauge& metadata_bytes;
   prometheus::Gauge& sequences;
   prometheus::Gauge& clients;
   prometheus::Counter& lookups;
@@ -44,7 +48,7 @@ struct KvStoreService::Impl {
   ~Impl();
 
   // Wire adapter (service_handle.cpp). Callers hold no lock; handle() takes mutex.
-  zmq::message_t handle(const void* data, std::size_t size);
+  zmq::message_t handle(const void* data, std::size_t size, std::string_view principal);
   zmq::message_t error_reply(std::uint64_t id, const Error& error);
 
   // Lifecycle (kv_store_service.cpp).
@@ -57,9 +61,30 @@ struct KvStoreService::Impl {
 
   struct Client {
     std::string name;
-    std::unique_ptr<LocalKvStore> store;  // a view over pool
+    std::string principal;                  // who registered it: the only one who may use it
+    std::unique_ptr<LocalKvStore> store;    // a view over pool
+    std::map<Capability, SeqId> sequences;  // handle on the wire -> id in store
+    std::uint64_t metadata_bytes = 0;       // its record and its sequences' tables
     net::Clock::time_point lease_end;
   };
+  using Clients = std::map<Capability, Client>;
+
+  // Ownership and quotas (service_clients.cpp), mutex held. `op` names the request in refusals.
+  // The client of `handle` if `principal` registered it, else permission_denied (the same
+  // message when there is no such client).
+  Client& client_locked(Capability handle, std::string_view principal, std::string_view op);
+  // The id in client.store of a sequence of this client, else permission_denied.
+  SeqId sequence_locked(const Client& client, Capability seq, std::string_view op) const;
+  Capability add_client_locked(Client client);  // charges its record against the quotas
+  void erase_client_locked(Clients::iterator it);
+  Capability open_locked(Client& client);  // QuotaExceeded / overloaded when it does not fit
+  void free_locked(Client& client, Capability seq, std::string_view op);
+  // Bytes of the tables of one sequence of this shape (counted at open).
+  static std::uint64_t sequence_metadata_bytes(const StoreShape& shape);
+  // Adds (or, negative, returns) metadata bytes of one client, holding pool pages to match:
+  // throws (QuotaExceeded, overloaded) before anything changes.
+  void charge_locked(Client& client, std::int64_t bytes);
+  std::uint64_t metadata_page_bytes_locked() const;  // pool bytes held for metadata
 
   zmq::context_t& context;
   KvStoreServiceOptions options;
@@ -76,9 +101,9 @@ struct KvStoreService::Impl {
   std::unique_ptr<ServiceInstruments> instruments;
 
   mutable std::mutex mutex;  // guards everything below and the views' block tables
-  std::map<std::uint64_t, Client> clients;
-  std::uint64_t epoch = 0;  // random; high bits of client and sequence ids
-  std::uint64_t next_client = 1;
+  Clients clients;
+  std::uint64_t metadata_bytes = 0;         // over all clients
+  std::vector<std::size_t> metadata_pages;  // pool pages held so metadata counts as capacity
   std::uint64_t lookups = 0;
   std::uint64_t lease_expiries = 0;
   std::uint64_t requests = 0;

@@ -9,12 +9,25 @@
 // block of one layer fits a page. Live data is never evicted: a reserve that does not fit is
 // answered `overloaded` with the numbers.
 //
-// Clients: register -> a client id and a lease; any request renews the lease; a client whose lease
-// runs out loses every sequence (the memory returns to the pool, counted as a lease expiry);
+// Clients: register -> a client handle and a lease; any request renews the lease; a client whose
+// lease runs out loses every sequence (the memory returns to the pool, counted as a lease expiry);
 // unregister does the same at once. The daemon opens no UCX endpoint back to a client (the
 // client's address in `register` is not needed): UCX wires the reply path of gets and puts itself,
-// as long as the progress thread runs. Client and sequence ids start at a random epoch, so ids of
-// a previous daemon on the same endpoint are unknown to a restarted one.
+// as long as the progress thread runs.
+//
+// Ownership: client and sequence handles are random 128-bit capabilities (getrandom), never
+// counters. Every request is checked: its client handle must name a live client registered by
+// the same principal (the name of the peer's CURVE key, empty on a socket without
+// authentication), and every sequence it names must belong to that client. Anything else is
+// answered `permissionDenied` with one message per operation whether the handle is unknown or
+// someone else's, and counted in kvpr_rejected_messages_total{reason="permission_denied"}.
+//
+// Memory a client can make the daemon hold is bounded: its blocks (whole pages of the arena),
+// its sequences and its metadata (the client record and every sequence's block tables) by the
+// per-client quotas below, and the metadata of all clients together is counted against
+// capacity_bytes (it holds pages of the pool that no sequence can then have). A request past a
+// quota is answered `overloaded` (reason "quota"); one past the capacity `overloaded` as well,
+// counted as an allocation failure.
 //
 // Threads: a router thread owns the listening socket, decodes and answers requests and expires
 // leases; a progress thread drives the UCX worker so remote gets and puts complete (it sleeps in
@@ -28,6 +41,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <zmq.hpp>
 
 namespace kvpr::net {
@@ -44,11 +58,23 @@ struct KvStoreServiceOptions {
   int metrics_port = -1;                   // 0: a free port; -1: collected but not served
   std::string metrics_host = "127.0.0.1";  // the address /metrics binds
   std::string name = "kvstore";
+
+  // true: a request without an authenticated principal (a socket without CURVE) is refused
+  // `permissionDenied` whatever it asks, so only authenticated clients learn the arena's address
+  // and UCX remote key. false: every peer is served; principals, when the socket has them, are
+  // still checked per client.
+  bool require_principal = false;
+
+  // Per-client quotas; 0: no limit but the capacity.
+  std::uint64_t max_sequences_per_client = 16384;          // open sequences
+  std::uint64_t max_metadata_bytes_per_client = 64 << 20;  // client record + block tables
+  std::uint64_t max_block_bytes_per_client = 0;            // pages held, in bytes
 };
 
 struct KvStoreServiceStats {
   std::uint64_t capacity_bytes = 0;
-  std::uint64_t used_bytes = 0;
+  std::uint64_t used_bytes = 0;      // pages held by sequences
+  std::uint64_t metadata_bytes = 0;  // client and sequence tables (pages held for them: rounded up)
   std::uint64_t sequences = 0;
   std::uint64_t clients = 0;
   std::uint64_t lookups = 0;  // wire locate requests answered
@@ -81,10 +107,11 @@ class KvStoreService {
   void* arena() const;
   std::size_t arena_bytes() const;
 
-  // Decodes one request frame and returns the encoded KvReply. Never throws: every bad message
-  // gets an error reply (with the request id when it could be read) and counts in
-  // kvpr_rejected_messages_total{reason}.
-  zmq::message_t handle(const void* data, std::size_t size);
+  // Decodes one request frame from `principal` (the authenticated name of the peer; empty when
+  // the socket does not authenticate) and returns the encoded KvReply. Never throws: every bad
+  // message gets an error reply (with the request id when it could be read) and counts in
+  // kvpr_rejected_messages_total{reason}. The router thread calls it with Request::principal.
+  zmq::message_t handle(const void* data, std::size_t size, std::string_view principal = {});
 
   struct Impl;  // defined in src/service_impl.h, private to the library
 

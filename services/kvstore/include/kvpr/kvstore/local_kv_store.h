@@ -10,15 +10,25 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "kvpr/common/error.h"
 #include "kvpr/kvstore/kv_store_client.h"
 #include "kvpr/kvstore/page_pool.h"
 
 namespace kvpr::kvstore {
+
+// A refusal because one client reached its own limit (pages, sequences, metadata), not because the
+// store is full: the same kind as a full store (it may succeed after the client frees something),
+// a type of its own so the daemon counts it apart (kvpr_rejected_messages_total{reason="quota"}).
+class QuotaExceeded : public Error {
+ public:
+  explicit QuotaExceeded(const std::string& message) : Error(ErrorKind::overloaded, message) {}
+};
 
 // What one reserve call added to one sequence (the daemon sends it to a remote client, which keeps
 // its own block table): blocks [first_block, first_block + blocks_per_layer) of every layer.
@@ -64,6 +74,10 @@ class LocalKvStore final : public KvStoreClient {
   // reserve() that also says which blocks were added: one Reservation per sequence, in order.
   std::vector<Reservation> reserve_blocks(std::span<const SeqId> seqs, std::int64_t n_tokens);
 
+  // At most `pages` pages held at once (the daemon's per-client quota); a reserve that would pass
+  // it throws QuotaExceeded and takes nothing. Default: no limit but the pool's.
+  void set_page_quota(std::size_t pages);
+
   // The host memory behind every span, for registering it with a device's copy engine once.
   void* arena() const { return pool_->arena(); }
   std::size_t arena_bytes() const { return pool_->arena_bytes(); }
@@ -87,6 +101,7 @@ class LocalKvStore final : public KvStoreClient {
   mutable std::mutex mutex_;
   std::map<SeqId, Sequence> sequences_;
   std::size_t pages_held_ = 0;
+  std::size_t page_quota_ = std::numeric_limits<std::size_t>::max();
   mutable std::uint64_t lookups_ = 0;
   std::uint64_t allocation_failures_ = 0;
 };

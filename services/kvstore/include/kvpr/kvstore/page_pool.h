@@ -47,10 +47,9 @@ class PagePool {
   std::uint64_t capacity_bytes() const { return capacity_bytes_; }
   std::uint64_t allocation_failures() const;
 
-  // Sequence ids are unique across every view of one pool; first_sequence_id lets a daemon start
-  // them somewhere a restarted daemon will not repeat.
+  // Sequence ids are unique across every view of one pool. They are small counters, private to
+  // the process: the daemon hands out random capabilities and maps them to these.
   std::uint64_t next_sequence_id();
-  void set_first_sequence_id(std::uint64_t id);
 
   void* arena() const { return arena_; }
   std::size_t arena_bytes() const { return arena_bytes_; }

@@ -12,8 +12,11 @@
 // cover need no round trip; a decode step costs one (the batch's commit).
 //
 // Failure model: every round trip gives up after options.timeout with ErrorKind::disconnected
-// (a dead daemon never hangs a caller). The registration is then considered lost; the next
-// open() re-registers when the daemon answers again (new client id, UCX endpoint, rkey and
+// (a dead daemon never hangs a caller), and so does an answer of `permissionDenied` (the daemon
+// no longer knows this client's handle: its lease ran out or the daemon restarted; the handles
+// of clients and sequences are the daemon's random capabilities, the SeqIds this class hands out
+// are local). The registration is then considered lost; the next
+// open() re-registers when the daemon answers again (new client handle, UCX endpoint, rkey and
 // mapping, generation() + 1). Sequences of a lost registration are gone: using them is an error.
 // The mapping of the previous registration stays valid until the next successful re-register
 // (a copy still reading it does not crash) or until this store is destroyed.
@@ -85,7 +88,6 @@ class RemoteKvStore final : public KvStoreClient {
   void* arena() const;
   std::size_t arena_bytes() const;
   std::uint64_t generation() const;  // 1 after the first registration, +1 per re-register
-  std::uint64_t client_id() const;
 
  private:
   struct Impl;
