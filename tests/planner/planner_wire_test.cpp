@@ -147,8 +147,18 @@ TEST_F(PlannerWireTest, ATruncatedMessageIsRejected) {
   expect_rejected(bytes, "malformed message", "malformed");
 }
 
-TEST_F(PlannerWireTest, AnOversizedMessageIsRejectedBeforeParsing) {
-  expect_rejected(std::string(net::kMaxMessageBytes + 8, '\0'), "over the limit", "malformed");
+// Over the socket's limit: the sender is disconnected before the frame is buffered (no reply);
+// under it but over the codec's limit cannot happen (the codec's is larger).
+TEST_F(PlannerWireTest, AnOversizedFrameDisconnectsItsSenderBeforeItIsBuffered) {
+  static_assert(net::RouterLimits{}.max_message_bytes < net::kMaxMessageBytes);
+  zmq::socket_t raw = net::make_socket(context_, zmq::socket_type::dealer);
+  raw.connect(service_.endpoint());
+  raw.send(zmq::message_t(net::RouterLimits{}.max_message_bytes + 8), zmq::send_flags::none);
+  zmq::pollitem_t item{raw.handle(), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, std::chrono::milliseconds(500));
+  EXPECT_EQ(item.revents & ZMQ_POLLIN, 0) << "an oversized frame was answered, so it was read";
+  EXPECT_EQ(rejected_over_the_wire(), 0u);
+  expect_still_serving();
 }
 
 TEST_F(PlannerWireTest, AnUnknownRequestTypeIsRejectedWithItsId) {

@@ -5,6 +5,7 @@
 
 #include <capnp/message.h>
 #include <gtest/gtest.h>
+#include <prometheus/registry.h>
 
 #include <chrono>
 #include <thread>
@@ -146,7 +147,6 @@ TEST(WorkerService, BadWireInputIsAnsweredCountedAndSurvived) {
       {"garbage", {"this is not a message"}, "malformed"},
       {"three frames", {valid, valid}, "frames"},
       {"truncated", {valid.substr(0, valid.size() - 16)}, "malformed"},
-      {"oversized", {std::string(net::kMaxMessageBytes + 8, '\0')}, "over the limit"},
       {"unknown type", {unknown_bytes}, "unknown worker request type"},
       {"token outside vocab", {generate_message(1, {2, 999999}, 2)}, "999999"},
       {"empty prompt", {generate_message(1, {}, 2)}, "empty"},
@@ -165,6 +165,73 @@ TEST(WorkerService, BadWireInputIsAnsweredCountedAndSurvived) {
   // Still serving.
   const auto ok = client.generate(request({{2, 5}}, 3));
   EXPECT_EQ(ok.sequences[0].tokens.size(), 3u);
+}
+
+// A frame over the worker's limit disconnects its sender before it is buffered (no reply, nothing
+// held); the worker serves on.
+TEST(WorkerService, AnOversizedFrameDisconnectsItsSender) {
+  Served served;
+  Raw raw(served);
+  raw.send({std::string(WorkerServiceOptions{}.router_limits.max_message_bytes + 8, '\0')});
+  zmq::pollitem_t item{raw.socket.handle(), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, milliseconds(500));
+  EXPECT_EQ(item.revents & ZMQ_POLLIN, 0) << "an oversized frame was answered, so it was read";
+  WorkerClient client(served.context, served.service.endpoint());
+  EXPECT_EQ(client.generate(request({{2, 5}}, 3)).sequences[0].tokens.size(), 3u);
+}
+
+// A client that never reads its events: once its queue is full for `stalled_client`, its request
+// is cancelled and its sequences freed (the worker does not buffer a stream nobody reads); a
+// client that reads is served meanwhile.
+TEST(WorkerService, AClientThatStopsReadingIsCancelledAndItsSequencesFreed) {
+  WorkerServiceOptions options;
+  options.stalled_client = milliseconds(50);
+  options.router_limits.send_queue = 4;
+  Served served(options);
+  zmq::socket_t mute = net::make_socket(served.context, zmq::socket_type::dealer);
+  mute.set(zmq::sockopt::rcvbuf, 4096);  // and its kernel buffer stays small
+  mute.set(zmq::sockopt::rcvhwm, 1);
+  mute.connect(served.service.endpoint());
+  capnp::MallocMessageBuilder m;  // 32 prompts x 250 tokens with logits: 16 MB of events
+  auto r = m.initRoot<wire::WorkerRequest>();
+  r.setId(4242);
+  auto g = r.initGenerate();
+  auto prompts = g.initPrompts(32);
+  for (unsigned i = 0; i < 32; ++i) {
+    auto p = prompts.init(i, 3);
+    p.set(0, 2);
+    p.set(1, static_cast<std::int32_t>(5 + i));
+    p.set(2, 7);
+  }
+  g.setMaxNewTokens(250);
+  g.setSplit(-1);
+  g.setKeepLogits(true);
+  g.initSampling().setIgnoreEos(true);
+  mute.send(net::encode(m), zmq::send_flags::none);
+
+  WorkerClient client(served.context, served.service.endpoint());
+  EXPECT_EQ(client.generate(request({{2, 5}}, 3)).sequences[0].tokens.size(), 3u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  WorkerStatus st = client.status();
+  while ((st.running + st.queued > 0 || served.stack.store->stats().sequences > 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(20));
+    st = client.status();
+  }
+  EXPECT_EQ(st.running + st.queued, 0u);
+  EXPECT_EQ(served.stack.store->stats().used_bytes, 0u);
+  bool counted = false;
+  for (const auto& family : served.service.registry().Collect()) {
+    if (family.name != "kvpr_abandoned_requests_total") continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& label : metric.label) {
+        if (label.name == "reason" && label.value == "stalled") {
+          counted = metric.counter.value == 1.0;
+        }
+      }
+    }
+  }
+  EXPECT_TRUE(counted) << "the stalled client's request was not counted as abandoned";
 }
 
 TEST(WorkerService, StopDrainsQueuedAndRunningRequests) {

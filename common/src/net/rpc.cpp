@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
 #include <vector>
 
@@ -51,12 +52,14 @@ int poll_ms(Clock::time_point deadline) {
 }  // namespace
 
 Router::Router(zmq::context_t& context, const std::string& endpoint,
-               std::function<void()> on_refused)
-    : socket_(make_socket(context, zmq::socket_type::router)) {
+               std::function<void()> on_refused, RouterLimits limits)
+    : socket_(make_socket(context, zmq::socket_type::router)), limits_(limits) {
   Security::secure_server(context, socket_, endpoint, std::move(on_refused));
-  // A peer that sends more than this is disconnected by ZeroMQ before the bytes are buffered.
-  socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxMessageBytes));
-  socket_.set(zmq::sockopt::router_mandatory, 0);
+  socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(limits_.max_message_bytes));
+  socket_.set(zmq::sockopt::rcvhwm, limits_.receive_queue);
+  socket_.set(zmq::sockopt::sndhwm, limits_.send_queue);
+  // A full or vanished peer is reported by send() (EAGAIN / EHOSTUNREACH), not dropped unseen.
+  socket_.set(zmq::sockopt::router_mandatory, 1);
   endpoint_ = bind(socket_, endpoint);
 }
 
@@ -84,11 +87,17 @@ std::optional<Router::Request> Router::receive(milliseconds timeout) {
   return request;
 }
 
-void Router::send(const zmq::message_t& peer, zmq::message_t payload) {
+Router::Sent Router::send(const zmq::message_t& peer, zmq::message_t& payload) {
   zmq::message_t id(peer.data(), peer.size());
-  // A peer that went away is dropped silently by ROUTER; nothing else can fail here.
-  socket_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+  try {
+    if (!socket_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return Sent::full;
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EHOSTUNREACH) return Sent::gone;
+    throw;
+  }
+  // The routing frame was taken: the message's last frame always follows it.
   socket_.send(payload, zmq::send_flags::dontwait);
+  return Sent::ok;
 }
 
 RpcClient::RpcClient(zmq::context_t& context, const std::string& endpoint, std::string peer)
@@ -108,6 +117,8 @@ RpcClient::RpcClient(zmq::context_t& context, const std::string& endpoint, std::
   monitor_.connect(address);
   // Queue nothing for a peer that is not connected: a send waits for a live connection instead.
   socket_.set(zmq::sockopt::immediate, 1);
+  // What a service can make a client hold: no frame over the codec's limit.
+  socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxMessageBytes));
   socket_.set(zmq::sockopt::reconnect_ivl, 100);
   socket_.set(zmq::sockopt::reconnect_ivl_max, 1000);
   try {

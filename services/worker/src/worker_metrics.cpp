@@ -127,6 +127,15 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                        .Labels(labels)
                        .Register(registry)
                        .Add({});
+  auto& abandoned = prometheus::BuildCounter()
+                        .Name("kvpr_abandoned_requests_total")
+                        .Help(
+                            "Requests cancelled because their client stopped reading its events "
+                            "(stalled) or disconnected (gone); their sequences are freed")
+                        .Labels(labels)
+                        .Register(registry);
+  abandoned_stalled = &abandoned.Add({{"reason", "stalled"}});
+  abandoned_gone = &abandoned.Add({{"reason", "gone"}});
   request_latency = &prometheus::BuildHistogram()
                          .Name("kvpr_request_latency_seconds")
                          .Help("From a request's arrival to its last event, for finished requests")

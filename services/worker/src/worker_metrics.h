@@ -45,6 +45,8 @@ struct WorkerMetrics {
   prometheus::Gauge* waiting_sequences = nullptr;
   prometheus::Counter* preemptions = nullptr;
   prometheus::Counter* cancellations = nullptr;
+  prometheus::Counter* abandoned_stalled = nullptr;  // kvpr_abandoned_requests_total{reason}
+  prometheus::Counter* abandoned_gone = nullptr;
   prometheus::Histogram* request_latency = nullptr;
   prometheus::Counter* profile_refits = nullptr;
   prometheus::Counter* planner_fallbacks = nullptr;

@@ -80,8 +80,8 @@ prometheus::Registry& WorkerService::registry() {
 }
 
 void WorkerService::start() {
-  router_ = std::make_unique<net::Router>(context_, options_.endpoint,
-                                          [this] { reject("unauthenticated"); });
+  router_ = std::make_unique<net::Router>(
+      context_, options_.endpoint, [this] { reject("unauthenticated"); }, options_.router_limits);
   events_endpoint_ = str("inproc://kvpr-worker-events-", static_cast<const void*>(this));
   events_in_ = std::make_unique<zmq::socket_t>(net::make_socket(context_, zmq::socket_type::pull));
   events_in_->bind(events_endpoint_);
@@ -221,12 +221,87 @@ void WorkerService::forward_events() {
     if (!events_in_->recv(peer, zmq::recv_flags::dontwait)) return;
     zmq::message_t payload;
     (void)events_in_->recv(payload, zmq::recv_flags::none);
-    router_->send(peer, std::move(payload));
+    deliver(peer, std::move(payload));
   }
 }
 
+namespace {
+
+constexpr std::size_t kMaxBacklog = 1024;  // events held for one stalled client
+
+std::string key_of(const zmq::message_t& peer) {
+  return {peer.data<char>(), peer.size()};
+}
+
+}  // namespace
+
+void WorkerService::deliver(const zmq::message_t& peer, zmq::message_t payload) {
+  const std::string key = key_of(peer);
+  if (auto it = backlogs_.find(key); it != backlogs_.end()) {  // order: behind the waiting ones
+    it->second.events.push_back(std::move(payload));
+    if (it->second.events.size() > kMaxBacklog) abandon(key, false);
+    return;
+  }
+  switch (router_->send(peer, payload)) {
+    case net::Router::Sent::ok:
+      return;
+    case net::Router::Sent::full:
+      backlogs_[key] = {{}, Clock::now()};
+      backlogs_[key].events.push_back(std::move(payload));
+      return;
+    case net::Router::Sent::gone:
+      abandon(key, true);
+      return;
+  }
+}
+
+void WorkerService::flush_backlogs() {
+  const auto now = Clock::now();
+  std::vector<std::pair<std::string, bool>> abandoned;
+  for (auto it = backlogs_.begin(); it != backlogs_.end();) {
+    Backlog& b = it->second;
+    const zmq::message_t peer(it->first.data(), it->first.size());
+    net::Router::Sent sent = net::Router::Sent::ok;
+    while (!b.events.empty()) {
+      sent = router_->send(peer, b.events.front());
+      if (sent != net::Router::Sent::ok) break;
+      b.events.pop_front();
+      b.since = now;  // it reads again
+    }
+    if (b.events.empty()) {
+      it = backlogs_.erase(it);
+      continue;
+    }
+    if (sent == net::Router::Sent::gone || now - b.since >= options_.stalled_client) {
+      abandoned.emplace_back(it->first, sent == net::Router::Sent::gone);
+    }
+    ++it;
+  }
+  for (const auto& [key, gone] : abandoned) abandon(key, gone);
+}
+
+void WorkerService::abandon(const std::string& peer, bool gone) {
+  backlogs_.erase(peer);
+  std::size_t n = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& job : live_) {
+      if (key_of(job->peer) != peer || job->batch->cancelled) continue;
+      job->batch->cancelled = true;
+      ++n;
+    }
+  }
+  if (n == 0) return;
+  wake_.notify_one();
+  (gone ? instruments_->abandoned_gone : instruments_->abandoned_stalled)
+      ->Increment(static_cast<double>(n));
+  log::warn("worker ", options_.name, ": cancelled ", n, " request(s) of a client that ",
+            gone ? "went away" : "stopped reading its events", "; their sequences are freed");
+}
+
 void WorkerService::keep_alive() {
-  std::lock_guard lock(mutex_);
+  std::vector<std::pair<zmq::message_t, zmq::message_t>> pending;  // sent outside the lock
+  std::unique_lock lock(mutex_);
   const auto now = Clock::now();
   std::uint64_t ahead = 0;
   for (const auto& job : live_) {
@@ -242,10 +317,12 @@ void WorkerService::keep_alive() {
       } else {
         event.setQueued(ahead);
       }
-      router_->send(job->peer, message);
+      pending.emplace_back(copy(job->peer), net::encode(message));
     }
     if (!started) ++ahead;
   }
+  lock.unlock();  // abandon() takes it
+  for (auto& [peer, payload] : pending) deliver(peer, std::move(payload));
 }
 
 // Serves until the executor has returned (stop() drains the queue first), then forwards the
@@ -256,7 +333,8 @@ void WorkerService::route() {
   loop.poll = std::chrono::milliseconds(20);
   loop.also_wake.push_back(*events_in_);
   loop.tick = [this] {
-    forward_events();  // first: they belong to work already accepted
+    flush_backlogs();  // first: the oldest events of clients that were full
+    forward_events();  // then: they belong to work already accepted
     keep_alive();
   };
   loop.stopping = [this] {

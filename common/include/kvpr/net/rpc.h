@@ -39,13 +39,26 @@ std::uint64_t next_request_id();
 std::uint64_t deadline_unix_ms(milliseconds timeout);
 std::uint64_t now_unix_ms();
 
+// What one peer can make a Router hold. A frame over `max_message_bytes` disconnects its peer
+// before it is buffered (ZMQ_MAXMSGSIZE); at most `receive_queue` whole messages wait per peer
+// (ZMQ_RCVHWM: past it ZeroMQ stops reading that peer's TCP stream), so a peer's inbound bytes are
+// bounded by their product plus the kernel's socket buffers. ZeroMQ 4.3 delivers a multipart
+// message whole and has no limit on its parts: only an authenticated peer (with --keys, every
+// peer) can send one, and the Router drops it as malformed. Outbound, at most `send_queue`
+// messages wait per peer; past it send() says `full` instead of queueing more.
+struct RouterLimits {
+  std::size_t max_message_bytes = std::size_t{1} << 20;
+  int receive_queue = 64;
+  int send_queue = 256;
+};
+
 class Router {
  public:
   // On a context with a Security (security.h), a CURVE server admitting only authorized keys;
   // `on_refused` runs for each connection refused (count it). Raises Error(failed) for a
   // non-loopback endpoint on a context that neither authenticates nor was told `insecure`.
   Router(zmq::context_t& context, const std::string& endpoint,
-         std::function<void()> on_refused = {});
+         std::function<void()> on_refused = {}, RouterLimits limits = {});
 
   struct Request {
     zmq::message_t peer;
@@ -59,10 +72,18 @@ class Router {
 
   // Waits up to `timeout` for one request.
   std::optional<Request> receive(milliseconds timeout);
-  void send(const zmq::message_t& peer, zmq::message_t payload);
-  void send(const zmq::message_t& peer, capnp::MessageBuilder& message) {
-    send(peer, encode(message));
+  enum class Sent {
+    ok,
+    full,  // the peer's outbound queue is full: it is not reading; nothing was queued
+    gone,  // no such peer (it disconnected)
+  };
+  // `payload` is taken only when the result is ok (else it is left for a later try).
+  Sent send(const zmq::message_t& peer, zmq::message_t& payload);
+  Sent send(const zmq::message_t& peer, zmq::message_t&& payload) { return send(peer, payload); }
+  Sent send(const zmq::message_t& peer, capnp::MessageBuilder& message) {
+    return send(peer, encode(message));
   }
+  const RouterLimits& limits() const { return limits_; }
 
   const std::string& endpoint() const { return endpoint_; }
   zmq::socket_t& socket() { return socket_; }
@@ -70,6 +91,7 @@ class Router {
  private:
   zmq::socket_t socket_;
   std::string endpoint_;
+  RouterLimits limits_;
 };
 
 class RpcClient {

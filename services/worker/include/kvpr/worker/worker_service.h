@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,6 +27,7 @@
 
 #include "kvpr/kernels/backend.h"
 #include "kvpr/kvstore/kv_store_client.h"
+#include "kvpr/net/rpc.h"
 #include "kvpr/planner/fallback_planner.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/batcher.h"
@@ -61,6 +63,13 @@ struct WorkerServiceOptions {
   int metrics_port = -1;                   // 0: a free port; -1: not served
   std::string metrics_host = "127.0.0.1";  // the address /metrics binds
   std::chrono::milliseconds keepalive{500};
+  // A client whose events could not be delivered for this long (it does not read them: its
+  // queue is full) has its requests cancelled and their sequences freed; one that disconnected,
+  // at once. What waits for a stalled client is bounded by this and by kMaxBacklog events.
+  std::chrono::milliseconds stalled_client{10000};
+  // What one client can make the worker hold on its socket (rpc.h): a request is a batch of
+  // prompts (64 prompts of 32k tokens are 8 MiB), so 4 x 16 MiB inbound, 64 events outbound.
+  net::RouterLimits router_limits{std::size_t{16} << 20, 4, 64};
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
   BatcherOptions batching;        // --max-batch, --max-prefill-tokens-per-step, admission
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
@@ -101,6 +110,11 @@ class WorkerService {
 
   void route();
   void forward_events();
+  // Sends an event to its client, or queues it behind the client's undelivered ones.
+  void deliver(const zmq::message_t& peer, zmq::message_t payload);
+  void flush_backlogs();
+  // Cancels every live request of `peer` (a client that stalled or went away).
+  void abandon(const std::string& peer, bool gone);
   void keep_alive();  // `working` / `queued` to each live request's client when one is due
   void execute();
   // The executor's hooks of one request: its events go to the inproc pipe.
@@ -125,6 +139,12 @@ class WorkerService {
   std::unique_ptr<net::Router> router_;
   std::string events_endpoint_;
   std::unique_ptr<zmq::socket_t> events_in_;
+  // Router thread only: events a client's full queue did not take yet, by routing id.
+  struct Backlog {
+    std::deque<zmq::message_t> events;
+    std::chrono::steady_clock::time_point since;  // the oldest undelivered event's attempt
+  };
+  std::map<std::string, Backlog> backlogs_;
 
   std::mutex mutex_;
   std::condition_variable wake_;
