@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/remote_kv_store.h"
+#include "kvpr/net/security.h"
 #include "kvstore_test_support.h"
 
 namespace kvpr::kvstore {
@@ -172,6 +174,114 @@ TEST(KvStoreDaemon, ClientSurvivesADaemonRestart) {
   store.commit(fresh, 7);
   EXPECT_EQ(count_bad_rows(store, fresh, 0, 7, 6), 0);
   EXPECT_EQ(store.stats().sequences, 1u);
+}
+
+// Peak resident memory of a process (VmHWM), in bytes.
+std::uint64_t peak_rss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with("VmHWM:")) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// A legitimate client after (or during) an attack: register, write, read back, free.
+void expect_served(zmq::context_t& context, const std::string& endpoint) {
+  RemoteKvStoreOptions options;
+  options.endpoint = endpoint;
+  options.timeout = milliseconds(2000);
+  RemoteKvStore store(context, small_shape(), options);
+  const SeqId seq = store.open();
+  store.reserve(seq, 10);
+  fill(store, seq, 0, 10, 9);
+  store.commit(seq, 10);
+  EXPECT_EQ(count_bad_rows(store, seq, 0, 10, 9), 0);
+  store.free(seq);
+}
+
+// The attacks of a peer that wants the daemon to hold memory, against the real process: a 250 MB
+// frame, a message of 8 x 200 MB frames, and 300 sequences of a 4000-layer shape (and one of
+// 65,536 layers). The daemon's peak resident memory grows by less than its 16 MiB capacity plus
+// the socket's per-peer bound (64 messages of 1 MiB), and a client is served after each.
+TEST(KvStoreDaemon, AttacksOnItsMemoryStayWithinTheBound) {
+  Daemon daemon("tcp://127.0.0.1:0");
+  const std::string endpoint = daemon.wait_ready();
+  zmq::context_t context;
+  expect_served(context, endpoint);
+  const std::uint64_t before = peak_rss(daemon.pid());
+  constexpr std::uint64_t kBound = (16u << 20) + 64 * (1u << 20);
+  auto growth = [&](const char* attack) {
+    const std::uint64_t grown = peak_rss(daemon.pid()) - before;
+    std::printf("%s: the daemon's peak resident memory grew %.1f MiB (bound %.0f MiB)\n", attack,
+                static_cast<double>(grown) / (1 << 20), static_cast<double>(kBound) / (1 << 20));
+    return grown;
+  };
+
+  {  // one big frame, then a multipart message of big frames
+    zmq::socket_t attacker(context, zmq::socket_type::dealer);
+    attacker.set(zmq::sockopt::linger, 0);
+    attacker.connect(endpoint);
+    attacker.send(zmq::message_t(std::size_t{250} << 20), zmq::send_flags::none);
+    for (int i = 0; i < 8; ++i) {
+      attacker.send(zmq::message_t(std::size_t{200} << 20),
+                    i < 7 ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+    std::this_thread::sleep_for(milliseconds(1500));  // what was sent has arrived
+  }
+  EXPECT_LT(growth("a 250 MB frame, then 8 x 200 MB frames"), kBound);
+  expect_served(context, endpoint);
+
+  {  // amplification: sequence tables of huge shapes
+    auto shape = small_shape();
+    shape.n_layers = 65536;
+    RemoteKvStoreOptions options;
+    options.endpoint = endpoint;
+    EXPECT_THROW(RemoteKvStore(context, shape, options).open(), Error);  // refused at register
+    shape.n_layers = 4000;
+    RemoteKvStore wide(context, shape, options);
+    int refused = 0;
+    for (int i = 0; i < 300; ++i) {
+      try {
+        wide.open();
+      } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::overloaded) << e.what();
+        ++refused;
+      }
+    }
+    EXPECT_GT(refused, 0);
+    EXPECT_LT(growth("300 opens of a 4000-layer shape"), kBound);
+  }
+  expect_served(context, endpoint);
+}
+
+// With keys, a peer without one gets no service at all: not even an error reply.
+TEST(KvStoreDaemon, WithKeysAPeerWithoutOneIsNotServed) {
+  const auto keys =
+      std::filesystem::temp_directory_path() / ("kvstore-keys-" + std::to_string(getpid()));
+  std::filesystem::remove_all(keys);
+  net::keygen(keys, {"worker-0"});
+  Daemon daemon("tcp://127.0.0.1:0", {"--keys", keys.string()});
+  const std::string endpoint = daemon.wait_ready();
+  {
+    zmq::context_t context;
+    RemoteKvStoreOptions options;
+    options.endpoint = endpoint;
+    options.timeout = milliseconds(1000);
+    try {
+      RemoteKvStore store(context, small_shape(), options);
+      store.open();
+      FAIL() << "served without a key";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::permission_denied) << e.what();
+    }
+  }
+  {
+    zmq::context_t context;
+    net::Security security(context, {keys, "worker-0", false, false});
+    expect_served(context, endpoint);
+  }
+  std::filesystem::remove_all(keys);
 }
 
 }  // namespace
