@@ -75,4 +75,39 @@ done
 kill -INT "$pid"
 wait "$pid" || fail "kvpr serve exited non-zero on SIGINT"
 pid=""
+
+# HTTPS with a self-signed certificate: a request over TLS is served; plain HTTP to the same port
+# is not; a key that does not load, or a non-loopback address without API keys, is refused at
+# start with one line naming it.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/key.pem" -out "$dir/cert.pem" -days 1 \
+  -subj /CN=127.0.0.1 -addext "subjectAltName=IP:127.0.0.1" 2>/dev/null
+rm -f "$dir/ready.json"
+"$kvpr" serve --model "$dir/model" --served-model-name opt-test --port 0 --quiet \
+  --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" --ready-file "$dir/ready.json" \
+  >"$dir/serve.log" 2>&1 &
+pid=$!
+for _ in $(seq 300); do [ -s "$dir/ready.json" ] && break; sleep 0.1; done
+[ -s "$dir/ready.json" ] || fail "kvpr serve --tls-cert wrote no ready file"
+url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$dir/ready.json")
+case "$url" in https://*) ;; *) fail "the TLS server calls itself $url" ;; esac
+curl -sf --cacert "$dir/cert.pem" "$url/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "opt-test", "prompt": "Over TLS", "max_tokens": 3}' >"$dir/tls.json" \
+  || fail "a request over TLS failed"
+python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["usage"]["completion_tokens"] != 3)' \
+  "$dir/tls.json" || fail "over TLS: $(cat "$dir/tls.json")"
+if curl -sf --max-time 3 "http://${url#https://}/health" >/dev/null 2>&1; then
+  fail "plain HTTP was served on the TLS port"
+fi
+kill -INT "$pid"
+wait "$pid" || fail "kvpr serve --tls-cert exited non-zero on SIGINT"
+pid=""
+if "$kvpr" serve --model "$dir/model" --port 0 --tls-cert "$dir/cert.pem" --tls-key "$dir/cert.pem" \
+  >"$dir/bad.log" 2>&1; then
+  fail "a certificate without its key was accepted"
+fi
+grep -q "cannot load the certificate" "$dir/bad.log" || fail "bad TLS key: $(cat "$dir/bad.log")"
+if "$kvpr" serve --model "$dir/model" --host 0.0.0.0 --port 0 >"$dir/open.log" 2>&1; then
+  fail "served on 0.0.0.0 without API keys"
+fi
+grep -q "without API keys" "$dir/open.log" || fail "0.0.0.0 without keys: $(cat "$dir/open.log")"
 echo "PASS"

@@ -61,6 +61,9 @@ struct ServeOptions {
   int port = 8000;  // 0: a free port
   std::string ready_file;
   std::string api_key_file;
+  std::string tls_cert;  // HTTPS with tls_key
+  std::string tls_key;
+  bool insecure = false;  // serve beyond loopback without API keys
   std::string policy = "kvpr";
   std::string planner = "nominal";
   BackendFlags backend;

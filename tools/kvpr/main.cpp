@@ -90,6 +90,10 @@ int main(int argc, char** argv) {
                         R"(Write {"http": "http://HOST:PORT"} here once serving)");
   serve_cmd->add_option("--api-key-file", serve.api_key_file,
                         "Accept only these API keys (one per line; Authorization: Bearer KEY)");
+  serve_cmd->add_option("--tls-cert", serve.tls_cert, "Serve HTTPS with this PEM certificate");
+  serve_cmd->add_option("--tls-key", serve.tls_key, "The PEM private key of --tls-cert");
+  serve_cmd->add_flag("--insecure", serve.insecure,
+                      "Serve beyond loopback without --api-key-file (say so on purpose)");
   serve_cmd->add_option("--policy", serve.policy, "resident, transfer, recompute or kvpr");
   serve_cmd->add_option("--planner", serve.planner, "Split planner: nominal or measured");
   serve_cmd->add_option("--kv-capacity", serve.capacity_bytes, "Host KV store capacity in bytes");

@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "embedded.h"
 #include "kvpr/common/error.h"
+#include "kvpr/net/security.h"
 #include "kvpr/common/tokenizer.h"
 #include "kvpr/gateway/gateway.h"
 #include "kvpr/gateway/worker_upstream.h"
@@ -36,6 +37,11 @@ void wait_for_a_worker(const gateway::Upstream& upstream) {
 }  // namespace
 
 int serve_command(const ServeOptions& o) {
+  if (!net::is_loopback_endpoint(str("tcp://", o.host, ":0")) && o.api_key_file.empty() &&
+      !o.insecure) {
+    fail("refusing to serve HTTP on '", o.host,
+         "' without API keys: pass --api-key-file FILE or --insecure");
+  }
   if (o.port < 0 || o.port > 65535) fail("--port must be in [0, 65535], got ", o.port);
   const planner::Policy policy = planner::parse_policy(o.policy);
   Embedded e(o.model, o.backend, policy, std::nullopt, o.capacity_bytes, !o.quiet, o.planner);
@@ -64,11 +70,13 @@ int serve_command(const ServeOptions& o) {
   go.model_name = o.served_name;
   go.max_positions = e.checkpoint.config().max_positions;
   if (!o.api_key_file.empty()) go.api_keys = gateway::load_api_keys(o.api_key_file);
+  go.tls_cert = o.tls_cert;
+  go.tls_key = o.tls_key;
   go.chat_format = gateway::load_chat_format(o.model);
   go.also_serve = {&service.registry()};
   gateway::Gateway gw(go, upstream, *tokenizer);
   gw.start();
-  const std::string url = str("http://", o.host, ":", gw.port());
+  const std::string url = str(o.tls_cert.empty() ? "http://" : "https://", o.host, ":", gw.port());
   std::printf("listening on %s (model %s)\n", url.c_str(), o.served_name.c_str());
   std::fflush(stdout);
   if (!o.ready_file.empty()) {

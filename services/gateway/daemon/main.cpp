@@ -26,6 +26,8 @@ struct Flags {
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string api_key_file;
+  std::string tls_cert;
+  std::string tls_key;
   std::string policy = "kvpr";
   std::string name = "gateway";
   std::string ready_file;
@@ -71,10 +73,12 @@ int serve(const Flags& f) {
   if (f.request_timeout_s < 0) fail("--request-timeout must be >= 0, got ", f.request_timeout_s);
   go.request_timeout = std::chrono::seconds(f.request_timeout_s);
   if (!f.api_key_file.empty()) go.api_keys = gateway::load_api_keys(f.api_key_file);
+  go.tls_cert = f.tls_cert;
+  go.tls_key = f.tls_key;
   go.chat_format = gateway::load_chat_format(f.model);
   gateway::Gateway gw(go, upstream, *tokenizer);
   gw.start();
-  const std::string url = str("http://", f.host, ":", gw.port());
+  const std::string url = str(f.tls_cert.empty() ? "http://" : "https://", f.host, ":", gw.port());
   log::info(f.name, ": serving '", go.model_name, "' on ", url, " over ", f.workers.size(),
             " worker(s)");
   if (!f.ready_file.empty()) {
@@ -103,6 +107,8 @@ int main(int argc, char** argv) {
   app.add_option("--port", f.port, "HTTP port (0: a free one)");
   app.add_option("--api-key-file", f.api_key_file,
                  "Accept only these API keys (one per line; Authorization: Bearer KEY)");
+  app.add_option("--tls-cert", f.tls_cert, "Serve HTTPS with this PEM certificate (chain)");
+  app.add_option("--tls-key", f.tls_key, "The PEM private key of --tls-cert");
   app.add_option("--policy", f.policy, "KV policy asked of the workers");
   app.add_option("--threads", f.threads, "HTTP requests served at once (a stream holds one)");
   app.add_option("--dead-after-ms", f.dead_after_ms,

@@ -48,6 +48,27 @@ std::vector<std::string> load_api_keys(const std::filesystem::path& path) {
   return keys;
 }
 
+namespace {
+
+std::unique_ptr<httplib::Server> make_server(const GatewayOptions& options) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    fail("gateway: TLS needs both --tls-cert and --tls-key");
+  }
+  if (options.tls_cert.empty()) return std::make_unique<httplib::Server>();
+  for (const auto& file : {options.tls_cert, options.tls_key}) {
+    if (!std::filesystem::is_regular_file(file)) fail("gateway: no such file '", file, "'");
+  }
+  auto server =
+      std::make_unique<httplib::SSLServer>(options.tls_cert.c_str(), options.tls_key.c_str());
+  if (!server->is_valid()) {
+    fail("gateway: cannot load the certificate '", options.tls_cert, "' with the key '",
+         options.tls_key, "' (PEM files of one key pair)");
+  }
+  return server;
+}
+
+}  // namespace
+
 Gateway::Impl::Impl(GatewayOptions options, Upstream& upstream, const Tokenizer& tokenizer)
     : options_(std::move(options)),
       upstream_(&upstream),
@@ -55,7 +76,8 @@ Gateway::Impl::Impl(GatewayOptions options, Upstream& upstream, const Tokenizer&
       own_registry_(options_.registry ? nullptr : std::make_unique<prometheus::Registry>()),
       registry_(options_.registry ? options_.registry : own_registry_.get()),
       metrics_(*registry_, options_.model_name),
-      limits_{options_.model_name, tokenizer.vocab_size(), options_.max_positions} {
+      limits_{options_.model_name, tokenizer.vocab_size(), options_.max_positions},
+      server_(make_server(options_)) {
   if (options_.model_name.empty()) fail("gateway: the served model name is empty");
   if (options_.max_positions <= 0) {
     fail("gateway: max_positions must be positive, got ", options_.max_positions);
@@ -116,13 +138,13 @@ bool Gateway::Impl::authorized(const httplib::Request& request, httplib::Respons
 }
 
 void Gateway::Impl::routes() {
-  server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+  server_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     if (authorized(req, res)) generate(req, res, false);
   });
-  server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+  server_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
     if (authorized(req, res)) generate(req, res, true);
   });
-  server_.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+  server_->Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     const json model = {{"id", options_.model_name},
                         {"object", "model"},
@@ -131,7 +153,7 @@ void Gateway::Impl::routes() {
                         {"max_model_len", options_.max_positions}};
     res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), kJson);
   });
-  server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+  server_->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     std::int64_t alive = 0;
     try {
       for (const WorkerRoom& room : upstream_->workers()) alive += room.alive ? 1 : 0;
@@ -143,7 +165,7 @@ void Gateway::Impl::routes() {
         json{{"status", res.status == 200 ? "ok" : "unavailable"}, {"workers_alive", alive}}.dump(),
         kJson);
   });
-  server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     auto families = registry_->Collect();
     // A family both registries have (time to first token, ...) is served once, with the
     // metrics of both (their labels differ), as the text format wants each name once.
@@ -160,7 +182,7 @@ void Gateway::Impl::routes() {
     }
     res.set_content(prometheus::TextSerializer().Serialize(families), "text/plain; version=0.0.4");
   });
-  server_.set_exception_handler(
+  server_->set_exception_handler(
       [](const httplib::Request& req, httplib::Response& res, const std::exception_ptr& ep) {
         std::string what = "unknown";
         try {
@@ -172,13 +194,13 @@ void Gateway::Impl::routes() {
         log::error("gateway: ", req.method, " ", req.path, " failed: ", what);
         reply_error(res, ApiError(500, "internal error: " + what, "", "server_error"));
       });
-  server_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  server_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // a handler's own error reply
     const std::string message = res.status == 404 ? str("no route ", req.method, " ", req.path)
                                                   : str("HTTP error ", res.status);
     reply_error(res, ApiError(res.status, message));
   });
-  server_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+  server_->set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     metrics_.count_request(route_label(req.path), res.status);
   });
 }
@@ -186,27 +208,27 @@ void Gateway::Impl::routes() {
 void Gateway::Impl::start() {
   if (listener_.joinable()) fail("gateway: already started");
   const std::size_t threads = options_.threads;
-  server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_.set_read_timeout(options_.read_timeout.count(), 0);
-  server_.set_write_timeout(options_.write_timeout.count(), 0);
-  server_.set_payload_max_length(options_.max_body_bytes);
-  server_.set_keep_alive_timeout(2);
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_read_timeout(options_.read_timeout.count(), 0);
+  server_->set_write_timeout(options_.write_timeout.count(), 0);
+  server_->set_payload_max_length(options_.max_body_bytes);
+  server_->set_keep_alive_timeout(2);
   if (options_.port < 0 || options_.port > 65535) {
     fail("gateway: port must be in [0, 65535], got ", options_.port);
   }
   if (options_.port == 0) {
-    port_ = server_.bind_to_any_port(options_.host);
+    port_ = server_->bind_to_any_port(options_.host);
   } else {
-    port_ = server_.bind_to_port(options_.host, options_.port) ? options_.port : -1;
+    port_ = server_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
   }
   if (port_ <= 0) fail("gateway: cannot listen on ", options_.host, ":", options_.port);
   auto ended = std::make_shared<std::atomic<bool>>(false);
   listener_ = std::thread([this, ended] {
-    server_.listen_after_bind();
+    server_->listen_after_bind();
     *ended = true;
   });
   // stop() is a no-op on a server whose accept loop has not begun: wait until it has.
-  while (!server_.is_running() && !*ended) {
+  while (!server_->is_running() && !*ended) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   if (*ended) {
@@ -225,7 +247,7 @@ void Gateway::Impl::stop() {
       log::warn("gateway: ", in_flight_, " requests still running after the drain timeout");
     }
   }
-  server_.stop();
+  server_->stop();
   listener_.join();
   log::info("gateway: stopped");
 }

@@ -72,7 +72,7 @@ class Gateway::Impl {
   ModelLimits limits_;
   std::atomic<std::uint64_t> next_id_{1};
 
-  httplib::Server server_;
+  std::unique_ptr<httplib::Server> server_;  // an SSLServer with options_.tls_cert
   std::thread listener_;
   int port_ = -1;
   std::atomic<bool> stopping_{false};

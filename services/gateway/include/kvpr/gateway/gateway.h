@@ -42,6 +42,8 @@ struct GatewayOptions {
   std::string model_name;             // what clients pass as "model"
   std::int64_t max_positions = 0;     // the model's context: prompt + max_tokens must fit
   std::vector<std::string> api_keys;  // empty: no authentication
+  std::string tls_cert;               // PEM certificate (chain): serve HTTPS; with tls_key
+  std::string tls_key;                // PEM private key of tls_cert
   std::size_t threads = 64;           // requests served at once (each stream holds one)
   std::chrono::seconds read_timeout{30};
   std::chrono::seconds write_timeout{30};
