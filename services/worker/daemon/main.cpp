@@ -52,6 +52,7 @@ struct Flags {
   std::size_t max_queue = 64;
   std::int64_t max_prefill_tokens = 2048;
   std::string admit = "full";
+  int stalled_client_ms = 10000;
   kvpr::net::SecurityOptions security;
 };
 
@@ -163,6 +164,10 @@ int serve(const Flags& f) {
   so.corrector = corrector.get();
   so.fallback = fallback.get();
   so.max_queue = f.max_queue;
+  if (f.stalled_client_ms < 100) {
+    fail("--stalled-client-ms must be at least 100, got ", f.stalled_client_ms);
+  }
+  so.stalled_client = std::chrono::milliseconds(f.stalled_client_ms);
   so.batching.max_batch = f.max_batch;
   so.batching.max_prefill_tokens_per_step = f.max_prefill_tokens;
   so.batching.admit = worker::parse_admit(f.admit);
@@ -221,6 +226,9 @@ int main(int argc, char** argv) {
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
   app.add_option("--max-batch", f.max_batch, "Sequences decoded together (continuous batching)");
+  app.add_option("--stalled-client-ms", f.stalled_client_ms,
+                 "Cancel the requests of a client that has not read its events for this long")
+      ->capture_default_str();
   app.add_option("--max-queue", f.max_queue,
                  "Requests that may wait; more are answered overloaded");
   app.add_option("--max-prefill-tokens-per-step", f.max_prefill_tokens,

@@ -227,7 +227,8 @@ void WorkerService::forward_events() {
 
 namespace {
 
-constexpr std::size_t kMaxBacklog = 1024;  // events held for one stalled client
+constexpr std::size_t kMaxBacklog = 1024;                    // events held for a stalled client
+constexpr std::size_t kMaxBacklogBytes = std::size_t{16} << 20;  // and their bytes
 
 std::string key_of(const zmq::message_t& peer) {
   return {peer.data<char>(), peer.size()};
@@ -238,15 +239,17 @@ std::string key_of(const zmq::message_t& peer) {
 void WorkerService::deliver(const zmq::message_t& peer, zmq::message_t payload) {
   const std::string key = key_of(peer);
   if (auto it = backlogs_.find(key); it != backlogs_.end()) {  // order: behind the waiting ones
-    it->second.events.push_back(std::move(payload));
-    if (it->second.events.size() > kMaxBacklog) abandon(key, false);
+    Backlog& b = it->second;
+    b.bytes += payload.size();
+    b.events.push_back(std::move(payload));
+    if (b.events.size() > kMaxBacklog || b.bytes > kMaxBacklogBytes) abandon(key, false);
     return;
   }
   switch (router_->send(peer, payload)) {
     case net::Router::Sent::ok:
       return;
     case net::Router::Sent::full:
-      backlogs_[key] = {{}, Clock::now()};
+      backlogs_[key] = {{}, payload.size(), Clock::now()};
       backlogs_[key].events.push_back(std::move(payload));
       return;
     case net::Router::Sent::gone:
@@ -263,8 +266,10 @@ void WorkerService::flush_backlogs() {
     const zmq::message_t peer(it->first.data(), it->first.size());
     net::Router::Sent sent = net::Router::Sent::ok;
     while (!b.events.empty()) {
+      const std::size_t size = b.events.front().size();
       sent = router_->send(peer, b.events.front());
       if (sent != net::Router::Sent::ok) break;
+      b.bytes -= std::min(b.bytes, size);
       b.events.pop_front();
       b.since = now;  // it reads again
     }

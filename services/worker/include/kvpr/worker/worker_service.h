@@ -65,7 +65,7 @@ struct WorkerServiceOptions {
   std::chrono::milliseconds keepalive{500};
   // A client whose events could not be delivered for this long (it does not read them: its
   // queue is full) has its requests cancelled and their sequences freed; one that disconnected,
-  // at once. What waits for a stalled client is bounded by this and by kMaxBacklog events.
+  // at once. What waits for a stalled client is bounded by this, by 1024 events and by 16 MiB.
   std::chrono::milliseconds stalled_client{10000};
   // What one client can make the worker hold on its socket (rpc.h): a request is a batch of
   // prompts (64 prompts of 32k tokens are 8 MiB), so 4 x 16 MiB inbound, 64 events outbound.
@@ -142,6 +142,7 @@ class WorkerService {
   // Router thread only: events a client's full queue did not take yet, by routing id.
   struct Backlog {
     std::deque<zmq::message_t> events;
+    std::size_t bytes = 0;
     std::chrono::steady_clock::time_point since;  // the oldest undelivered event's attempt
   };
   std::map<std::string, Backlog> backlogs_;
