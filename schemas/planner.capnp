@@ -36,6 +36,7 @@ struct PlanRequest {
   bytesPerS @4 :Float64;      # the worker's nominal link and GEMM rates, used without a profile
   flopsPerS @5 :Float64;
   fingerprint @6 :Text;       # the worker's profile, when it reported one
+  hostSplit @7 :Int64 = -1;   # fixed m: attend over [m, s) on the host; -1: the planner's choice
 }
 
 struct Point {
@@ -75,6 +76,8 @@ struct Plan {
   reason @6 :Text;
   fingerprint @7 :Text;       # the profile the plan was made with; empty: the cost model on the
                               # request's rates (a replica that lost the worker's profile)
+  m @8 :List(Int64);          # host attention from m of each sequence on; empty: none (m = s)
+  hostRatio @9 :Float64;      # the share of [l, s) attended on the host the m follow
 }
 
 struct PlannerReply {

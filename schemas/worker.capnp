@@ -47,6 +47,7 @@ struct Generate {
   split @3 :Int64;                # fixed l; -1: ask the planner
   keepLogits @4 :Bool;            # send each step's logits rows back
   sampling @5 :Sampling;
+  hostSplit @6 :Int64 = -1;       # fixed m: attend over [m, s) on the host; -1: the worker's default
 }
 
 struct WorkerEvent {

@@ -34,7 +34,8 @@ for c in m["cases"]:
         print(c["id"].split("/")[1], ",".join(map(str, c["prompt_tokens"])), c["decode_steps"])
 ' "$golden/manifest.json" "$model")
   while read -r name prompt steps; do
-    for args in "--policy kvpr --split auto" "--policy kvpr --split 3" "--policy transfer"; do
+    for args in "--policy kvpr --split auto" "--policy kvpr --split 3" "--policy transfer" \
+      "--policy kvpr --split 2:5"; do
       # shellcheck disable=SC2086
       "$kvpr" run --model "$golden/models/$model" --prompt-tokens "$prompt" --max-new-tokens "$steps" \
         $args --threads 1 --quiet --json --logits-out "$work/embedded.npy" > "$work/embedded.json"
@@ -44,8 +45,11 @@ for c in m["cases"]:
       cmp "$work/embedded.npy" "$work/remote.npy" \
         || { echo "FAIL $model/$name ($args): logits differ"; exit 1; }
       [ "$(json 'd["tokens"]' "$work/embedded.json")" = "$(json 'd["tokens"]' "$work/remote.json")" ]
+      [ "$(json 'd.get("host_split")' "$work/embedded.json")" = \
+        "$(json 'd.get("host_split")' "$work/remote.json")" ] \
+        || { echo "FAIL $model/$name ($args): host_split differs"; exit 1; }
     done
-    echo "ok   $model/$name: deployment logits bit-identical to embedded (kvpr auto, kvpr l=3, transfer)"
+    echo "ok   $model/$name: deployment logits bit-identical to embedded (kvpr auto, kvpr l=3, transfer, three-way 2:5)"
   done <<< "$cases"
 
   # A batch of three sequences spread over both workers (sequences 0 and 2 on worker 0).

@@ -170,11 +170,7 @@ int run_command(const RunOptions& options) {
   work.policy = planner::parse_policy(options.policy);
   const SplitRequest split = parse_split_request(options.split);
   work.split = split.l;
-  if (split.m && !options.connect.empty()) {
-    fail(
-        "--split L:M (host attention) runs in the embedded deployment only; the worker protocol "
-        "does not carry a host split yet");
-  }
+  if (!options.connect.empty()) work.host_split = split.m;  // embedded: the service's option
   const ModelConfig c = load_model_config(std::filesystem::path(options.model) / "config.json");
 
   std::unique_ptr<Tokenizer> tokenizer;
@@ -203,10 +199,11 @@ int run_command(const RunOptions& options) {
   on_step.on_step = [&](const worker::JobStep& step) {
     if (!step.tokens.empty()) progress.update(steps++);
   };
-  std::vector<std::int64_t> host_split;  // as executed (embedded only)
+  std::vector<std::int64_t> host_split;  // as executed
   const auto result = options.connect.empty()
                           ? run_embedded(options, work, split.m, on_step, host_split)
                           : run_connected(options, work, on_step);
+  if (!options.connect.empty() && split.m) host_split = result.last_plan.m;
   progress.finish();
 
   if (!options.logits_out.empty()) {

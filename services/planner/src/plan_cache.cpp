@@ -14,6 +14,7 @@ std::vector<std::int64_t> PlanCache::key(const PlanRequest& request) const {
   std::vector<std::int64_t> k{static_cast<std::int64_t>(request.s.size()),
                               static_cast<std::int64_t>(request.policy),
                               request.split.value_or(-1),
+                              request.host_split.value_or(-1),
                               request.n_layers,
                               request.shape.h,
                               request.shape.h_kv,
@@ -45,6 +46,16 @@ Plan PlanCache::get(const PlanRequest& request, const Compute& compute) {
   }
   Plan plan = it->second;
   plan.l = scale_splits(plan, request);
+  // The host splits follow the l of these contexts: a fixed m clamped to [l, s], else the share
+  // of [l, s) the bucket's plan sent to the host.
+  plan.m.clear();
+  if (request.host_split && request.policy != Policy::resident) {
+    for (std::size_t i = 0; i < request.s.size(); ++i) {
+      plan.m.push_back(std::clamp<std::int64_t>(*request.host_split, plan.l[i], request.s[i]));
+    }
+  } else if (plan.host_ratio > 0) {
+    plan.m = host_splits_for_ratio(request.s, plan.l, plan.host_ratio);
+  }
   return plan;
 }
 

@@ -170,6 +170,7 @@ void encode_plan_request(const PlanRequest& request, const StepShape& model,
   for (std::size_t i = 0; i < request.s.size(); ++i) s.set(static_cast<unsigned>(i), request.s[i]);
   out.setPolicy(encode_policy(request.policy));
   out.setSplit(request.split ? *request.split : -1);
+  out.setHostSplit(request.host_split ? *request.host_split : -1);
   out.setBytesPerS(request.rates.bytes_per_s);
   out.setFlopsPerS(request.rates.flops_per_s);
   out.setFingerprint(capnp::Text::Reader(fingerprint.data(), fingerprint.size()));
@@ -212,6 +213,9 @@ DecodedPlanRequest decode_plan_request(wire::PlanRequest::Reader in) {
   const std::int64_t split = in.getSplit();
   check_int(kWhat, "split", split, -1, kMaxContext);
   if (split >= 0) r.split = split;
+  const std::int64_t host_split = in.getHostSplit();
+  check_int(kWhat, "hostSplit", host_split, -1, kMaxContext);
+  if (host_split >= 0) r.host_split = host_split;
   r.rates.bytes_per_s = in.getBytesPerS();
   r.rates.flops_per_s = in.getFlopsPerS();
   check_real(kWhat, "bytesPerS", r.rates.bytes_per_s);
@@ -230,6 +234,9 @@ void encode_plan(const Plan& plan, std::string_view fingerprint, wire::Plan::Bui
   out.setPredictedStepS(plan.predicted_step_s);
   out.setReason(plan.reason);
   out.setFingerprint(capnp::Text::Reader(fingerprint.data(), fingerprint.size()));
+  auto m = out.initM(static_cast<unsigned>(plan.m.size()));
+  for (std::size_t i = 0; i < plan.m.size(); ++i) m.set(static_cast<unsigned>(i), plan.m[i]);
+  out.setHostRatio(plan.host_ratio);
 }
 
 Plan decode_plan(wire::Plan::Reader in, const std::vector<std::int64_t>& s) {
@@ -253,6 +260,18 @@ Plan decode_plan(wire::Plan::Reader in, const std::vector<std::int64_t>& s) {
     fail("invalid plan: ratio = ", plan.ratio, " (expected 0..1)");
   }
   plan.reason = text(kWhat, "reason", in.getReason(), 1u << 16);
+  const auto m = in.getM();
+  if (m.size() != 0 && m.size() != s.size()) {
+    fail("invalid plan: ", m.size(), " host splits for ", s.size(), " sequences");
+  }
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    plan.m.push_back(m[static_cast<unsigned>(i)]);
+    check_int(kWhat, str("m[", i, "]"), plan.m.back(), plan.l[i], s[i]);
+  }
+  plan.host_ratio = in.getHostRatio();
+  if (!std::isfinite(plan.host_ratio) || plan.host_ratio < 0 || plan.host_ratio > 1) {
+    fail("invalid plan: hostRatio = ", plan.host_ratio, " (expected 0..1)");
+  }
   return plan;
 }
 

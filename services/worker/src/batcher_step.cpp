@@ -35,13 +35,16 @@ bool Batcher::fits(const Seq& seq, std::uint64_t& free) const {
 }
 
 void Batcher::use_engine_of(const BatchJob& job) {
-  if (engine_ && job.policy == policy_ && job.split == split_) return;
+  const auto host_split = job.host_split ? job.host_split : options_.engine.host_split;
+  if (engine_ && job.policy == policy_ && job.split == split_ && host_split == host_split_) return;
   EngineOptions o = options_.engine;
   o.policy = job.policy;
   o.split = job.split;
+  o.host_split = host_split;
   engine_ = std::make_unique<Engine>(model_, backend_, store_, planner_, o);
   policy_ = job.policy;
   split_ = job.split;
+  host_split_ = host_split;
 }
 
 // Builds the sequence's cache, a chunk of at most `budget` tokens at a time: its prompt when it
@@ -132,7 +135,11 @@ bool Batcher::admit(Report& report) {
          std::ssize(running_) + std::ssize(prefilling_) < options_.max_batch) {
     Seq& head = *waiting_.front();
     const bool idle = running_.empty() && prefilling_.empty();
-    if (!idle && (head.job->policy != policy_ || head.job->split != split_)) break;
+    const auto host_split = head.job->host_split ? head.job->host_split : options_.engine.host_split;
+    if (!idle &&
+        (head.job->policy != policy_ || head.job->split != split_ || host_split != host_split_)) {
+      break;
+    }
     if (!fits(head, free)) break;
     std::unique_ptr<Seq> seq = std::move(waiting_.front());
     waiting_.pop_front();

@@ -57,6 +57,7 @@ void send_generate(net::RpcClient& rpc, std::uint64_t id, const RemoteGenerate& 
   g.setMaxNewTokens(request.max_new_tokens);
   g.setPolicy(planner::wire_adapter::encode_policy(remote.policy));
   g.setSplit(remote.split.value_or(-1));
+  g.setHostSplit(remote.host_split.value_or(-1));
   g.setKeepLogits(request.keep_logits);
   wire_adapter::encode_sampling(remote.sampling, g.initSampling());
   rpc.send(message, timeout);

@@ -191,6 +191,7 @@ zmq::message_t WorkerService::handle_request(const zmq::message_t& peer,
       b.sampling = std::move(request.job.sampling);
       b.policy = request.job.policy;
       b.split = request.job.split;
+      b.host_split = request.job.host_split;
       if (request.deadline_unix_ms != 0) {
         b.deadline = Clock::now() +
                      std::chrono::milliseconds(static_cast<std::int64_t>(request.deadline_unix_ms) -

@@ -63,6 +63,11 @@ GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits)
   const std::int64_t split = g.getSplit();
   if (split < -1) fail("generate: split ", split, " must be -1 (auto) or a token count");
   if (split >= 0) job.split = split;
+  const std::int64_t host_split = g.getHostSplit();
+  if (host_split < -1) {
+    fail("generate: hostSplit ", host_split, " must be -1 (the worker's) or a token index");
+  }
+  if (host_split >= 0) job.host_split = host_split;
   if (g.hasSampling()) job.sampling = decode_sampling(g.getSampling(), limits);
   return job;
 }

@@ -29,6 +29,7 @@ struct GenerateJob {
   SamplingParams sampling;
   planner::Policy policy = planner::Policy::kvpr;
   std::optional<std::int64_t> split;
+  std::optional<std::int64_t> host_split;
 };
 
 struct DecodedRequest {

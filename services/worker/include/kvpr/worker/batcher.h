@@ -84,6 +84,7 @@ struct BatchJob {
   SamplingParams sampling;  // with a seed, sequence i samples with seed + i
   planner::Policy policy = planner::Policy::kvpr;
   std::optional<std::int64_t> split;
+  std::optional<std::int64_t> host_split;  // nullopt: the engine options' (three-way split)
   std::chrono::steady_clock::time_point accepted_at = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 
@@ -163,6 +164,7 @@ class Batcher {
   std::unique_ptr<Engine> engine_;  // for the policy and split of the running batch
   planner::Policy policy_ = planner::Policy::kvpr;
   std::optional<std::int64_t> split_;
+  std::optional<std::int64_t> host_split_;
 
   std::deque<std::unique_ptr<Seq>> waiting_;      // FIFO; preempted sequences go to the front
   std::vector<std::unique_ptr<Seq>> running_;     // in admission order
