@@ -130,6 +130,61 @@ def send_malformed(endpoint):
         return len(reply)
 
 
+def read_key(path, field):
+    """A Z85 key (public-key or secret-key) of a ZeroMQ certificate file (kvpr keygen)."""
+    for line in open(path):
+        if line.strip().startswith(field):
+            return line.split('"')[1]
+    raise ValueError(f"{path}: no {field}")
+
+
+def send_malformed_curve(endpoint, keys, name="client"):
+    """As send_malformed, over CURVE with KEYS/server.pub and KEYS/NAME.key: a DEALER of the
+    system's libzmq (through ctypes; no pyzmq needed). Returns the reply frame's size."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("zmq") or "libzmq.so.5", use_errno=True)
+    lib.zmq_ctx_new.restype = ctypes.c_void_p
+    lib.zmq_socket.restype = ctypes.c_void_p
+    lib.zmq_socket.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.zmq_setsockopt.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    lib.zmq_connect.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.zmq_send.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.zmq_recv.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.zmq_close.argtypes = [ctypes.c_void_p]
+    lib.zmq_ctx_term.argtypes = [ctypes.c_void_p]
+    DEALER, LINGER, RCVTIMEO, CURVE_PUBLICKEY, CURVE_SECRETKEY, CURVE_SERVERKEY = 5, 17, 27, 48, 49, 50
+    ctx = lib.zmq_ctx_new()
+    sock = lib.zmq_socket(ctx, DEALER)
+
+    def opt(option, value):
+        buf = ctypes.create_string_buffer(value, len(value)) if isinstance(value, bytes) else \
+            ctypes.byref(ctypes.c_int(value))
+        size = len(value) if isinstance(value, bytes) else ctypes.sizeof(ctypes.c_int)
+        if lib.zmq_setsockopt(sock, option, buf, size) != 0:
+            raise OSError(ctypes.get_errno(), f"zmq_setsockopt({option})")
+
+    try:
+        opt(LINGER, 0)
+        opt(RCVTIMEO, 5000)
+        opt(CURVE_SERVERKEY, read_key(os.path.join(keys, "server.pub"), "public-key").encode())
+        opt(CURVE_PUBLICKEY, read_key(os.path.join(keys, name + ".key"), "public-key").encode())
+        opt(CURVE_SECRETKEY, read_key(os.path.join(keys, name + ".key"), "secret-key").encode())
+        if lib.zmq_connect(sock, endpoint.encode()) != 0:
+            raise OSError(ctypes.get_errno(), "zmq_connect")
+        junk = b"\xff" * 16  # segment table claims 2^32 segments
+        if lib.zmq_send(sock, junk, len(junk), 0) != len(junk):
+            raise OSError(ctypes.get_errno(), "zmq_send")
+        reply = ctypes.create_string_buffer(1 << 16)
+        size = lib.zmq_recv(sock, reply, len(reply), 0)
+        if size < 0:
+            raise ConnectionError("no reply over CURVE in 5 s")
+        return size
+    finally:
+        lib.zmq_close(sock)
+        lib.zmq_ctx_term(ctx)
+
+
 def send_malformed_http(base):
     """POSTs a body that is no JSON to the gateway's /v1/completions; returns (status, body)."""
     request = urllib.request.Request(f"{base}/v1/completions", data=b'{"model": "model", "prompt": ',
@@ -220,10 +275,20 @@ def main():
                 fail(f"{s['name']}: a malformed body got {status} {body[:200]!r}, not 400 with an "
                      "OpenAI error object")
             continue
+        keys = deployment.get("keys")
+        if keys:
+            # Keys on: a peer without them gets no service at all; one with them an error reply.
+            try:
+                size = send_malformed(s["endpoint"])
+                fail(f"{s['name']}: answered a peer without keys ({size}-byte reply)")
+            except (OSError, ConnectionError) as e:
+                ok(f"{s['name']} served no unauthenticated peer ({e})")
         try:
-            size = send_malformed(s["endpoint"])
-            ok(f"{s['name']} answered a malformed message ({size}-byte error reply)")
-        except (OSError, ConnectionError) as e:
+            size = send_malformed_curve(s["endpoint"], keys) if keys else send_malformed(
+                s["endpoint"])
+            ok(f"{s['name']} answered a malformed message ({size}-byte error reply"
+               f"{', over CURVE' if keys else ''})")
+        except (OSError, ConnectionError, ValueError) as e:
             fail(f"{s['name']}: malformed-message probe failed: {e}")
 
     # 2. Key series scraped and moved.

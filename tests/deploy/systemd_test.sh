@@ -3,7 +3,13 @@
 # timeout, reads its flags from an EnvironmentFile whose example exists in deploy/systemd/env,
 # runs as the kvpr user (or DynamicUser); the example prometheus.yml scrapes exactly the
 # --metrics-port values of those env files and the gateways' --port (their /metrics is on the HTTP
-# port); the gateway, which faces clients, takes its API keys from a systemd credential; and `systemd-analyze verify` accepts the units
+# port); the gateway, which faces clients, takes its API keys from a systemd credential;
+# every unit passes --keys (never --insecure) naming a folder in its RuntimeDirectory whose
+# ExecStartPre links the LoadCredential copies of /etc/kvpr/keys files: server.key and a live
+# authorized/ (BindReadOnlyPaths of /etc/kvpr/keys/authorized) for the services that listen,
+# server.pub and NAME.key (NAME = its --name) for those that connect out, no server.key for the
+# gateway; no ZeroMQ --listen, --metrics-listen or gateway --host binds 0.0.0.0 (or * / ::); and
+# `systemd-analyze verify` accepts the units
 # (templates instantiated as @0, binaries replaced by /bin/true since they are not installed here).
 # The verify step is skipped, saying so, without systemd-analyze.
 #   systemd_test.sh REPO
@@ -21,6 +27,11 @@ for want in ("kvpr-kvstore.service", "kvpr-planner@.service", "kvpr-worker@.serv
     if want not in names:
         problems.append(f"missing {want}")
 metrics_ports = set()
+WILDCARD = re.compile(r"(--listen[ =]tcp://(0\.0\.0\.0|\*|\[::\]|::)[:\s]|--metrics-listen[ =](0\.0\.0\.0|\*|\[::\]):"
+                      r"|--host[ =](0\.0\.0\.0|::|\[::\])(\s|$))")
+for f in glob.glob(os.path.join(dir, "env", "*.env")) + units:
+    if "--insecure" in re.sub(r"(?m)^\s*#.*$", "", open(f).read()):
+        problems.append(f"{os.path.basename(f)}: --insecure (every service authenticates with --keys)")
 for u in units:
     name = os.path.basename(u)
     text = open(u).read()
@@ -75,6 +86,49 @@ for u in units:
                 if keys_at != ["%d/api-keys"] or not has("LoadCredential", r"api-keys:/etc/kvpr/\S+"):
                     problems.append(f"{name}: the API keys are not --api-key-file %d/api-keys "
                                     "from LoadCredential=api-keys:/etc/kvpr/...")
+            if WILDCARD.search(line):
+                problems.append(f"{name} (instance '{inst}'): binds every address: "
+                                f"{WILDCARD.search(line).group(0).strip()} (bind this host's address)")
+            if not re.search(r"--listen[ =]tcp://\S+", line) and "/kvpr-gateway" not in line:
+                problems.append(f"{name} (instance '{inst}'): no --listen tcp://HOST:PORT")
+            # CURVE keys: --keys RUNTIME/keys, assembled from credentials (and authorized/).
+            keys_dir = re.findall(r"--keys[ =](\S+)", line)
+            if len(keys_dir) != 1:
+                problems.append(f"{name}: --keys given {len(keys_dir)} times, not once")
+                continue
+            folder = keys_dir[0].rstrip("/")
+            runtime = ["/run/" + d for v in keys.get(("[Service]", "RuntimeDirectory"), [])
+                       for d in v.split()]
+            if folder not in runtime:
+                problems.append(f"{name}: --keys {folder} is not one of its RuntimeDirectory= "
+                                f"{runtime} (a fresh folder each start)")
+            creds = dict(v.split(":", 1) for v in keys.get(("[Service]", "LoadCredential"), []))
+            linked = {}
+            for pre in keys.get(("[Service]", "ExecStartPre"), []):
+                argv = pre.lstrip("-+!@:").split()
+                if argv and argv[0].endswith("/ln"):
+                    ops = [a for a in argv[1:] if not a.startswith("-")]
+                    if ops and ops[-1].rstrip("/") == folder:
+                        linked.update({os.path.basename(a): a for a in ops[:-1]})
+            def credential(entry):
+                # FOLDER/entry links %d/ID where LoadCredential=ID:/etc/kvpr/keys/entry
+                src = linked.get(entry, "")
+                cid = src[len("%d/"):] if src.startswith("%d/") else None
+                return creds.get(cid) == f"/etc/kvpr/keys/{entry}"
+            own = (re.findall(r"--name[ =](\S+)", line) or [""])[-1]
+            listens = "/kvpr-gateway" not in line
+            connects = "/kvpr-worker" in line or "/kvpr-gateway" in line
+            need = (["server.key"] if listens else []) + (["server.pub", f"{own}.key"] if connects else [])
+            for entry in need:
+                if not credential(entry):
+                    problems.append(f"{name}: {folder}/{entry} is not linked (ExecStartPre=/bin/ln) "
+                                    f"from a LoadCredential of /etc/kvpr/keys/{entry}")
+            binds = keys.get(("[Service]", "BindReadOnlyPaths"), [])
+            if listens and f"/etc/kvpr/keys/authorized:{folder}/authorized" not in binds:
+                problems.append(f"{name}: {folder}/authorized is not BindReadOnlyPaths="
+                                f"/etc/kvpr/keys/authorized:{folder}/authorized (live, read-only)")
+            if not listens and any("server.key" in v for v in creds.values()):
+                problems.append(f"{name}: loads server.key, which only services that listen need")
 # The example scrape config covers exactly those ports (static targets and the file_sd file).
 scraped = set()
 text = open(os.path.join(prom, "prometheus.yml")).read()
