@@ -3,7 +3,6 @@
 #include <charconv>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -40,58 +39,27 @@ std::vector<std::int32_t> parse_tokens(const std::string& list, std::int64_t voc
   return ids;
 }
 
-// The embedded planner, remembering the host split (m per sequence, clamped to [l, s]) of the last
-// plan it gave: the worker's reply does not carry it.
-class HostSplitRecorder final : public planner::Planner {
- public:
-  explicit HostSplitRecorder(planner::Planner& inner) : inner_(inner) {}
-  planner::Plan plan(const planner::PlanRequest& request) override {
-    planner::Plan plan = inner_.plan(request);
-    std::lock_guard lock(mutex_);
-    last_.assign(request.s.begin(), request.s.end());
-    for (std::size_t i = 0; i < last_.size() && i < plan.m.size(); ++i) {
-      const std::int64_t l = i < plan.l.size() ? plan.l[i] : 0;
-      if (request.policy != planner::Policy::resident)
-        last_[i] = std::clamp(plan.m[i], std::min(l, last_[i]), last_[i]);
-    }
-    return plan;
-  }
-  std::vector<std::int64_t> last() const {
-    std::lock_guard lock(mutex_);
-    return last_;
-  }
-
- private:
-  planner::Planner& inner_;
-  mutable std::mutex mutex_;
-  std::vector<std::int64_t> last_;
-};
-
 // The embedded deployment: the worker service runs in this process on the in-process store and
 // planner, and this command talks to it over inproc:// exactly as it talks to a remote worker.
 worker::GenerateResult run_embedded(const RunOptions& options, const worker::RemoteGenerate& work,
-                                    std::optional<std::int64_t> host_split,
-                                    const worker::StreamCallbacks& on_step,
-                                    std::vector<std::int64_t>& executed_host_split) {
+                                    const worker::StreamCallbacks& on_step) {
   if (options.host_threads < 1)
     fail("--host-threads must be at least 1, got ", options.host_threads);
   Embedded e(options.model, options.backend, work.policy, work.split, options.capacity_bytes,
              !options.quiet, options.planner);
-  HostSplitRecorder recorder(*e.planner);
   zmq::context_t context;
   worker::WorkerServiceOptions service_options;
   service_options.endpoint = "inproc://kvpr-embedded-worker";
   service_options.name = "embedded";
   service_options.trace_path = options.trace;
   service_options.corrector = e.corrector.get();
-  service_options.host_split = host_split;
   service_options.host_threads = options.host_threads;
-  worker::WorkerService service(context, *e.model, *e.backend, *e.store, recorder, service_options);
+  worker::WorkerService service(context, *e.model, *e.backend, *e.store, *e.planner,
+                                service_options);
   service.start();
   worker::WorkerClient client(context, service.endpoint(), std::chrono::hours(24));
   auto result = client.generate(work, on_step);
   service.stop();
-  executed_host_split = recorder.last();
   return result;
 }
 
@@ -170,7 +138,7 @@ int run_command(const RunOptions& options) {
   work.policy = planner::parse_policy(options.policy);
   const SplitRequest split = parse_split_request(options.split);
   work.split = split.l;
-  if (!options.connect.empty()) work.host_split = split.m;  // embedded: the service's option
+  work.host_split = split.m;
   const ModelConfig c = load_model_config(std::filesystem::path(options.model) / "config.json");
 
   std::unique_ptr<Tokenizer> tokenizer;
@@ -199,11 +167,9 @@ int run_command(const RunOptions& options) {
   on_step.on_step = [&](const worker::JobStep& step) {
     if (!step.tokens.empty()) progress.update(steps++);
   };
-  std::vector<std::int64_t> host_split;  // as executed
-  const auto result = options.connect.empty()
-                          ? run_embedded(options, work, split.m, on_step, host_split)
-                          : run_connected(options, work, on_step);
-  if (!options.connect.empty() && split.m) host_split = result.last_plan.m;
+  const auto result = options.connect.empty() ? run_embedded(options, work, on_step)
+                                              : run_connected(options, work, on_step);
+  const std::vector<std::int64_t>& host_split = result.last_plan.m;  // as executed
   progress.finish();
 
   if (!options.logits_out.empty()) {

@@ -135,7 +135,8 @@ bool Batcher::admit(Report& report) {
          std::ssize(running_) + std::ssize(prefilling_) < options_.max_batch) {
     Seq& head = *waiting_.front();
     const bool idle = running_.empty() && prefilling_.empty();
-    const auto host_split = head.job->host_split ? head.job->host_split : options_.engine.host_split;
+    const auto host_split =
+        head.job->host_split ? head.job->host_split : options_.engine.host_split;
     if (!idle &&
         (head.job->policy != policy_ || head.job->split != split_ || host_split != host_split_)) {
       break;

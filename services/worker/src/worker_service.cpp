@@ -228,7 +228,7 @@ void WorkerService::forward_events() {
 
 namespace {
 
-constexpr std::size_t kMaxBacklog = 1024;                    // events held for a stalled client
+constexpr std::size_t kMaxBacklog = 1024;                        // events held for a stalled client
 constexpr std::size_t kMaxBacklogBytes = std::size_t{16} << 20;  // and their bytes
 
 std::string key_of(const zmq::message_t& peer) {
