@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <array>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -217,9 +218,20 @@ std::string Security::principal_of(const std::string& public_z85) {
 // [version, request id, status code, status text, user id, metadata] out.
 void Security::serve_zap() {
   while (!stop_) {
-    zmq::pollitem_t item{zap_->handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, std::chrono::milliseconds(100));
-    if ((item.revents & ZMQ_POLLIN) == 0) continue;
+    std::vector<zmq::pollitem_t> items{{zap_->handle(), 0, ZMQ_POLLIN, 0}};
+    std::vector<std::string> domains;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& w : watches_) {
+        items.push_back({w.monitor->handle(), 0, ZMQ_POLLIN, 0});
+        domains.push_back(w.domain);
+      }
+    }
+    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(100));
+    for (std::size_t i = 1; i < items.size(); ++i) {
+      if ((items[i].revents & ZMQ_POLLIN) != 0) watch_event(i - 1, domains[i - 1]);
+    }
+    if ((items[0].revents & ZMQ_POLLIN) == 0) continue;
     std::vector<zmq::message_t> frames;
     do {
       zmq::message_t frame;
@@ -237,13 +249,7 @@ void Security::serve_zap() {
     }
     const bool ok = !principal.empty();
     if (!ok) {
-      ++refused_;
-      std::function<void()> count;
-      {
-        std::lock_guard lock(mutex_);
-        if (auto it = on_refused_.find(domain); it != on_refused_.end()) count = it->second;
-      }
-      if (count) count();
+      refuse(domain);
       log::warn("authentication: refused a connection from ", address, " (", frames[5].to_string(),
                 ", key not in ", (options_.keys / "authorized").string(), ")");
     }
@@ -258,6 +264,36 @@ void Security::serve_zap() {
       zap_->send(out, i + 1 < reply.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
   }
+}
+
+void Security::refuse(const std::string& domain) {
+  ++refused_;
+  std::function<void()> count;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = on_refused_.find(domain); it != on_refused_.end()) count = it->second;
+  }
+  if (count) count();
+}
+
+void Security::watch_event(std::size_t index, const std::string& domain) {
+  zmq::socket_t* monitor = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    monitor = watches_[index].monitor.get();
+  }
+  zmq::message_t event;
+  if (!monitor->recv(event, zmq::recv_flags::dontwait)) return;
+  zmq::message_t address;
+  if (event.more()) (void)monitor->recv(address, zmq::recv_flags::dontwait);
+  std::uint16_t kind = 0;
+  if (event.size() >= sizeof kind) std::memcpy(&kind, event.data(), sizeof kind);
+  if (kind != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && kind != ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+    return;
+  }
+  refuse(domain);
+  log::warn("authentication: refused a connection to ", address.to_string(),
+            " that did not complete the CURVE handshake (no keys, or not ours)");
 }
 
 void Security::secure_server(zmq::context_t& context, zmq::socket_t& socket,
@@ -279,9 +315,19 @@ void Security::secure_server(zmq::context_t& context, zmq::socket_t& socket,
   }
   static std::atomic<std::uint64_t> domains{0};
   const std::string domain = str("kvpr-", domains.fetch_add(1));
+  const std::string watch = str("inproc://kvpr-handshakes-", domain);
+  if (zmq_socket_monitor(
+          socket.handle(), watch.c_str(),
+          ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
+    fail("cannot watch the handshakes of '", endpoint, "': ", zmq_strerror(zmq_errno()));
+  }
+  auto monitor = std::make_unique<zmq::socket_t>(context, zmq::socket_type::pair);
+  monitor->set(zmq::sockopt::linger, 0);
+  monitor->connect(watch);
   {
     std::lock_guard lock(security->mutex_);
     security->on_refused_[domain] = std::move(on_refused);
+    security->watches_.push_back({std::move(monitor), domain});
   }
   socket.set(zmq::sockopt::zap_domain, domain);
   socket.set(zmq::sockopt::curve_server, 1);

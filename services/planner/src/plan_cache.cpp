@@ -41,6 +41,7 @@ Plan PlanCache::get(const PlanRequest& request, const Compute& compute) {
     if (planned.ratio == 0 && l_sum > 0 && s_sum > 0) {
       planned.ratio = static_cast<double>(l_sum) / static_cast<double>(s_sum);
     }
+    if (plans_.size() >= kMaxCachedPlans) plans_.clear();
     it = plans_.emplace(std::move(k), std::move(planned)).first;
     ++misses_;
   }

@@ -79,6 +79,8 @@ class Security {
 
  private:
   void serve_zap();
+  void refuse(const std::string& domain);  // counts a refused connection of that socket
+  void watch_event(std::size_t index, const std::string& domain);
   std::string principal_of(const std::string& public_z85);
 
   zmq::context_t& context_;
@@ -90,6 +92,13 @@ class Security {
   std::map<std::string, std::string> authorized_;  // public key (Z85) -> principal
   std::chrono::steady_clock::time_point authorized_read_{};
   std::map<std::string, std::function<void()>> on_refused_;  // ZAP domain -> counter
+  // Each secured socket's handshake failures that never reach ZAP (a peer without keys, or with
+  // another mechanism): counted as refusals too. Polled by the ZAP thread.
+  struct Watch {
+    std::unique_ptr<zmq::socket_t> monitor;
+    std::string domain;
+  };
+  std::vector<Watch> watches_;
   std::atomic<std::uint64_t> refused_{0};
   std::atomic<bool> stop_{false};
   std::unique_ptr<zmq::socket_t> zap_;

@@ -19,6 +19,9 @@ namespace kvpr::planner {
 
 // Tokens per shape bucket: a worker re-plans when a context grows past a multiple of this.
 inline constexpr std::int64_t kPlanBucketTokens = 64;
+// Plans one cache holds; a miss past it starts the cache afresh (what a peer sending ever new
+// shapes can make a planner hold is bounded; a worker's own shapes refill it in a few steps).
+inline constexpr std::size_t kMaxCachedPlans = 4096;
 
 class PlanCache {
  public:
