@@ -59,6 +59,23 @@ python3 -c "import sys; a=float(sys.argv[2])-float(sys.argv[1]); b=float(sys.arg
   || fail "requests per worker: $before0 -> $after0 and $before1 -> $after1 (both should serve)"
 echo "ok   eight concurrent requests served by both workers"
 
+# A client that goes away mid-stream: the gateway cancels its request, the worker frees its
+# sequence, and the deployment's kvstore holds nothing any more.
+kv_port=$(field "[s for s in d['services'] if s['name'] == 'kvstore'][0]['metrics_port']" "$work/up.json")
+curl -sN "$url/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"$model\", \"prompt\": \"Going away\", \"max_tokens\": 1500, \"stream\": true}" \
+  > "$work/gone.txt" &
+reader=$!
+for _ in $(seq 200); do grep -q '"text"' "$work/gone.txt" 2>/dev/null && break; sleep 0.05; done
+grep -q '"text"' "$work/gone.txt" || fail "the stream sent no token"
+[ "$(metric "$kv_port" kvpr_kvstore_used_bytes)" != 0 ] || fail "the kvstore holds nothing mid-stream"
+kill "$reader"
+wait "$reader" 2>/dev/null || true
+for _ in $(seq 100); do [ "$(metric "$kv_port" kvpr_kvstore_used_bytes)" = 0 ] && break; sleep 0.05; done
+[ "$(metric "$kv_port" kvpr_kvstore_used_bytes)" = 0 ] \
+  || fail "the kvstore still holds $(metric "$kv_port" kvpr_kvstore_used_bytes) bytes 5 s after the client left"
+echo "ok   a client gone mid-stream: its sequence left the deployment's kvstore"
+
 # A worker killed mid-stream.
 curl -sN "$url/v1/completions" -H 'Content-Type: application/json' \
   -d "{\"model\": \"$model\", \"prompt\": \"A long one\", \"max_tokens\": 1500, \"stream\": true}" \
