@@ -84,16 +84,22 @@ double host_rate(const ModelConfig& c) {
   worker::HostAttnSeq seq{
       q.data(), {{k.data(), 0, kTokens}}, {{v.data(), 0, kTokens}}, partial.data()};
   const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim, 0.1f};
-  const auto start = std::chrono::steady_clock::now();
-  int reps = 0;
-  double elapsed = 0;
-  while (elapsed < 0.5) {
-    for (std::int64_t kv = 0; kv < c.n_kv_heads; ++kv)
-      worker::host_attention_partial(seq, c.dtype, shape, kv);
-    ++reps;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // A warm-up window, then the fastest of five: on a shared machine the slow windows are other
+  // processes' time, not the host's rate (a step scans at the uncontended rate when it can).
+  double best = 0;
+  for (int window = 0; window < 6; ++window) {
+    const auto start = std::chrono::steady_clock::now();
+    int reps = 0;
+    double elapsed = 0;
+    while (elapsed < 0.4) {
+      for (std::int64_t kv = 0; kv < c.n_kv_heads; ++kv)
+        worker::host_attention_partial(seq, c.dtype, shape, kv);
+      ++reps;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    if (window > 0) best = std::max(best, static_cast<double>(2 * k.size()) * reps / elapsed);
   }
-  return static_cast<double>(2 * k.size()) * reps / elapsed;
+  return best;
 }
 
 int run(int argc, char** argv) {
@@ -103,12 +109,15 @@ int run(int argc, char** argv) {
   std::vector<std::int64_t> batches = {1, 8}, contexts = {1024, 4096};
   double ratio = 4;
   int steps = 3;
+  int confirm = 3;
   app.add_option("--model", dir, "Where the generated checkpoint lives");
   app.add_option("--out", out, "JSON results");
   app.add_option("--batches", batches);
   app.add_option("--contexts", contexts);
   app.add_option("--host-over-link", ratio, "Host attention rate / emulated link rate");
   app.add_option("--steps", steps);
+  app.add_option("--confirm", confirm,
+                 "Rounds re-measuring the chosen and the sweep's best point side by side");
   CLI11_PARSE(app, argc, argv);
 
   ModelConfig c = modelgen::preset("llama-tiny-gqa");
@@ -196,8 +205,30 @@ int run(int argc, char** argv) {
       for (int k = 1; k <= 8; ++k) sweep.push_back(record("sweep", k / 8.0));
       row["sweep"] = sweep;
       double best = row["three_way"]["step_s"].get<double>();
-      for (const auto& p : sweep) best = std::min(best, p["step_s"].get<double>());
-      row["chosen_over_best"] = row["three_way"]["step_s"].get<double>() / best;
+      double best_ratio = decision.plan.host_ratio;
+      for (const auto& p : sweep) {
+        if (p["step_s"].get<double>() < best) {
+          best = p["step_s"].get<double>();
+          best_ratio = p["host_ratio"].get<double>();
+        }
+      }
+      row["chosen_over_best_sweep"] = row["three_way"]["step_s"].get<double>() / best;
+      // The chosen and the best point again, interleaved (machine noise hits both alike): the
+      // ratio of their medians is the one the target is about.
+      std::vector<double> chosen_s, best_s;
+      for (int r = 0; r < confirm; ++r) {
+        chosen_s.push_back(record("confirm", decision.plan.host_ratio)["step_s"].get<double>());
+        best_s.push_back(record("confirm", best_ratio)["step_s"].get<double>());
+      }
+      const auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v.empty() ? 0.0 : v[v.size() / 2];
+      };
+      row["best_host_ratio"] = best_ratio;
+      row["confirm_chosen_s"] = chosen_s;
+      row["confirm_best_s"] = best_s;
+      row["chosen_over_best"] = confirm > 0 ? median(chosen_s) / median(best_s)
+                                            : row["chosen_over_best_sweep"].get<double>();
       row["kv_speedup_vs_transfer"] =
           row["transfer"]["kv_s"].get<double>() / row["three_way"]["kv_s"].get<double>();
       results.push_back(row);
