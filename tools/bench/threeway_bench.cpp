@@ -49,6 +49,16 @@ class FixedSplit final : public planner::Planner {
   double host_ratio_;
 };
 
+// Every step: the plan the scheduler decided for these contexts (l and m as decided).
+class Decided final : public planner::Planner {
+ public:
+  explicit Decided(planner::Plan plan) : plan_(std::move(plan)) {}
+  planner::Plan plan(const planner::PlanRequest&) override { return plan_; }
+
+ private:
+  planner::Plan plan_;
+};
+
 struct Measured {
   double step_s = 0;
   double kv_s = 0;
@@ -104,9 +114,10 @@ double host_rate(const ModelConfig& c) {
 
 int run(int argc, char** argv) {
   CLI::App app("three-way split benchmark (issue 14)");
-  std::string dir = "/tmp/kvpr-threeway-llama3";
+  std::string dir;  // default: /tmp/kvpr-threeway-SHAPE
   std::string out = "threeway.json";
   std::vector<std::int64_t> batches = {1, 8}, contexts = {1024, 4096};
+  std::string shape = "llama3-8b";
   double ratio = 4;
   int steps = 3;
   int confirm = 3;
@@ -116,14 +127,20 @@ int run(int argc, char** argv) {
   app.add_option("--contexts", contexts);
   app.add_option("--host-over-link", ratio, "Host attention rate / emulated link rate");
   app.add_option("--steps", steps);
+  app.add_option("--shape", shape,
+                 "llama3-8b (32 heads / 8 KV heads: two-way is transfer) or opt-6.7b (MHA: "
+                 "recompute pays; the three-way plan against the two-way one)");
   app.add_option("--confirm", confirm,
                  "Rounds re-measuring the chosen and the sweep's best point side by side");
   CLI11_PARSE(app, argc, argv);
 
-  ModelConfig c = modelgen::preset("llama-tiny-gqa");
+  if (shape != "llama3-8b" && shape != "opt-6.7b") fail("--shape: unknown '", shape, "'");
+  const bool opt = shape == "opt-6.7b";
+  if (dir.empty()) dir = "/tmp/kvpr-threeway-" + shape;
+  ModelConfig c = modelgen::preset(opt ? "opt-6.7b" : "llama-tiny-gqa");
   c.h = 4096;
   c.n_heads = 32;
-  c.n_kv_heads = 8;
+  c.n_kv_heads = opt ? 32 : 8;
   c.head_dim = 128;
   c.n_layers = 2;
   c.ffn = 5120;  // >= 1.25·h: the profiler's layer buffers assume it
@@ -198,6 +215,36 @@ int run(int argc, char** argv) {
                               {"idle_s", m.phases.idle / steps},
                               {"transfer_busy_s", m.phases.transfer / steps}};
       };
+      if (opt) {  // MHA: recompute pays; does adding the host ever lose to the two-way plan?
+        HardwareProfile two_way_profile = profile;
+        two_way_profile.host_threads = 0;  // no host: the two-way plan
+        const auto two_way =
+            planner::ProfilePlanner(two_way_profile, worker::step_shape(c, 16)).decide(lengths);
+        const auto decided = [&](const std::string& name, const planner::Plan& plan) {
+          Decided planner(plan);
+          const Measured m = measure(model, *backend, store, planner, seqs, s, steps);
+          std::fprintf(stderr, "b %lld s %lld %-10s l %lld: step %.1f ms, kv %.1f ms\n",
+                       static_cast<long long>(b), static_cast<long long>(s), name.c_str(),
+                       static_cast<long long>(plan.l.empty() ? 0 : plan.l[0]), m.step_s * 1e3,
+                       m.kv_s * 1e3);
+          return m.step_s;
+        };
+        row["two_way_l"] = two_way.plan.l;
+        row["transfer"] = record("transfer", 0);
+        std::vector<double> two, three;
+        for (int r = 0; r < std::max(confirm, 1); ++r) {
+          two.push_back(decided("two-way", two_way.plan));
+          three.push_back(decided("three-way", decision.plan));
+        }
+        std::sort(two.begin(), two.end());
+        std::sort(three.begin(), three.end());
+        row["two_way_s"] = two;
+        row["three_way_s"] = three;
+        row["three_over_two_way"] = three[three.size() / 2] / two[two.size() / 2];
+        results.push_back(row);
+        for (auto seq : seqs) store.free(seq);
+        continue;
+      }
       row["transfer"] = record("transfer", 0);
       row["kvpr_two_way"] = row["transfer"];  // l = 0 for grouped-query: the same plan
       row["three_way"] = record("three-way", decision.plan.host_ratio);
