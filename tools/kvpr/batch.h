@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
@@ -50,5 +53,22 @@ BatchInput read_batch_input(const std::string& path, const BatchModel& model);
 // killed mid-write) is removed from the file, with a note on stderr; any other line that is not
 // a result of this input (not JSON, no index, an index past `lines`) is an Error naming it.
 std::set<std::int64_t> resume_output(const std::string& path, std::int64_t lines);
+
+// Appends results to the output, one line each, written and flushed at once (so a kill leaves at
+// most the last line cut off), from any thread. write() throws Error when the file refuses it.
+class ResultWriter {
+ public:
+  explicit ResultWriter(const std::string& path);
+  ~ResultWriter();
+  ResultWriter(const ResultWriter&) = delete;
+  ResultWriter& operator=(const ResultWriter&) = delete;
+
+  void write(const nlohmann::json& result);
+
+ private:
+  std::string path_;
+  std::FILE* file_;
+  std::mutex mutex_;
+};
 
 }  // namespace kvpr::cli

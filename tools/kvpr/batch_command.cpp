@@ -9,7 +9,7 @@
 //
 // Interruption: the first SIGINT/SIGTERM stops submitting and lets the prompts in flight finish
 // (each is written); a second cancels them (they are not written). Every written line is whole
-// and flushed, so the same command resumes where the output ends (batch_input.cpp).
+// and flushed, so the same command resumes where the output ends (batch_files.cpp).
 #include <unistd.h>
 
 #include <atomic>
@@ -127,33 +127,6 @@ class ProgressLine {
   std::thread thread_;
 };
 
-// Appends whole lines, each written and flushed at once, from any thread.
-class ResultWriter {
- public:
-  explicit ResultWriter(const std::string& path)
-      : path_(path), file_(std::fopen(path.c_str(), "ab")) {
-    if (file_ == nullptr) fail("--output: cannot open '", path, "' for appending");
-  }
-  ~ResultWriter() {
-    if (file_ != nullptr) std::fclose(file_);
-  }
-  ResultWriter(const ResultWriter&) = delete;
-  ResultWriter& operator=(const ResultWriter&) = delete;
-
-  void write(const json& result) {
-    const std::string line = result.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
-    std::lock_guard lock(mutex_);
-    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-      fail("--output: cannot write to '", path_, "'");
-    }
-  }
-
- private:
-  std::string path_;
-  std::FILE* file_;
-  std::mutex mutex_;
-};
-
 // The prompts to run, shared by the threads that keep them in flight.
 class BatchRunner {
  public:
@@ -178,12 +151,12 @@ class BatchRunner {
     while (g_signals.load() == 0 && !abort_.load()) {
       const std::size_t i = next_.fetch_add(1);
       if (i >= todo_.size()) return;
+      std::optional<json> result;
       try {
-        if (auto result = run_one(todo_[i])) {
-          writer_.write(*result);
-          counters_.done.fetch_add(1);
-        }
+        result = run_one(todo_[i]);
       } catch (const Error& e) {
+        // The worker refused this request (bad for the model, say): report it and go on; a
+        // worker gone or silent ends the job.
         if (e.kind() != ErrorKind::failed || abort_.load())
           return stop_all(std::current_exception());
         counters_.failed.fetch_add(1);
@@ -192,6 +165,13 @@ class BatchRunner {
       } catch (const std::exception&) {
         return stop_all(std::current_exception());
       }
+      if (!result) continue;
+      try {
+        writer_.write(*result);
+      } catch (const std::exception&) {
+        return stop_all(std::current_exception());
+      }
+      counters_.done.fetch_add(1);
     }
   }
 
@@ -385,19 +365,22 @@ int batch_command(const BatchOptions& o) {
   for (const auto& prompt : input.prompts) {
     if (done.count(prompt.index) == 0) todo.push_back(prompt);
   }
-  if (!done.empty() && !o.quiet) {
+  if (!done.empty()) {  // even with --quiet: work is being skipped
     std::fprintf(stderr, "kvpr batch: resuming: %zu of %zu prompts already in %s\n", done.size(),
                  input.prompts.size(), o.output.c_str());
   }
   ResultWriter writer(o.output);
   Counters counters;
-  const auto start = Clock::now();
+  auto start = Clock::now();  // generating starts once the workers answer
+  double load_s = 0;
   bool interrupted = false;
   if (!todo.empty()) {
     SignalCounter signals;
     g_signals.store(0);
     Workers workers;
     start_workers(o, policy, workers);
+    load_s = std::chrono::duration<double>(Clock::now() - start).count();
+    start = Clock::now();
     ProgressLine progress(counters, static_cast<std::int64_t>(todo.size()), !o.quiet);
     BatchRunner runner(*workers.upstream, tokenizer.get(), todo, writer, counters);
     const auto threads =
@@ -405,7 +388,7 @@ int batch_command(const BatchOptions& o) {
                                static_cast<std::int64_t>(todo.size()));
     try {
       runner.run(threads);
-    } catch (const Error&) {
+    } catch (...) {
       progress.finish();
       std::fprintf(stderr,
                    "kvpr batch: stopped: %lld of %zu prompts done; run the same command "
@@ -430,6 +413,7 @@ int batch_command(const BatchOptions& o) {
                     {"bad_lines", input.bad.size()},
                     {"failed", counters.failed.load()},
                     {"generated_tokens", tokens},
+                    {"load_s", load_s},
                     {"wall_s", wall},
                     {"tokens_per_s", rate},
                     {"interrupted", interrupted}};
@@ -437,10 +421,11 @@ int batch_command(const BatchOptions& o) {
   } else {
     std::printf(
         "batch: %lld/%zu prompts done (%lld now, %zu before, %zu bad lines skipped, %lld "
-        "refused), %lld tokens generated in %.2f s, %.1f tokens/s\n",
+        "refused), %lld tokens generated in %.2f s, %.1f tokens/s (workers up in %.2f s)\n",
         static_cast<long long>(all_done), input.prompts.size(),
         static_cast<long long>(counters.done.load()), done.size(), input.bad.size(),
-        static_cast<long long>(counters.failed.load()), static_cast<long long>(tokens), wall, rate);
+        static_cast<long long>(counters.failed.load()), static_cast<long long>(tokens), wall, rate,
+        load_s);
   }
   std::fflush(stdout);
   if (interrupted) {

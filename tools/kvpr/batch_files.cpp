@@ -173,4 +173,21 @@ std::set<std::int64_t> resume_output(const std::string& path, std::int64_t lines
   return done;
 }
 
+ResultWriter::ResultWriter(const std::string& path)
+    : path_(path), file_(std::fopen(path.c_str(), "ab")) {
+  if (file_ == nullptr) fail("--output: cannot open '", path, "' for appending");
+}
+
+ResultWriter::~ResultWriter() {
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+void ResultWriter::write(const json& result) {
+  const std::string line = result.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  std::lock_guard lock(mutex_);
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+    fail("--output: cannot write to '", path_, "'");
+  }
+}
+
 }  // namespace kvpr::cli
