@@ -156,6 +156,14 @@ if "$kvpr" batch --model "$dir/model" --input "$dir/bad.jsonl" --output "$dir/ba
 fi
 grep -q "3 malformed input line(s)" "$dir/fail.err" || fail "no failure line: $(cat "$dir/fail.err")"
 [ ! -e "$dir/bad-fail.jsonl" ] || fail "--on-bad-line fail wrote output"
+for flags in "--on-bad-line maybe" "--max-batch 0" "--max-new-tokens 0"; do
+  # shellcheck disable=SC2086
+  if "$kvpr" batch --model "$dir/model" --input "$dir/bad.jsonl" --output "$dir/flags.jsonl" \
+    $flags --quiet >/dev/null 2>"$dir/flags.err"; then
+    fail "kvpr batch accepted $flags"
+  fi
+  grep -q "^kvpr: failed: ${flags%% *}" "$dir/flags.err" || fail "$flags: $(cat "$dir/flags.err")"
+done
 echo "ok   malformed lines reported by line number; skipped, or the job fails before writing"
 
 # Through a deployment: two workers, CURVE keys; the same tokens as the embedded run.

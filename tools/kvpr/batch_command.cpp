@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -111,7 +112,7 @@ class ProgressLine {
     std::string eta = "--";
     if (done > 0) {
       const double left = s / static_cast<double>(done) * static_cast<double>(total_ - done);
-      eta = str(static_cast<std::int64_t>(left + 0.5), " s");
+      eta = str(std::llround(left), " s");
     }
     std::fprintf(stderr, "\rbatch: %lld/%lld prompts, %.1f tokens/s, ETA %s   ",
                  static_cast<long long>(done), static_cast<long long>(total_), rate, eta.c_str());
@@ -160,8 +161,9 @@ class BatchRunner {
         if (e.kind() != ErrorKind::failed || abort_.load())
           return stop_all(std::current_exception());
         counters_.failed.fetch_add(1);
-        std::fprintf(stderr, "kvpr batch: input line %lld: the worker refused it: %s\n",
-                     static_cast<long long>(todo_[i].index + 1), e.what());
+        const std::string line = str("kvpr batch: input line ", todo_[i].index + 1,
+                                     ": the worker refused it: ", e.what(), "\n");
+        std::fputs(line.c_str(), stderr);
       } catch (const std::exception&) {
         return stop_all(std::current_exception());
       }
@@ -352,8 +354,8 @@ int batch_command(const BatchOptions& o) {
   model.default_max_tokens = o.max_new_tokens;
   const BatchInput input = read_batch_input(o.input, model);
   for (const auto& bad : input.bad) {
-    std::fprintf(stderr, "kvpr batch: %s:%lld: %s\n", o.input.c_str(),
-                 static_cast<long long>(bad.index + 1), bad.what.c_str());
+    std::fputs(str("kvpr batch: ", o.input, ":", bad.index + 1, ": ", bad.what, "\n").c_str(),
+               stderr);
   }
   if (!input.bad.empty() && o.on_bad_line == "fail") {
     fail(input.bad.size(), " malformed input line(s) in '", o.input,
@@ -390,11 +392,10 @@ int batch_command(const BatchOptions& o) {
       runner.run(threads);
     } catch (...) {
       progress.finish();
-      std::fprintf(stderr,
-                   "kvpr batch: stopped: %lld of %zu prompts done; run the same command "
-                   "to resume\n",
-                   static_cast<long long>(counters.done.load() + done.size()),
-                   input.prompts.size());
+      std::fputs(str("kvpr batch: stopped: ", counters.done.load() + done.size(), " of ",
+                     input.prompts.size(), " prompts done; run the same command to resume\n")
+                     .c_str(),
+                 stderr);
       throw;
     }
     progress.finish();
