@@ -166,6 +166,21 @@ for flags in "--on-bad-line maybe" "--max-batch 0" "--max-new-tokens 0"; do
 done
 echo "ok   malformed lines reported by line number; skipped, or the job fails before writing"
 
+# A prompt the worker can never hold (its KV outgrows the store) is refused, reported by line, and
+# the others run; the job exits 1 (a rerun retries only it).
+printf '%s\n' '{"prompt_tokens": [2, 31, 45], "temperature": 0, "max_tokens": 3}' \
+  '{"prompt_tokens": [2, 31, 46], "temperature": 0, "max_tokens": 1500}' \
+  '{"prompt_tokens": [2, 31, 47], "temperature": 0, "max_tokens": 3}' >"$dir/big.jsonl"
+rc=0
+"$kvpr" batch --model "$dir/model" --input "$dir/big.jsonl" --output "$dir/big-out.jsonl" \
+  --kv-capacity 2000000 --max-batch 2 --quiet >/dev/null 2>"$dir/big.err" || rc=$?
+[ "$rc" = 1 ] || fail "a refused prompt: exit $rc, not 1"
+grep -q "input line 2: the worker refused it: .*needs .* bytes of KV store" "$dir/big.err" ||
+  fail "the refused prompt was not reported: $(cat "$dir/big.err")"
+[ "$(python3 -c 'import json,sys; print(sorted(json.loads(l)["index"] for l in open(sys.argv[1])))' \
+  "$dir/big-out.jsonl")" = "[0, 2]" ] || fail "the prompts beside the refused one did not all run"
+echo "ok   a prompt too large for the KV store is refused and reported; the others run"
+
 # Through a deployment: two workers, CURVE keys; the same tokens as the embedded run.
 "$kvpr" up --model "$dir/model" --workers 2 --gateways 0 --run-dir "$run_dir" >"$dir/up.json"
 connect=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connect"])' "$dir/up.json")

@@ -131,16 +131,22 @@ class ProgressLine {
 // The prompts to run, shared by the threads that keep them in flight.
 class BatchRunner {
  public:
+  // `wait_for_room`: how long a prompt the workers refuse as full is retried before it counts as
+  // refused (0: the embedded worker, whose queue holds every thread's prompt, so a refusal means
+  // the prompt can never fit its KV store).
   BatchRunner(gateway::Upstream& upstream, const Tokenizer* tokenizer,
-              const std::vector<BatchPrompt>& todo, ResultWriter& writer, Counters& counters)
+              const std::vector<BatchPrompt>& todo, ResultWriter& writer, Counters& counters,
+              std::chrono::milliseconds wait_for_room)
       : upstream_(upstream),
         tokenizer_(tokenizer),
         todo_(todo),
         writer_(writer),
-        counters_(counters) {}
+        counters_(counters),
+        wait_for_room_(wait_for_room) {}
 
   // Returns once every prompt ran, or (interrupted or a fatal error) those in flight ended.
   void run(std::int64_t threads) {
+    threads_ = threads;
     std::vector<std::thread> pool;
     for (std::int64_t t = 0; t < threads; ++t) pool.emplace_back([this] { loop(); });
     for (auto& thread : pool) thread.join();
@@ -161,6 +167,11 @@ class BatchRunner {
         if (e.kind() != ErrorKind::failed || abort_.load())
           return stop_all(std::current_exception());
         counters_.failed.fetch_add(1);
+        if (refused_in_a_row_.fetch_add(1) + 1 >= std::max<std::int64_t>(threads_, 2)) {
+          return stop_all(std::make_exception_ptr(
+              Error(ErrorKind::failed, str("the workers refused ", refused_in_a_row_.load(),
+                                           " prompts in a row (the last: ", e.what(), ")"))));
+        }
         const std::string line = str("kvpr batch: input line ", todo_[i].index + 1,
                                      ": the worker refused it: ", e.what(), "\n");
         std::fputs(line.c_str(), stderr);
@@ -174,6 +185,7 @@ class BatchRunner {
         return stop_all(std::current_exception());
       }
       counters_.done.fetch_add(1);
+      refused_in_a_row_.store(0);
     }
   }
 
@@ -218,6 +230,7 @@ class BatchRunner {
     callbacks.on_finish = [&](std::int64_t /*index*/, gateway::FinishReason reason) {
       if (!finish) finish = reason;
     };
+    const auto first_try = Clock::now();
     for (;;) {  // a full deployment: wait for room (nothing was delivered yet)
       if (tokenizer_ != nullptr) text.emplace(*tokenizer_, skip, prompt.stop);
       try {
@@ -225,6 +238,7 @@ class BatchRunner {
         break;
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::overloaded || !tokens.empty() || g_signals.load() > 0) throw;
+        if (Clock::now() - first_try >= wait_for_room_) raise(ErrorKind::failed, e.what());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -250,6 +264,9 @@ class BatchRunner {
   ResultWriter& writer_;
   Counters& counters_;
   std::atomic<std::size_t> next_{0};
+  std::chrono::milliseconds wait_for_room_;
+  std::int64_t threads_ = 1;
+  std::atomic<std::int64_t> refused_in_a_row_{0};
   std::atomic<bool> abort_{false};
   std::mutex mutex_;
   std::exception_ptr fatal_;
@@ -384,7 +401,9 @@ int batch_command(const BatchOptions& o) {
     load_s = std::chrono::duration<double>(Clock::now() - start).count();
     start = Clock::now();
     ProgressLine progress(counters, static_cast<std::int64_t>(todo.size()), !o.quiet);
-    BatchRunner runner(*workers.upstream, tokenizer.get(), todo, writer, counters);
+    const auto wait_for_room =
+        o.connect.empty() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(30000);
+    BatchRunner runner(*workers.upstream, tokenizer.get(), todo, writer, counters, wait_for_room);
     const auto threads =
         std::min<std::int64_t>(o.max_batch * static_cast<std::int64_t>(workers.count),
                                static_cast<std::int64_t>(todo.size()));
