@@ -302,6 +302,21 @@ std::vector<std::string> split_endpoints(const std::string& list) {
   return endpoints;
 }
 
+// --connect runs on a deployment's workers; the flags that shape the embedded ones do nothing
+// there, so they are refused before any work.
+void check_connect_flags(const BatchOptions& o) {
+  const BackendFlags defaults;
+  if (o.backend.backend != defaults.backend ||
+      o.backend.emulate_link_gbps != defaults.emulate_link_gbps ||
+      o.backend.emulate_link_latency_us != defaults.emulate_link_latency_us ||
+      o.backend.threads != defaults.threads || o.capacity_bytes != BatchOptions{}.capacity_bytes) {
+    fail(
+        "--backend, --emulate-link-*, --threads and --kv-capacity configure the embedded "
+        "services; with --connect they are flags of kvpr up");
+  }
+  split_endpoints(o.connect);
+}
+
 void start_workers(const BatchOptions& o, planner::Policy policy, Workers& w) {
   gateway::WorkerUpstreamOptions uo;
   uo.policy = policy;
@@ -319,15 +334,6 @@ void start_workers(const BatchOptions& o, planner::Policy policy, Workers& w) {
     w.service->start();
     uo.endpoints = {w.service->endpoint()};
   } else {
-    const BackendFlags defaults;
-    if (o.backend.backend != defaults.backend ||
-        o.backend.emulate_link_gbps != defaults.emulate_link_gbps ||
-        o.backend.emulate_link_latency_us != defaults.emulate_link_latency_us ||
-        o.backend.threads != defaults.threads) {
-      fail(
-          "--backend, --emulate-link-* and --threads configure the embedded worker; with "
-          "--connect they are flags of kvpr-worker");
-    }
     w.security = std::make_unique<net::Security>(
         w.context, net::SecurityOptions{o.keys, "client", false, false});
     uo.endpoints = split_endpoints(o.connect);
@@ -360,6 +366,7 @@ int batch_command(const BatchOptions& o) {
     fail("--output is the --input file '", o.input, "'");
   }
   const planner::Policy policy = planner::parse_policy(o.policy);
+  if (!o.connect.empty()) check_connect_flags(o);
   const ModelConfig c = load_model_config(std::filesystem::path(o.model) / "config.json");
   const std::unique_ptr<Tokenizer> tokenizer = try_load_tokenizer(o.model);
 
