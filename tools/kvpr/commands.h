@@ -75,7 +75,25 @@ struct ServeOptions {
   bool quiet = false;
 };
 
+// `kvpr batch`: a JSONL file of prompts through continuous batching (batch_command.cpp).
+struct BatchOptions {
+  std::string model;
+  std::string input;   // JSONL: {"prompt": ...} or {"prompt_tokens": [...]} + sampling fields
+  std::string output;  // JSONL results, appended; indices already there are skipped
+  std::int64_t max_new_tokens = 16;  // a line's max_tokens when it gives none
+  std::int64_t max_batch = 32;       // prompts in flight per worker (embedded: its batch)
+  std::string on_bad_line = "skip";  // skip | fail
+  std::string policy = "kvpr";
+  BackendFlags backend;
+  std::uint64_t capacity_bytes = 8ull << 30;
+  std::string connect;  // worker endpoints of a deployment, comma-separated
+  std::string keys;     // --connect: the deployment's key folder
+  bool quiet = false;
+  bool json = false;
+};
+
 int run_command(const RunOptions& options);
+int batch_command(const BatchOptions& options);
 int serve_command(const ServeOptions& options);
 int gen_model_command(const GenModelOptions& options);
 int demo_command(const DemoOptions& options);

@@ -77,6 +77,37 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--timeout", run.timeout_s,
                       "--connect: seconds without any word from a worker before giving up");
 
+  kvpr::cli::BatchOptions batch;
+  auto* batch_cmd = app.add_subcommand(
+      "batch", "Run a JSONL file of prompts through continuous batching, results to a JSONL file");
+  batch_cmd->add_option("--model", batch.model, "Checkpoint directory")->required();
+  batch_cmd
+      ->add_option("--input", batch.input,
+                   R"(One request per line: {"prompt": TEXT} or {"prompt_tokens": [IDS]} and )"
+                   "the gateway's sampling fields")
+      ->required();
+  batch_cmd
+      ->add_option("--output", batch.output,
+                   "Results, one line per prompt as it finishes; prompts already here are skipped")
+      ->required();
+  batch_cmd->add_option("--max-new-tokens", batch.max_new_tokens,
+                        "Tokens per prompt when its line gives no max_tokens");
+  batch_cmd->add_option("--max-batch", batch.max_batch,
+                        "Prompts in flight per worker (the embedded worker's batch)");
+  batch_cmd->add_option("--on-bad-line", batch.on_bad_line,
+                        "A malformed input line: skip (reported) or fail (before any work)");
+  batch_cmd->add_option("--policy", batch.policy, "resident, transfer, recompute or kvpr");
+  batch_cmd->add_option("--kv-capacity", batch.capacity_bytes, "Host KV store capacity in bytes");
+  add_backend_flags(batch_cmd, batch.backend);
+  batch_cmd->add_option("--connect", batch.connect,
+                        "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
+  batch_cmd
+      ->add_option("--keys", batch.keys,
+                   "--connect: the deployment's key folder (kvpr up makes RUN/keys)")
+      ->envname("KVPR_KEYS");
+  batch_cmd->add_flag("--quiet", batch.quiet, "No progress output");
+  batch_cmd->add_flag("--json", batch.json, "Print the summary as one JSON object");
+
   kvpr::cli::ServeOptions serve;
   auto* serve_cmd = app.add_subcommand(
       "serve", "OpenAI-compatible HTTP server: gateway, worker, store and planner in one process");
@@ -220,6 +251,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (run_cmd->parsed()) return kvpr::cli::run_command(run);
+    if (batch_cmd->parsed()) return kvpr::cli::batch_command(batch);
     if (serve_cmd->parsed()) {
       if (serve.served_name.empty()) {
         serve.served_name = std::filesystem::weakly_canonical(serve.model).filename().string();
