@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "../slowdown.h"
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/kvstore/local_kv_store.h"
@@ -350,7 +351,7 @@ TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
 TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {
   start();
   auto options = client_options("a");
-  options.timeout = milliseconds(300);
+  options.timeout = kvpr::test_timing::slow(milliseconds(300));
   RemoteKvStore a(context_, small_shape(), options);
   const SeqId s = a.open();
   a.reserve(s, 4);
@@ -362,7 +363,7 @@ TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(1500));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, kvpr::test_timing::slow(milliseconds(1500)));
 }
 
 }  // namespace
