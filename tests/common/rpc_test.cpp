@@ -8,6 +8,8 @@
 #include <memory>
 #include <thread>
 
+#include "../slowdown.h"
+
 namespace kvpr::net {
 namespace {
 
@@ -29,7 +31,8 @@ TEST(RpcClientStream, PeerThatClosesEndsTheStreamAfterWhatItSent) {
   capnp::MallocMessageBuilder reply;
   send_error(reply, "the one reply");
   router->send(got->peer, reply);
-  std::this_thread::sleep_for(100ms);  // the reply is on its way before the socket closes
+  // The reply is on its way before the socket closes.
+  std::this_thread::sleep_for(kvpr::test_timing::slow(100ms));
   router.reset();
 
   auto frame = client.receive(30s);

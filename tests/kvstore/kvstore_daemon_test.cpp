@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "../slowdown.h"
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/remote_kv_store.h"
 #include "kvpr/net/security.h"
@@ -125,7 +126,7 @@ TEST(KvStoreDaemon, ClientSurvivesADaemonRestart) {
   zmq::context_t context;
   RemoteKvStoreOptions options;
   options.endpoint = endpoint;
-  options.timeout = milliseconds(500);
+  options.timeout = kvpr::test_timing::slow(milliseconds(500));
   RemoteKvStore store(context, small_shape(), options);
   EXPECT_TRUE(store.zero_copy());
   const SeqId seq = store.open();
@@ -147,7 +148,7 @@ TEST(KvStoreDaemon, ClientSurvivesADaemonRestart) {
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
     }
-    EXPECT_LT(Clock::now() - t0, milliseconds(1500));
+    EXPECT_LT(Clock::now() - t0, kvpr::test_timing::slow(milliseconds(1500)));
   }
   // Spans handed out before stay mapped (a copy in flight does not crash).
   EXPECT_EQ(reinterpret_cast<const float*>(spans[0].data)[1],
@@ -156,7 +157,7 @@ TEST(KvStoreDaemon, ClientSurvivesADaemonRestart) {
   daemon = std::make_unique<Daemon>(endpoint);
   ASSERT_EQ(daemon->wait_ready(), endpoint);
   SeqId fresh = 0;
-  const auto deadline = Clock::now() + std::chrono::seconds(4);
+  const auto deadline = Clock::now() + kvpr::test_timing::slow(std::chrono::seconds(4));
   for (;;) {  // the client's socket reconnects with a back-off of up to 1 s
     try {
       fresh = store.open();

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "../slowdown.h"
 #include "kvpr/common/error.h"
 #include "kvpr/kvstore/kv_store_service.h"
 #include "kvpr/kvstore/local_kv_store.h"
@@ -305,7 +306,7 @@ TEST_F(RemoteKvStoreTest, PrefetchThenLocateGivesTheSameBytesAsLocateAlone) {
 }
 
 TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
-  start(1 << 20, milliseconds(300));
+  start(1 << 20, kvpr::test_timing::slow(milliseconds(300)));
   auto options = client_options("silent");
   options.heartbeat = false;
   RemoteKvStore silent(context_, small_shape(), options);
@@ -318,12 +319,14 @@ TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
   alive->commit(t, 20);
   const std::uint64_t before = service_->stats().used_bytes;
 
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  const auto deadline =
+      std::chrono::steady_clock::now() + kvpr::test_timing::slow(std::chrono::seconds(3));
   while (service_->stats().lease_expiries == 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(milliseconds(20));
   }
   ASSERT_EQ(service_->stats().lease_expiries, 1u);
-  std::this_thread::sleep_for(milliseconds(400));  // the heartbeating client outlives its lease
+  // The heartbeating client outlives its lease.
+  std::this_thread::sleep_for(kvpr::test_timing::slow(milliseconds(400)));
   const auto st = service_->stats();
   EXPECT_EQ(st.lease_expiries, 1u);
   EXPECT_EQ(st.clients, 1u);
@@ -350,7 +353,7 @@ TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
 TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {
   start();
   auto options = client_options("a");
-  options.timeout = milliseconds(300);
+  options.timeout = kvpr::test_timing::slow(milliseconds(300));
   RemoteKvStore a(context_, small_shape(), options);
   const SeqId s = a.open();
   a.reserve(s, 4);
@@ -362,7 +365,7 @@ TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::disconnected) << e.what();
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(1500));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, kvpr::test_timing::slow(milliseconds(1500)));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "../slowdown.h"
 #include "kvpr/common/profile.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/net/wire.h"
@@ -126,8 +127,8 @@ class RawPeer {
   }
 
   // One reply, or null after `timeout`.
-  std::unique_ptr<net::Frame> receive(
-      std::chrono::milliseconds timeout = std::chrono::milliseconds(2000)) {
+  std::unique_ptr<net::Frame> receive(std::chrono::milliseconds timeout = kvpr::test_timing::slow(
+                                          std::chrono::milliseconds(2000))) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, timeout);
     if ((item.revents & ZMQ_POLLIN) == 0) return nullptr;
