@@ -32,6 +32,8 @@ TEST(RpcClientStream, PeerThatClosesEndsTheStreamAfterWhatItSent) {
   send_error(reply, "the one reply");
   router->send(got->peer, reply);
   // The reply is on its way before the socket closes.
+  // Closed with a linger: the reply leaves before the connection closes, however slow the run.
+  router->socket().set(zmq::sockopt::linger, 5000);
   std::this_thread::sleep_for(kvpr::test_timing::slow(100ms));
   router.reset();
 

@@ -12,10 +12,10 @@
 #include "commands.h"
 #include "embedded.h"
 #include "kvpr/common/error.h"
-#include "kvpr/net/security.h"
 #include "kvpr/common/tokenizer.h"
 #include "kvpr/gateway/gateway.h"
 #include "kvpr/gateway/worker_upstream.h"
+#include "kvpr/net/security.h"
 #include "kvpr/net/service.h"
 #include "kvpr/worker/worker_service.h"
 

@@ -168,6 +168,7 @@ void RpcClient::drain_monitor_locked() {
 void RpcClient::send_locked(zmq::message_t message, Clock::time_point deadline) {
   drain_monitor_locked();  // a connection that closed before this message is not its connection
   sent_at_ = disconnects_;
+  closing_grace_ = false;
   for (;;) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLOUT, 0};
     zmq::poll(&item, 1, milliseconds(poll_ms(deadline)));
@@ -200,7 +201,14 @@ std::unique_ptr<Frame> RpcClient::receive_locked(Clock::time_point deadline, boo
         return std::make_unique<Frame>(frame);
       }
     }
-    // Everything the peer sent before closing has been read above: the stream cannot go on.
+    // Everything the peer sent before closing has been read: the stream cannot go on. (The close
+    // can be seen before the last messages' arrival is: a short wait lets them in first.)
+    if (stream && disconnects_ != sent_at_ && !closing_grace_) {
+      closing_grace_ = true;
+      zmq::pollitem_t last{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&last, 1, milliseconds(50));
+      continue;
+    }
     if (stream && disconnects_ != sent_at_) {
       raise(ErrorKind::disconnected, peer_, ": the connection closed (the service went away)");
     }

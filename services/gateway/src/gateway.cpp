@@ -141,9 +141,10 @@ void Gateway::Impl::routes() {
   server_->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     if (authorized(req, res)) generate(req, res, false);
   });
-  server_->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    if (authorized(req, res)) generate(req, res, true);
-  });
+  server_->Post("/v1/chat/completions",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  if (authorized(req, res)) generate(req, res, true);
+                });
   server_->Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     const json model = {{"id", options_.model_name},

@@ -81,9 +81,8 @@ KvStoreService::Impl::Impl(zmq::context_t& context_in, KvStoreServiceOptions opt
   metrics = std::make_unique<net::Metrics>(options.metrics_port, options.metrics_host);
   instruments = std::make_unique<ServiceInstruments>(metrics->registry());
   instruments->capacity_bytes.Set(static_cast<double>(pool->capacity_bytes()));
-  for (const char* reason :
-       {"malformed", "unknown_type", "invalid", "expired", "unauthenticated", "permission_denied",
-        "quota"}) {
+  for (const char* reason : {"malformed", "unknown_type", "invalid", "expired", "unauthenticated",
+                             "permission_denied", "quota"}) {
     metrics->rejected(reason);  // every series exists from the start, at 0
   }
 }

@@ -139,6 +139,7 @@ class RpcClient {
   zmq::socket_t monitor_;          // PAIR receiving socket_'s disconnect events
   std::uint64_t disconnects_ = 0;  // seen so far
   std::uint64_t sent_at_ = 0;      // disconnects_ when the last message was sent
+  bool closing_grace_ = false;     // the close was seen; messages still arriving were waited for
   std::string refused_;            // why the last handshake failed, when one did
   std::string endpoint_;
   std::string peer_;

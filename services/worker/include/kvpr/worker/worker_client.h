@@ -43,9 +43,9 @@ struct RemoteGenerate {
   GenerateRequest request;
   SamplingParams sampling;  // default: greedy, stopping at EOS (set ignore_eos for exactly N)
   planner::Policy policy = planner::Policy::kvpr;
-  std::optional<std::int64_t> split;   // nullopt: the planner chooses
+  std::optional<std::int64_t> split;       // nullopt: the planner chooses
   std::optional<std::int64_t> host_split;  // m of the three-way split; nullopt: the worker's
-  std::uint64_t deadline_unix_ms = 0;  // 0: none
+  std::uint64_t deadline_unix_ms = 0;      // 0: none
 };
 
 // What a client sees of its request while it runs; every callback runs on the calling thread
