@@ -37,6 +37,7 @@ struct Flags {
   double emulate_link_gbps = 0;
   double emulate_link_latency_us = 0;
   int threads = 0;
+  int host_threads = 1;
   std::string profile = "nominal";
   int metrics_port = 0;
   std::string metrics_listen;  // HOST:PORT; replaces metrics_port and metrics_host when set
@@ -109,6 +110,7 @@ int serve(const Flags& f) {
   std::optional<HardwareProfile> profile;
   if (f.profile == "measured") {
     worker::ProfileOptions po;
+    po.host_threads = f.host_threads;
     profile = worker::cached_profile(*backend, options, c, false, po);
     link_bytes_per_s = profile->h2d_bytes_per_s.at(worker::kProfileLinkBytes);
   }
@@ -164,6 +166,8 @@ int serve(const Flags& f) {
   so.corrector = corrector.get();
   so.fallback = fallback.get();
   so.max_queue = f.max_queue;
+  if (f.host_threads < 1) fail("--host-threads must be at least 1, got ", f.host_threads);
+  so.host_threads = f.host_threads;
   if (f.stalled_client_ms < 100) {
     fail("--stalled-client-ms must be at least 100, got ", f.stalled_client_ms);
   }
@@ -226,6 +230,9 @@ int main(int argc, char** argv) {
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
   app.add_option("--max-batch", f.max_batch, "Sequences decoded together (continuous batching)");
+  app.add_option("--host-threads", f.host_threads,
+                 "Threads attending over [m, s) on the host under a three-way split")
+      ->capture_default_str();
   app.add_option("--stalled-client-ms", f.stalled_client_ms,
                  "Cancel the requests of a client that has not read its events for this long")
       ->capture_default_str();
