@@ -5,7 +5,6 @@
 // library; the wire form is kvstore.capnp's Handle.
 #pragma once
 
-#include <compare>
 #include <cstdint>
 
 #include "schemas/kvstore.capnp.h"
@@ -17,7 +16,8 @@ struct Capability {
   std::uint64_t lo = 0;
 
   bool empty() const { return hi == 0 && lo == 0; }  // "none": never handed out
-  auto operator<=>(const Capability&) const = default;
+  bool operator==(const Capability&) const = default;
+  bool operator<(const Capability& o) const { return hi != o.hi ? hi < o.hi : lo < o.lo; }
 };
 
 // 128 bits from getrandom(2), never empty. Throws kvpr::Error(failed) if the kernel refuses.

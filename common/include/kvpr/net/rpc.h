@@ -8,7 +8,9 @@
 //   unreachable peer never hangs a caller). Replies to abandoned requests are discarded when they
 //   arrive late. A stream (`send` then `receive`) fails at once when the connection it was sent
 //   on closes (a killed peer's kernel closes it), not only at its deadline: a socket monitor
-//   reports the disconnect. Thread-safe: calls are serialised on an internal mutex.
+//   reports the disconnect. (What arrives in the same instant as the close can be lost with it:
+//   the socket, ZMQ_IMMEDIATE, drops the connection's pipe.) Thread-safe: calls are serialised on
+//   an internal mutex.
 #pragma once
 
 #include <atomic>
