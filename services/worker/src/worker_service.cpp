@@ -353,6 +353,14 @@ void WorkerService::route() {
     return error_event(0, net::MalformedMessage(request.malformed));
   };
   net::serve(*router_, loop);
+  // Events still queued for slow clients go out before the socket closes (a stalled client is
+  // given up after `stalled_client`, as while serving), and the socket lingers until they left.
+  const auto deadline = Clock::now() + options_.stalled_client;
+  while (!backlogs_.empty() && Clock::now() < deadline) {
+    flush_backlogs();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  router_->socket().set(zmq::sockopt::linger, 1000);
 }
 
 }  // namespace kvpr::worker
