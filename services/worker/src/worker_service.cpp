@@ -246,17 +246,12 @@ void WorkerService::deliver(const zmq::message_t& peer, zmq::message_t payload) 
     if (b.events.size() > kMaxBacklog || b.bytes > kMaxBacklogBytes) abandon(key, false);
     return;
   }
-  switch (router_->send(peer, payload)) {
-    case net::Router::Sent::ok:
-      return;
-    case net::Router::Sent::full:
-      backlogs_[key] = {{}, payload.size(), Clock::now()};
-      backlogs_[key].events.push_back(std::move(payload));
-      return;
-    case net::Router::Sent::gone:
-      abandon(key, true);
-      return;
-  }
+  // Not taken now: queued, and tried again each tick. A "gone" peer is treated alike: ZeroMQ also
+  // says so of a connection whose queue is waiting to be reopened by its reader, so only time
+  // tells.
+  if (router_->send(peer, payload) == net::Router::Sent::ok) return;
+  backlogs_[key] = {{}, payload.size(), Clock::now()};
+  backlogs_[key].events.push_back(std::move(payload));
 }
 
 void WorkerService::flush_backlogs() {
@@ -278,7 +273,7 @@ void WorkerService::flush_backlogs() {
       it = backlogs_.erase(it);
       continue;
     }
-    if (sent == net::Router::Sent::gone || now - b.since >= options_.stalled_client) {
+    if (now - b.since >= options_.stalled_client) {
       abandoned.emplace_back(it->first, sent == net::Router::Sent::gone);
     }
     ++it;

@@ -64,8 +64,8 @@ struct WorkerServiceOptions {
   std::string metrics_host = "127.0.0.1";  // the address /metrics binds
   std::chrono::milliseconds keepalive{500};
   // A client whose events could not be delivered for this long (it does not read them: its
-  // queue is full) has its requests cancelled and their sequences freed; one that disconnected,
-  // at once. What waits for a stalled client is bounded by this, by 1024 events and by 16 MiB.
+  // queue is full, or it disconnected without cancelling) has its requests cancelled and their
+  // sequences freed. What waits for it is bounded by this, by 1024 events and by 16 MiB.
   std::chrono::milliseconds stalled_client{10000};
   // What one client can make the worker hold on its socket (rpc.h): a request is a batch of
   // prompts (64 prompts of 32k tokens are 8 MiB), so 4 x 16 MiB inbound, 64 events outbound.
