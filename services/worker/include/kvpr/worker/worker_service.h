@@ -68,8 +68,9 @@ struct WorkerServiceOptions {
   // sequences freed. What waits for it is bounded by this, by 1024 events and by 16 MiB.
   std::chrono::milliseconds stalled_client{10000};
   // What one client can make the worker hold on its socket (rpc.h): a request is a batch of
-  // prompts (64 prompts of 32k tokens are 8 MiB), so 4 x 16 MiB inbound, 64 events outbound.
-  net::RouterLimits router_limits{std::size_t{16} << 20, 4, 64};
+  // prompts (64 prompts of 32k tokens are 8 MiB), so 4 x 16 MiB inbound; 1024 events outbound
+  // (a shorter queue kept live streams waiting on ZeroMQ's reopening of it under load).
+  net::RouterLimits router_limits{std::size_t{16} << 20, 4, 1024};
   std::size_t max_queue = 64;     // waiting requests; more are answered `overloaded`
   BatcherOptions batching;        // --max-batch, --max-prefill-tokens-per-step, admission
   std::function<void()> prepare;  // before each request (e.g. map a reconnected store's memory)
