@@ -2,9 +2,85 @@
 // (op_checks.h) before the backend's do_* sees them.
 #include "kvpr/kernels/backend.h"
 
+#include <mutex>
+
+#include "kvpr/common/error.h"
 #include "kvpr/kernels/op_checks.h"
 
 namespace kvpr::kernels {
+
+// Bytes of the live buffers a backend handed out, and the budget they must stay within.
+struct MemoryLedger {
+  std::mutex mutex;
+  std::uint64_t used = 0;
+  std::uint64_t budget = 0;  // 0 = none
+};
+
+namespace {
+
+// A backend's buffer that gives its bytes back to the ledger when freed.
+class LedgerBuffer final : public DeviceBuffer {
+ public:
+  LedgerBuffer(std::unique_ptr<DeviceBuffer> inner, std::shared_ptr<MemoryLedger> ledger,
+               std::uint64_t bytes)
+      : inner_(std::move(inner)), ledger_(std::move(ledger)), bytes_(bytes) {}
+  ~LedgerBuffer() override {
+    inner_.reset();
+    const std::lock_guard lock(ledger_->mutex);
+    ledger_->used -= bytes_;
+  }
+  LedgerBuffer(const LedgerBuffer&) = delete;
+  LedgerBuffer& operator=(const LedgerBuffer&) = delete;
+
+  void* data() const override { return inner_->data(); }
+  std::size_t bytes() const override { return inner_->bytes(); }
+
+ private:
+  std::unique_ptr<DeviceBuffer> inner_;
+  std::shared_ptr<MemoryLedger> ledger_;
+  std::uint64_t bytes_;
+};
+
+}  // namespace
+
+Backend::Backend() : ledger_(std::make_shared<MemoryLedger>()) {}
+Backend::~Backend() = default;
+
+std::unique_ptr<DeviceBuffer> Backend::alloc(std::size_t bytes) {
+  {
+    const std::lock_guard lock(ledger_->mutex);
+    if (ledger_->budget > 0 && ledger_->used + bytes > ledger_->budget) {
+      raise(ErrorKind::overloaded, "device memory: ", bytes, " more bytes would take the ",
+            ledger_->used, " in use past the budget of ", ledger_->budget,
+            " bytes (--device-memory)");
+    }
+    ledger_->used += bytes;
+  }
+  std::unique_ptr<DeviceBuffer> inner;
+  try {
+    inner = do_alloc(bytes);
+  } catch (...) {
+    const std::lock_guard lock(ledger_->mutex);
+    ledger_->used -= bytes;
+    throw;
+  }
+  return std::make_unique<LedgerBuffer>(std::move(inner), ledger_, bytes);
+}
+
+void Backend::set_memory_budget(std::uint64_t bytes) {
+  const std::lock_guard lock(ledger_->mutex);
+  ledger_->budget = bytes;
+}
+
+std::uint64_t Backend::memory_budget() const {
+  const std::lock_guard lock(ledger_->mutex);
+  return ledger_->budget;
+}
+
+std::uint64_t Backend::memory_used() const {
+  const std::lock_guard lock(ledger_->mutex);
+  return ledger_->used;
+}
 
 void Backend::copy_to_device(Queue queue, Tensor dst, const void* src, DType src_dtype) {
   check_copy_to_device(dst, src);

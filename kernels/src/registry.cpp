@@ -20,10 +20,14 @@ std::vector<std::string> backend_names() {
 }
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
-  if (options.name == "cpu") return make_cpu_backend(options);
+  const auto budgeted = [&](std::unique_ptr<Backend> backend) {
+    backend->set_memory_budget(options.device_memory);
+    return backend;
+  };
+  if (options.name == "cpu") return budgeted(make_cpu_backend(options));
   if (options.name == "cuda") {
 #ifdef KVPR_HAVE_CUDA
-    return make_cuda_backend(options);
+    return budgeted(make_cuda_backend(options));
 #else
     throw Error(ErrorKind::unimplemented,
                 "backend 'cuda': this build has no CUDA backend (configure with KVPR_CUDA=ON on a "

@@ -94,7 +94,7 @@ class CpuBackend final : public Backend {
     return rates;
   }
 
-  std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) override {
+  std::unique_ptr<DeviceBuffer> do_alloc(std::size_t bytes) override {
     return std::make_unique<CpuBuffer>(bytes);
   }
 

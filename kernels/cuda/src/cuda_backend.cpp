@@ -114,7 +114,7 @@ class CudaBackend final : public Backend {
   DType compute_dtype() const override { return dtype_; }
   NominalRates nominal_rates() const override { return nominal(device_->info(), dtype_); }
 
-  std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) override {
+  std::unique_ptr<DeviceBuffer> do_alloc(std::size_t bytes) override {
     return std::make_unique<CudaBuffer>(device_, bytes);
   }
 

@@ -17,31 +17,40 @@ class Replay {
       : profile_(profile), shape_(shape), on_span_(on_span) {
     const auto h = static_cast<double>(shape.h);
     const auto h_kv = static_cast<double>(shape.h_kv);
-    const auto b = static_cast<double>(shape.s.size());
     // "other" splits between before attention (q/k/v projections) and after it (o projection,
-    // FFN) by their GEMM FLOPs.
+    // FFN) by their GEMM FLOPs; each micro-batch pays the per-layer part again.
     const double pre_flops = h * (h + 2 * h_kv);
     const double post_flops =
         h * h + (shape.gated_ffn ? 3.0 : 2.0) * h * static_cast<double>(shape.ffn);
-    const double other_layer = profile.other_s_per_layer + profile.other_s_per_row * b;
-    project_s_ = other_layer * pre_flops / (pre_flops + post_flops);
-    finish_s_ = other_layer - project_s_;
-    attention_s_ = profile.attention_s_per_query * b;
-    double host_rows = 0;
-    for (std::size_t i = 0; i < shape.s.size(); ++i) {
-      attention_s_ += profile.attention_s_per_token * static_cast<double>(schedule.m(i) + 1);
-      host_rows += static_cast<double>(shape.s[i] - schedule.m(i));
-    }
+    const double pre_share = pre_flops / (pre_flops + post_flops);
     // The host scans 2·h_kv·p bytes per token on its threads; its query and partials cross the
     // link (fp32) each way.
     const double host_rate = profile.host_attn_bytes_per_s *
                              static_cast<double>(std::max<std::int64_t>(profile.host_threads, 1));
-    host_s_ = host_rows == 0  ? 0
-              : host_rate > 0 ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
-                              : std::numeric_limits<double>::infinity();
     const auto n_heads = static_cast<double>(profile.n_heads);  // partials: n_heads·(d + 2)
-    query_bytes_ = b * h * 4;
-    partial_bytes_ = b * (h + 2 * n_heads) * 4;
+    for (std::int64_t g = 0; g < schedule.micro_batches(); ++g) {
+      const auto gi = static_cast<std::size_t>(g);
+      Micro m;
+      m.first = static_cast<std::size_t>(schedule.micro_first(gi));
+      m.size = static_cast<std::size_t>(schedule.micro_size(gi));
+      const auto b = static_cast<double>(m.size);
+      const double other_layer = profile.other_s_per_layer + profile.other_s_per_row * b;
+      m.project_s = other_layer * pre_share;
+      m.finish_s = other_layer - m.project_s;
+      m.attention_s = profile.attention_s_per_query * b;
+      double host_rows = 0;
+      for (std::size_t i = m.first; i < m.first + m.size; ++i) {
+        m.attention_s += profile.attention_s_per_token * static_cast<double>(schedule.m(i) + 1);
+        host_rows += static_cast<double>(shape.s[i] - schedule.m(i));
+      }
+      m.host_s = host_rows == 0 ? 0
+                 : host_rate > 0
+                     ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
+                     : std::numeric_limits<double>::infinity();
+      m.query_bytes = b * h * 4;
+      m.partial_bytes = b * (h + 2 * n_heads) * 4;
+      micro_.push_back(m);
+    }
   }
 
   void operator()(const DecodeOp& op) {
@@ -49,6 +58,8 @@ class Replay {
     const auto h = static_cast<double>(shape_.h);
     const auto h_kv = static_cast<double>(shape_.h_kv);
     auto& slot = slots_[static_cast<std::size_t>(std::max(op.slot, 0))];
+    const Micro& micro = micro_[static_cast<std::size_t>(std::max(op.micro, 0))];
+    auto& weights = weight_slots_[static_cast<std::size_t>(std::max(op.layer, 0) % 2)];
     switch (op.kind) {
       case OpKind::prefetch:
         break;  // host memory: the profile's copy rates are those of local host memory
@@ -73,12 +84,12 @@ class Replay {
         span(op, false, compute_, compute_);  // part of the head's and layers' measured rest
         break;
       case OpKind::project:
-        busy(op, out_.other_s, project_s_);
+        busy(op, out_.other_s, micro.project_s);
         break;
       case OpKind::write_back: {
         copy_ = std::max(copy_, compute_);  // the fence: after the projection
         double t = 0;
-        for (std::size_t i = 0; i < shape_.s.size(); ++i) {
+        for (std::size_t i = 0; i < micro.size; ++i) {
           t += d2h(h * p) + d2h(h_kv * p) + d2h(h_kv * p);
         }
         copy(op, t);
@@ -94,13 +105,13 @@ class Replay {
         wait_for(slot.kv);
         break;
       case OpKind::attend:
-        busy(op, out_.attention_s, attention_s_);
+        busy(op, out_.attention_s, micro.attention_s);
         break;
       case OpKind::release_slot:
         slot.free = compute_;
         break;
       case OpKind::finish_layer:
-        busy(op, out_.other_s, finish_s_);
+        busy(op, out_.other_s, micro.finish_s);
         break;
       case OpKind::head:
         busy(op, out_.other_s,
@@ -110,22 +121,36 @@ class Replay {
         wait_for(copy_);
         break;
       case OpKind::download_query:  // on the compute queue (decode_schedule.h)
-        busy(op, out_.other_s, d2h(query_bytes_));
+        busy(op, out_.other_s, d2h(micro.query_bytes));
         query_landed_ = compute_;
         break;
       case OpKind::host_attend: {
         const double begin = std::max(host_, query_landed_);
-        host_ = begin + host_s_;
-        out_.host_attention_s += host_s_;
+        host_ = begin + micro.host_s;
+        out_.host_attention_s += micro.host_s;
         if (on_span_) on_span_({op.kind, op.layer, op.chunk, false, true, begin, host_});
         break;
       }
       case OpKind::upload_partials:
         wait_for(host_);
-        busy(op, out_.other_s, h2d(partial_bytes_));
+        busy(op, out_.other_s, h2d(micro.partial_bytes));
         break;
       case OpKind::merge:
         busy(op, out_.attention_s, 0);
+        break;
+      case OpKind::load_weights: {
+        copy_ = std::max(copy_, weights.free);
+        const double t = h2d(shape_.weight_bytes);
+        copy(op, t);
+        out_.weights_s += t;
+        weights.landed = copy_;
+        break;
+      }
+      case OpKind::await_weights:
+        wait_for(weights.landed);
+        break;
+      case OpKind::release_weights:
+        weights.free = compute_;
         break;
     }
   }
@@ -140,6 +165,21 @@ class Replay {
     std::vector<double> chunks;  // when each activation chunk has landed
     double kv = 0;
     double free = 0;
+  };
+  struct WeightSlot {
+    double landed = 0;
+    double free = 0;
+  };
+  // One micro-batch's per-layer costs.
+  struct Micro {
+    std::size_t first = 0;
+    std::size_t size = 0;
+    double project_s = 0;
+    double finish_s = 0;
+    double attention_s = 0;
+    double host_s = 0;  // one layer's host attention
+    double query_bytes = 0;
+    double partial_bytes = 0;
   };
 
   double h2d(double bytes) { return bytes / profile_.h2d_bytes_per_s.at(bytes); }
@@ -167,12 +207,8 @@ class Replay {
   const HardwareProfile& profile_;
   const StepShape& shape_;
   const std::function<void(const PredictedSpan&)>& on_span_;
-  double project_s_ = 0;
-  double finish_s_ = 0;
-  double attention_s_ = 0;
-  double host_s_ = 0;  // one layer's host attention
-  double query_bytes_ = 0;
-  double partial_bytes_ = 0;
+  std::vector<Micro> micro_;
+  std::array<WeightSlot, 2> weight_slots_{};
   double host_ = 0;  // when the host threads finish what they were given
   double query_landed_ = 0;
   std::array<Slot, kStagingSlots> slots_{};

@@ -1,9 +1,62 @@
 #include "kvpr/worker/device_model.h"
 
+#include <array>
+#include <cstdlib>
+#include <cstring>
+
 #include "kvpr/common/error.h"
 #include "kvpr/common/progress.h"
 
 namespace kvpr::worker {
+namespace {
+
+constexpr std::size_t kAlign = 64;
+
+std::size_t aligned(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// The weight-matrix names of a layer in placement order, by layer_matrix index.
+std::vector<std::pair<std::size_t, std::string>> matrices(const ModelConfig& c) {
+  if (c.arch == Arch::opt) {
+    return {{0, "q_proj"}, {1, "k_proj"}, {2, "v_proj"}, {3, "o_proj"}, {4, "fc1"}, {5, "fc2"}};
+  }
+  return {{0, "q_proj"}, {1, "k_proj"},    {2, "v_proj"},  {3, "o_proj"},
+          {6, "up_proj"}, {7, "gate_proj"}, {8, "down_proj"}};
+}
+
+}  // namespace
+
+Linear& layer_linear(DeviceLayer& layer, std::size_t index) {
+  std::array<Linear*, kLayerMatrices> all = {&layer.q,   &layer.k,  &layer.v,    &layer.o,   &layer.fc1,
+                                             &layer.fc2, &layer.up, &layer.gate, &layer.down};
+  if (index >= all.size()) fail("layer_linear: index ", index, " out of range");
+  return *all[index];
+}
+
+HostWeights::HostWeights(kernels::Backend& backend, std::size_t bytes) : backend_(backend) {
+  data_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, aligned(std::max<std::size_t>(bytes, 1))));
+  if (data_ == nullptr) raise(ErrorKind::overloaded, "no host memory for ", bytes, " bytes of weights");
+  registered_ = backend_.register_host(data_, bytes);
+}
+
+HostWeights::~HostWeights() {
+  if (registered_) backend_.unregister_host(data_);
+  std::free(data_);
+}
+
+std::uint64_t DeviceModel::streamed_host_bytes(std::int64_t i) const {
+  std::uint64_t bytes = 0;
+  for (const auto& m : streamed(i)) {
+    bytes += static_cast<std::uint64_t>(m.rows * m.cols) * size_of(m.host_dtype);
+  }
+  return bytes;
+}
+
+DeviceModel::~DeviceModel() {
+  try {
+    backend_.synchronize();  // no copy may still read host_
+  } catch (...) {  // a destructor never throws
+  }
+}
 
 Tensor DeviceModel::upload(const Checkpoint& checkpoint, const std::string& name) {
   const TensorView& view = checkpoint.tensor(name);
@@ -19,12 +72,27 @@ Tensor DeviceModel::upload(const Checkpoint& checkpoint, const std::string& name
   return t;
 }
 
-Linear DeviceModel::linear(const Checkpoint& checkpoint, const std::string& prefix,
-                           bool with_bias) {
-  Linear l;
-  l.w = upload(checkpoint, prefix + ".weight");
-  if (with_bias) l.b = upload(checkpoint, prefix + ".bias");
-  return l;
+Tensor DeviceModel::place(const Checkpoint& checkpoint, const std::string& name,
+                          std::int64_t layer, std::size_t index, bool resident) {
+  if (resident) return upload(checkpoint, name);
+  const TensorView& view = checkpoint.tensor(name);
+  if (view.shape.size() != 2) fail("weight ", name, " is not a matrix");
+  StreamedMatrix m;
+  m.index = index;
+  m.host_dtype = view.dtype;
+  m.rows = view.shape[0];
+  m.cols = view.shape[1];
+  std::byte* host = host_->data() + host_offset_;
+  std::memcpy(host, view.data, view.nbytes);
+  host_offset_ += aligned(view.nbytes);
+  m.host = host;
+  auto& list = streamed_[static_cast<std::size_t>(layer)];
+  m.offset = list.empty() ? 0
+                          : list.back().offset +
+                                aligned(static_cast<std::size_t>(list.back().rows * list.back().cols) *
+                                        size_of(backend_.compute_dtype()));
+  list.push_back(m);
+  return {};
 }
 
 Norm DeviceModel::norm(const Checkpoint& checkpoint, const std::string& prefix, bool with_bias) {
@@ -35,10 +103,55 @@ Norm DeviceModel::norm(const Checkpoint& checkpoint, const std::string& prefix, 
 }
 
 DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend,
-                         bool show_progress)
+                         bool show_progress, WeightPlacement placement)
     : config_(checkpoint.config()), backend_(backend) {
   const ModelConfig& c = config_;
   const bool opt = c.arch == Arch::opt;
+  const double fraction = placement.device_fraction;
+  if (!(fraction >= 0 && fraction <= 1))
+    fail("weight fraction on the device must be in [0, 1], got ", fraction);
+  // Placement first (every layer has the same shapes): which matrices stay, what the rest need.
+  const std::size_t dt = size_of(backend_.compute_dtype());
+  std::vector<bool> resident(kLayerMatrices, true);
+  std::size_t slot = 0;
+  std::size_t host_per_layer = 0;
+  std::uint64_t resident_device = 0;  // per layer, compute dtype
+  {
+    std::uint64_t total = 0;
+    for (const auto& [index, part] : matrices(c)) total += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
+    std::uint64_t before = 0;
+    for (const auto& [index, part] : matrices(c)) {
+      const TensorView& view = checkpoint.tensor(names::layer(c, 0, part) + ".weight");
+      const double middle = static_cast<double>(before) + static_cast<double>(view.nbytes) / 2;
+      resident[index] = middle <= fraction * static_cast<double>(total);
+      before += view.nbytes;
+      const std::size_t device = static_cast<std::size_t>(view.numel()) * dt;
+      matrix_bytes_ += view.nbytes;
+      if (resident[index]) {
+        resident_device += device;
+        resident_matrix_bytes_ += view.nbytes;
+      } else {
+        slot += aligned(device);
+        host_per_layer += aligned(view.nbytes);
+      }
+    }
+    matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
+    resident_matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
+  }
+  slot_bytes_ = slot;
+  if (const std::uint64_t budget = backend_.memory_budget(); budget > 0) {
+    const std::uint64_t need = resident_device * static_cast<std::uint64_t>(c.n_layers) + 2 * slot;
+    if (need + backend_.memory_used() > budget) {
+      raise(ErrorKind::overloaded, "device memory budget of ", budget, " bytes cannot hold ",
+            resident_device * static_cast<std::uint64_t>(c.n_layers),
+            " bytes of resident layer weights (", fraction, " of each layer) and two ", slot,
+            "-byte slots for streamed ones; lower the weight fraction or raise --device-memory");
+    }
+  }
+  streamed_.resize(static_cast<std::size_t>(c.n_layers));
+  if (slot > 0) {
+    host_ = std::make_unique<HostWeights>(backend_, host_per_layer * static_cast<std::size_t>(c.n_layers));
+  }
   Progress progress(str("loading ", checkpoint.dir().string()),
                     static_cast<std::uint64_t>(c.n_layers), show_progress);
   embed_tokens = upload(checkpoint, names::embed_tokens(c));
@@ -51,20 +164,14 @@ DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend
   const bool mlp_bias = opt ? c.enable_bias : c.mlp_bias;
   for (std::int64_t i = 0; i < c.n_layers; ++i) {
     DeviceLayer layer;
-    layer.q = linear(checkpoint, names::layer(c, i, "q_proj"), attn_bias);
-    layer.k = linear(checkpoint, names::layer(c, i, "k_proj"), attn_bias);
-    layer.v = linear(checkpoint, names::layer(c, i, "v_proj"), attn_bias);
-    layer.o = linear(checkpoint, names::layer(c, i, "o_proj"), attn_bias);
+    for (const auto& [index, part] : matrices(c)) {
+      const std::string prefix = names::layer(c, i, part);
+      Linear& l = layer_linear(layer, index);
+      l.w = place(checkpoint, prefix + ".weight", i, index, resident[index]);
+      if (index <= 3 ? attn_bias : mlp_bias) l.b = upload(checkpoint, prefix + ".bias");
+    }
     layer.attn_norm = norm(checkpoint, names::layer(c, i, "attn_norm"), opt);
     layer.ffn_norm = norm(checkpoint, names::layer(c, i, "ffn_norm"), opt);
-    if (opt) {
-      layer.fc1 = linear(checkpoint, names::layer(c, i, "fc1"), mlp_bias);
-      layer.fc2 = linear(checkpoint, names::layer(c, i, "fc2"), mlp_bias);
-    } else {
-      layer.gate = linear(checkpoint, names::layer(c, i, "gate_proj"), mlp_bias);
-      layer.up = linear(checkpoint, names::layer(c, i, "up_proj"), mlp_bias);
-      layer.down = linear(checkpoint, names::layer(c, i, "down_proj"), mlp_bias);
-    }
     layers_.push_back(layer);
     progress.update(static_cast<std::uint64_t>(i + 1));
   }

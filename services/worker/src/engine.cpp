@@ -34,7 +34,13 @@ Tensor grown(kernels::Backend& backend, std::unique_ptr<kernels::DeviceBuffer>& 
 
 Engine::Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
                planner::Planner& planner, EngineOptions options)
-    : model_(model), backend_(backend), store_(store), planner_(planner), options_(options) {
+    : model_(model),
+      backend_(backend),
+      store_(store),
+      planner_(planner),
+      options_(options),
+      weights_(model, backend) {
+  if (options_.micro_batches < 1) fail("micro-batches must be at least 1, got ", options_.micro_batches);
   const ModelConfig& c = model_.config();
   const auto& shape = store_.shape();
   if (shape.n_layers != c.n_layers || shape.h != c.h || shape.h_kv != c.h_kv()) {
@@ -217,6 +223,11 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<floa
   try {
     run_prompt(seq, 0, tokens, out, all_logits);
   } catch (...) {
+    try {
+      backend_.synchronize();  // nothing still reads the slots or writes the sequence
+    } catch (...) {            // the prompt's own error is the one to report
+    }
+    weights_.reset();
     resident_.erase(seq);
     store_.free(seq);
     throw;
@@ -235,6 +246,11 @@ void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::ve
   try {
     run_prompt(seq, t0, tokens, out, false);
   } catch (...) {
+    try {
+      backend_.synchronize();
+    } catch (...) {  // the prompt's own error is the one to report
+    }
+    weights_.reset();
     truncate(seq, t0);  // nothing was committed; the resident K,V may have grown
     throw;
   }
@@ -264,8 +280,11 @@ void Engine::run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int
   std::vector<kernels::AttnSegment> segments(static_cast<std::size_t>(n));
   const kernels::AttnShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
                                  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  weights_.load(0);  // streamed weights: one layer ahead of the layer that runs
   for (std::int64_t layer = 0; layer < c.n_layers; ++layer) {
-    const DeviceLayer& w = model_.layer(layer);
+    if (layer + 1 < c.n_layers) weights_.load(layer + 1);
+    weights_.await(layer);
+    const DeviceLayer& w = weights_.layer(layer);
     attention_input(w, x, xn);
     qkv(w, xn, positions, q, k, v);
     write_rows(seq, layer, kvstore::Part::act, t0, xn, Queue::compute);
@@ -290,9 +309,11 @@ void Engine::run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int
     }
     backend_.attention(q, segments, shape, attn);
     attn_out_and_ffn(w, attn, x);
+    weights_.release(layer);
   }
   logits(all_logits ? x : x.rows_slice(n - 1, 1), out);
   backend_.synchronize();
+  weights_.reset();
   store_.commit(seq, n);
 }
 

@@ -43,8 +43,8 @@ Engine::Slot& Engine::slot(std::size_t index) {
 
 void Engine::size_slots(const planner::DecodeSchedule& schedule) {
   const ModelConfig& c = model_.config();
-  const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
-  const std::int64_t kv_rows = std::max<std::int64_t>(schedule.kv_total(), 1);
+  const std::int64_t rows = std::max<std::int64_t>(schedule.slot_act_rows(), 1);
+  const std::int64_t kv_rows = std::max<std::int64_t>(schedule.slot_kv_rows(), 1);
   for (std::size_t i = 0; i < planner::kStagingSlots; ++i) {
     Slot& sl = slot(i);
     sl.free.reset();  // the previous step drained: nothing reads the slot any more
@@ -83,13 +83,19 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   request.rates = rates_;
   request.host_split = options_.host_split;
   step.plan = planner_.plan(request);
-  step.schedule.emplace(planner::ScheduleShape{
-      c.n_layers, store_.shape().block_tokens, s, step.plan.l,
-      std::max<std::int64_t>(step.plan.chunk, 1), step.resident, step.plan.m});
+  // Micro-batches of consecutive sequences whose sizes differ by at most one.
+  const auto b = static_cast<std::int64_t>(seqs.size());
+  const std::int64_t g = std::min(options_.micro_batches, b);
+  std::vector<std::int64_t> micro;
+  for (std::int64_t i = 0; i < g; ++i) micro.push_back(b / g + (i < b % g ? 1 : 0));
+  step.schedule.emplace(planner::ScheduleShape{c.n_layers, store_.shape().block_tokens, s,
+                                               step.plan.l,
+                                               std::max<std::int64_t>(step.plan.chunk, 1),
+                                               step.resident, step.plan.m, micro,
+                                               weights_.active()});
   step.host = step.schedule->host_total() > 0;
   if (step.host) {
     if (!host_) host_ = std::make_unique<HostAttention>(std::max(options_.host_threads, 1));
-    const auto b = static_cast<std::int64_t>(seqs.size());
     const std::int64_t partial_cols = c.n_heads * (c.head_dim + 2);
     host_q_.resize(static_cast<std::size_t>(b * c.h));
     host_partials_.resize(static_cast<std::size_t>(b * partial_cols));
@@ -148,11 +154,13 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
       backend_.synchronize();
     } catch (...) {  // the step's own error is the one to report
     }
+    weights_.reset();
     for (auto& [seq, len] : step.resident_before) {
       for (auto& L : resident_[seq]->layers) L.length = std::min(L.length, len);
     }
     throw;
   }
+  weights_.reset();
   store_.commit(seqs, 1);
   const auto copy_after = backend_.copy_stats();
   step.times.transfer = copy_after.busy_s - copy_before.busy_s;
@@ -188,7 +196,7 @@ void Engine::execute(Step& step, const DecodeOp& op) {
   };
   switch (op.kind) {
     case OpKind::prefetch:
-      return prefetch(step, op.layer);
+      return prefetch(step, op);
     case OpKind::await_slot: {
       // The copy queue refills a slot only after compute has attended over what it held.
       Slot& sl = slot(static_cast<std::size_t>(op.slot));
@@ -212,7 +220,7 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       Slot& sl = slot(static_cast<std::size_t>(op.slot));
       sl.kv_landed = backend_.record(Queue::copy);
       if (tracer && sl.fetch_began) {
-        const bool any_act = step.schedule->l_total() > 0;
+        const bool any_act = step.schedule->micro_act_rows(static_cast<std::size_t>(op.micro)) > 0;
         tracer->add("fetch_kv", Queue::copy, op.layer, -1,
                     any_act ? sl.chunks.back() : sl.fetch_began, sl.kv_landed);
       }
@@ -223,9 +231,9 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       return compute("embed", step.times.other,
                      [&] { embed(step.tokens, step.positions, step.x); });
     case OpKind::project:
-      return compute("project", step.times.other, [&] { project_new_tokens(step, op.layer); });
+      return compute("project", step.times.other, [&] { project_new_tokens(step, op); });
     case OpKind::write_back:
-      return write_back(step, op.layer);
+      return write_back(step, op);
     case OpKind::recompute:
       return recompute(step, op);
     case OpKind::await_kv: {
@@ -235,14 +243,19 @@ void Engine::execute(Step& step, const DecodeOp& op) {
       return;
     }
     case OpKind::attend:
-      return compute("attend", step.times.attention, [&] { attend(step, op.layer, op.slot); });
+      return compute("attend", step.times.attention, [&] { attend(step, op); });
     case OpKind::release_slot:
       // The fetch of layer + kPrefetchLayers into this slot waits for this event (await_slot).
       slot(static_cast<std::size_t>(op.slot)).free = backend_.record(Queue::compute);
       return;
     case OpKind::finish_layer:
-      return compute("finish_layer", step.times.other,
-                     [&] { attn_out_and_ffn(model_.layer(op.layer), step.attn, step.x); });
+      return compute("finish_layer", step.times.other, [&] {
+        const auto g = static_cast<std::size_t>(op.micro);
+        const std::int64_t r0 = step.schedule->micro_first(g);
+        const std::int64_t n = step.schedule->micro_size(g);
+        attn_out_and_ffn(weights_.layer(op.layer), step.attn.rows_slice(r0, n),
+                         step.x.rows_slice(r0, n));
+      });
     case OpKind::head:
       return compute("head", step.times.other, [&] { logits(step.x, *step.logits); });
     case OpKind::drain: {
@@ -253,18 +266,36 @@ void Engine::execute(Step& step, const DecodeOp& op) {
     case OpKind::download_query:
       return download_query(step, op);
     case OpKind::host_attend:
-      return host_attend(step, op.layer);
+      return host_attend(step, op);
     case OpKind::upload_partials:
       return upload_partials(step, op);
     case OpKind::merge:
       return compute("merge", step.times.attention, [&] { merge(step, op); });
+    case OpKind::load_weights: {
+      auto begin = tracer ? tracer->mark(Queue::copy) : nullptr;
+      weights_.load(op.layer);
+      if (tracer) tracer->add("load_weights", Queue::copy, op.layer, -1, begin, tracer->mark(Queue::copy));
+      return;
+    }
+    case OpKind::await_weights: {
+      Clock idle(step.times.idle);
+      weights_.await(op.layer);
+      return;
+    }
+    case OpKind::release_weights:
+      weights_.release(op.layer);
+      return;
   }
 }
 
-void Engine::prefetch(Step& step, std::int64_t layer) {
+void Engine::prefetch(Step& step, const DecodeOp& op) {
   const auto& schedule = *step.schedule;
+  const std::int64_t layer = op.layer;
+  const auto g = static_cast<std::size_t>(op.micro);
+  const auto first = static_cast<std::size_t>(schedule.micro_first(g));
+  const auto end = first + static_cast<std::size_t>(schedule.micro_size(g));
   std::vector<kvstore::KvStoreClient::Range> ranges;
-  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
+  for (std::size_t i = first; i < end; ++i) {
     const std::int64_t l = schedule.l(i);
     const std::int64_t s = step.positions[i];
     if (l > 0) ranges.push_back({step.seqs[i], layer, Part::act, 0, l});
@@ -278,24 +309,31 @@ void Engine::prefetch(Step& step, std::int64_t layer) {
 
 void Engine::download_query(Step& step, const DecodeOp& op) {
   // On the compute queue, right behind the projection (decode_schedule.h says why not on copy).
+  const ModelConfig& c = model_.config();
+  const auto g = static_cast<std::size_t>(op.micro);
+  const std::int64_t r0 = step.schedule->micro_first(g);
   auto begin = step.tracer ? step.tracer->mark(Queue::compute) : nullptr;
   {
     Clock clock(step.times.other);
-    backend_.copy_to_host(Queue::compute, host_q_.data(), DType::f32, step.q);
+    backend_.copy_to_host(Queue::compute, host_q_.data() + r0 * c.h, DType::f32,
+                          step.q.rows_slice(r0, step.schedule->micro_size(g)));
   }
   step.query_landed = backend_.record(Queue::compute);
   if (step.tracer)
     step.tracer->add("download_query", Queue::compute, op.layer, -1, begin, step.query_landed);
 }
 
-void Engine::host_attend(Step& step, std::int64_t layer) {
+void Engine::host_attend(Step& step, const DecodeOp& op) {
   // Host threads wait for the query rows, then read the store's K,V blocks of [m, s) in place;
   // upload_partials waits for them. The store's blocks stay put: nothing writes rows below s.
   const ModelConfig& c = model_.config();
   const auto& schedule = *step.schedule;
-  std::vector<HostAttnSeq> seqs(step.seqs.size());
-  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
-    HostAttnSeq& h = seqs[i];
+  const std::int64_t layer = op.layer;
+  const auto g = static_cast<std::size_t>(op.micro);
+  const auto first = static_cast<std::size_t>(schedule.micro_first(g));
+  std::vector<HostAttnSeq> seqs(static_cast<std::size_t>(schedule.micro_size(g)));
+  for (std::size_t i = first; i < first + seqs.size(); ++i) {
+    HostAttnSeq& h = seqs[i - first];
     h.q = host_q_.data() + i * static_cast<std::size_t>(c.h);
     h.partial = host_partials_.data() + i * static_cast<std::size_t>(c.n_heads * (c.head_dim + 2));
     const std::int64_t m = schedule.m(i);
@@ -318,10 +356,15 @@ void Engine::upload_partials(Step& step, const DecodeOp& op) {
   step.times.host_attention += host_->last_job_s();
   // host_partials_ is rewritten only after the next layer's query download, which this compute
   // queue runs after this upload.
+  const auto g = static_cast<std::size_t>(op.micro);
+  const std::int64_t r0 = step.schedule->micro_first(g);
+  const std::int64_t cols = step.partials.cols;
   auto begin = step.tracer ? step.tracer->mark(Queue::compute) : nullptr;
   {
     Clock clock(step.times.other);
-    backend_.copy_to_device(Queue::compute, step.partials, host_partials_.data(), DType::f32);
+    backend_.copy_to_device(Queue::compute,
+                            step.partials.rows_slice(r0, step.schedule->micro_size(g)),
+                            host_partials_.data() + r0 * cols, DType::f32);
   }
   if (step.tracer) {
     step.tracer->add("upload_partials", Queue::compute, op.layer, -1, begin,
@@ -329,8 +372,12 @@ void Engine::upload_partials(Step& step, const DecodeOp& op) {
   }
 }
 
-void Engine::merge(Step& step, const DecodeOp&) {
-  backend_.attention_merge(step.attn, step.stats, step.partials, step.attn_shape);
+void Engine::merge(Step& step, const DecodeOp& op) {
+  const auto g = static_cast<std::size_t>(op.micro);
+  const std::int64_t r0 = step.schedule->micro_first(g);
+  const std::int64_t n = step.schedule->micro_size(g);
+  backend_.attention_merge(step.attn.rows_slice(r0, n), step.stats.rows_slice(r0, n),
+                           step.partials.rows_slice(r0, n), step.attn_shape);
 }
 
 void Engine::fetch_block(Step& step, const DecodeOp& op) {
@@ -353,32 +400,43 @@ void Engine::fetch_block(Step& step, const DecodeOp& op) {
   const DType dt = backend_.compute_dtype();
   Tensor dst;
   if (op.part == Part::act) {
-    dst = sl.act->tensor(dt, std::max<std::int64_t>(schedule.l_total(), 1), c.h);
+    dst = sl.act->tensor(dt, std::max<std::int64_t>(schedule.slot_act_rows(), 1), c.h);
   } else {
     const auto& buffer = op.part == Part::k ? sl.fk : sl.fv;
-    dst = buffer->tensor(dt, std::max<std::int64_t>(schedule.kv_total(), 1), c.h_kv());
+    dst = buffer->tensor(dt, std::max<std::int64_t>(schedule.slot_kv_rows(), 1), c.h_kv());
   }
   backend_.copy_to_device(Queue::copy, dst.rows_slice(op.row, op.n), span.data,
                           store_.shape().dtype);
 }
 
-void Engine::project_new_tokens(Step& step, std::int64_t layer) {
+void Engine::project_new_tokens(Step& step, const DecodeOp& op) {
   const ModelConfig& c = model_.config();
+  const std::int64_t layer = op.layer;
   const auto b = static_cast<std::int64_t>(step.seqs.size());
   const auto wb = kWriteback + 3 * static_cast<std::size_t>(layer);
-  step.xn = scratch(wb, b, c.h);
+  step.xn = scratch(wb, b, c.h);  // a layer's write-back rows of every micro-batch
   step.k_new = scratch(wb + 1, b, c.h_kv());
   step.v_new = scratch(wb + 2, b, c.h_kv());
-  const DeviceLayer& w = model_.layer(layer);
-  attention_input(w, step.x, step.xn);
-  qkv(w, step.xn, step.positions, step.q, step.k_new, step.v_new);
+  const auto g = static_cast<std::size_t>(op.micro);
+  const std::int64_t r0 = step.schedule->micro_first(g);
+  const std::int64_t n = step.schedule->micro_size(g);
+  const DeviceLayer& w = weights_.layer(layer);
+  attention_input(w, step.x.rows_slice(r0, n), step.xn.rows_slice(r0, n));
+  qkv(w, step.xn.rows_slice(r0, n),
+      std::span<const std::int32_t>(step.positions).subspan(static_cast<std::size_t>(r0),
+                                                            static_cast<std::size_t>(n)),
+      step.q.rows_slice(r0, n), step.k_new.rows_slice(r0, n), step.v_new.rows_slice(r0, n));
 }
 
-void Engine::write_back(Step& step, std::int64_t layer) {
+void Engine::write_back(Step& step, const DecodeOp& op) {
   // The copy queue reads the new rows only after the compute queue has written them.
   backend_.wait(Queue::copy, backend_.record(Queue::compute));
+  const std::int64_t layer = op.layer;
+  const auto g = static_cast<std::size_t>(op.micro);
+  const auto first = static_cast<std::size_t>(step.schedule->micro_first(g));
+  const auto end = first + static_cast<std::size_t>(step.schedule->micro_size(g));
   auto begin = step.tracer ? step.tracer->mark(Queue::copy) : nullptr;
-  for (std::size_t i = 0; i < step.seqs.size(); ++i) {
+  for (std::size_t i = first; i < end; ++i) {
     const auto row = static_cast<std::int64_t>(i);
     const SeqHandle seq = step.seqs[i];
     const std::int64_t s = step.positions[i];
@@ -405,13 +463,14 @@ void Engine::recompute(Step& step, const DecodeOp& op) {
   {
     Clock busy(step.times.recompute);
     const DType dt = backend_.compute_dtype();
-    const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
+    const std::int64_t rows = std::max<std::int64_t>(schedule.slot_act_rows(), 1);
     const Tensor act = sl.act->tensor(dt, rows, c.h);
     const Tensor rk = sl.rk->tensor(dt, rows, c.h_kv());
     const Tensor rv = sl.rv->tensor(dt, rows, c.h_kv());
-    const std::span<const std::int32_t> positions(schedule.act_positions().data() + op.row,
-                                                  static_cast<std::size_t>(op.n));
-    project_kv(model_.layer(op.layer), act.rows_slice(op.row, op.n), positions,
+    const std::span<const std::int32_t> positions(
+        schedule.act_positions(static_cast<std::size_t>(op.micro)).data() + op.row,
+        static_cast<std::size_t>(op.n));
+    project_kv(weights_.layer(op.layer), act.rows_slice(op.row, op.n), positions,
                rk.rows_slice(op.row, op.n), rv.rows_slice(op.row, op.n));
   }
   if (step.tracer) {
@@ -420,15 +479,20 @@ void Engine::recompute(Step& step, const DecodeOp& op) {
   }
 }
 
-void Engine::attend(Step& step, std::int64_t layer, int slot_index) {
+void Engine::attend(Step& step, const DecodeOp& op) {
   const ModelConfig& c = model_.config();
   const DType dt = backend_.compute_dtype();
   const auto& schedule = *step.schedule;
+  const std::int64_t layer = op.layer;
+  const int slot_index = op.slot;
+  const auto g = static_cast<std::size_t>(op.micro);
+  const std::int64_t r0 = schedule.micro_first(g);
+  const std::int64_t n = schedule.micro_size(g);
   step.segments.clear();
-  for (std::size_t u = 0; u < step.seqs.size(); ++u) {
-    const auto i = static_cast<std::int64_t>(u);
-    const Tensor k_new = step.k_new.rows_slice(i, 1);
-    const Tensor v_new = step.v_new.rows_slice(i, 1);
+  for (auto u = static_cast<std::size_t>(r0); u < static_cast<std::size_t>(r0 + n); ++u) {
+    const auto i = static_cast<std::int64_t>(u) - r0;  // the query's row within the micro-batch
+    const Tensor k_new = step.k_new.rows_slice(r0 + i, 1);
+    const Tensor v_new = step.v_new.rows_slice(r0 + i, 1);
     if (step.resident) {
       resident_append(step.seqs[u], layer, k_new, v_new);
       const auto& L = resident_[step.seqs[u]]->layers[static_cast<std::size_t>(layer)];
@@ -439,22 +503,23 @@ void Engine::attend(Step& step, std::int64_t layer, int slot_index) {
     const Slot& sl = slot(static_cast<std::size_t>(slot_index));
     const std::int64_t l = schedule.l(u);
     if (l > 0) {
-      const std::int64_t rows = std::max<std::int64_t>(schedule.l_total(), 1);
+      const std::int64_t rows = std::max<std::int64_t>(schedule.slot_act_rows(), 1);
       step.segments.push_back(
           {i, sl.rk->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l),
            sl.rv->tensor(dt, rows, c.h_kv()).rows_slice(schedule.act_row(u), l)});
     }
     const std::int64_t fetched = schedule.m(u) - l;
     if (fetched > 0) {
-      const std::int64_t rows = std::max<std::int64_t>(schedule.kv_total(), 1);
+      const std::int64_t rows = std::max<std::int64_t>(schedule.slot_kv_rows(), 1);
       step.segments.push_back(
           {i, sl.fk->tensor(dt, rows, c.h_kv()).rows_slice(schedule.kv_row(u), fetched),
            sl.fv->tensor(dt, rows, c.h_kv()).rows_slice(schedule.kv_row(u), fetched)});
     }
     step.segments.push_back({i, k_new, v_new});
   }
-  backend_.attention(step.q, step.segments, step.attn_shape, step.attn,
-                     step.host ? &step.stats : nullptr);
+  const Tensor stats = step.host ? step.stats.rows_slice(r0, n) : Tensor{};
+  backend_.attention(step.q.rows_slice(r0, n), step.segments, step.attn_shape,
+                     step.attn.rows_slice(r0, n), step.host ? &stats : nullptr);
 }
 
 void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
@@ -474,13 +539,16 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                                                {}});
   const auto& schedule = *step.schedule;
   size_slots(schedule);
+  weights_.load(layer);
+  weights_.await(layer);
   schedule.run_layer_kv(layer, [&](const DecodeOp& op) { execute(step, op); });
+  weights_.release(layer);
   Slot& sl = slot(0);
   const DType dt = backend_.compute_dtype();
   const auto row = static_cast<std::size_t>(c.h_kv());
   k.assign(static_cast<std::size_t>(s) * row, 0.0f);
   v.assign(static_cast<std::size_t>(s) * row, 0.0f);
-  const std::int64_t l_total = schedule.l_total();
+  const std::int64_t l_total = schedule.l_total();  // one sequence: the slot's rows
   const std::int64_t kv_total = schedule.kv_total();
   if (l_total > 0) {
     backend_.copy_to_host(Queue::compute, k.data(), DType::f32,
@@ -496,6 +564,7 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                           sl.fv->tensor(dt, kv_total, c.h_kv()));
   }
   backend_.synchronize();
+  weights_.reset();
 }
 
 }  // namespace kvpr::worker

@@ -86,16 +86,28 @@ struct CopyStats {
   double busy_s = 0;  // time the copy engine spent copying (including emulated link time)
 };
 
+struct MemoryLedger;  // live bytes and budget, shared with the buffers (they may outlive it)
+
 class Backend {
  public:
-  virtual ~Backend() = default;
+  Backend();
+  virtual ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
 
   virtual std::string name() const = 0;
   // The dtype device tensors hold for compute (fp32 on the CPU backend).
   virtual DType compute_dtype() const = 0;
   virtual NominalRates nominal_rates() const = 0;
 
-  virtual std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes) = 0;
+  // A device allocation. With a memory budget set, an allocation that would take the backend's
+  // live allocations past it fails (ErrorKind::overloaded) naming both numbers.
+  std::unique_ptr<DeviceBuffer> alloc(std::size_t bytes);
+  // Caps the device memory this backend's live buffers may hold (`--device-memory`); 0 = only
+  // what the device has. Buffers allocated before count too.
+  void set_memory_budget(std::uint64_t bytes);
+  std::uint64_t memory_budget() const;  // 0 = none
+  std::uint64_t memory_used() const;    // bytes of live buffers allocated through alloc
 
   // Makes host memory that copies will read or write directly reachable by the device's copy
   // engine (CUDA: cudaHostRegister). Returns false when the backend will stage such copies through
@@ -157,6 +169,7 @@ class Backend {
   std::vector<std::int32_t> argmax(Tensor x);
 
  protected:
+  virtual std::unique_ptr<DeviceBuffer> do_alloc(std::size_t bytes) = 0;
   // What a backend implements, called only with arguments the checker accepted (shapes, dtypes,
   // index ranges, no forbidden overlap). A backend adds only checks of its own limits (integer
   // ranges of BLAS or of a CUDA grid), as ErrorKind::unimplemented.
@@ -178,6 +191,9 @@ class Backend {
   virtual void do_attention_merge(Tensor out, Tensor stats, Tensor partials,
                                   const AttnShape& shape) = 0;
   virtual std::vector<std::int32_t> do_argmax(Tensor x) = 0;
+
+ private:
+  std::shared_ptr<MemoryLedger> ledger_;
 };
 
 }  // namespace kvpr::kernels

@@ -19,6 +19,8 @@ struct BackendOptions {
   // The dtype device tensors hold for compute (CUDA backend: f32, f16 or bf16, always with fp32
   // accumulation; the CPU backend computes in f32 whatever this says).
   DType compute_dtype = DType::f32;
+  // Device memory the backend's buffers may hold (Backend::set_memory_budget); 0 = the device's.
+  std::uint64_t device_memory = 0;
 };
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);

@@ -23,6 +23,16 @@
 // wait behind the K,V fetches and serialise the host with the link. With m = s for every sequence
 // (the default) none of these ops appear.
 //
+// Block schedule (throughput mode): the batch splits into G micro-batches of consecutive sequences
+// and each layer runs once per micro-batch — project, recompute, attend and finish on the micro-
+// batch's rows — while the layer's weights stay loaded. The unit of staging is then one (layer,
+// micro-batch) pair: units run layer-major, unit u fetches into slot u % kStagingSlots, and fetches
+// run kPrefetchLayers units ahead. With weights streamed from host memory (a device weight share
+// below 1) the copy queue loads layer i + 1's weights when layer i starts (after the release of the
+// layer that held its weight slot, two slots as for K,V), compute awaits layer i's weights before
+// its first micro-batch and releases them after its last. G = 1 and resident weights give exactly
+// the latency schedule above.
+//
 // The schedule is a pure function of the batch layout; it owns no memory and calls `visit` with
 // one DecodeOp at a time, in enqueue order.
 #pragma once
@@ -63,6 +73,9 @@ enum class OpKind : std::uint8_t {
   host_attend,      // host: partial attention over [m, s) of every sequence, after the download
   upload_partials,  // compute, after the host's partials: → device
   merge,            // compute: log-sum-exp merge of the partials into the attention output
+  load_weights,     // copy: after the release of its weight slot, `layer`'s streamed weights
+  await_weights,    // compute: wait until `layer`'s weights have landed
+  release_weights,  // compute: `layer`'s weight slot may be reloaded
 };
 
 struct DecodeOp {
@@ -71,6 +84,7 @@ struct DecodeOp {
   std::int32_t slot = -1;
   std::int32_t seq = -1;    // fetch: index in the batch
   std::int32_t chunk = -1;  // chunk_landed, recompute
+  std::int32_t micro = 0;   // the micro-batch of per-micro-batch ops (fetch: of the slot's unit)
   Part part = Part::act;    // fetch
   std::int64_t t0 = 0;      // fetch: first token
   std::int64_t n = 0;       // fetch: tokens; recompute: rows
@@ -91,6 +105,9 @@ struct ScheduleShape {
   // Host attention from m of each sequence on (clamped to [l, s]); empty: m = s, nothing on the
   // host. Ignored when resident.
   std::vector<std::int64_t> m = {};
+  // Sizes of the micro-batches, consecutive sequences each, summing to the batch; empty: one.
+  std::vector<std::int64_t> micro = {};
+  bool stream_weights = false;  // some of each layer's weights come from host memory
 };
 
 class DecodeSchedule {
@@ -102,8 +119,8 @@ class DecodeSchedule {
 
   // The whole step, in enqueue order.
   void run(const Visit& visit) const;
-  // Only the fetch and recompute of one layer into slot 0, then await_kv: what the layer's K,V
-  // look like to attention (Engine::materialize_kv, tests).
+  // Only the fetch and recompute of one layer (micro-batch 0) into slot 0, then await_kv: what
+  // the layer's K,V look like to attention (Engine::materialize_kv, tests).
   void run_layer_kv(std::int64_t layer, const Visit& visit) const;
 
   const ScheduleShape& shape() const { return shape_; }
@@ -111,27 +128,47 @@ class DecodeSchedule {
   std::int64_t l(std::size_t i) const { return l_[i]; }
   std::int64_t m(std::size_t i) const { return m_[i]; }
   std::int64_t host_total() const { return host_total_; }  // K,V rows attended on the host
-  // Slot rows: activations of sequence i start at act_row(i), its fetched K,V at kv_row(i).
+  // Slot rows: activations of sequence i start at act_row(i), its fetched K,V at kv_row(i), in
+  // the slot of its micro-batch's unit.
   std::int64_t act_row(std::size_t i) const { return act_row_[i]; }
   std::int64_t kv_row(std::size_t i) const { return kv_row_[i]; }
-  std::int64_t l_total() const { return l_total_; }    // activation rows per slot
-  std::int64_t kv_total() const { return kv_total_; }  // fetched K,V rows per slot
-  // Position of every activation row of a slot (for RoPE of recomputed K).
-  const std::vector<std::int32_t>& act_positions() const { return act_positions_; }
+  std::int64_t l_total() const { return l_total_; }    // activation rows per layer (all units)
+  std::int64_t kv_total() const { return kv_total_; }  // fetched K,V rows per layer (all units)
+  std::int64_t slot_act_rows() const { return slot_act_rows_; }  // most of one unit
+  std::int64_t slot_kv_rows() const { return slot_kv_rows_; }
+  // Micro-batches: g covers sequences [micro_first(g), micro_first(g) + micro_size(g)).
+  std::int64_t micro_batches() const { return static_cast<std::int64_t>(micro_.size()); }
+  std::int64_t micro_first(std::size_t g) const { return micro_[g].first; }
+  std::int64_t micro_size(std::size_t g) const { return micro_[g].size; }
+  std::int64_t micro_act_rows(std::size_t g) const {  // activation rows of its units
+    return micro_[g].chunk_ends.empty() ? 0 : micro_[g].chunk_ends.back();
+  }
+  // Position of every activation row of micro-batch g's slot (for RoPE of recomputed K).
+  const std::vector<std::int32_t>& act_positions(std::size_t g = 0) const {
+    return micro_[g].act_positions;
+  }
 
  private:
-  void fetch(std::int64_t layer, int slot, bool await, const Visit& visit) const;
-  void recompute(std::int64_t layer, int slot, const Visit& visit) const;
+  struct Micro {
+    std::int64_t first = 0;
+    std::int64_t size = 0;
+    std::vector<std::int32_t> act_positions;
+    std::vector<std::int64_t> chunk_ends;  // rows landed at each chunk mark of its slot
+  };
+  // Fetch and recompute of unit (layer, g) into `slot`.
+  void fetch(std::int64_t layer, std::size_t g, int slot, bool await, const Visit& visit) const;
+  void recompute(std::int64_t layer, std::size_t g, int slot, const Visit& visit) const;
 
   ScheduleShape shape_;
   std::vector<std::int64_t> l_;
   std::vector<std::int64_t> m_;
   std::vector<std::int64_t> act_row_;
   std::vector<std::int64_t> kv_row_;
-  std::vector<std::int32_t> act_positions_;
-  std::vector<std::int64_t> chunk_ends_;  // rows landed at each chunk mark of a slot
+  std::vector<Micro> micro_;
   std::int64_t l_total_ = 0;
   std::int64_t kv_total_ = 0;
+  std::int64_t slot_act_rows_ = 0;
+  std::int64_t slot_kv_rows_ = 0;
   std::int64_t host_total_ = 0;
 };
 

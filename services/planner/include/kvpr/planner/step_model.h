@@ -31,13 +31,18 @@ struct StepShape {
   std::int64_t chunk = kChunkTokens;  // activation rows per recompute chunk
   bool resident = false;              // K,V already on the device: nothing fetched
   std::vector<std::int64_t> m = {};   // host attention from m of each sequence (empty: m = s)
+  std::vector<std::int64_t> micro = {};  // micro-batch sizes (block schedule); empty: one
+  double weight_bytes = 0;  // host bytes of each layer's streamed weights (0: all resident)
 
-  ScheduleShape schedule() const { return {n_layers, block_tokens, s, l, chunk, resident, m}; }
+  ScheduleShape schedule() const {
+    return {n_layers, block_tokens, s, l, chunk, resident, m, micro, weight_bytes > 0};
+  }
 };
 
 struct StepPrediction {
   double total_s = 0;
-  double transfer_s = 0;  // copy queue busy (fetches and write-backs)
+  double transfer_s = 0;  // copy queue busy (fetches, write-backs and weight loads)
+  double weights_s = 0;   // of which weight loads
   double recompute_s = 0;
   double attention_s = 0;
   double other_s = 0;

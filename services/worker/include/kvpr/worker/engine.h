@@ -22,6 +22,7 @@
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
 #include "kvpr/worker/host_attention.h"
+#include "kvpr/worker/weight_stream.h"
 
 namespace kvpr::worker {
 
@@ -32,6 +33,10 @@ struct EngineOptions {
   // Host attention from m on ([m, s) on the host; `--split L:M`); nullopt = the planner's m.
   std::optional<std::int64_t> host_split = std::nullopt;
   int host_threads = 1;  // threads of the host-attention pool (`--host-threads`)
+  // Throughput mode's block schedule: a decode step's batch runs as this many micro-batches of
+  // consecutive sequences (sizes differ by at most one; capped at the batch), each layer once per
+  // micro-batch while its weights are loaded (decode_schedule.h). 1: the latency schedule.
+  std::int64_t micro_batches = 1;
 };
 
 // Seconds spent per phase. transfer is the copy queue's busy time, which overlaps the compute
@@ -136,15 +141,15 @@ class Engine {
   void begin_step(Step& step, std::span<const SeqHandle> seqs);
   void size_slots(const planner::DecodeSchedule& schedule);
   void execute(Step& step, const planner::DecodeOp& op);
-  void prefetch(Step& step, std::int64_t layer);
+  void prefetch(Step& step, const planner::DecodeOp& op);
   void fetch_block(Step& step, const planner::DecodeOp& op);
-  void project_new_tokens(Step& step, std::int64_t layer);
-  void write_back(Step& step, std::int64_t layer);
+  void project_new_tokens(Step& step, const planner::DecodeOp& op);
+  void write_back(Step& step, const planner::DecodeOp& op);
   void recompute(Step& step, const planner::DecodeOp& op);
-  void attend(Step& step, std::int64_t layer, int slot);
+  void attend(Step& step, const planner::DecodeOp& op);
   // The host third of the split (three-way schedule ops).
   void download_query(Step& step, const planner::DecodeOp& op);
-  void host_attend(Step& step, std::int64_t layer);
+  void host_attend(Step& step, const planner::DecodeOp& op);
   void upload_partials(Step& step, const planner::DecodeOp& op);
   void merge(Step& step, const planner::DecodeOp& op);
   void finish_step(Step& step);
@@ -160,6 +165,7 @@ class Engine {
 
   std::vector<std::unique_ptr<kernels::DeviceBuffer>> scratch_;
   std::vector<std::unique_ptr<Slot>> slots_;
+  WeightStream weights_;  // streamed weight matrices (throughput mode); no-ops when all resident
   std::map<SeqHandle, std::unique_ptr<Resident>> resident_;
   std::unique_ptr<HostAttention> host_;  // started at the first step with host attention
   std::vector<float> host_q_;            // the query rows on the host, [b, h] fp32
