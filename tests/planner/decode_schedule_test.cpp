@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -162,6 +163,78 @@ TEST(DecodeSchedule, ThreeWaySplitFetchesOnlyUpToMAndAttendsTheRestOnTheHost) {
   EXPECT_THROW(DecodeSchedule({1, 16, {4, 5}, {0, 0}, 64, false, {1}}), Error);
 }
 
+// Throughput mode's block schedule: three layers, micro-batches of 2 and 1 sequences, weights
+// streamed. Units (layer, micro-batch) fill alternating slots two units ahead; each layer's weights
+// load on the copy queue a layer ahead (after the release of the layer that held their slot), are
+// awaited before its first micro-batch and released after its last.
+TEST(DecodeSchedule, BlockScheduleRunsEachLayerPerMicroBatchWithWeightsLoadedOnce) {
+  ScheduleShape shape{3, 16, {40, 7, 20}, {20, 3, 0}, 16, false};
+  shape.micro = {2, 1};
+  shape.stream_weights = true;
+  const DecodeSchedule schedule(shape);
+  ASSERT_EQ(schedule.micro_batches(), 2);
+  EXPECT_EQ(schedule.micro_first(1), 2);
+  EXPECT_EQ(schedule.act_row(1), 20);  // rows within its micro-batch's slot
+  EXPECT_EQ(schedule.act_row(2), 0);
+  EXPECT_EQ(schedule.kv_row(2), 0);
+  EXPECT_EQ(schedule.l_total(), 23);
+  EXPECT_EQ(schedule.kv_total(), 20 + 4 + 20);
+  EXPECT_EQ(schedule.slot_act_rows(), 23);
+  EXPECT_EQ(schedule.slot_kv_rows(), 24);
+  ASSERT_EQ(schedule.act_positions(1).size(), 0u);
+
+  std::vector<std::string> events;                // "kind layer micro"
+  std::map<std::pair<int, int>, int> fetch_slot;  // unit → slot it was fetched into
+  for (const auto& op : ops_of(schedule)) {
+    if (op.kind == OpKind::fetch) {
+      fetch_slot[{op.layer, op.micro}] = op.slot;
+      continue;
+    }
+    if (op.kind == OpKind::chunk_landed || op.kind == OpKind::prefetch) continue;
+    events.push_back(std::string(to_string(op.kind)) + " " + std::to_string(op.layer) + " " +
+                     std::to_string(op.micro));
+  }
+  const auto at = [&](const std::string& e) {
+    const auto it = std::find(events.begin(), events.end(), e);
+    EXPECT_NE(it, events.end()) << e;
+    return it - events.begin();
+  };
+  // Weights: loaded once per layer, one layer ahead, around both micro-batches.
+  EXPECT_EQ(std::count_if(events.begin(), events.end(),
+                          [](const std::string& e) { return e.rfind("load_weights", 0) == 0; }),
+            3);
+  EXPECT_LT(at("load_weights 0 0"), at("embed -1 0"));
+  EXPECT_LT(at("load_weights 1 0"), at("await_weights 0 0"));
+  EXPECT_LT(at("await_weights 0 0"), at("project 0 0"));
+  EXPECT_LT(at("finish_layer 0 1"), at("release_weights 0 0"));
+  EXPECT_LT(at("release_weights 0 0"), at("load_weights 2 0"));
+  EXPECT_LT(at("load_weights 2 0"), at("await_weights 1 0"));
+  // Every layer runs per micro-batch, in order; units alternate slots.
+  for (int layer = 0; layer < 3; ++layer) {
+    const std::string l = std::to_string(layer);
+    EXPECT_LT(at("project " + l + " 0"), at("attend " + l + " 0"));
+    EXPECT_LT(at("finish_layer " + l + " 0"), at("project " + l + " 1"));
+    EXPECT_LT(at("attend " + l + " 1"), at("finish_layer " + l + " 1"));
+    EXPECT_EQ(fetch_slot[std::make_pair(layer, 0)], (2 * layer) % 2);
+    EXPECT_EQ(fetch_slot[std::make_pair(layer, 1)], (2 * layer + 1) % 2);
+  }
+  // The fetch of unit u + 2 waits for unit u's release.
+  EXPECT_LT(at("release_slot 0 0"), at("await_slot 1 0"));
+  EXPECT_LT(at("release_slot 0 1"), at("await_slot 1 1"));
+
+  // One micro-batch and resident weights: exactly the latency schedule.
+  ScheduleShape latency{3, 16, {40, 7, 20}, {20, 3, 0}, 16, false};
+  ScheduleShape one = latency;
+  one.micro = {3};
+  const auto a = ops_of(DecodeSchedule(latency));
+  const auto b = ops_of(DecodeSchedule(one));
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].kind, b[i].kind);
+    EXPECT_EQ(a[i].slot, b[i].slot);
+  }
+}
+
 TEST(DecodeSchedule, RejectsInconsistentShapes) {
   EXPECT_THROW(DecodeSchedule({0, 16, {1}, {0}, 64, false}), Error);
   EXPECT_THROW(DecodeSchedule({1, 0, {1}, {0}, 64, false}), Error);
@@ -169,6 +242,8 @@ TEST(DecodeSchedule, RejectsInconsistentShapes) {
   EXPECT_THROW(DecodeSchedule({1, 16, {}, {}, 64, false}), Error);
   EXPECT_THROW(DecodeSchedule({1, 16, {-1}, {0}, 64, false}), Error);
   EXPECT_THROW(DecodeSchedule({1, 16, {4}, {0}, 0, false}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {4, 4}, {0, 0}, 16, false, {}, {1}}), Error);
+  EXPECT_THROW(DecodeSchedule({1, 16, {4, 4}, {0, 0}, 16, false, {}, {2, 0}}), Error);
 }
 
 }  // namespace

@@ -112,6 +112,7 @@ struct GoldenParam {
   planner::Policy policy;
   std::optional<std::int64_t> split;
   std::string policy_name;
+  testing::ThroughputKnobs knobs = {};  // throughput mode: weights streamed from host memory
 };
 
 void PrintTo(const GoldenParam& p, std::ostream* os) {
@@ -126,6 +127,10 @@ std::vector<GoldenParam> full_precision_params() {
     params.push_back({row, planner::Policy::recompute, std::nullopt, "recompute"});
     params.push_back({row, planner::Policy::kvpr, 7, "kvpr_split7"});
     params.push_back({row, planner::Policy::kvpr, std::nullopt, "kvpr_auto"});
+    params.push_back({row, planner::Policy::kvpr, 7, "kvpr_split7_weights_streamed",
+                      testing::ThroughputKnobs{{0.0, 0}, 3}});
+    params.push_back({row, planner::Policy::transfer, std::nullopt,
+                      "transfer_half_weights_streamed", testing::ThroughputKnobs{{0.5, 0}, 3}});
   }
   return params;
 }
@@ -143,7 +148,7 @@ TEST_P(Golden, MatchesReference) {
   for (const auto& k : cases) {
     SCOPED_TRACE(k.id);
     Stack stack(k.model_dir, GetParam().policy, GetParam().split, std::uint64_t{1} << 28,
-                tol.backend.options());
+                tol.backend.options(), GetParam().knobs);
     const auto& c = stack.checkpoint.config();
     const float logit_tol = k.fp16 ? tol.logits_fp16 : tol.logits;
     float& worst = k.fp16 ? worst_logit16 : worst_logit;

@@ -16,16 +16,24 @@
 
 namespace kvpr::worker::testing {
 
+// Throughput mode's knobs: weights kept on the device and micro-batches of the block schedule.
+struct ThroughputKnobs {
+  WeightPlacement placement = {};
+  std::int64_t micro_batches = 1;
+};
+
 struct Stack {
   Stack(const std::string& dir, planner::Policy policy, std::optional<std::int64_t> split,
-        std::uint64_t capacity = 1ull << 28, const kernels::BackendOptions& backend_options = {})
+        std::uint64_t capacity = 1ull << 28, const kernels::BackendOptions& backend_options = {},
+        const ThroughputKnobs& knobs = {})
       : checkpoint(dir), backend(kernels::make_backend(backend_options)) {
-    model = std::make_unique<DeviceModel>(checkpoint, *backend, false);
+    model = std::make_unique<DeviceModel>(checkpoint, *backend, false, knobs.placement);
     const auto& c = checkpoint.config();
     store = std::make_unique<kvstore::LocalKvStore>(
         kvstore::StoreShape{c.n_layers, c.h, c.h_kv(), c.dtype, 16}, capacity);
-    engine =
-        std::make_unique<Engine>(*model, *backend, *store, planner, EngineOptions{policy, split});
+    EngineOptions options{policy, split};
+    options.micro_batches = knobs.micro_batches;
+    engine = std::make_unique<Engine>(*model, *backend, *store, planner, options);
   }
 
   // Rows [0, n) of one part of one layer of a sequence, converted to f32, as [n, width].

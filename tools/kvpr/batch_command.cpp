@@ -321,13 +321,16 @@ void start_workers(const BatchOptions& o, planner::Policy policy, Workers& w) {
   gateway::WorkerUpstreamOptions uo;
   uo.policy = policy;
   if (o.connect.empty()) {
-    w.embedded = std::make_unique<Embedded>(o.model, o.backend, policy, std::nullopt,
-                                            o.capacity_bytes, !o.quiet);
+    BackendFlags flags = o.backend;
+    flags.device.batch = o.max_batch;
+    w.embedded = std::make_unique<Embedded>(o.model, flags, policy, std::nullopt, o.capacity_bytes,
+                                            !o.quiet);
     worker::WorkerServiceOptions wo;
     wo.endpoint = "inproc://kvpr-batch-worker";
     wo.name = "embedded";
     wo.max_queue = std::max<std::size_t>(64, static_cast<std::size_t>(o.max_batch));
     wo.batching.max_batch = o.max_batch;
+    wo.batching.engine.micro_batches = o.backend.device.micro_batches;
     auto& e = *w.embedded;
     w.service = std::make_unique<worker::WorkerService>(w.context, *e.model, *e.backend, *e.store,
                                                         *e.planner, wo);

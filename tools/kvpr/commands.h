@@ -9,11 +9,24 @@
 
 namespace kvpr::cli {
 
+// Throughput mode's device flags (kvpr run, kvpr batch): the device memory the backend may use,
+// the share of each layer's weights kept there (the rest streamed from host memory), and the
+// micro-batches of the block schedule.
+struct DeviceFlags {
+  std::uint64_t device_memory = 0;       // --device-memory; 0: the device's
+  std::string weight_fraction = "auto";  // --weight-fraction: 0..1, or auto (the most that fits)
+  std::int64_t micro_batches = 1;        // --micro-batches
+  // Not flags: what the command will run, to size the working set beside the weights.
+  std::int64_t batch = 1;
+  std::int64_t context = 0;  // 0: the model's positions
+};
+
 struct BackendFlags {
   std::string backend = "cpu";
   double emulate_link_gbps = 0;
   double emulate_link_latency_us = 0;
   int threads = 0;
+  DeviceFlags device;
 };
 
 struct RunOptions {

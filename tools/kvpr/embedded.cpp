@@ -20,6 +20,7 @@ kernels::BackendOptions backend_options(const BackendFlags& flags) {
   options.emulate_link_gbps = flags.emulate_link_gbps;
   options.emulate_link_latency_s = flags.emulate_link_latency_us * 1e-6;
   options.threads = flags.threads;
+  options.device_memory = flags.device.device_memory;
   return options;
 }
 
@@ -55,8 +56,25 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
                    std::optional<std::int64_t> split, std::uint64_t capacity_bytes,
                    bool show_progress, const std::string& planner_kind)
     : checkpoint(model_dir), backend(kernels::make_backend(backend_options(flags))) {
-  model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, show_progress);
   const ModelConfig& c = checkpoint.config();
+  const DeviceFlags& device = flags.device;
+  if (device.micro_batches < 1)
+    fail("--micro-batches must be at least 1, got ", device.micro_batches);
+  worker::WeightPlacement placement;
+  if (device.weight_fraction == "auto") {
+    placement.device_fraction = std::nullopt;
+    placement.reserve_bytes = worker::working_set_bytes(
+        c, device.batch, device.context > 0 ? device.context : c.max_positions,
+        device.micro_batches, backend->compute_dtype());
+  } else {
+    double f = -1;
+    const auto& text = device.weight_fraction;
+    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), f);
+    if (ec != std::errc() || ptr != text.data() + text.size() || !(f >= 0 && f <= 1))
+      fail("--weight-fraction must be 'auto' or a number in [0, 1], got '", text, "'");
+    placement.device_fraction = f;
+  }
+  model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, show_progress, placement);
   kvstore::StoreShape shape;
   shape.n_layers = c.n_layers;
   shape.h = c.h;
@@ -78,8 +96,9 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   } else {
     fail("--planner must be nominal or measured, got '", planner_kind, "'");
   }
-  engine = std::make_unique<worker::Engine>(*model, *backend, *store, *planner,
-                                            worker::EngineOptions{policy, split});
+  worker::EngineOptions engine_options{policy, split};
+  engine_options.micro_batches = device.micro_batches;
+  engine = std::make_unique<worker::Engine>(*model, *backend, *store, *planner, engine_options);
 }
 
 Embedded::~Embedded() {

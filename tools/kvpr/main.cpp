@@ -23,6 +23,18 @@ void add_backend_flags(CLI::App* app, kvpr::cli::BackendFlags& flags) {
   app->add_option("--threads", flags.threads, "Compute threads (0 = backend default)");
 }
 
+void add_device_flags(CLI::App* app, kvpr::cli::DeviceFlags& flags) {
+  app->add_option("--device-memory", flags.device_memory,
+                  "Device memory the backend may use, in bytes (0 = the device's); weights that "
+                  "do not fit stream from host memory");
+  app->add_option("--weight-fraction", flags.weight_fraction,
+                  "Share of each layer's weights kept on the device: 0..1, or auto (the most "
+                  "that fits --device-memory)");
+  app->add_option("--micro-batches", flags.micro_batches,
+                  "Block schedule: each layer runs once per micro-batch while its weights are "
+                  "loaded (1 = the latency schedule)");
+}
+
 // One line whatever the message holds.
 void report(std::string_view kind, std::string message) {
   for (char& ch : message) {
@@ -68,6 +80,7 @@ int main(int argc, char** argv) {
       "--planner", run.planner,
       "Split planner: nominal (backend's nominal rates) or measured (cached profile)");
   add_backend_flags(run_cmd, run.backend);
+  add_device_flags(run_cmd, run.backend.device);
   run_cmd->add_option("--connect", run.connect,
                       "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
   run_cmd
@@ -99,6 +112,7 @@ int main(int argc, char** argv) {
   batch_cmd->add_option("--policy", batch.policy, "resident, transfer, recompute or kvpr");
   batch_cmd->add_option("--kv-capacity", batch.capacity_bytes, "Host KV store capacity in bytes");
   add_backend_flags(batch_cmd, batch.backend);
+  add_device_flags(batch_cmd, batch.backend.device);
   batch_cmd->add_option("--connect", batch.connect,
                         "Run on a deployment: worker endpoint(s), comma-separated (see kvpr up)");
   batch_cmd

@@ -45,8 +45,10 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
                                     const worker::StreamCallbacks& on_step) {
   if (options.host_threads < 1)
     fail("--host-threads must be at least 1, got ", options.host_threads);
-  Embedded e(options.model, options.backend, work.policy, work.split, options.capacity_bytes,
-             !options.quiet, options.planner);
+  BackendFlags flags = options.backend;
+  flags.device.batch = static_cast<std::int64_t>(work.request.prompts.size());
+  Embedded e(options.model, flags, work.policy, work.split, options.capacity_bytes, !options.quiet,
+             options.planner);
   zmq::context_t context;
   worker::WorkerServiceOptions service_options;
   service_options.endpoint = "inproc://kvpr-embedded-worker";
@@ -54,6 +56,7 @@ worker::GenerateResult run_embedded(const RunOptions& options, const worker::Rem
   service_options.trace_path = options.trace;
   service_options.corrector = e.corrector.get();
   service_options.host_threads = options.host_threads;
+  service_options.batching.engine.micro_batches = flags.device.micro_batches;
   worker::WorkerService service(context, *e.model, *e.backend, *e.store, *e.planner,
                                 service_options);
   service.start();

@@ -12,29 +12,34 @@ namespace {
 
 constexpr std::size_t kAlign = 64;
 
-std::size_t aligned(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+std::size_t aligned(std::size_t bytes) {
+  return (bytes + kAlign - 1) / kAlign * kAlign;
+}
 
 // The weight-matrix names of a layer in placement order, by layer_matrix index.
 std::vector<std::pair<std::size_t, std::string>> matrices(const ModelConfig& c) {
   if (c.arch == Arch::opt) {
     return {{0, "q_proj"}, {1, "k_proj"}, {2, "v_proj"}, {3, "o_proj"}, {4, "fc1"}, {5, "fc2"}};
   }
-  return {{0, "q_proj"}, {1, "k_proj"},    {2, "v_proj"},  {3, "o_proj"},
+  return {{0, "q_proj"},  {1, "k_proj"},    {2, "v_proj"},   {3, "o_proj"},
           {6, "up_proj"}, {7, "gate_proj"}, {8, "down_proj"}};
 }
 
 }  // namespace
 
 Linear& layer_linear(DeviceLayer& layer, std::size_t index) {
-  std::array<Linear*, kLayerMatrices> all = {&layer.q,   &layer.k,  &layer.v,    &layer.o,   &layer.fc1,
-                                             &layer.fc2, &layer.up, &layer.gate, &layer.down};
+  std::array<Linear*, kLayerMatrices> all = {&layer.q,  &layer.k,    &layer.v,
+                                             &layer.o,  &layer.fc1,  &layer.fc2,
+                                             &layer.up, &layer.gate, &layer.down};
   if (index >= all.size()) fail("layer_linear: index ", index, " out of range");
   return *all[index];
 }
 
 HostWeights::HostWeights(kernels::Backend& backend, std::size_t bytes) : backend_(backend) {
-  data_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, aligned(std::max<std::size_t>(bytes, 1))));
-  if (data_ == nullptr) raise(ErrorKind::overloaded, "no host memory for ", bytes, " bytes of weights");
+  data_ =
+      static_cast<std::byte*>(std::aligned_alloc(kAlign, aligned(std::max<std::size_t>(bytes, 1))));
+  if (data_ == nullptr)
+    raise(ErrorKind::overloaded, "no host memory for ", bytes, " bytes of weights");
   registered_ = backend_.register_host(data_, bytes);
 }
 
@@ -54,7 +59,7 @@ std::uint64_t DeviceModel::streamed_host_bytes(std::int64_t i) const {
 DeviceModel::~DeviceModel() {
   try {
     backend_.synchronize();  // no copy may still read host_
-  } catch (...) {  // a destructor never throws
+  } catch (...) {            // a destructor never throws
   }
 }
 
@@ -72,8 +77,8 @@ Tensor DeviceModel::upload(const Checkpoint& checkpoint, const std::string& name
   return t;
 }
 
-Tensor DeviceModel::place(const Checkpoint& checkpoint, const std::string& name,
-                          std::int64_t layer, std::size_t index, bool resident) {
+Tensor DeviceModel::place(const Checkpoint& checkpoint, const std::string& name, std::int64_t layer,
+                          std::size_t index, bool resident) {
   if (resident) return upload(checkpoint, name);
   const TensorView& view = checkpoint.tensor(name);
   if (view.shape.size() != 2) fail("weight ", name, " is not a matrix");
@@ -87,10 +92,11 @@ Tensor DeviceModel::place(const Checkpoint& checkpoint, const std::string& name,
   host_offset_ += aligned(view.nbytes);
   m.host = host;
   auto& list = streamed_[static_cast<std::size_t>(layer)];
-  m.offset = list.empty() ? 0
-                          : list.back().offset +
-                                aligned(static_cast<std::size_t>(list.back().rows * list.back().cols) *
-                                        size_of(backend_.compute_dtype()));
+  m.offset = list.empty()
+                 ? 0
+                 : list.back().offset +
+                       aligned(static_cast<std::size_t>(list.back().rows * list.back().cols) *
+                               size_of(backend_.compute_dtype()));
   list.push_back(m);
   return {};
 }
@@ -102,55 +108,132 @@ Norm DeviceModel::norm(const Checkpoint& checkpoint, const std::string& prefix, 
   return n;
 }
 
+namespace {
+
+// Where a layer's matrices go for one device fraction (every layer has the same shapes).
+struct LayerPlacement {
+  std::vector<bool> resident = std::vector<bool>(kLayerMatrices, true);
+  std::size_t slot = 0;              // device bytes of the streamed matrices (compute dtype)
+  std::size_t host = 0;              // their host bytes (checkpoint dtype, aligned)
+  std::uint64_t device = 0;          // device bytes of the resident ones
+  std::uint64_t matrix_bytes = 0;    // checkpoint bytes of all matrices
+  std::uint64_t resident_bytes = 0;  // checkpoint bytes of the resident ones
+};
+
+LayerPlacement place_layer(const Checkpoint& checkpoint, double fraction, std::size_t dt) {
+  const ModelConfig& c = checkpoint.config();
+  LayerPlacement p;
+  std::uint64_t total = 0;
+  for (const auto& [index, part] : matrices(c))
+    total += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
+  std::uint64_t before = 0;
+  for (const auto& [index, part] : matrices(c)) {
+    const TensorView& view = checkpoint.tensor(names::layer(c, 0, part) + ".weight");
+    const double middle = static_cast<double>(before) + static_cast<double>(view.nbytes) / 2;
+    p.resident[index] = middle <= fraction * static_cast<double>(total);
+    before += view.nbytes;
+    const std::size_t device = static_cast<std::size_t>(view.numel()) * dt;
+    p.matrix_bytes += view.nbytes;
+    if (p.resident[index]) {
+      p.device += device;
+      p.resident_bytes += view.nbytes;
+    } else {
+      p.slot += aligned(device);
+      p.host += aligned(view.nbytes);
+    }
+  }
+  return p;
+}
+
+// Device bytes of everything but the layers' matrices: embeddings, head, norms, biases.
+std::uint64_t fixed_device_bytes(const Checkpoint& checkpoint, std::size_t dt) {
+  const ModelConfig& c = checkpoint.config();
+  const bool opt = c.arch == Arch::opt;
+  std::uint64_t n = 0;
+  const auto add = [&](const std::string& name) {
+    n += static_cast<std::uint64_t>(checkpoint.tensor(name).numel());
+  };
+  add(names::embed_tokens(c));
+  if (opt) add(names::embed_positions(c));
+  if (c.has_projections()) {
+    add(names::project_in(c));
+    add(names::project_out(c));
+  }
+  if (names::lm_head(c) != names::embed_tokens(c)) add(names::lm_head(c));
+  if (!opt || c.final_layer_norm) {
+    add(names::final_norm(c) + ".weight");
+    if (opt) add(names::final_norm(c) + ".bias");
+  }
+  const bool attn_bias = opt ? c.enable_bias : c.attention_bias;
+  const bool mlp_bias = opt ? c.enable_bias : c.mlp_bias;
+  for (std::int64_t i = 0; i < c.n_layers; ++i) {
+    for (const char* norm : {"attn_norm", "ffn_norm"}) {
+      add(names::layer(c, i, norm) + ".weight");
+      if (opt) add(names::layer(c, i, norm) + ".bias");
+    }
+    for (const auto& [index, part] : matrices(c)) {
+      if (index <= 3 ? attn_bias : mlp_bias) add(names::layer(c, i, part) + ".bias");
+    }
+  }
+  return n * dt;
+}
+
+}  // namespace
+
 DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend,
                          bool show_progress, WeightPlacement placement)
     : config_(checkpoint.config()), backend_(backend) {
   const ModelConfig& c = config_;
   const bool opt = c.arch == Arch::opt;
-  const double fraction = placement.device_fraction;
-  if (!(fraction >= 0 && fraction <= 1))
-    fail("weight fraction on the device must be in [0, 1], got ", fraction);
-  // Placement first (every layer has the same shapes): which matrices stay, what the rest need.
   const std::size_t dt = size_of(backend_.compute_dtype());
-  std::vector<bool> resident(kLayerMatrices, true);
-  std::size_t slot = 0;
-  std::size_t host_per_layer = 0;
-  std::uint64_t resident_device = 0;  // per layer, compute dtype
-  {
-    std::uint64_t total = 0;
-    for (const auto& [index, part] : matrices(c)) total += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
-    std::uint64_t before = 0;
+  const auto layers = static_cast<std::uint64_t>(c.n_layers);
+  const std::uint64_t budget = backend_.memory_budget();
+  const std::uint64_t fixed = fixed_device_bytes(checkpoint, dt);
+  const auto need = [&](const LayerPlacement& p) { return fixed + layers * p.device + 2 * p.slot; };
+  double fraction = 1.0;
+  if (placement.device_fraction) {
+    fraction = *placement.device_fraction;
+    if (!(fraction >= 0 && fraction <= 1))
+      fail("weight fraction on the device must be in [0, 1], got ", fraction);
+  } else if (budget > 0) {
+    // The largest share (a prefix of the layer's matrices) that fits beside the reserve.
+    const std::uint64_t room = budget > backend_.memory_used() + placement.reserve_bytes
+                                   ? budget - backend_.memory_used() - placement.reserve_bytes
+                                   : 0;
+    const LayerPlacement none = place_layer(checkpoint, 0, dt);
+    if (need(none) > room) {
+      raise(ErrorKind::overloaded, "device memory budget of ", budget,
+            " bytes is too small for one layer's working set: ", fixed,
+            " bytes of embeddings, head and norms, two ", none.slot,
+            "-byte slots for streamed layer weights and ", placement.reserve_bytes,
+            " bytes of activations and K,V staging");
+    }
+    fraction = 0;
+    std::uint64_t cum = 0;
+    const std::uint64_t total = none.matrix_bytes;
     for (const auto& [index, part] : matrices(c)) {
-      const TensorView& view = checkpoint.tensor(names::layer(c, 0, part) + ".weight");
-      const double middle = static_cast<double>(before) + static_cast<double>(view.nbytes) / 2;
-      resident[index] = middle <= fraction * static_cast<double>(total);
-      before += view.nbytes;
-      const std::size_t device = static_cast<std::size_t>(view.numel()) * dt;
-      matrix_bytes_ += view.nbytes;
-      if (resident[index]) {
-        resident_device += device;
-        resident_matrix_bytes_ += view.nbytes;
-      } else {
-        slot += aligned(device);
-        host_per_layer += aligned(view.nbytes);
-      }
+      cum += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
+      const double f = static_cast<double>(cum) / static_cast<double>(total);
+      if (need(place_layer(checkpoint, f, dt)) <= room) fraction = f;
     }
-    matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
-    resident_matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
   }
+  const LayerPlacement p = place_layer(checkpoint, fraction, dt);
+  const std::vector<bool>& resident = p.resident;
+  const std::size_t slot = p.slot;
+  const std::size_t host_per_layer = p.host;
+  matrix_bytes_ = p.matrix_bytes * layers;
+  resident_matrix_bytes_ = p.resident_bytes * layers;
   slot_bytes_ = slot;
-  if (const std::uint64_t budget = backend_.memory_budget(); budget > 0) {
-    const std::uint64_t need = resident_device * static_cast<std::uint64_t>(c.n_layers) + 2 * slot;
-    if (need + backend_.memory_used() > budget) {
-      raise(ErrorKind::overloaded, "device memory budget of ", budget, " bytes cannot hold ",
-            resident_device * static_cast<std::uint64_t>(c.n_layers),
-            " bytes of resident layer weights (", fraction, " of each layer) and two ", slot,
-            "-byte slots for streamed ones; lower the weight fraction or raise --device-memory");
-    }
+  if (budget > 0 && need(p) + backend_.memory_used() > budget) {
+    raise(ErrorKind::overloaded, "device memory budget of ", budget, " bytes cannot hold ", need(p),
+          " bytes of weights (", fraction,
+          " of each layer resident, two slots for the rest, embeddings and head); lower the "
+          "weight fraction or raise --device-memory");
   }
   streamed_.resize(static_cast<std::size_t>(c.n_layers));
   if (slot > 0) {
-    host_ = std::make_unique<HostWeights>(backend_, host_per_layer * static_cast<std::size_t>(c.n_layers));
+    host_ = std::make_unique<HostWeights>(backend_,
+                                          host_per_layer * static_cast<std::size_t>(c.n_layers));
   }
   Progress progress(str("loading ", checkpoint.dir().string()),
                     static_cast<std::uint64_t>(c.n_layers), show_progress);

@@ -32,6 +32,25 @@ Tensor grown(kernels::Backend& backend, std::unique_ptr<kernels::DeviceBuffer>& 
   return buffer->tensor(dtype, rows, cols);
 }
 
+std::uint64_t working_set_bytes(const ModelConfig& c, std::int64_t batch, std::int64_t context,
+                                std::int64_t micro_batches, DType dtype) {
+  const auto b = static_cast<double>(std::max<std::int64_t>(batch, 1));
+  const auto n = static_cast<double>(std::max<std::int64_t>(context, 1));
+  const auto g = static_cast<double>(std::clamp<std::int64_t>(micro_batches, 1, batch));
+  const auto h = static_cast<double>(c.h);
+  const auto h_kv = static_cast<double>(c.h_kv());
+  const auto ffn = static_cast<double>(c.ffn);
+  const auto vocab = static_cast<double>(c.vocab);
+  const double unit_rows = std::ceil(b / g) * n;  // a unit's K,V rows, recomputed or fetched
+  const double staging = planner::kStagingSlots * unit_rows * (h + 4 * h_kv);
+  const double prompt = n * (5 * h + 4 * h_kv + 2 * ffn) + vocab;
+  const double step =
+      static_cast<double>(c.n_layers) * b * (h + 2 * h_kv) + b * (3 * h + 2 * ffn + vocab);
+  // Buffers grow by half again when they grow (engine_internal.h: grown).
+  return static_cast<std::uint64_t>(1.5 * (staging + prompt + step) *
+                                    static_cast<double>(size_of(dtype)));
+}
+
 Engine::Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
                planner::Planner& planner, EngineOptions options)
     : model_(model),
@@ -40,7 +59,8 @@ Engine::Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvS
       planner_(planner),
       options_(options),
       weights_(model, backend) {
-  if (options_.micro_batches < 1) fail("micro-batches must be at least 1, got ", options_.micro_batches);
+  if (options_.micro_batches < 1)
+    fail("micro-batches must be at least 1, got ", options_.micro_batches);
   const ModelConfig& c = model_.config();
   const auto& shape = store_.shape();
   if (shape.n_layers != c.n_layers || shape.h != c.h || shape.h_kv != c.h_kv()) {

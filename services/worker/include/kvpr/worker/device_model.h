@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "kvpr/common/checkpoint.h"
@@ -54,7 +55,10 @@ struct StreamedMatrix {
 };
 
 struct WeightPlacement {
-  double device_fraction = 1.0;  // share of each layer's weight-matrix bytes kept on the device
+  // Share of each layer's weight-matrix bytes kept on the device; nullopt: the largest share that
+  // fits the backend's memory budget beside reserve_bytes (all of it without a budget).
+  std::optional<double> device_fraction = 1.0;
+  std::uint64_t reserve_bytes = 0;  // left free for the engine's working set
 };
 
 // Host memory for streamed weights, registered with the backend while it lives.
@@ -97,9 +101,9 @@ class DeviceModel {
   std::uint64_t layer_matrix_bytes() const { return matrix_bytes_; }
   std::uint64_t resident_matrix_bytes() const { return resident_matrix_bytes_; }
   double device_fraction() const {
-    return matrix_bytes_ == 0 ? 1.0
-                              : static_cast<double>(resident_matrix_bytes_) /
-                                    static_cast<double>(matrix_bytes_);
+    return matrix_bytes_ == 0
+               ? 1.0
+               : static_cast<double>(resident_matrix_bytes_) / static_cast<double>(matrix_bytes_);
   }
 
   Tensor embed_tokens;     // [vocab, word_embed_proj_dim]

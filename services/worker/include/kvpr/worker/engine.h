@@ -79,6 +79,13 @@ struct StepStats {
 
 using SeqHandle = kvstore::SeqId;
 
+// Device bytes an engine's own buffers may grow to for `batch` sequences of up to `context` tokens
+// in `micro_batches` micro-batches (prompts prefilled whole): the staging slots, the scratch of a
+// prompt and of a step, every layer's write-back rows. An upper estimate, for sizing the weights'
+// share under a memory budget (WeightPlacement::reserve_bytes).
+std::uint64_t working_set_bytes(const ModelConfig& c, std::int64_t batch, std::int64_t context,
+                                std::int64_t micro_batches, DType dtype);
+
 class Engine {
  public:
   Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
