@@ -82,14 +82,16 @@ DecodeSchedule::DecodeSchedule(ScheduleShape shape) : shape_(std::move(shape)) {
     fail("decode schedule: ", shape_.s.size(), " lengths, ", shape_.m.size(), " host splits");
   }
   const auto b = static_cast<std::int64_t>(shape_.s.size());
-  std::vector<std::int64_t> sizes = shape_.micro.empty() ? std::vector<std::int64_t>{b} : shape_.micro;
+  std::vector<std::int64_t> sizes =
+      shape_.micro.empty() ? std::vector<std::int64_t>{b} : shape_.micro;
   std::int64_t first = 0;
   for (const std::int64_t n : sizes) {
     if (n <= 0) fail("decode schedule: a micro-batch of ", n, " sequences");
     micro_.push_back({first, n, {}, {}});
     first += n;
   }
-  if (first != b) fail("decode schedule: micro-batches of ", first, " sequences for a batch of ", b);
+  if (first != b)
+    fail("decode schedule: micro-batches of ", first, " sequences for a batch of ", b);
   for (Micro& g : micro_) {
     std::int64_t act_rows = 0;
     std::int64_t kv_rows = 0;
@@ -215,8 +217,10 @@ void DecodeSchedule::run(const Visit& visit) const {
   };
   if (shape_.stream_weights) simple(OpKind::load_weights, 0);
   if (!shape_.resident) {
-    for (std::int64_t u = 0; u < std::min<std::int64_t>(kPrefetchLayers + 1, units); ++u) prefetch(u);
-    for (std::int64_t u = 0; u < std::min<std::int64_t>(kPrefetchLayers, units); ++u) fetch_unit(u, false);
+    for (std::int64_t u = 0; u < std::min<std::int64_t>(kPrefetchLayers + 1, units); ++u)
+      prefetch(u);
+    for (std::int64_t u = 0; u < std::min<std::int64_t>(kPrefetchLayers, units); ++u)
+      fetch_unit(u, false);
   }
   simple(OpKind::embed, -1);
   const bool host = host_total_ > 0;

@@ -43,10 +43,9 @@ class Replay {
         m.attention_s += profile.attention_s_per_token * static_cast<double>(schedule.m(i) + 1);
         host_rows += static_cast<double>(shape.s[i] - schedule.m(i));
       }
-      m.host_s = host_rows == 0 ? 0
-                 : host_rate > 0
-                     ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
-                     : std::numeric_limits<double>::infinity();
+      m.host_s = host_rows == 0  ? 0
+                 : host_rate > 0 ? host_rows * 2 * h_kv * static_cast<double>(shape.p) / host_rate
+                                 : std::numeric_limits<double>::infinity();
       m.query_bytes = b * h * 4;
       m.partial_bytes = b * (h + 2 * n_heads) * 4;
       micro_.push_back(m);

@@ -88,11 +88,10 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   const std::int64_t g = std::min(options_.micro_batches, b);
   std::vector<std::int64_t> micro;
   for (std::int64_t i = 0; i < g; ++i) micro.push_back(b / g + (i < b % g ? 1 : 0));
-  step.schedule.emplace(planner::ScheduleShape{c.n_layers, store_.shape().block_tokens, s,
-                                               step.plan.l,
-                                               std::max<std::int64_t>(step.plan.chunk, 1),
-                                               step.resident, step.plan.m, micro,
-                                               weights_.active()});
+  step.schedule.emplace(
+      planner::ScheduleShape{c.n_layers, store_.shape().block_tokens, s, step.plan.l,
+                             std::max<std::int64_t>(step.plan.chunk, 1), step.resident, step.plan.m,
+                             micro, weights_.active()});
   step.host = step.schedule->host_total() > 0;
   if (step.host) {
     if (!host_) host_ = std::make_unique<HostAttention>(std::max(options_.host_threads, 1));
@@ -274,7 +273,8 @@ void Engine::execute(Step& step, const DecodeOp& op) {
     case OpKind::load_weights: {
       auto begin = tracer ? tracer->mark(Queue::copy) : nullptr;
       weights_.load(op.layer);
-      if (tracer) tracer->add("load_weights", Queue::copy, op.layer, -1, begin, tracer->mark(Queue::copy));
+      if (tracer)
+        tracer->add("load_weights", Queue::copy, op.layer, -1, begin, tracer->mark(Queue::copy));
       return;
     }
     case OpKind::await_weights: {
@@ -423,8 +423,8 @@ void Engine::project_new_tokens(Step& step, const DecodeOp& op) {
   const DeviceLayer& w = weights_.layer(layer);
   attention_input(w, step.x.rows_slice(r0, n), step.xn.rows_slice(r0, n));
   qkv(w, step.xn.rows_slice(r0, n),
-      std::span<const std::int32_t>(step.positions).subspan(static_cast<std::size_t>(r0),
-                                                            static_cast<std::size_t>(n)),
+      std::span<const std::int32_t>(step.positions)
+          .subspan(static_cast<std::size_t>(r0), static_cast<std::size_t>(n)),
       step.q.rows_slice(r0, n), step.k_new.rows_slice(r0, n), step.v_new.rows_slice(r0, n));
 }
 

@@ -23,14 +23,14 @@ struct StepShape {
   std::int64_t h = 0;
   std::int64_t h_kv = 0;
   std::int64_t ffn = 0;
-  bool gated_ffn = false;             // LLaMA's gate/up/down (three FFN GEMMs) vs OPT's fc1/fc2
-  std::int64_t p = 2;                 // bytes per stored element
-  std::int64_t block_tokens = 0;      // tokens per store block (the store's shape says)
-  std::vector<std::int64_t> s;        // context length of each sequence before the step
-  std::vector<std::int64_t> l;        // split of each sequence
-  std::int64_t chunk = kChunkTokens;  // activation rows per recompute chunk
-  bool resident = false;              // K,V already on the device: nothing fetched
-  std::vector<std::int64_t> m = {};   // host attention from m of each sequence (empty: m = s)
+  bool gated_ffn = false;                // LLaMA's gate/up/down (three FFN GEMMs) vs OPT's fc1/fc2
+  std::int64_t p = 2;                    // bytes per stored element
+  std::int64_t block_tokens = 0;         // tokens per store block (the store's shape says)
+  std::vector<std::int64_t> s;           // context length of each sequence before the step
+  std::vector<std::int64_t> l;           // split of each sequence
+  std::int64_t chunk = kChunkTokens;     // activation rows per recompute chunk
+  bool resident = false;                 // K,V already on the device: nothing fetched
+  std::vector<std::int64_t> m = {};      // host attention from m of each sequence (empty: m = s)
   std::vector<std::int64_t> micro = {};  // micro-batch sizes (block schedule); empty: one
   double weight_bytes = 0;  // host bytes of each layer's streamed weights (0: all resident)
 
