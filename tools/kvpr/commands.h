@@ -132,6 +132,7 @@ struct PlanOptions {
   std::string workload = "latency";
   std::string profile;                        // a profile file; else the cached/measured one
   std::uint64_t device_memory = 16ull << 30;  // throughput workload budget
+  std::string policy = "kvpr";                // throughput: kvpr, or transfer (FlexGen's)
   BackendFlags backend;
   bool json = false;
 };

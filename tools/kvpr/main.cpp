@@ -187,6 +187,8 @@ int main(int argc, char** argv) {
   plan_cmd->add_option("--workload", plan.workload, "latency or throughput");
   plan_cmd->add_option("--profile", plan.profile,
                        "Hardware profile file (default: measured, cached)");
+  plan_cmd->add_option("--policy", plan.policy,
+                       "Throughput workload: kvpr or transfer (FlexGen-style)");
   plan_cmd->add_option("--device-memory", plan.device_memory,
                        "Throughput workload: device memory budget, bytes");
   plan_cmd->add_flag("--json", plan.json, "Print one JSON object");

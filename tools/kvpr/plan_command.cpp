@@ -55,12 +55,15 @@ int plan_command(const PlanOptions& options) {
     const std::vector<std::int64_t> s(static_cast<std::size_t>(options.batch), options.context);
     out = decision_json(planner.decide(s), c);
   } else {
-    out = throughput_json(planner, c, options.batch, options.context, options.device_memory);
+    out = throughput_json(planner, c, options.batch, options.context, options.device_memory,
+                          planner::parse_policy(options.policy));
   }
   out["workload"] = options.workload;
   out["profile"] = profile.description;
   if (options.json) {
     std::printf("%s\n", out.dump(1).c_str());
+  } else if (options.workload == "throughput") {
+    print_throughput_plan(out);
   } else {
     print_plan(out);
   }

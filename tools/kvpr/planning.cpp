@@ -1,10 +1,13 @@
 #include "planning.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include "embedded.h"
 #include "kvpr/common/error.h"
 #include "kvpr/planner/decode_schedule.h"
+#include "kvpr/worker/device_model.h"
+#include "kvpr/worker/engine.h"
 #include "kvpr/worker/profiler.h"
 
 namespace kvpr::cli {
@@ -88,56 +91,76 @@ nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& c) {
 
 nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const ModelConfig& c,
                                std::int64_t total, std::int64_t context,
-                               std::uint64_t device_memory) {
-  // Device memory of one device batch of bs sequences: two staging slots of activations and K,V
-  // (fp32 on the device) plus the work buffers; the weights are resident and counted once.
-  const double weights = [&] {
-    auto n = static_cast<double>(c.vocab * c.word_embed_proj_dim);
-    n += static_cast<double>(c.n_layers) *
-         (static_cast<double>(c.h * (c.h + 2 * c.h_kv()) + c.h * c.h) +
-          (c.arch == Arch::llama ? 3.0 : 2.0) * static_cast<double>(c.h * c.ffn));
-    return n * 4;
-  }();
+                               std::uint64_t device_memory, planner::Policy policy) {
+  planner::ThroughputRequest request;
+  request.model = planner.model();
+  request.weights = worker::weight_layout(c, DType::f32);
+  request.sequences = total;
+  request.context = context;
+  request.device_memory = device_memory;
+  request.policy = policy;
+  request.working_set = [&](std::int64_t batch, std::int64_t micro) {
+    return worker::working_set_bytes(c, batch, context, micro, DType::f32);
+  };
+  const auto plan = planner::plan_throughput(planner.profile(), request);
+  const auto option_json = [&](const planner::ThroughputOption& o) {
+    auto phases = phases_json(o.predicted);
+    phases["weights_s"] = o.predicted.weights_s;
+    return nlohmann::json{{"micro_batch", o.micro_batch},
+                          {"micro_batches", o.micro_batches},
+                          {"weight_fraction", o.weight_fraction},
+                          {"ratio", o.ratio},
+                          {"split", std::llround(o.ratio * static_cast<double>(context))},
+                          {"device_bytes", o.device_bytes},
+                          {"predicted_step_s", o.predicted.total_s},
+                          {"predicted_phases", phases},
+                          {"tokens_per_s", o.tokens_per_s}};
+  };
+  nlohmann::json out = option_json(plan.best);
+  out["policy"] = std::string(planner::to_string(policy));
+  out["sequences"] = total;
+  out["context"] = context;
+  out["device_memory"] = device_memory;
+  out["reason"] = plan.reason;
   nlohmann::json options = nlohmann::json::array();
-  nlohmann::json best;
-  double best_rate = 0;
-  for (std::int64_t bs = 1; bs <= total; bs *= 2) {
-    const double per_seq =
-        2.0 * static_cast<double>(context) * static_cast<double>(c.h + 4 * c.h_kv()) * 4.0 +
-        static_cast<double>(c.n_layers) * static_cast<double>(c.h + 2 * c.h_kv()) * 4.0 +
-        static_cast<double>(c.vocab + c.ffn) * 4.0;
-    const double memory = weights + static_cast<double>(bs) * per_seq;
-    const std::vector<std::int64_t> s(static_cast<std::size_t>(bs), context);
-    const auto d = planner.decide(s);
-    const std::int64_t batches = (total + bs - 1) / bs;
-    const double rate = static_cast<double>(bs) / d.plan.predicted_step_s;
-    const bool fits = memory <= static_cast<double>(device_memory);
-    nlohmann::json o{{"device_batch", bs},
-                     {"batches", batches},
-                     {"device_memory_bytes", memory},
-                     {"fits", fits},
-                     {"tokens_per_s", rate},
-                     {"predicted_step_s", d.plan.predicted_step_s},
-                     {"ratio", d.plan.ratio},
-                     {"chunk", d.plan.chunk}};
-    options.push_back(o);
-    if (fits && rate > best_rate) {
-      best_rate = rate;
-      best = decision_json(d, c);
-      best["device_batch"] = bs;
-      best["batches"] = batches;
-      best["tokens_per_s"] = rate;
-    }
+  for (const auto& o : plan.options) options.push_back(option_json(o));
+  out["throughput_options"] = options;
+  const auto& b = plan.best;
+  out["command"] = str("kvpr batch --max-batch ", b.micro_batch * b.micro_batches,
+                       " --micro-batches ", b.micro_batches, " --weight-fraction ",
+                       b.weight_fraction, " --device-memory ", device_memory);
+  return out;
+}
+
+void print_throughput_plan(const nlohmann::json& plan) {
+  std::printf(
+      "throughput plan (%s): micro-batch %lld x %lld micro-batches, %.2f of each layer's "
+      "weights on the device, split ratio %.2f (l = %lld)\n",
+      plan["policy"].get<std::string>().c_str(),
+      static_cast<long long>(plan["micro_batch"].get<std::int64_t>()),
+      static_cast<long long>(plan["micro_batches"].get<std::int64_t>()),
+      plan["weight_fraction"].get<double>(), plan["ratio"].get<double>(),
+      static_cast<long long>(plan["split"].get<std::int64_t>()));
+  const auto& ph = plan["predicted_phases"];
+  std::printf(
+      "predicted step %.3f ms: link busy %.3f (weights %.3f), recompute %.3f, attention %.3f, "
+      "other %.3f, idle %.3f; %.1f tokens/s; %.3f GiB of device memory\n",
+      1e3 * ph["total_s"].get<double>(), 1e3 * ph["transfer_s"].get<double>(),
+      1e3 * ph["weights_s"].get<double>(), 1e3 * ph["recompute_s"].get<double>(),
+      1e3 * ph["attention_s"].get<double>(), 1e3 * ph["other_s"].get<double>(),
+      1e3 * ph["idle_s"].get<double>(), plan["tokens_per_s"].get<double>(),
+      static_cast<double>(plan["device_bytes"].get<std::uint64_t>()) / (1ull << 30));
+  std::printf("%12s %14s %10s %8s %14s\n", "micro-batch", "micro-batches", "weights", "ratio",
+              "tokens/s");
+  for (const auto& o : plan["throughput_options"]) {
+    std::printf("%12lld %14lld %10.2f %8.2f %14.1f\n",
+                static_cast<long long>(o["micro_batch"].get<std::int64_t>()),
+                static_cast<long long>(o["micro_batches"].get<std::int64_t>()),
+                o["weight_fraction"].get<double>(), o["ratio"].get<double>(),
+                o["tokens_per_s"].get<double>());
   }
-  if (best.is_null())
-    fail("no device batch of ", context, "-token sequences fits in ", device_memory, " bytes");
-  best["reason"] =
-      str("device batch ", best["device_batch"].get<std::int64_t>(), " x ",
-          best["batches"].get<std::int64_t>(), " batches maximises predicted tokens/s (", best_rate,
-          ") within ", static_cast<double>(device_memory) / (1ull << 30),
-          " GiB; per batch: ", best["reason"].get<std::string>());
-  best["throughput_options"] = options;
-  return best;
+  std::printf("run it: %s\nreason: %s\n", plan["command"].get<std::string>().c_str(),
+              plan["reason"].get<std::string>().c_str());
 }
 
 void print_plan(const nlohmann::json& plan) {
@@ -159,12 +182,6 @@ void print_plan(const nlohmann::json& plan) {
               1e3 * plan["transfer_predicted_s"].get<double>(),
               1e3 * plan["recompute_predicted_s"].get<double>(),
               1e3 * plan["lower_bound_kv_s"].get<double>());
-  if (plan.contains("device_batch")) {
-    std::printf("throughput: device batch %lld x %lld batches, %.1f tokens/s predicted\n",
-                static_cast<long long>(plan["device_batch"].get<std::int64_t>()),
-                static_cast<long long>(plan["batches"].get<std::int64_t>()),
-                plan["tokens_per_s"].get<double>());
-  }
   std::printf("T(l):");
   for (const auto& p : plan["curve"]) {
     std::printf(" %.2f:%.2fms", p["ratio"].get<double>(), 1e3 * p["predicted_s"].get<double>());

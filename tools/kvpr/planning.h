@@ -19,11 +19,13 @@ void print_profile(const HardwareProfile& profile);
 
 nlohmann::json phases_json(const planner::StepPrediction& p);
 nlohmann::json decision_json(const planner::Decision& d, const ModelConfig& config);
-// FlexGen-style throughput planning: the device batch size and number of batches that maximise
-// predicted tokens/s for `total` sequences within a device-memory budget.
+// Throughput mode's plan (planner::plan_throughput): micro-batch size, micro-batches, weight share
+// and split that maximise predicted tokens/s for `total` sequences of `context` tokens within the
+// device budget, with every (b, G) searched and the command that runs it.
 nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const ModelConfig& config,
                                std::int64_t total, std::int64_t context,
-                               std::uint64_t device_memory);
+                               std::uint64_t device_memory, planner::Policy policy);
+void print_throughput_plan(const nlohmann::json& plan);
 void print_plan(const nlohmann::json& plan);
 
 }  // namespace kvpr::cli

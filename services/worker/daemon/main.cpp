@@ -55,6 +55,9 @@ struct Flags {
   std::string admit = "full";
   int stalled_client_ms = 10000;
   kvpr::net::SecurityOptions security;
+  std::uint64_t device_memory = 0;  // throughput mode: the backend's budget
+  double weight_fraction = -1;      // of each layer's weights on the device; < 0: auto
+  std::int64_t micro_batches = 1;   // block schedule
 };
 
 int serve(const Flags& f) {
@@ -68,11 +71,22 @@ int serve(const Flags& f) {
   options.emulate_link_gbps = f.emulate_link_gbps;
   options.emulate_link_latency_s = f.emulate_link_latency_us * 1e-6;
   options.threads = f.threads;
+  options.device_memory = f.device_memory;
+  if (f.micro_batches < 1) fail("--micro-batches must be at least 1, got ", f.micro_batches);
+  if (f.weight_fraction > 1) fail("--weight-fraction must be in [0, 1], got ", f.weight_fraction);
 
   Checkpoint checkpoint(f.model);
   const ModelConfig& c = checkpoint.config();
   auto backend = kernels::make_backend(options);
-  worker::DeviceModel model(checkpoint, *backend, false);
+  worker::WeightPlacement placement;
+  if (f.weight_fraction < 0) {  // the most that fits beside a full batch at the model's positions
+    placement.device_fraction = std::nullopt;
+    placement.reserve_bytes = worker::working_set_bytes(c, f.max_batch, c.max_positions,
+                                                        f.micro_batches, backend->compute_dtype());
+  } else {
+    placement.device_fraction = f.weight_fraction;
+  }
+  worker::DeviceModel model(checkpoint, *backend, false, placement);
 
   zmq::context_t context;
   net::SecurityOptions security_options = f.security;
@@ -175,6 +189,7 @@ int serve(const Flags& f) {
   so.batching.max_batch = f.max_batch;
   so.batching.max_prefill_tokens_per_step = f.max_prefill_tokens;
   so.batching.admit = worker::parse_admit(f.admit);
+  so.batching.engine.micro_batches = f.micro_batches;
   worker::WorkerService service(context, model, *backend, store, *planner, so);
   service.start();
   log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
@@ -230,6 +245,13 @@ int main(int argc, char** argv) {
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
   app.add_option("--max-batch", f.max_batch, "Sequences decoded together (continuous batching)");
+  app.add_option("--device-memory", f.device_memory,
+                 "Device memory the backend may use, in bytes (0 = the device's)");
+  app.add_option("--weight-fraction", f.weight_fraction,
+                 "Share of each layer's weights on the device, 0..1 (default: the most that fits "
+                 "--device-memory); the rest streams from host memory");
+  app.add_option("--micro-batches", f.micro_batches,
+                 "Block schedule: micro-batches per decode step (1 = the latency schedule)");
   app.add_option("--host-threads", f.host_threads,
                  "Threads attending over [m, s) on the host under a three-way split")
       ->capture_default_str();

@@ -35,6 +35,30 @@ Linear& layer_linear(DeviceLayer& layer, std::size_t index) {
   return *all[index];
 }
 
+planner::WeightLayout weight_layout(const ModelConfig& c, DType compute) {
+  const auto h = static_cast<std::uint64_t>(c.h);
+  const auto h_kv = static_cast<std::uint64_t>(c.h_kv());
+  const auto ffn = static_cast<std::uint64_t>(c.ffn);
+  const std::uint64_t dev = size_of(compute);
+  const std::uint64_t host = size_of(c.dtype);
+  planner::WeightLayout w;
+  std::vector<std::uint64_t> elements = {h * h, h_kv * h, h_kv * h, h * h};
+  if (c.arch == Arch::opt) {
+    elements.insert(elements.end(), {ffn * h, h * ffn});
+  } else {
+    elements.insert(elements.end(), {ffn * h, ffn * h, h * ffn});
+  }
+  for (const std::uint64_t n : elements) w.matrices.push_back({n * dev, n * host});
+  const auto vocab = static_cast<std::uint64_t>(c.vocab);
+  const auto wepd = static_cast<std::uint64_t>(c.word_embed_proj_dim);
+  std::uint64_t fixed = vocab * wepd * (c.tie_word_embeddings ? 1 : 2);
+  if (c.arch == Arch::opt) fixed += static_cast<std::uint64_t>(c.max_positions + 2) * h;
+  if (c.has_projections()) fixed += 2 * h * wepd;
+  fixed += static_cast<std::uint64_t>(c.n_layers) * (8 * h + 2 * h_kv + 2 * ffn);  // norms, biases
+  w.fixed_device_bytes = fixed * dev;
+  return w;
+}
+
 HostWeights::HostWeights(kernels::Backend& backend, std::size_t bytes) : backend_(backend) {
   data_ =
       static_cast<std::byte*>(std::aligned_alloc(kAlign, aligned(std::max<std::size_t>(bytes, 1))));

@@ -16,6 +16,7 @@
 
 #include "kvpr/common/checkpoint.h"
 #include "kvpr/kernels/backend.h"
+#include "kvpr/planner/throughput_planner.h"
 
 namespace kvpr::worker {
 
@@ -53,6 +54,9 @@ struct StreamedMatrix {
   std::int64_t cols = 0;
   std::size_t offset = 0;  // in the slot, in the compute dtype
 };
+
+// The weights of a model with this config as placement sees them (for the throughput planner).
+planner::WeightLayout weight_layout(const ModelConfig& c, DType compute);
 
 struct WeightPlacement {
   // Share of each layer's weight-matrix bytes kept on the device; nullopt: the largest share that
