@@ -58,6 +58,7 @@ struct Register {
   name @0 :Text;            # for logs and metrics
   shape @1 :StoreShape;
   ucxAddress @2 :Data;      # the client's UCX worker address (for the daemon's endpoint back)
+  hostThreads @3 :UInt32;   # host-attention threads the client would use (0: none)
 }
 
 struct SeqTokens {
@@ -91,7 +92,13 @@ struct KvReply {
     length @7 :Int64;
     stats @8 :Stats;
     reservedBatch @9 :List(Reserved);  # one per sequence of a reserveBatch, in its order
+    lease @10 :Lease;         # a heartbeat's answer
   }
+}
+
+# What a registered client may use now: renewed with every heartbeat.
+struct Lease {
+  hostThreads @0 :UInt32;   # its share of the node's host-attention threads
 }
 
 struct Registered {
@@ -102,6 +109,7 @@ struct Registered {
   arenaBytes @4 :UInt64;
   rkey @5 :Data;            # packed UCX remote key of the arena
   ucxAddress @6 :Data;      # the daemon's UCX worker address
+  hostThreads @7 :UInt32;   # its share of the node's host-attention threads
 }
 
 struct Reserved {

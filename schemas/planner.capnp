@@ -37,6 +37,7 @@ struct PlanRequest {
   flopsPerS @5 :Float64;
   fingerprint @6 :Text;       # the worker's profile, when it reported one
   hostSplit @7 :Int64 = -1;   # fixed m: attend over [m, s) on the host; -1: the planner's choice
+  hostThreads @8 :Int64;      # the worker's share of its node's host threads; 0: the profile's
 }
 
 struct Point {

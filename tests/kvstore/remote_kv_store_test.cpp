@@ -44,11 +44,13 @@ constexpr std::size_t kPage = 1024;  // small_shape: 64 bytes per token and laye
 
 class RemoteKvStoreTest : public ::testing::Test {
  protected:
-  void start(std::uint64_t capacity = 1 << 20, milliseconds lease = milliseconds(10000)) {
+  void start(std::uint64_t capacity = 1 << 20, milliseconds lease = milliseconds(10000),
+             std::uint32_t host_threads = 0) {
     KvStoreServiceOptions options;
     options.capacity_bytes = capacity;
     options.page_bytes = kPage;
     options.lease = lease;
+    options.host_threads = host_threads;
     service_ = std::make_unique<KvStoreService>(context_, options);
     service_->start();
   }
@@ -348,6 +350,45 @@ TEST_F(RemoteKvStoreTest, ExpiredLeaseFreesMemoryAndTheNextOpenRegistersAgain) {
   fill(silent, again, 0, 5, 4);
   silent.commit(again, 5);
   EXPECT_EQ(count_bad_rows(silent, again, 0, 5, 4), 0);
+}
+
+// The node's host-attention threads are shared by the workers that register: each asks for its
+// --host-threads and learns its share at registration and with every heartbeat, so workers on
+// one socket do not all plan the whole CPU.
+TEST_F(RemoteKvStoreTest, WorkersShareTheNodesHostThreads) {
+  start(1 << 20, kvpr::test_timing::slow(milliseconds(300)), 6);
+  auto asks = [&](const std::string& name, std::uint32_t threads) {
+    auto options = client_options(name);
+    options.host_threads = threads;
+    return std::make_unique<RemoteKvStore>(context_, small_shape(), options);
+  };
+  const auto wait_for = [](auto&& done) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + kvpr::test_timing::slow(std::chrono::seconds(3));
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return done();
+  };
+  auto a = asks("a", 4);
+  EXPECT_EQ(a->host_threads(4), 4);  // alone, within the budget: all it asked for
+  EXPECT_EQ(a->host_threads(2), 2);  // never more than the engine runs with
+  auto b = asks("b", 8);
+  EXPECT_EQ(b->host_threads(8), 4);                               // 6 · 8 / 12
+  EXPECT_TRUE(wait_for([&] { return a->host_threads(4) == 2; }))  // 6 · 4 / 12, by heartbeat
+      << a->host_threads(4);
+  auto c = asks("c", 0);  // no host attention: asks for none, changes nothing
+  EXPECT_EQ(c->host_threads(1), 1);
+  b.reset();  // unregisters: a may use all it asked for again
+  EXPECT_TRUE(wait_for([&] { return a->host_threads(4) == 4; })) << a->host_threads(4);
+
+  // Unmanaged (budget 0): each uses what it asks for.
+  a.reset();
+  c.reset();
+  service_->stop();
+  start(1 << 20, milliseconds(10000), 0);
+  auto d = asks("d", 16);
+  EXPECT_EQ(d->host_threads(16), 16);
 }
 
 TEST_F(RemoteKvStoreTest, StopDrainsAndClientsThenFailWithDisconnected) {

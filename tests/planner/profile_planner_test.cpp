@@ -204,6 +204,26 @@ TEST(ProfilePlanner, WeakHostKeepsTokensOnTheLink) {
   EXPECT_NE(u.plan.reason.find("not measured"), std::string::npos) << u.plan.reason;
 }
 
+// A worker's share of its node's host threads (the kvstore gives it out) caps what the profile
+// measured: with one thread of the four, less of the context goes to the host, and the plan cache
+// keeps the two apart.
+TEST(ProfilePlanner, PlansWithTheWorkersShareOfTheNodesHostThreads) {
+  ProfilePlanner planner(with_host(synthetic(16e9, 300e12, 4096, 1024), 4e9, 4), model(4096, 1024));
+  PlanRequest r;
+  r.policy = Policy::kvpr;
+  r.s = {4096, 4096};
+  r.host_threads = 4;
+  const auto whole = planner.plan(r);
+  r.host_threads = 1;
+  const auto share = planner.plan(r);
+  EXPECT_GT(whole.host_ratio, 0.0) << whole.reason;
+  EXPECT_LT(share.host_ratio, whole.host_ratio) << share.reason;
+  EXPECT_NE(share.reason.find("1 host threads"), std::string::npos) << share.reason;
+  EXPECT_EQ(planner.plans_computed(), 2);
+  r.host_threads = 0;  // unknown: the profile's four
+  EXPECT_EQ(planner.plan(r).host_ratio, whole.host_ratio);
+}
+
 TEST(ProfilePlanner, MultiHeadAtLinkBoundRatiosStillRecomputes) {
   ProfilePlanner planner(with_host(synthetic(16e9, 300e12), 16e9, 4), model());
   const auto d = planner.decide({4096});

@@ -93,7 +93,7 @@ main() {
     # The model suites run on every backend: here only their device cases (not cpu_*), as in
     # tests/worker/CMakeLists.txt.
     local t filter
-    for t in kernels_cuda_diff_test worker_golden_test worker_policy_test; do
+    for t in kernels_cuda_diff_test worker_golden_test worker_policy_test worker_throughput_test; do
       filter='*'
       [ "$t" = kernels_cuda_diff_test ] || filter='-*/cpu_*:Tolerances.*'
       step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"

@@ -1,6 +1,7 @@
 // kvpr-kvstore: the kvstore daemon. Parses flags, constructs the service, wires signals and the
 // ready file; everything else lives in KvStoreService.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -73,6 +74,11 @@ int main(int argc, char** argv) {
   std::uint64_t max_sequences = 16384;
   std::string max_metadata = "64M";
   std::string max_bytes = "0";
+  std::uint32_t host_threads = std::max(1u, std::thread::hardware_concurrency());
+  app.add_option("--host-threads", host_threads,
+                 "The node's host-attention threads, shared by the registered workers in "
+                 "proportion to what each asks for (0: unmanaged)")
+      ->capture_default_str();
   app.add_option("--max-sequences-per-client", max_sequences,
                  "Open sequences one client may hold (0: no limit)")
       ->capture_default_str();
@@ -132,6 +138,7 @@ int main(int argc, char** argv) {
     options.max_sequences_per_client = max_sequences;
     options.max_metadata_bytes_per_client = parse_bytes(max_metadata, "--max-metadata-per-client");
     options.max_block_bytes_per_client = parse_bytes(max_bytes, "--max-bytes-per-client");
+    options.host_threads = host_threads;
 
     kvpr::net::install_stop_signals();
     zmq::context_t context;

@@ -156,9 +156,10 @@ struct RemoteKvStore::Impl {
   std::thread progress_thread;
 
   std::atomic<std::int64_t> lease_ms{10000};
-  net::RpcClient heartbeat_rpc;  // the heartbeat thread's own socket
-  std::mutex heartbeat_mutex;    // taken after mutex, never before
-  Capability heartbeat_client;   // with heartbeat_mutex: session->client, for the heartbeats
+  std::atomic<std::uint32_t> host_share{0};  // of the node's host threads (Registered, Lease)
+  net::RpcClient heartbeat_rpc;              // the heartbeat thread's own socket
+  std::mutex heartbeat_mutex;                // taken after mutex, never before
+  Capability heartbeat_client;  // with heartbeat_mutex: session->client, for the heartbeats
   std::condition_variable heartbeat_wake;
   bool heartbeat_stop = false;
   std::thread heartbeat_thread;

@@ -98,6 +98,7 @@ void RemoteKvStore::Impl::register_locked() {
         reg.setName(options.name);
         wire_adapter::set_shape(reg.initShape(), shape);
         reg.setUcxAddress(wire_adapter::as_data(worker_address.bytes()));
+        reg.setHostThreads(options.host_threads);
       },
       options.timeout);
   auto next = std::make_unique<Session>();
@@ -115,6 +116,7 @@ void RemoteKvStore::Impl::register_locked() {
     next->arena_bytes = reg.getArenaBytes();
     block_tokens = reg.getBlockTokens();
     lease = reg.getLeaseMs();
+    host_share = reg.getHostThreads();
     const auto r = wire_adapter::as_bytes(reg.getRkey());
     rkey.assign(r.begin(), r.end());
     const auto a = wire_adapter::as_bytes(reg.getUcxAddress());
@@ -201,7 +203,11 @@ void RemoteKvStore::Impl::heartbeat_loop() {
       auto frame = exchange(
           heartbeat_rpc, id, [](wire::KvRequest::Builder request) { request.setHeartbeat(); },
           options.timeout);
-      net::decode_guard([&] { gone = frame->root<wire::KvReply>().isError(); });
+      net::decode_guard([&] {
+        const auto reply = frame->root<wire::KvReply>();
+        gone = reply.isError();
+        if (reply.isLease()) host_share = reply.getLease().getHostThreads();
+      });
     } catch (const Error&) {
       gone = true;  // no answer: recover_locked() checks again before starting over
     }
@@ -403,6 +409,11 @@ void RemoteKvStore::free(SeqId seq) {
   s.sequences.erase(seq);       // gone for this client even when the daemon cannot be told
   s.call_locked(
       [&](wire::KvRequest::Builder request) { set_capability(request.initFree(), handle); });
+}
+
+int RemoteKvStore::host_threads(int wanted) const {
+  const auto share = static_cast<int>(impl_->host_share.load());
+  return share > 0 ? std::min(wanted, share) : wanted;
 }
 
 StoreStats RemoteKvStore::stats() const {

@@ -89,6 +89,16 @@ void Impl::charge_locked(Client& client, std::int64_t bytes) {
   client.metadata_bytes += static_cast<std::uint64_t>(bytes);
 }
 
+std::uint32_t Impl::host_share_locked(const Client& client) const {
+  const std::uint32_t budget = options.host_threads;
+  if (budget == 0 || client.host_threads == 0) return client.host_threads;
+  std::uint64_t asked = 0;
+  for (const auto& [handle, c] : clients) asked += c.host_threads;
+  if (asked <= budget) return client.host_threads;
+  const std::uint64_t share = std::uint64_t{budget} * client.host_threads / asked;
+  return static_cast<std::uint32_t>(std::max<std::uint64_t>(share, 1));
+}
+
 Capability Impl::add_client_locked(Client client) {
   Capability handle = random_capability();
   while (clients.count(handle) != 0) handle = random_capability();

@@ -35,6 +35,7 @@ constexpr std::int64_t kMaxLayers = 1 << 16;
 constexpr std::int64_t kMaxWidth = 1 << 24;
 constexpr std::size_t kMaxBatch = 4096;  // sequences in one reserveBatch or commitBatch
 constexpr std::size_t kMaxClientName = 256;
+constexpr std::uint32_t kMaxHostThreads = 4096;  // asked for by one client
 
 // A request as read off the wire, before any check.
 struct Request {
@@ -46,6 +47,7 @@ struct Request {
   bool known = true;  // which is a member this build knows
   // register
   std::string name;
+  std::uint32_t host_threads = 0;
   std::int64_t n_layers = 0, h = 0, h_kv = 0;
   wire::DType dtype = wire::DType::F32;
   // sequence requests
@@ -101,6 +103,7 @@ void decode(wire::KvRequest::Reader in, Request& out) {
     case Which::REGISTER: {
       const auto reg = in.getRegister();
       out.name = reg.getName().cStr();
+      out.host_threads = reg.getHostThreads();
       const auto shape = reg.getShape();
       out.n_layers = shape.getNLayers();
       out.h = shape.getH();
@@ -257,8 +260,10 @@ void on_register(Impl& s, const Request& req, wire::KvReply::Builder reply) {
   client.principal = std::string(req.principal);
   client.store = std::move(store);
   client.lease_end = net::Clock::now() + s.options.lease;
+  client.host_threads = std::min<std::uint32_t>(req.host_threads, kMaxHostThreads);
   const Capability handle = s.add_client_locked(std::move(client));
   auto out = reply.initRegistered();
+  out.setHostThreads(s.host_share_locked(s.clients.at(handle)));
   set_capability(out.initClient(), handle);
   out.setBlockTokens(shape.block_tokens);
   out.setLeaseMs(static_cast<std::uint64_t>(s.options.lease.count()));
@@ -308,7 +313,7 @@ void on_client_request(Impl& s, const Request& req, wire::KvReply::Builder reply
   const auto seq = [&] { return s.sequence_locked(client, req.seq, op); };
   switch (req.which) {
     case Which::HEARTBEAT:
-      reply.setOk();
+      reply.initLease().setHostThreads(s.host_share_locked(client));
       return;
     case Which::UNREGISTER:
       s.erase_client_locked(s.clients.find(req.client));

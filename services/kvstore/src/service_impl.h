@@ -66,7 +66,11 @@ struct KvStoreService::Impl {
     std::map<Capability, SeqId> sequences;  // handle on the wire -> id in store
     std::uint64_t metadata_bytes = 0;       // its record and its sequences' tables
     net::Clock::time_point lease_end;
+    std::uint32_t host_threads = 0;  // host-attention threads it asked for
   };
+  // A client's share of options.host_threads: what it asked for while the asks fit the budget,
+  // else its proportional part (at least 1). Mutex held.
+  std::uint32_t host_share_locked(const Client& client) const;
   using Clients = std::map<Capability, Client>;
 
   // Ownership and quotas (service_clients.cpp), mutex held. `op` names the request in refusals.

@@ -15,6 +15,7 @@ std::vector<std::int64_t> PlanCache::key(const PlanRequest& request) const {
                               static_cast<std::int64_t>(request.policy),
                               request.split.value_or(-1),
                               request.host_split.value_or(-1),
+                              request.host_threads,
                               request.n_layers,
                               request.shape.h,
                               request.shape.h_kv,

@@ -171,6 +171,7 @@ void encode_plan_request(const PlanRequest& request, const StepShape& model,
   out.setPolicy(encode_policy(request.policy));
   out.setSplit(request.split ? *request.split : -1);
   out.setHostSplit(request.host_split ? *request.host_split : -1);
+  out.setHostThreads(request.host_threads);
   out.setBytesPerS(request.rates.bytes_per_s);
   out.setFlopsPerS(request.rates.flops_per_s);
   out.setFingerprint(capnp::Text::Reader(fingerprint.data(), fingerprint.size()));
@@ -216,6 +217,8 @@ DecodedPlanRequest decode_plan_request(wire::PlanRequest::Reader in) {
   const std::int64_t host_split = in.getHostSplit();
   check_int(kWhat, "hostSplit", host_split, -1, kMaxContext);
   if (host_split >= 0) r.host_split = host_split;
+  r.host_threads = in.getHostThreads();
+  check_int(kWhat, "hostThreads", r.host_threads, 0, kMaxHostThreads);
   r.rates.bytes_per_s = in.getBytesPerS();
   r.rates.flops_per_s = in.getFlopsPerS();
   check_real(kWhat, "bytesPerS", r.rates.bytes_per_s);

@@ -22,6 +22,7 @@ namespace kvpr::planner::wire_adapter {
 // Bounds of what a replica accepts. Sequences per request are those of one batch.
 inline constexpr std::int64_t kMaxSequences = 4096;
 inline constexpr std::int64_t kMaxContext = std::int64_t{1} << 24;
+inline constexpr std::int64_t kMaxHostThreads = 4096;
 inline constexpr std::int64_t kMaxLayers = 1024;
 inline constexpr std::int64_t kMaxWidth = std::int64_t{1} << 17;  // h, h_kv, heads, head_dim
 inline constexpr std::int64_t kMaxFfn = std::int64_t{1} << 20;

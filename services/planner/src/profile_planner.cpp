@@ -204,7 +204,14 @@ Plan ProfilePlanner::plan(const PlanRequest& request) {
   }
   // Under the cache's lock: the profile read here is the one update_profile's clear() follows.
   Plan plan = cache_.get(request, [&](const PlanRequest& upper) {
-    Plan planned = decide(upper.s).plan;
+    // The worker's share of the node's host threads caps what the profile measured.
+    auto profile = current();
+    if (upper.host_threads > 0 && upper.host_threads < profile->host_threads) {
+      auto shared = std::make_shared<HardwareProfile>(*profile);
+      shared->host_threads = upper.host_threads;
+      profile = shared;
+    }
+    Plan planned = decide(*profile, upper.s).plan;
     planned.reason += str(" [planned for contexts up to ", upper.s.back(), " tokens]");
     return planned;
   });

@@ -97,8 +97,10 @@ int serve(const Flags& f) {
   shape.h = c.h;
   shape.h_kv = c.h_kv();
   shape.dtype = c.dtype;
+  if (f.host_threads < 1) fail("--host-threads must be at least 1, got ", f.host_threads);
   kvstore::RemoteKvStore store(context, shape,
-                               {f.kvstore, f.name, std::chrono::milliseconds(f.kv_timeout_ms)});
+                               {f.kvstore, f.name, std::chrono::milliseconds(f.kv_timeout_ms), true,
+                                static_cast<std::uint32_t>(f.host_threads)});
   // The store's memory is mapped again after the kvstore restarts; the device registers the
   // current mapping before each request.
   void* registered = nullptr;

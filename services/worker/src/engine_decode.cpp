@@ -82,6 +82,9 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   request.split = options_.split;
   request.rates = rates_;
   request.host_split = options_.host_split;
+  // The node's budget: this worker's share of the host threads (the kvstore gives it out).
+  const int host_threads = std::max(store_.host_threads(std::max(options_.host_threads, 1)), 1);
+  request.host_threads = host_threads;
   step.plan = planner_.plan(request);
   // Micro-batches of consecutive sequences whose sizes differ by at most one.
   const auto b = static_cast<std::int64_t>(seqs.size());
@@ -94,7 +97,9 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
                              micro, weights_.active()});
   step.host = step.schedule->host_total() > 0;
   if (step.host) {
-    if (!host_) host_ = std::make_unique<HostAttention>(std::max(options_.host_threads, 1));
+    if (!host_ || host_->threads() != host_threads) {
+      host_ = std::make_unique<HostAttention>(host_threads);
+    }
     const std::int64_t partial_cols = c.n_heads * (c.head_dim + 2);
     host_q_.resize(static_cast<std::size_t>(b * c.h));
     host_partials_.resize(static_cast<std::size_t>(b * partial_cols));

@@ -108,6 +108,10 @@ class KvStoreClient {
   virtual void truncate(SeqId seq, std::int64_t n_tokens) = 0;
   virtual void free(SeqId seq) = 0;
   virtual StoreStats stats() const = 0;
+  // Host-attention threads this client may use of the `wanted` it runs with: its share of the
+  // node's budget where a kvstore daemon gives one out (at registration, renewed with every
+  // heartbeat), else all of them.
+  virtual int host_threads(int wanted) const { return wanted; }
 };
 
 }  // namespace kvpr::kvstore

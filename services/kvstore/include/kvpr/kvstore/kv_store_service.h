@@ -69,6 +69,11 @@ struct KvStoreServiceOptions {
   std::uint64_t max_sequences_per_client = 16384;          // open sequences
   std::uint64_t max_metadata_bytes_per_client = 64 << 20;  // client record + block tables
   std::uint64_t max_block_bytes_per_client = 0;            // pages held, in bytes
+
+  // The node's host-attention threads, shared by the registered clients (workers) in proportion
+  // to what each asks for; each learns its share at registration and with every heartbeat.
+  // 0: unmanaged (each uses what it asks for).
+  std::uint32_t host_threads = 0;
 };
 
 struct KvStoreServiceStats {

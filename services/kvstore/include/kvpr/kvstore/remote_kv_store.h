@@ -44,6 +44,9 @@ struct RemoteKvStoreOptions {
   std::string name = "client";  // for the daemon's logs
   std::chrono::milliseconds timeout{2000};
   bool heartbeat = true;  // false: no heartbeats, the lease runs out (tests)
+  // Host-attention threads this worker would use: asked for at registration; the daemon answers
+  // with the share of the node's budget it may use (host_threads()).
+  std::uint32_t host_threads = 0;
 };
 
 class RemoteKvStore final : public KvStoreClient {
@@ -76,6 +79,7 @@ class RemoteKvStore final : public KvStoreClient {
   // capacity, used bytes, sequences and allocation failures of the whole daemon; lookups are this
   // client's locate calls (answered here, the daemon never sees them).
   StoreStats stats() const override;
+  int host_threads(int wanted) const override;
 
   // The daemon's locate over the wire, as spans in arena() (no rows are fetched): for checking
   // the local block table.

@@ -37,6 +37,9 @@ struct PlanRequest {
   // Fixed host split m (clamped to [l, s]): tokens [m, s) attended on the host; nullopt = the
   // planner's choice (CostModelPlanner: none, m = s).
   std::optional<std::int64_t> host_split = std::nullopt;
+  // Host-attention threads the worker may use now (its share of the node's budget, which the
+  // kvstore gives out); 0: as many as the profile says.
+  std::int64_t host_threads = 0;
 };
 
 struct Plan {
