@@ -29,9 +29,10 @@ for r in rows:
 open(f"{out}/table.md", "w").write("\n".join(lines) + "\n")
 xs = list(range(1, len(rows) + 1))
 chart = {
-    "title": "decode tokens/s, weights and K,V in host memory (1 = "
-             + ", ".join(f"{i}: {r['shape']} {r['setting']}" for i, r in zip(xs, rows)) + ")",
-    "x_label": "setting", "y_label": "tokens/s (scaled shape)",
+    "title": "decode tokens/s, weights and K,V in host memory",
+    "x_label": "setting: " + ", ".join(f"{i} {r['shape']} {r['setting'].split('-')[0]}"
+                                       for i, r in zip(xs, rows)),
+    "y_label": "tokens/s (scaled shape)",
     "series": [
         {"name": "kvpr throughput plan", "x": xs, "y": [r["kvpr"]["tokens_per_s"] for r in rows],
          "rgb": "#1f77b4"},
