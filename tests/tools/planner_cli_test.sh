@@ -38,9 +38,13 @@ assert min(p["predicted_s"] for p in r["curve"]) >= r["predicted_s"] * (1 - 1e-9
 check '
 import json, sys
 r = json.load(open(sys.argv[1]))
-assert r["device_batch"] * r["batches"] >= 64 and r["tokens_per_s"] > 0
-fitting = [o for o in r["throughput_options"] if o["fits"]]
-assert max(o["tokens_per_s"] for o in fitting) == r["tokens_per_s"]
+assert 1 <= r["micro_batch"] * r["micro_batches"] <= 64 and r["tokens_per_s"] > 0
+assert 0 <= r["weight_fraction"] <= 1 and r["device_bytes"] <= 100000000
+assert max(o["tokens_per_s"] for o in r["throughput_options"]) == r["tokens_per_s"]
+assert all(o["device_bytes"] <= 100000000 for o in r["throughput_options"])
+ph = r["predicted_phases"]
+assert ph["total_s"] == r["predicted_step_s"] and "weights_s" in ph
+assert "--micro-batches" in r["command"]
 ' "$work/tp.json"
 echo "ok   plan: latency and throughput decisions"
 
