@@ -232,6 +232,13 @@ TEST(DecodeSchedule, BlockScheduleRunsEachLayerPerMicroBatchWithWeightsLoadedOnc
   for (std::size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].kind, b[i].kind);
     EXPECT_EQ(a[i].slot, b[i].slot);
+    EXPECT_EQ(a[i].layer, b[i].layer);
+    EXPECT_EQ(a[i].micro, b[i].micro);
+    EXPECT_EQ(a[i].seq, b[i].seq);
+    EXPECT_EQ(a[i].chunk, b[i].chunk);
+    EXPECT_EQ(a[i].t0, b[i].t0);
+    EXPECT_EQ(a[i].row, b[i].row);
+    EXPECT_EQ(a[i].n, b[i].n);
   }
 }
 

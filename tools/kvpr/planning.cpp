@@ -126,9 +126,10 @@ nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const Mod
   for (const auto& o : plan.options) options.push_back(option_json(o));
   out["throughput_options"] = options;
   const auto& b = plan.best;
-  out["command"] = str("kvpr batch --max-batch ", b.micro_batch * b.micro_batches,
-                       " --micro-batches ", b.micro_batches, " --weight-fraction ",
-                       b.weight_fraction, " --device-memory ", device_memory);
+  out["command"] =
+      str("kvpr batch --policy ", planner::to_string(policy), " --max-batch ",
+          b.micro_batch * b.micro_batches, " --micro-batches ", b.micro_batches,
+          " --weight-fraction ", b.weight_fraction, " --device-memory ", device_memory);
   return out;
 }
 

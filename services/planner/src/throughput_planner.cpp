@@ -103,6 +103,8 @@ StepPrediction predict_throughput_step(const HardwareProfile& profile,
 ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputRequest& request) {
   if (request.sequences < 1) fail("throughput plan: ", request.sequences, " sequences");
   if (request.context < 1) fail("throughput plan: context of ", request.context, " tokens");
+  if (request.weight_fraction > 1)
+    fail("throughput plan: weight fraction ", request.weight_fraction, " above 1");
   const auto sizes = [](std::int64_t fixed, std::int64_t most) {
     std::vector<std::int64_t> out;
     if (fixed > 0) return std::vector<std::int64_t>{fixed};
@@ -118,6 +120,7 @@ ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputR
   bool any = false;
   for (const std::int64_t b : sizes(request.micro_batch, request.sequences)) {
     for (const std::int64_t g : sizes(request.micro_batches, request.sequences / b)) {
+      if (b * g > request.sequences) continue;  // a fixed choice larger than the job
       ThroughputOption best_here;
       bool found = false;
       for (const double f : fractions) {

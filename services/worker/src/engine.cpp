@@ -36,7 +36,8 @@ std::uint64_t working_set_bytes(const ModelConfig& c, std::int64_t batch, std::i
                                 std::int64_t micro_batches, DType dtype) {
   const auto b = static_cast<double>(std::max<std::int64_t>(batch, 1));
   const auto n = static_cast<double>(std::max<std::int64_t>(context, 1));
-  const auto g = static_cast<double>(std::clamp<std::int64_t>(micro_batches, 1, batch));
+  const auto g = static_cast<double>(
+      std::clamp<std::int64_t>(micro_batches, 1, std::max<std::int64_t>(batch, 1)));
   const auto h = static_cast<double>(c.h);
   const auto h_kv = static_cast<double>(c.h_kv());
   const auto ffn = static_cast<double>(c.ffn);

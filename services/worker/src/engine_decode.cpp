@@ -83,7 +83,8 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
   request.rates = rates_;
   request.host_split = options_.host_split;
   // The node's budget: this worker's share of the host threads (the kvstore gives it out).
-  const int host_threads = std::max(store_.host_threads(std::max(options_.host_threads, 1)), 1);
+  const int host_threads =
+      std::clamp(store_.host_threads(std::max(options_.host_threads, 1)), 1, kMaxHostThreads);
   request.host_threads = host_threads;
   step.plan = planner_.plan(request);
   // Micro-batches of consecutive sequences whose sizes differ by at most one.
@@ -178,6 +179,9 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   last_.h2d_bytes = copy_after.h2d_bytes - copy_before.h2d_bytes;
   last_.d2h_bytes = copy_after.d2h_bytes - copy_before.d2h_bytes;
   last_.s = schedule.shape().s;
+  for (std::int64_t g = 0; g < schedule.micro_batches(); ++g)
+    last_.micro.push_back(schedule.micro_size(static_cast<std::size_t>(g)));
+  last_.weight_bytes = static_cast<double>(model_.streamed_host_bytes(0));
   if (step.resident) step.plan.l.assign(step.plan.l.size(), 0);
   step.plan.m.resize(seqs.size());  // as executed: m = s where nothing went to the host
   for (std::size_t i = 0; i < seqs.size(); ++i) step.plan.m[i] = schedule.m(i);
@@ -471,10 +475,19 @@ void Engine::materialize_kv(SeqHandle seq, std::int64_t layer, std::int64_t l,
                                                {}});
   const auto& schedule = *step.schedule;
   size_slots(schedule);
-  weights_.load(layer);
-  weights_.await(layer);
-  schedule.run_layer_kv(layer, [&](const DecodeOp& op) { execute(step, op); });
-  weights_.release(layer);
+  try {
+    weights_.load(layer);
+    weights_.await(layer);
+    schedule.run_layer_kv(layer, [&](const DecodeOp& op) { execute(step, op); });
+    weights_.release(layer);
+  } catch (...) {
+    try {
+      backend_.synchronize();  // nothing still reads the slots
+    } catch (...) {            // the first error is the one to report
+    }
+    weights_.reset();
+    throw;
+  }
   Slot& sl = slot(0);
   const DType dt = backend_.compute_dtype();
   const auto row = static_cast<std::size_t>(c.h_kv());

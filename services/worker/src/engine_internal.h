@@ -12,6 +12,9 @@
 
 namespace kvpr::worker {
 
+// Host-attention threads one engine may run (the planner wire's bound too).
+inline constexpr int kMaxHostThreads = 4096;
+
 // Scratch buffer roles; each role owns one growable device buffer.
 enum ScratchRole : std::size_t {
   kX,

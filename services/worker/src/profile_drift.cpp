@@ -13,6 +13,9 @@ planner::ObservedStep observed_step(const planner::StepShape& model, const StepS
   out.shape.l = step.plan.l;
   out.shape.chunk = std::max<std::int64_t>(step.plan.chunk, 1);  // as the engine runs it
   out.shape.resident = step.plan.policy == planner::Policy::resident;
+  out.shape.m = step.plan.m;  // as executed
+  out.shape.micro = step.micro;
+  out.shape.weight_bytes = step.weight_bytes;
   const PhaseTimes& t = step.times;
   out.measured = {t.total, t.transfer, t.recompute, t.attention, t.other, t.idle};
   return out;

@@ -73,8 +73,10 @@ struct StepStats {
   std::uint64_t h2d_bytes = 0;
   std::uint64_t d2h_bytes = 0;
   planner::Plan plan;
-  std::vector<std::int64_t> s;   // each sequence's context length before the step
-  std::vector<TraceSpan> trace;  // when EngineOptions::trace
+  std::vector<std::int64_t> s;      // each sequence's context length before the step
+  std::vector<std::int64_t> micro;  // micro-batch sizes of the block schedule (one: the batch)
+  double weight_bytes = 0;          // host bytes of weights streamed per layer (0: all resident)
+  std::vector<TraceSpan> trace;     // when EngineOptions::trace
 };
 
 using SeqHandle = kvstore::SeqId;
