@@ -11,6 +11,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "../slowdown.h"
 #include "kvpr/common/error.h"
 #include "kvpr/net/rpc.h"
 #include "kvpr/worker/generator.h"
@@ -209,7 +210,9 @@ TEST(WorkerService, AClientThatStopsReadingIsCancelledAndItsSequencesFreed) {
   g.initSampling().setIgnoreEos(true);
   mute.send(net::encode(m), zmq::send_flags::none);
 
-  WorkerClient client(served.context, served.service.endpoint());
+  // The mute client's 32 prompts keep the worker busy; under a sanitizer a step takes long.
+  WorkerClient client(served.context, served.service.endpoint(),
+                      kvpr::test_timing::slow(std::chrono::milliseconds(10000)));
   EXPECT_EQ(client.generate(request({{2, 5}}, 3)).sequences[0].tokens.size(), 3u);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   WorkerStatus st = client.status();
