@@ -8,20 +8,6 @@
 namespace kvpr::planner {
 namespace {
 
-// Which matrices a share keeps resident: the middle of its bytes falls within the share (the
-// rule DeviceModel places by).
-template <typename F>
-void for_each_matrix(const WeightLayout& w, double fraction, F&& f) {
-  std::uint64_t total = 0;
-  for (const auto& m : w.matrices) total += m.host;
-  std::uint64_t before = 0;
-  for (const auto& m : w.matrices) {
-    const double middle = static_cast<double>(before) + static_cast<double>(m.host) / 2;
-    f(m, middle <= fraction * static_cast<double>(total));
-    before += m.host;
-  }
-}
-
 std::uint64_t aligned(std::uint64_t bytes) {
   return (bytes + 63) / 64 * 64;
 }
@@ -61,28 +47,48 @@ std::vector<double> WeightLayout::fractions() const {
   return out;
 }
 
+std::vector<bool> WeightLayout::resident(double fraction) const {
+  std::uint64_t total = 0;
+  for (const auto& m : matrices) total += m.host;
+  std::vector<bool> out;
+  std::uint64_t before = 0;
+  for (const auto& m : matrices) {
+    const double middle = static_cast<double>(before) + static_cast<double>(m.host) / 2;
+    out.push_back(middle <= fraction * static_cast<double>(total));
+    before += m.host;
+  }
+  return out;
+}
+
 std::uint64_t WeightLayout::resident_bytes(double fraction, std::int64_t n_layers) const {
+  const auto kept = resident(fraction);
   std::uint64_t bytes = 0;
-  for_each_matrix(*this, fraction, [&](const Matrix& m, bool resident) {
-    if (resident) bytes += m.device;
-  });
+  for (std::size_t i = 0; i < matrices.size(); ++i) {
+    if (kept[i]) bytes += matrices[i].device;
+  }
   return bytes * static_cast<std::uint64_t>(n_layers);
 }
 
 std::uint64_t WeightLayout::slot_bytes(double fraction) const {
+  const auto kept = resident(fraction);
   std::uint64_t bytes = 0;
-  for_each_matrix(*this, fraction, [&](const Matrix& m, bool resident) {
-    if (!resident) bytes += aligned(m.device);
-  });
+  for (std::size_t i = 0; i < matrices.size(); ++i) {
+    if (!kept[i]) bytes += aligned(matrices[i].device);
+  }
   return bytes;
 }
 
 std::uint64_t WeightLayout::streamed_host_bytes(double fraction) const {
+  const auto kept = resident(fraction);
   std::uint64_t bytes = 0;
-  for_each_matrix(*this, fraction, [&](const Matrix& m, bool resident) {
-    if (!resident) bytes += m.host;
-  });
+  for (std::size_t i = 0; i < matrices.size(); ++i) {
+    if (!kept[i]) bytes += matrices[i].host;
+  }
   return bytes;
+}
+
+std::uint64_t WeightLayout::device_bytes(double fraction, std::int64_t n_layers) const {
+  return fixed_device_bytes + resident_bytes(fraction, n_layers) + 2 * slot_bytes(fraction);
 }
 
 StepPrediction predict_throughput_step(const HardwareProfile& profile,
@@ -128,9 +134,7 @@ ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputR
         o.micro_batch = b;
         o.micro_batches = g;
         o.weight_fraction = f;
-        o.device_bytes = request.weights.fixed_device_bytes +
-                         request.weights.resident_bytes(f, request.model.n_layers) +
-                         2 * request.weights.slot_bytes(f) +
+        o.device_bytes = request.weights.device_bytes(f, request.model.n_layers) +
                          (request.working_set ? request.working_set(b * g, g) : 0);
         o.fits = request.device_memory == 0 || o.device_bytes <= request.device_memory;
         if (!o.fits) continue;

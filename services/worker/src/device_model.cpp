@@ -134,39 +134,17 @@ Norm DeviceModel::norm(const Checkpoint& checkpoint, const std::string& prefix, 
 
 namespace {
 
-// Where a layer's matrices go for one device fraction (every layer has the same shapes).
-struct LayerPlacement {
-  std::vector<bool> resident = std::vector<bool>(kLayerMatrices, true);
-  std::size_t slot = 0;              // device bytes of the streamed matrices (compute dtype)
-  std::size_t host = 0;              // their host bytes (checkpoint dtype, aligned)
-  std::uint64_t device = 0;          // device bytes of the resident ones
-  std::uint64_t matrix_bytes = 0;    // checkpoint bytes of all matrices
-  std::uint64_t resident_bytes = 0;  // checkpoint bytes of the resident ones
-};
-
-LayerPlacement place_layer(const Checkpoint& checkpoint, double fraction, std::size_t dt) {
+// The checkpoint's weights as placement sees them (every layer has layer 0's shapes).
+planner::WeightLayout checkpoint_layout(const Checkpoint& checkpoint, std::uint64_t fixed,
+                                        std::size_t dt) {
   const ModelConfig& c = checkpoint.config();
-  LayerPlacement p;
-  std::uint64_t total = 0;
-  for (const auto& [index, part] : matrices(c))
-    total += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
-  std::uint64_t before = 0;
+  planner::WeightLayout w;
+  w.fixed_device_bytes = fixed;
   for (const auto& [index, part] : matrices(c)) {
     const TensorView& view = checkpoint.tensor(names::layer(c, 0, part) + ".weight");
-    const double middle = static_cast<double>(before) + static_cast<double>(view.nbytes) / 2;
-    p.resident[index] = middle <= fraction * static_cast<double>(total);
-    before += view.nbytes;
-    const std::size_t device = static_cast<std::size_t>(view.numel()) * dt;
-    p.matrix_bytes += view.nbytes;
-    if (p.resident[index]) {
-      p.device += device;
-      p.resident_bytes += view.nbytes;
-    } else {
-      p.slot += aligned(device);
-      p.host += aligned(view.nbytes);
-    }
+    w.matrices.push_back({static_cast<std::uint64_t>(view.numel()) * dt, view.nbytes});
   }
-  return p;
+  return w;
 }
 
 // Device bytes of everything but the layers' matrices: embeddings, head, norms, biases.
@@ -210,10 +188,10 @@ DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend
   const ModelConfig& c = config_;
   const bool opt = c.arch == Arch::opt;
   const std::size_t dt = size_of(backend_.compute_dtype());
-  const auto layers = static_cast<std::uint64_t>(c.n_layers);
   const std::uint64_t budget = backend_.memory_budget();
   const std::uint64_t fixed = fixed_device_bytes(checkpoint, dt);
-  const auto need = [&](const LayerPlacement& p) { return fixed + layers * p.device + 2 * p.slot; };
+  const planner::WeightLayout layout = checkpoint_layout(checkpoint, fixed, dt);
+  const auto need = [&](double f) { return layout.device_bytes(f, c.n_layers); };
   double fraction = 1.0;
   if (placement.device_fraction) {
     fraction = *placement.device_fraction;
@@ -224,38 +202,41 @@ DeviceModel::DeviceModel(const Checkpoint& checkpoint, kernels::Backend& backend
     const std::uint64_t room = budget > backend_.memory_used() + placement.reserve_bytes
                                    ? budget - backend_.memory_used() - placement.reserve_bytes
                                    : 0;
-    const LayerPlacement none = place_layer(checkpoint, 0, dt);
-    if (need(none) > room) {
+    if (need(0) > room) {
       raise(ErrorKind::overloaded, "device memory budget of ", budget,
             " bytes is too small for one layer's working set: ", fixed,
-            " bytes of embeddings, head and norms, two ", none.slot,
+            " bytes of embeddings, head and norms, two ", layout.slot_bytes(0),
             "-byte slots for streamed layer weights and ", placement.reserve_bytes,
             " bytes of activations and K,V staging");
     }
-    fraction = 0;
-    std::uint64_t cum = 0;
-    const std::uint64_t total = none.matrix_bytes;
-    for (const auto& [index, part] : matrices(c)) {
-      cum += checkpoint.tensor(names::layer(c, 0, part) + ".weight").nbytes;
-      const double f = static_cast<double>(cum) / static_cast<double>(total);
-      if (need(place_layer(checkpoint, f, dt)) <= room) fraction = f;
+    for (const double f : layout.fractions()) {  // ascending
+      if (need(f) <= room) fraction = f;
     }
   }
-  const LayerPlacement p = place_layer(checkpoint, fraction, dt);
-  const std::vector<bool>& resident = p.resident;
-  const std::size_t slot = p.slot;
-  const std::size_t host_per_layer = p.host;
-  matrix_bytes_ = p.matrix_bytes * layers;
-  resident_matrix_bytes_ = p.resident_bytes * layers;
-  slot_bytes_ = slot;
-  if (budget > 0 && need(p) + backend_.memory_used() > budget) {
-    raise(ErrorKind::overloaded, "device memory budget of ", budget, " bytes cannot hold ", need(p),
-          " bytes of weights (", fraction,
+  const std::vector<bool> kept = layout.resident(fraction);
+  std::vector<bool> resident(kLayerMatrices, true);  // by layer_linear index
+  std::size_t host_per_layer = 0;
+  {
+    std::size_t i = 0;
+    for (const auto& [index, part] : matrices(c)) {
+      resident[index] = kept[i];
+      if (!kept[i]) host_per_layer += aligned(layout.matrices[i].host);
+      matrix_bytes_ += layout.matrices[i].host;
+      if (kept[i]) resident_matrix_bytes_ += layout.matrices[i].host;
+      ++i;
+    }
+  }
+  matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
+  resident_matrix_bytes_ *= static_cast<std::uint64_t>(c.n_layers);
+  slot_bytes_ = layout.slot_bytes(fraction);
+  if (budget > 0 && need(fraction) + backend_.memory_used() > budget) {
+    raise(ErrorKind::overloaded, "device memory budget of ", budget, " bytes cannot hold ",
+          need(fraction), " bytes of weights (", fraction,
           " of each layer resident, two slots for the rest, embeddings and head); lower the "
           "weight fraction or raise --device-memory");
   }
   streamed_.resize(static_cast<std::size_t>(c.n_layers));
-  if (slot > 0) {
+  if (slot_bytes_ > 0) {
     host_ = std::make_unique<HostWeights>(backend_,
                                           host_per_layer * static_cast<std::size_t>(c.n_layers));
   }

@@ -18,6 +18,8 @@ namespace kvpr::planner {
 
 // The weights as placement sees them: what stays on the device whatever the share, and each
 // layer's matrices in placement order (device bytes in the compute dtype, host bytes as stored).
+// The one placement rule (DeviceModel places by it, the planner plans by it): at a share f, a
+// matrix stays on the device when the middle of its bytes falls within f of the layer's bytes.
 struct WeightLayout {
   std::uint64_t fixed_device_bytes = 0;
   struct Matrix {
@@ -27,10 +29,15 @@ struct WeightLayout {
   std::vector<Matrix> matrices;  // one layer's
   // Shares at which placement changes (a prefix of the matrices resident): 0, …, 1.
   std::vector<double> fractions() const;
+  // Which matrices stay on the device at a share, in `matrices` order.
+  std::vector<bool> resident(double fraction) const;
   // Device bytes of every layer's resident matrices and of one streaming slot, at a share.
   std::uint64_t resident_bytes(double fraction, std::int64_t n_layers) const;
   std::uint64_t slot_bytes(double fraction) const;
   std::uint64_t streamed_host_bytes(double fraction) const;  // per layer
+  // All the device holds for weights at a share: the fixed part, the resident matrices of every
+  // layer and two streaming slots.
+  std::uint64_t device_bytes(double fraction, std::int64_t n_layers) const;
 };
 
 struct ThroughputRequest {
