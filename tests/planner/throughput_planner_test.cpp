@@ -6,46 +6,10 @@
 #include <gtest/gtest.h>
 
 #include "kvpr/common/error.h"
+#include "synthetic_profile.h"
 
 namespace kvpr::planner {
 namespace {
-
-Curve flat(double y) {
-  return {{1, 1e12}, {y, y}};
-}
-
-HardwareProfile synthetic_profile() {
-  HardwareProfile p;
-  p.fingerprint = "synthetic";
-  p.backend = "synthetic";
-  p.h = 4096;
-  p.h_kv = 4096;
-  p.n_heads = 32;
-  p.head_dim = 128;
-  p.ffn = 4 * 4096;
-  p.h2d_bytes_per_s = {{4096, 1 << 20, 1 << 26}, {4e9, 12e9, 16e9}};
-  p.d2h_bytes_per_s = flat(16e9);
-  p.recompute_flops_per_s = {{16, 256, 4096}, {50e12, 200e12, 300e12}};
-  p.attention_s_per_token = 1e-8;
-  p.attention_s_per_query = 1e-6;
-  p.other_s_per_layer = 1e-4;
-  p.other_s_per_row = 1e-5;
-  p.vocab = 32000;
-  p.head_s = 1e-3;
-  p.head_s_per_row = 1e-5;
-  return p;
-}
-
-StepShape model_shape() {
-  StepShape m;
-  m.n_layers = 4;
-  m.h = 4096;
-  m.h_kv = 4096;
-  m.ffn = 4 * 4096;
-  m.p = 2;
-  m.block_tokens = 16;
-  return m;
-}
 
 WeightLayout opt_layout(std::int64_t h) {
   const auto hh = static_cast<std::uint64_t>(h * h);
@@ -58,7 +22,7 @@ WeightLayout opt_layout(std::int64_t h) {
 
 ThroughputRequest request(std::uint64_t budget, Policy policy = Policy::kvpr) {
   ThroughputRequest r;
-  r.model = model_shape();
+  r.model = testing::model_shape();
   r.weights = opt_layout(4096);
   r.sequences = 64;
   r.context = 512;
@@ -87,7 +51,7 @@ TEST(ThroughputPlanner, WeightLayoutSharesFollowThePlacementRule) {
 }
 
 TEST(ThroughputPlanner, RecomputeBeatsTransferOnASlowLinkWithinTheBudget) {
-  const HardwareProfile profile = synthetic_profile();
+  const HardwareProfile profile = testing::synthetic_profile();
   // Room for the weights of 4 layers streamed and a few batches' buffers, not all weights.
   const ThroughputRequest kvpr = request(6ull << 30);
   const auto plan = plan_throughput(profile, kvpr);
@@ -108,7 +72,7 @@ TEST(ThroughputPlanner, RecomputeBeatsTransferOnASlowLinkWithinTheBudget) {
 }
 
 TEST(ThroughputPlanner, WeightsStayOnTheDeviceWhenTheyFitAndStreamWhenNot) {
-  const HardwareProfile profile = synthetic_profile();
+  const HardwareProfile profile = testing::synthetic_profile();
   const auto roomy = plan_throughput(profile, request(0));  // no budget
   EXPECT_EQ(roomy.best.weight_fraction, 1.0);
   EXPECT_EQ(roomy.best.predicted.weights_s, 0.0);
@@ -120,7 +84,7 @@ TEST(ThroughputPlanner, WeightsStayOnTheDeviceWhenTheyFitAndStreamWhenNot) {
 }
 
 TEST(ThroughputPlanner, FixedChoicesAreKeptAndAnImpossibleBudgetIsAnError) {
-  const HardwareProfile profile = synthetic_profile();
+  const HardwareProfile profile = testing::synthetic_profile();
   ThroughputRequest r = request(6ull << 30);
   r.micro_batch = 8;
   r.micro_batches = 1;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <functional>
@@ -160,6 +161,24 @@ inline std::vector<Column> registered_columns() {
 
 inline std::string column_name(const ::testing::TestParamInfo<Column>& p) {
   return kBackends[p.param.index].label();
+}
+
+// Every step's logits within `tol` of the reference run's (a step's logits differ in size: a
+// failure, skipped); returns the worst difference.
+inline float expect_steps_within(const std::vector<std::vector<float>>& got,
+                                 const std::vector<std::vector<float>>& reference, float tol) {
+  float worst = 0;
+  EXPECT_EQ(got.size(), reference.size());
+  for (std::size_t step = 0; step < std::min(got.size(), reference.size()); ++step) {
+    const auto& a = got[step];
+    const auto& b = reference[step];
+    EXPECT_EQ(a.size(), b.size()) << "step " << step;
+    if (a.size() != b.size()) continue;
+    const float d = max_abs_diff(a.data(), b.data(), a.size());
+    EXPECT_LE(d, tol) << "step " << step;
+    worst = std::max(worst, d);
+  }
+  return worst;
 }
 
 }  // namespace kvpr::worker::testing

@@ -69,14 +69,7 @@ TEST_P(PolicyEquivalence, EveryPolicyAndSplitMatchesResident) {
                    (v.split ? std::to_string(*v.split) : "auto"));
       Stack under_test = stack(dir, v.policy, v.split);
       const auto got = run(under_test, ps, feed, kSteps);
-      for (int step = 0; step < kSteps; ++step) {
-        const auto& a = got[static_cast<std::size_t>(step)];
-        const auto& b = reference[static_cast<std::size_t>(step)];
-        ASSERT_EQ(a.size(), b.size());
-        const float d = max_abs_diff(a.data(), b.data(), a.size());
-        EXPECT_LE(d, *tol) << "step " << step;
-        worst = std::max(worst, d);
-      }
+      worst = std::max(worst, expect_steps_within(got, reference, *tol));
       EXPECT_EQ(under_test.store->stats().used_bytes, 0u);
     }
     std::printf("[policy %s %s] worst |logits - resident| = %.3g (tolerance %.0e)\n",
@@ -116,14 +109,7 @@ TEST_P(PolicyEquivalence, ThreeWaySplitsMatchResident) {
       under_test.engine = std::make_unique<Engine>(*under_test.model, *under_test.backend,
                                                    *under_test.store, under_test.planner, options);
       const auto got = run(under_test, ps, feed, kSteps);
-      for (int step = 0; step < kSteps; ++step) {
-        const auto& a = got[static_cast<std::size_t>(step)];
-        const auto& b = reference[static_cast<std::size_t>(step)];
-        ASSERT_EQ(a.size(), b.size());
-        const float d = max_abs_diff(a.data(), b.data(), a.size());
-        EXPECT_LE(d, *tol) << "step " << step;
-        worst = std::max(worst, d);
-      }
+      worst = std::max(worst, expect_steps_within(got, reference, *tol));
       const auto& plan = under_test.engine->last_step().plan;
       ASSERT_EQ(plan.m.size(), ps.size());
       for (std::size_t i = 0; i < ps.size(); ++i) {
