@@ -144,11 +144,38 @@ TEST_P(HostAttentionTest, MultiHeadOneThreadLongRows) {
 INSTANTIATE_TEST_SUITE_P(StoreDtypes, HostAttentionTest,
                          ::testing::Values(DType::f32, DType::f16, DType::bf16));
 
+// A unit may read whole rows or a range of heads of each row (HostAttention splits a sequence's
+// heads only when there are more threads than sequences): every head's partial is bit for bit
+// the same whichever range computed it, and so is the pool's with more threads than sequences.
+TEST(HostAttention, EveryHeadRangeGivesTheSamePartials) {
+  const AttnShape shape{8, 4, 16, 0.25f};
+  std::mt19937 rng(5);
+  const Rows rows = make_rows(rng, 75, 4 * 16, DType::f16, 16);
+  std::vector<float> q(8 * 16);
+  std::uniform_real_distribution<float> dist(-2, 2);
+  for (float& x : q) x = dist(rng);
+  const std::size_t size = 8 * (16 + 2);
+  std::vector<float> whole(size), split(size, 7.0f), pooled(size, 7.0f);
+  host_attention_partial({q.data(), rows.k_spans, rows.v_spans, whole.data()}, DType::f16, shape, 0,
+                         4);
+  host_attention_partial({q.data(), rows.k_spans, rows.v_spans, split.data()}, DType::f16, shape, 0,
+                         1);
+  host_attention_partial({q.data(), rows.k_spans, rows.v_spans, split.data()}, DType::f16, shape, 1,
+                         4);
+  EXPECT_EQ(split, whole);
+  HostAttention pool(3);  // one sequence, three threads: three ranges of heads
+  pool.start({}, {{q.data(), rows.k_spans, rows.v_spans, pooled.data()}}, DType::f16, shape);
+  pool.wait();
+  EXPECT_EQ(pooled, whole);
+  EXPECT_THROW(host_attention_partial({q.data(), {}, {}, split.data()}, DType::f16, shape, 2, 5),
+               Error);
+}
+
 TEST(HostAttention, EmptyRangeIsAZeroWeightPartialAndErrorsReachWait) {
   const AttnShape shape{2, 1, 4, 1.0f};
   const std::vector<float> q(8, 1.0f);
   std::vector<float> partial(12, 7.0f);
-  host_attention_partial({q.data(), {}, {}, partial.data()}, DType::f32, shape, 0);
+  host_attention_partial({q.data(), {}, {}, partial.data()}, DType::f32, shape, 0, 1);
   EXPECT_EQ(partial[0], -std::numeric_limits<float>::infinity());
   EXPECT_EQ(partial[1], 0.0f);
   EXPECT_EQ(partial[2], 0.0f);

@@ -2,7 +2,7 @@
 // decode steps planned from a profile that claims a link ten times faster than the emulated one;
 // after one window of steps the ProfileCorrector refits the rates, the planner re-plans from them,
 // the refitted profile is written to the cache, and the prediction error of the next steps is a
-// fraction of what it was.
+// fraction of what it was. And the profiler itself measures no copy faster than the link.
 #include "kvpr/worker/profile_drift.h"
 
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "kvpr/kernels/registry.h"
 #include "kvpr/modelgen/gen_model.h"
 #include "kvpr/planner/profile_planner.h"
 #include "kvpr/worker/profiler.h"
@@ -120,6 +121,29 @@ TEST(ProfileDrift, AProfileClaimingATenTimesFasterLinkIsCorrectedAfterOneWindow)
   EXPECT_EQ(cached.fingerprint, fingerprint);
   EXPECT_EQ(cached.h2d_bytes_per_s.y, corrector.profile().h2d_bytes_per_s.y);
   for (auto seq : seqs) engine.release(seq);
+}
+
+// An emulated link lets no copy through faster than its rate, so no point of the profile's copy
+// curves may claim more (timed one copy at a time on an idle queue, the block-sized copies a step
+// streams read 10-20x faster than the link and the planner under-counted every fetch).
+TEST(Profiler, NoCopySizeIsMeasuredFasterThanTheEmulatedLink) {
+  constexpr double kGbps = 0.05;
+  const kernels::BackendOptions backend_options{"cpu", kGbps, 0, 1, DType::f32};
+  auto backend = kernels::make_backend(backend_options);
+  const ModelConfig c = modelgen::preset("opt-tiny");
+  ProfileOptions po;
+  po.max_copy_bytes = 1 << 18;
+  po.max_rows = 64;
+  po.seconds_per_point = 0.002;
+  const HardwareProfile p = measure_profile(*backend, c, "test", po);
+  ASSERT_GE(p.h2d_bytes_per_s.x.size(), 4u);
+  for (const Curve* curve : {&p.h2d_bytes_per_s, &p.d2h_bytes_per_s}) {
+    for (std::size_t i = 0; i < curve->x.size(); ++i) {
+      EXPECT_LT(curve->y[i], 1.1 * kGbps * 1e9) << curve->x[i] << " bytes per copy";
+      EXPECT_GT(curve->y[i], 0.0) << curve->x[i] << " bytes per copy";
+    }
+  }
+  EXPECT_GT(p.host_attn_bytes_per_s, 0.0);
 }
 
 }  // namespace

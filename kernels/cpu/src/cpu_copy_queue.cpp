@@ -45,9 +45,13 @@ inline void cpu_relax() {
 
 }  // namespace
 
-void wait_until_precise(Clock::time_point deadline) {
+void wait_until_precise(Clock::time_point deadline, bool spin) {
   constexpr auto kSpin = std::chrono::microseconds(100);
   const auto now = Clock::now();
+  if (!spin) {
+    if (deadline > now) std::this_thread::sleep_for(deadline - now);
+    return;
+  }
   if (deadline - now > kSpin) std::this_thread::sleep_for(deadline - now - kSpin);
   while (Clock::now() < deadline) cpu_relax();
 }
@@ -162,7 +166,17 @@ double CopyQueue::run_copy(Task& task) {
     // The emulated link was busy with this copy from `ready` on, even if this thread woke later
     // (but not before the previous copy ended, so that busy intervals never overlap).
     start = std::min(start, std::max(ready, last_copy_end_));
-    wait_until_precise(deadline);
+    // Inside a run of queued copies nobody can observe this one's end before the next one's, and
+    // the next window starts at this deadline however late the wake-up: sleep, and keep the core
+    // free as a DMA engine would (block-sized windows are shorter than the spin, so spinning
+    // through a stream of them took a whole core from the host threads). The last copy of a run
+    // spins to meet its deadline precisely: an event or a waiting thread may follow it.
+    bool more_copies = false;
+    {
+      std::lock_guard lock(mutex_);
+      more_copies = !tasks_.empty() && tasks_.front().kind == TaskKind::copy;
+    }
+    wait_until_precise(deadline, !more_copies);
     // The next window starts at this one's ideal end, not at now(): a late wake-up or a slow
     // memcpy is caught up by later copies instead of accumulating over a stream of them.
     link_free_at_ = deadline;

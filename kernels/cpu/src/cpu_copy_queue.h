@@ -57,8 +57,9 @@ struct LinkEmulation {
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 
 // Sleeps for the bulk of the interval and spins the last ~100 µs, so a deadline is met within a
-// few microseconds rather than a scheduler tick.
-void wait_until_precise(Clock::time_point deadline);
+// few microseconds rather than a scheduler tick. With `spin` false it only sleeps (a wake-up may
+// come a timer slack late).
+void wait_until_precise(Clock::time_point deadline, bool spin = true);
 
 class CopyQueue {
  public:

@@ -1,6 +1,7 @@
 // Host attention (host_attention.h). Numerics: scores and the running (max, sum, accumulator) in
 // fp32 per block of kBlock tokens, the accumulator rescaled when a block raises the max, the final
-// division in fp32; K and V are converted from the store dtype one head slice at a time.
+// division in fp32; K and V are converted from the store dtype one row slice (the unit's KV heads,
+// contiguous) at a time.
 #include "kvpr/worker/host_attention.h"
 
 #include <algorithm>
@@ -42,20 +43,26 @@ float dot(const float* __restrict a, const float* __restrict b, std::size_t n) {
 }  // namespace
 
 void host_attention_partial(const HostAttnSeq& seq, DType dtype, const kernels::AttnShape& shape,
-                            std::int64_t kv_head) {
-  const std::int64_t d = shape.head_dim;
-  const std::int64_t group = shape.n_heads / shape.n_kv_heads;
-  const std::size_t row_bytes = static_cast<std::size_t>(shape.n_kv_heads * d) * size_of(dtype);
-  const std::size_t head_offset = static_cast<std::size_t>(kv_head * d) * size_of(dtype);
-  const auto ud = static_cast<std::size_t>(d);
-  const auto ug = static_cast<std::size_t>(group);
+                            std::int64_t kv_begin, std::int64_t kv_end) {
+  if (kv_begin < 0 || kv_end > shape.n_kv_heads || kv_begin >= kv_end) {
+    fail("host attention: KV heads [", kv_begin, ", ", kv_end, ") outside [0, ", shape.n_kv_heads,
+         ")");
+  }
+  const auto ud = static_cast<std::size_t>(shape.head_dim);
+  const auto ug = static_cast<std::size_t>(shape.n_heads / shape.n_kv_heads);
+  const auto kv_heads = static_cast<std::size_t>(kv_end - kv_begin);
+  const std::size_t heads = kv_heads * ug;  // query heads of the range
+  const std::size_t width = kv_heads * ud;  // elements of a row this range reads, contiguous
+  const std::size_t row_bytes = static_cast<std::size_t>(shape.n_kv_heads) * ud * size_of(dtype);
+  const std::size_t offset = static_cast<std::size_t>(kv_begin) * ud * size_of(dtype);
+  const float* q0 = seq.q + static_cast<std::size_t>(kv_begin) * ug * ud;
 
-  std::vector<float> max(ug, -std::numeric_limits<float>::infinity());
-  std::vector<float> sum(ug, 0.0f);
-  std::vector<float> acc(ug * ud, 0.0f);
-  std::vector<float> keys(kBlock * ud);  // the block's K rows of this head, fp32
-  std::vector<float> scores(ug * kBlock);
-  std::vector<float> v_row(ud);
+  std::vector<float> max(heads, -std::numeric_limits<float>::infinity());
+  std::vector<float> sum(heads, 0.0f);
+  std::vector<float> acc(heads * ud, 0.0f);
+  std::vector<float> keys(kBlock * width);  // the block's K rows of the range, fp32
+  std::vector<float> scores(heads * kBlock);
+  std::vector<float> v_row(width);
 
   // K and V rows arrive in the same order; a block of K rows is scored, then the same V rows
   // are folded in. The V spans are walked with their own cursor.
@@ -70,46 +77,47 @@ void host_attention_partial(const HostAttnSeq& seq, DType dtype, const kernels::
   };
   std::int64_t n = 0;
   const auto flush = [&] {
-    for (std::size_t g = 0; g < ug; ++g) {
-      const float* sc = scores.data() + g * kBlock;
+    for (std::size_t h = 0; h < heads; ++h) {
+      float* sc = scores.data() + h * kBlock;
       const float block_max = *std::max_element(sc, sc + n);
-      const float m_new = std::max(max[g], block_max);
+      const float m_new = std::max(max[h], block_max);
       const float correction =
-          max[g] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max[g] - m_new);
-      sum[g] *= correction;
-      for (std::size_t i = 0; i < ud; ++i) acc[g * ud + i] *= correction;
-      max[g] = m_new;
-      for (std::int64_t t = 0; t < n; ++t)
-        scores[g * kBlock + static_cast<std::size_t>(t)] = std::exp(sc[t] - m_new);
+          max[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max[h] - m_new);
+      sum[h] *= correction;
+      for (std::size_t i = 0; i < ud; ++i) acc[h * ud + i] *= correction;
+      max[h] = m_new;
+      for (std::int64_t t = 0; t < n; ++t) sc[t] = std::exp(sc[t] - m_new);
     }
     for (std::int64_t t = 0; t < n; ++t) {
-      convert(next_v() + head_offset, dtype, v_row.data(), DType::f32, ud);
-      for (std::size_t g = 0; g < ug; ++g) {
-        const float p = scores[g * kBlock + static_cast<std::size_t>(t)];
-        sum[g] += p;
-        float* a = acc.data() + g * ud;
-        for (std::size_t i = 0; i < ud; ++i) a[i] += p * v_row[i];
+      convert(next_v() + offset, dtype, v_row.data(), DType::f32, width);
+      for (std::size_t h = 0; h < heads; ++h) {
+        const float p = scores[h * kBlock + static_cast<std::size_t>(t)];
+        sum[h] += p;
+        float* a = acc.data() + h * ud;
+        const float* v = v_row.data() + (h / ug) * ud;
+        for (std::size_t i = 0; i < ud; ++i) a[i] += p * v[i];
       }
     }
     n = 0;
   };
   for_each_row(seq.k, row_bytes, [&](const std::byte* row) {
-    float* k = keys.data() + static_cast<std::size_t>(n) * ud;
-    convert(row + head_offset, dtype, k, DType::f32, ud);
-    for (std::size_t g = 0; g < ug; ++g) {
-      const float* q = seq.q + (static_cast<std::size_t>(kv_head) * ug + g) * ud;
-      scores[g * kBlock + static_cast<std::size_t>(n)] = shape.scale * dot(q, k, ud);
+    float* k = keys.data() + static_cast<std::size_t>(n) * width;
+    convert(row + offset, dtype, k, DType::f32, width);
+    for (std::size_t h = 0; h < heads; ++h) {
+      scores[h * kBlock + static_cast<std::size_t>(n)] =
+          shape.scale * dot(q0 + h * ud, k + (h / ug) * ud, ud);
     }
     if (++n == kBlock) flush();
   });
   if (n > 0) flush();
 
-  for (std::size_t g = 0; g < ug; ++g) {
-    float* out = seq.partial + (static_cast<std::size_t>(kv_head) * ug + g) * (ud + 2);
-    out[0] = max[g];
-    out[1] = sum[g];
-    const float inv = sum[g] > 0.0f ? 1.0f / sum[g] : 0.0f;
-    for (std::size_t i = 0; i < ud; ++i) out[2 + i] = acc[g * ud + i] * inv;
+  float* out0 = seq.partial + static_cast<std::size_t>(kv_begin) * ug * (ud + 2);
+  for (std::size_t h = 0; h < heads; ++h) {
+    float* out = out0 + h * (ud + 2);
+    out[0] = max[h];
+    out[1] = sum[h];
+    const float inv = sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;
+    for (std::size_t i = 0; i < ud; ++i) out[2 + i] = acc[h * ud + i] * inv;
   }
 }
 
@@ -138,7 +146,14 @@ void HostAttention::start(std::function<void()> ready, std::vector<HostAttnSeq> 
     dtype_ = dtype;
     shape_ = shape;
     next_unit_ = 0;
-    n_units_ = static_cast<std::int64_t>(seqs_.size()) * shape.n_kv_heads;
+    // Enough units to keep every thread busy, each as wide (and its row reads as contiguous) as
+    // that allows: one unit per sequence reads whole rows, which streams from memory at the
+    // kernel's rate; a head slice per unit strides through the rows and runs at a fraction of it
+    // once the blocks are out of cache.
+    const auto n_seqs = std::max<std::int64_t>(static_cast<std::int64_t>(seqs_.size()), 1);
+    const auto threads = static_cast<std::int64_t>(workers_.size());
+    head_groups_ = std::clamp<std::int64_t>((threads + n_seqs - 1) / n_seqs, 1, shape.n_kv_heads);
+    n_units_ = static_cast<std::int64_t>(seqs_.size()) * head_groups_;
     units_left_ = n_units_;
     error_ = nullptr;
     began_ = false;
@@ -177,11 +192,14 @@ void HostAttention::work() {
     std::int64_t finished = 0;
     while (next_unit_ < n_units_) {
       const std::int64_t unit = next_unit_++;
-      const auto& seq = seqs_[static_cast<std::size_t>(unit / shape_.n_kv_heads)];
+      const auto& seq = seqs_[static_cast<std::size_t>(unit / head_groups_)];
+      const std::int64_t group = unit % head_groups_;
+      const std::int64_t kv_begin = group * shape_.n_kv_heads / head_groups_;
+      const std::int64_t kv_end = (group + 1) * shape_.n_kv_heads / head_groups_;
       lock.unlock();
       if (!error) {
         try {
-          host_attention_partial(seq, dtype_, shape_, unit % shape_.n_kv_heads);
+          host_attention_partial(seq, dtype_, shape_, kv_begin, kv_end);
         } catch (...) {
           error = std::current_exception();
         }

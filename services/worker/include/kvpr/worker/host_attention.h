@@ -4,10 +4,12 @@
 // partials into its output by the log-sum-exp rule (Backend::attention_merge), as split-K flash
 // decoding merges its splits.
 //
-// Per (sequence, KV head) one work unit streams the K and V rows of its head once, in the store's
-// dtype converted to fp32 row by row, and keeps for each query head of its group a running max,
-// a running sum of exponentials and a weighted sum of V (online softmax, fp32; rescaled once per
-// block of tokens). Grouped-query heads thus share their K,V reads.
+// Per (sequence, range of KV heads) one work unit streams the K and V rows of its heads once, in
+// the store's dtype converted to fp32 row by row, and keeps for each query head a running max, a
+// running sum of exponentials and a weighted sum of V (online softmax, fp32; rescaled once per
+// block of tokens). Grouped-query heads thus share their K,V reads. A job has as few ranges per
+// sequence as keep the threads busy (one — whole rows — when there are as many sequences as
+// threads): contiguous reads stream from memory, head slices of rows do not.
 //
 // Threading: a HostAttention owns `threads` worker threads (the `--host-threads` budget), started
 // in the constructor and joined in the destructor. One caller thread (the engine's) calls start()
@@ -39,11 +41,12 @@ struct HostAttnSeq {
   float* partial = nullptr;             // [n_heads·(head_dim + 2)]: per head max, sum, output
 };
 
-// The partial of one KV head's query heads over the given rows: for each query head h of the
-// group, partial[h·(d + 2)] = max score, [+1] = Σ exp(score − max), [+2 ..] = the normalised
-// weighted sum of V. No rows: max −inf, sum 0, output 0.
+// The partials of the query heads of KV heads [kv_begin, kv_end) over the given rows: for each
+// such query head h, partial[h·(d + 2)] = max score, [+1] = Σ exp(score − max), [+2 ..] = the
+// normalised weighted sum of V. No rows: max −inf, sum 0, output 0. Each row's slice of the range
+// is read once, contiguously; every head's result is the same whatever range it is computed in.
 void host_attention_partial(const HostAttnSeq& seq, DType dtype, const kernels::AttnShape& shape,
-                            std::int64_t kv_head);
+                            std::int64_t kv_begin, std::int64_t kv_end);
 
 class HostAttention {
  public:
@@ -68,12 +71,13 @@ class HostAttention {
   std::condition_variable wake_;
   std::condition_variable done_;
   std::vector<std::thread> workers_;
-  // The job (guarded by mutex_): units are (sequence, KV head) pairs, taken in order.
+  // The job (guarded by mutex_): units are (sequence, KV-head range) pairs, taken in order.
   std::uint64_t job_ = 0;
   std::function<void()> ready_;
   std::vector<HostAttnSeq> seqs_;
   DType dtype_ = DType::f32;
   kernels::AttnShape shape_;
+  std::int64_t head_groups_ = 1;  // KV-head ranges per sequence
   std::int64_t next_unit_ = 0;
   std::int64_t n_units_ = 0;
   std::int64_t units_left_ = 0;
