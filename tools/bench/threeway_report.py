@@ -65,7 +65,7 @@ for i, r in enumerate(gqa["results"]):
                    "y": [r["three_way"]["step_s"] / base, 1.0], "rgb": colour, "dashed": True})
 chart = {
     "title": "decode step vs host share of the context (GQA, link = host rate / 4)",
-    "x_label": "share of each context attended on the host (m = s: 0)",
+    "x_label": "share of each context attended on the host (0: all K,V over the link)",
     "y_label": "step time / transfer step",
     "series": series,
 }
