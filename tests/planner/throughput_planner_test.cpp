@@ -102,5 +102,40 @@ TEST(ThroughputPlanner, FixedChoicesAreKeptAndAnImpossibleBudgetIsAnError) {
   }
 }
 
+// Grouped-query (h_kv = h/4: recomputing never pays) with a host that scans K,V faster than the
+// link moves them: the block schedule puts part of every micro-batch's context on the host, and
+// the plan's tokens/s are those of its replay; a weak host and the FlexGen-style baseline keep
+// every K,V on the link.
+TEST(ThroughputPlanner, AFastHostTakesAShareOfEachContextAndAWeakOneNone) {
+  HardwareProfile profile = testing::synthetic_profile("synthetic-gqa", 4096, 1024);
+  profile.host_attn_bytes_per_s = 10e9;
+  profile.host_threads = 4;
+  ThroughputRequest r = request(6ull << 30);
+  r.model = testing::model_shape(4096, 1024);
+  r.sequences = 16;
+  r.context = 2048;
+  const auto plan = plan_throughput(profile, r);
+  EXPECT_EQ(plan.best.ratio, 0.0) << plan.reason;
+  EXPECT_GT(plan.best.host_ratio, 0.0) << plan.reason;
+  EXPECT_GT(plan.best.predicted.host_attention_s, 0.0);
+  EXPECT_NE(plan.reason.find("on the host"), std::string::npos) << plan.reason;
+  const auto again = predict_throughput_step(profile, r, plan.best);
+  EXPECT_DOUBLE_EQ(again.total_s, plan.best.predicted.total_s);
+
+  HardwareProfile no_host = profile;
+  no_host.host_threads = 0;
+  const auto two_way = plan_throughput(no_host, r);
+  EXPECT_EQ(two_way.best.host_ratio, 0.0);
+  EXPECT_GT(plan.best.tokens_per_s, 1.2 * two_way.best.tokens_per_s)
+      << plan.reason << " / " << two_way.reason;
+
+  HardwareProfile weak = profile;
+  weak.host_attn_bytes_per_s = 1e8;
+  weak.host_threads = 1;
+  EXPECT_EQ(plan_throughput(weak, r).best.host_ratio, 0.0);
+  r.policy = Policy::transfer;
+  EXPECT_EQ(plan_throughput(profile, r).best.host_ratio, 0.0);
+}
+
 }  // namespace
 }  // namespace kvpr::planner

@@ -6,7 +6,8 @@
 #   resumed with the same command: every index exactly once, the same tokens as the whole run;
 # - malformed lines (bad JSON, an unknown field, a token outside the vocabulary) are reported by
 #   line number and skipped, or with --on-bad-line fail fail the job before anything is written;
-# - throughput mode (weights streamed, micro-batches, a device budget): the same tokens; a budget
+# - throughput mode (weights streamed, micro-batches, a device budget, the measured planner): the
+#   same tokens; a budget
 #   too small is a clear error;
 # - through a `kvpr up` deployment (--connect, --keys): the same tokens.
 # usage: batch_test.sh KVPR
@@ -135,10 +136,12 @@ check "$dir/resumed.jsonl"
 echo "ok   interrupted after $done_lines lines and resumed: every index once, the same tokens"
 
 # Throughput mode: half of each layer's weights streamed from host memory under a device budget,
-# the block schedule with 3 micro-batches: the same tokens. A budget below one layer's working set
-# is refused naming it.
+# the block schedule with 3 micro-batches, each step planned from the measured profile (host share
+# included, two host threads): the same tokens. A budget below one layer's working set is refused
+# naming it.
 "$kvpr" batch --model "$dir/model" --input "$dir/prompts.jsonl" --output "$dir/throughput.jsonl" \
-  --max-batch 8 --micro-batches 3 --weight-fraction 0.5 --device-memory 2000000000 --quiet \
+  --max-batch 8 --micro-batches 3 --weight-fraction 0.5 --device-memory 2000000000 \
+  --planner measured --host-threads 2 --quiet \
   >"$dir/throughput.out" 2>"$dir/throughput.err" || fail "the throughput-mode batch failed"
 [ "$(tokens_of "$dir/throughput.jsonl")" = "$(tokens_of "$dir/all.jsonl")" ] ||
   fail "throughput mode's tokens differ from the latency schedule's"
@@ -148,7 +151,7 @@ if "$kvpr" batch --model "$dir/model" --input "$dir/prompts.jsonl" --output "$di
 fi
 grep -q "device memory budget of 100000000 bytes is too small for one layer's working set" \
   "$dir/tiny.err" || fail "no clear budget error: $(cat "$dir/tiny.err")"
-echo "ok   throughput mode (weights half streamed, 3 micro-batches, 2 GB budget): the same tokens"
+echo "ok   throughput mode (weights half streamed, 3 micro-batches, 2 GB budget, measured planner): the same tokens"
 
 # Malformed lines: reported by line number and skipped, or the job fails before writing.
 cat >"$dir/bad.jsonl" <<'EOF'

@@ -309,10 +309,11 @@ void check_connect_flags(const BatchOptions& o) {
   if (o.backend.backend != defaults.backend ||
       o.backend.emulate_link_gbps != defaults.emulate_link_gbps ||
       o.backend.emulate_link_latency_us != defaults.emulate_link_latency_us ||
-      o.backend.threads != defaults.threads || o.capacity_bytes != BatchOptions{}.capacity_bytes) {
+      o.backend.threads != defaults.threads || o.capacity_bytes != BatchOptions{}.capacity_bytes ||
+      o.planner != BatchOptions{}.planner || o.host_threads != BatchOptions{}.host_threads) {
     fail(
-        "--backend, --emulate-link-*, --threads and --kv-capacity configure the embedded "
-        "services; with --connect they are flags of kvpr up");
+        "--backend, --emulate-link-*, --threads, --kv-capacity, --planner and --host-threads "
+        "configure the embedded services; with --connect they are flags of kvpr up");
   }
   split_endpoints(o.connect);
 }
@@ -324,14 +325,16 @@ void start_workers(const BatchOptions& o, planner::Policy policy, Workers& w) {
     BackendFlags flags = o.backend;
     flags.device.batch = o.max_batch;
     w.embedded = std::make_unique<Embedded>(o.model, flags, policy, std::nullopt, o.capacity_bytes,
-                                            !o.quiet);
+                                            !o.quiet, o.planner);
     worker::WorkerServiceOptions wo;
     wo.endpoint = "inproc://kvpr-batch-worker";
     wo.name = "embedded";
     wo.max_queue = std::max<std::size_t>(64, static_cast<std::size_t>(o.max_batch));
     wo.batching.max_batch = o.max_batch;
     wo.batching.engine.micro_batches = o.backend.device.micro_batches;
+    wo.host_threads = o.host_threads;
     auto& e = *w.embedded;
+    wo.corrector = e.corrector.get();
     w.service = std::make_unique<worker::WorkerService>(w.context, *e.model, *e.backend, *e.store,
                                                         *e.planner, wo);
     w.service->start();
@@ -361,6 +364,7 @@ void start_workers(const BatchOptions& o, planner::Policy policy, Workers& w) {
 int batch_command(const BatchOptions& o) {
   if (o.max_new_tokens < 1) fail("--max-new-tokens must be at least 1, got ", o.max_new_tokens);
   if (o.max_batch < 1) fail("--max-batch must be at least 1, got ", o.max_batch);
+  if (o.host_threads < 1) fail("--host-threads must be at least 1, got ", o.host_threads);
   if (o.on_bad_line != "skip" && o.on_bad_line != "fail") {
     fail("--on-bad-line must be skip or fail, got '", o.on_bad_line, "'");
   }

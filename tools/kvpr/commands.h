@@ -99,8 +99,10 @@ struct BatchOptions {
   std::string policy = "kvpr";
   BackendFlags backend;
   std::uint64_t capacity_bytes = 8ull << 30;
-  std::string connect;  // worker endpoints of a deployment, comma-separated
-  std::string keys;     // --connect: the deployment's key folder
+  std::string planner = "nominal";  // the embedded worker's split planner: nominal or measured
+  int host_threads = 1;             // the embedded worker's host-attention threads
+  std::string connect;              // worker endpoints of a deployment, comma-separated
+  std::string keys;                 // --connect: the deployment's key folder
   bool quiet = false;
   bool json = false;
 };

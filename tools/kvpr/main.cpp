@@ -111,6 +111,11 @@ int main(int argc, char** argv) {
                         "A malformed input line: skip (reported) or fail (before any work)");
   batch_cmd->add_option("--policy", batch.policy, "resident, transfer, recompute or kvpr");
   batch_cmd->add_option("--kv-capacity", batch.capacity_bytes, "Host KV store capacity in bytes");
+  batch_cmd->add_option("--planner", batch.planner,
+                        "Split planner of the embedded worker: nominal or measured (cached "
+                        "profile; plans the host share too)");
+  batch_cmd->add_option("--host-threads", batch.host_threads,
+                        "Host-attention threads of the embedded worker");
   add_backend_flags(batch_cmd, batch.backend);
   add_device_flags(batch_cmd, batch.backend.device);
   batch_cmd->add_option("--connect", batch.connect,

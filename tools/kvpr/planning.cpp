@@ -106,15 +106,18 @@ nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const Mod
   const auto option_json = [&](const planner::ThroughputOption& o) {
     auto phases = phases_json(o.predicted);
     phases["weights_s"] = o.predicted.weights_s;
-    return nlohmann::json{{"micro_batch", o.micro_batch},
-                          {"micro_batches", o.micro_batches},
-                          {"weight_fraction", o.weight_fraction},
-                          {"ratio", o.ratio},
-                          {"split", std::llround(o.ratio * static_cast<double>(context))},
-                          {"device_bytes", o.device_bytes},
-                          {"predicted_step_s", o.predicted.total_s},
-                          {"predicted_phases", phases},
-                          {"tokens_per_s", o.tokens_per_s}};
+    return nlohmann::json{
+        {"micro_batch", o.micro_batch},
+        {"micro_batches", o.micro_batches},
+        {"weight_fraction", o.weight_fraction},
+        {"ratio", o.ratio},
+        {"split", std::llround(o.ratio * static_cast<double>(context))},
+        {"host_ratio", o.host_ratio},
+        {"host_split", context - std::llround(o.host_ratio * static_cast<double>(context))},
+        {"device_bytes", o.device_bytes},
+        {"predicted_step_s", o.predicted.total_s},
+        {"predicted_phases", phases},
+        {"tokens_per_s", o.tokens_per_s}};
   };
   nlohmann::json out = option_json(plan.best);
   out["policy"] = std::string(planner::to_string(policy));
@@ -126,39 +129,44 @@ nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const Mod
   for (const auto& o : plan.options) options.push_back(option_json(o));
   out["throughput_options"] = options;
   const auto& b = plan.best;
+  // The worker plans each step's split (and host share) from the measured profile, as here.
   out["command"] =
       str("kvpr batch --policy ", planner::to_string(policy), " --max-batch ",
           b.micro_batch * b.micro_batches, " --micro-batches ", b.micro_batches,
-          " --weight-fraction ", b.weight_fraction, " --device-memory ", device_memory);
+          " --weight-fraction ", b.weight_fraction, " --device-memory ", device_memory,
+          policy == planner::Policy::kvpr ? " --planner measured" : "",
+          b.host_ratio > 0 ? str(" --host-threads ", planner.profile().host_threads) : "");
   return out;
 }
 
 void print_throughput_plan(const nlohmann::json& plan) {
   std::printf(
       "throughput plan (%s): micro-batch %lld x %lld micro-batches, %.2f of each layer's "
-      "weights on the device, split ratio %.2f (l = %lld)\n",
+      "weights on the device, split ratio %.2f (l = %lld), host share %.2f (m = %lld)\n",
       plan["policy"].get<std::string>().c_str(),
       static_cast<long long>(plan["micro_batch"].get<std::int64_t>()),
       static_cast<long long>(plan["micro_batches"].get<std::int64_t>()),
       plan["weight_fraction"].get<double>(), plan["ratio"].get<double>(),
-      static_cast<long long>(plan["split"].get<std::int64_t>()));
+      static_cast<long long>(plan["split"].get<std::int64_t>()), plan["host_ratio"].get<double>(),
+      static_cast<long long>(plan["host_split"].get<std::int64_t>()));
   const auto& ph = plan["predicted_phases"];
   std::printf(
       "predicted step %.3f ms: link busy %.3f (weights %.3f), recompute %.3f, attention %.3f, "
-      "other %.3f, idle %.3f; %.1f tokens/s; %.3f GiB of device memory\n",
+      "host attention %.3f, other %.3f, idle %.3f; %.1f tokens/s; %.3f GiB of device memory\n",
       1e3 * ph["total_s"].get<double>(), 1e3 * ph["transfer_s"].get<double>(),
       1e3 * ph["weights_s"].get<double>(), 1e3 * ph["recompute_s"].get<double>(),
-      1e3 * ph["attention_s"].get<double>(), 1e3 * ph["other_s"].get<double>(),
-      1e3 * ph["idle_s"].get<double>(), plan["tokens_per_s"].get<double>(),
+      1e3 * ph["attention_s"].get<double>(), 1e3 * ph["host_attention_s"].get<double>(),
+      1e3 * ph["other_s"].get<double>(), 1e3 * ph["idle_s"].get<double>(),
+      plan["tokens_per_s"].get<double>(),
       static_cast<double>(plan["device_bytes"].get<std::uint64_t>()) / (1ull << 30));
-  std::printf("%12s %14s %10s %8s %14s\n", "micro-batch", "micro-batches", "weights", "ratio",
-              "tokens/s");
+  std::printf("%12s %14s %10s %8s %8s %14s\n", "micro-batch", "micro-batches", "weights", "ratio",
+              "host", "tokens/s");
   for (const auto& o : plan["throughput_options"]) {
-    std::printf("%12lld %14lld %10.2f %8.2f %14.1f\n",
+    std::printf("%12lld %14lld %10.2f %8.2f %8.2f %14.1f\n",
                 static_cast<long long>(o["micro_batch"].get<std::int64_t>()),
                 static_cast<long long>(o["micro_batches"].get<std::int64_t>()),
                 o["weight_fraction"].get<double>(), o["ratio"].get<double>(),
-                o["tokens_per_s"].get<double>());
+                o["host_ratio"].get<double>(), o["tokens_per_s"].get<double>());
   }
   std::printf("run it: %s\nreason: %s\n", plan["command"].get<std::string>().c_str(),
               plan["reason"].get<std::string>().c_str());

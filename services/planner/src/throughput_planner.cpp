@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kvpr/common/error.h"
+#include "kvpr/planner/cost_model.h"
 
 namespace kvpr::planner {
 namespace {
@@ -31,6 +32,28 @@ StepPrediction predict_layers(const HardwareProfile& profile, StepShape shape) {
   out.idle_s = extend(two.idle_s, three.idle_s);
   out.host_attention_s = extend(two.host_attention_s, three.host_attention_s);
   return out;
+}
+
+// The best share of each context to attend on the host at the option's split: a grid of
+// eighths, then its neighbourhood in sixty-fourths.
+ThroughputOption with_host_share(const HardwareProfile& profile, const ThroughputRequest& request,
+                                 const ThroughputOption& option) {
+  const double sequences = static_cast<double>(option.micro_batch * option.micro_batches);
+  ThroughputOption best = option;
+  const auto consider = [&](double share) {
+    if (share <= 0 || share > 1) return;
+    ThroughputOption c = option;
+    c.host_ratio = share;
+    c.predicted = predict_throughput_step(profile, request, c);
+    c.tokens_per_s = sequences / c.predicted.total_s;
+    if (c.tokens_per_s > best.tokens_per_s) best = c;
+  };
+  for (int k = 1; k <= 8; ++k) consider(k / 8.0);
+  const double center = best.host_ratio;
+  if (center > 0) {
+    for (int k = -3; k <= 3; ++k) consider(center + k / 64.0);
+  }
+  return best;
 }
 
 }  // namespace
@@ -99,6 +122,7 @@ StepPrediction predict_throughput_step(const HardwareProfile& profile,
   shape.s.assign(static_cast<std::size_t>(b), request.context);
   const auto l = std::llround(option.ratio * static_cast<double>(request.context));
   shape.l.assign(static_cast<std::size_t>(b), request.policy == Policy::transfer ? 0 : l);
+  if (option.host_ratio > 0) shape.m = host_splits_for_ratio(shape.s, shape.l, option.host_ratio);
   shape.chunk = option.chunk;
   shape.micro.assign(static_cast<std::size_t>(option.micro_batches), option.micro_batch);
   shape.weight_bytes =
@@ -122,6 +146,10 @@ ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputR
   const std::vector<double> ratios = request.policy == Policy::transfer
                                          ? std::vector<double>{0.0}
                                          : std::vector<double>{0, 0.2, 0.4, 0.6, 0.8, 1.0};
+  // The host's share is searched only where the profile measured host attention (and never for
+  // the FlexGen-style baseline, which moves every K,V over the link).
+  const bool host = request.policy != Policy::transfer && profile.host_attn_bytes_per_s > 0 &&
+                    profile.host_threads > 0;
   ThroughputPlan plan;
   bool any = false;
   for (const std::int64_t b : sizes(request.micro_batch, request.sequences)) {
@@ -162,6 +190,10 @@ ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputR
         found = true;
       }
       if (!found) continue;
+      // The host's share at this (b, G)'s best placement and split (searching it at every
+      // placement would multiply the replays by the placements for little: the host share
+      // relieves the link of K,V, not of weights).
+      if (host) best_here = with_host_share(profile, request, best_here);
       plan.options.push_back(best_here);
       if (!any || best_here.tokens_per_s > plan.best.tokens_per_s) plan.best = best_here;
       any = true;
@@ -174,10 +206,14 @@ ThroughputPlan plan_throughput(const HardwareProfile& profile, const ThroughputR
   const auto& o = plan.best;
   plan.reason = str(
       "micro-batch ", o.micro_batch, " x ", o.micro_batches, " micro-batches, ", o.weight_fraction,
-      " of each layer's weights on the device, split ratio ", o.ratio, ": ", o.tokens_per_s,
-      " tokens/s predicted (step ", o.predicted.total_s, " s, link ", o.predicted.transfer_s,
-      " s of which weights ", o.predicted.weights_s, " s, recompute ", o.predicted.recompute_s,
-      " s), the best of ", plan.options.size(), " (b, G) within ",
+      " of each layer's weights on the device, split ratio ", o.ratio,
+      o.host_ratio > 0
+          ? str(", the oldest ", std::round(o.host_ratio * 1000) / 10,
+                "% of each context attended on the host (", profile.host_threads, " threads)")
+          : std::string(),
+      ": ", o.tokens_per_s, " tokens/s predicted (step ", o.predicted.total_s, " s, link ",
+      o.predicted.transfer_s, " s of which weights ", o.predicted.weights_s, " s, recompute ",
+      o.predicted.recompute_s, " s), the best of ", plan.options.size(), " (b, G) within ",
       request.device_memory == 0 ? std::string("no budget") : str(request.device_memory, " bytes"));
   return plan;
 }

@@ -1,6 +1,8 @@
 // Throughput mode's planner: for a job of many sequences, the device batch (micro-batch size b),
 // the number of micro-batches G of the block schedule, the share of each layer's weights kept on
-// the device and the split l that maximise predicted decode tokens/s within a device-memory budget.
+// the device, the split l and — where the profile measured host attention — the share of each
+// context attended on the host (the three-way split, per micro-batch) that maximise predicted
+// decode tokens/s within a device-memory budget.
 // Every candidate is predicted by replaying the one decode schedule (step_model.h) with its
 // micro-batches and weight loads, so the plan predicts exactly what the engine runs.
 #pragma once
@@ -46,7 +48,8 @@ struct ThroughputRequest {
   std::int64_t sequences = 1;       // of the job: G·b never exceeds it
   std::int64_t context = 1;         // tokens each sequence holds during its decode steps
   std::uint64_t device_memory = 0;  // 0: no budget
-  Policy policy = Policy::kvpr;     // kvpr: split searched; transfer: l = 0 (FlexGen's)
+  // kvpr: split and host share searched; transfer: l = 0 and nothing on the host (FlexGen's).
+  Policy policy = Policy::kvpr;
   // Fixed choices (0 / negative: searched).
   std::int64_t micro_batch = 0;
   std::int64_t micro_batches = 0;
@@ -59,7 +62,8 @@ struct ThroughputOption {
   std::int64_t micro_batch = 0;
   std::int64_t micro_batches = 0;
   double weight_fraction = 1;
-  double ratio = 0;  // l ≈ ratio · s
+  double ratio = 0;       // l ≈ ratio · s
+  double host_ratio = 0;  // [m, s) on the host: s − m ≈ host_ratio · s (0: nothing)
   std::int64_t chunk = kChunkTokens;
   std::uint64_t device_bytes = 0;
   bool fits = true;
