@@ -15,8 +15,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -27,6 +25,7 @@
 #include <zmq.hpp>
 
 #include "batch.h"
+#include "batch_progress.h"
 #include "commands.h"
 #include "embedded.h"
 #include "kvpr/common/error.h"
@@ -41,92 +40,6 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-std::atomic<int> g_signals{0};  // SIGINT/SIGTERM received while a batch runs
-
-extern "C" void on_batch_signal(int /*signal*/) {
-  g_signals.fetch_add(1);
-}
-
-// Counts SIGINT and SIGTERM for the lifetime of the run; the previous handlers come back after.
-class SignalCounter {
- public:
-  SignalCounter() {
-    struct sigaction action {};
-    action.sa_handler = on_batch_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  ~SignalCounter() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  SignalCounter(const SignalCounter&) = delete;
-  SignalCounter& operator=(const SignalCounter&) = delete;
-
- private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
-};
-
-struct Counters {
-  std::atomic<std::int64_t> done{0};    // prompts written
-  std::atomic<std::int64_t> tokens{0};  // tokens generated (written or not)
-  std::atomic<std::int64_t> failed{0};  // prompts the worker refused
-};
-
-// One line on a terminal's stderr, redrawn four times a second by its own thread: prompts done,
-// tokens/s and the time left at the rate so far.
-class ProgressLine {
- public:
-  ProgressLine(const Counters& counters, std::int64_t total, bool enabled)
-      : counters_(counters), total_(total), start_(Clock::now()) {
-    if (enabled && isatty(STDERR_FILENO) == 1) thread_ = std::thread([this] { loop(); });
-  }
-  ~ProgressLine() { finish(); }
-  ProgressLine(const ProgressLine&) = delete;
-  ProgressLine& operator=(const ProgressLine&) = delete;
-
-  void finish() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    thread_.join();
-    draw();
-    std::fprintf(stderr, "\n");
-  }
-
- private:
-  void loop() {
-    std::unique_lock lock(mutex_);
-    while (!wake_.wait_for(lock, std::chrono::milliseconds(250), [this] { return stop_; })) draw();
-  }
-  void draw() const {
-    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
-    const auto done = counters_.done.load();
-    const double rate = s > 0 ? static_cast<double>(counters_.tokens.load()) / s : 0;
-    std::string eta = "--";
-    if (done > 0) {
-      const double left = s / static_cast<double>(done) * static_cast<double>(total_ - done);
-      eta = str(std::llround(left), " s");
-    }
-    std::fprintf(stderr, "\rbatch: %lld/%lld prompts, %.1f tokens/s, ETA %s   ",
-                 static_cast<long long>(done), static_cast<long long>(total_), rate, eta.c_str());
-    std::fflush(stderr);
-  }
-
-  const Counters& counters_;
-  std::int64_t total_;
-  Clock::time_point start_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;
-  std::thread thread_;
-};
 
 // The prompts to run, shared by the threads that keep them in flight.
 class BatchRunner {
@@ -155,7 +68,7 @@ class BatchRunner {
 
  private:
   void loop() {
-    while (g_signals.load() == 0 && !abort_.load()) {
+    while (batch_signals() == 0 && !abort_.load()) {
       const std::size_t i = next_.fetch_add(1);
       if (i >= todo_.size()) return;
       std::optional<json> result;
@@ -211,7 +124,7 @@ class BatchRunner {
     bool stopped_by_string = false;
     gateway::UpstreamCallbacks callbacks;
     callbacks.on_token = [&](const gateway::TokenEvent& event) {
-      if (g_signals.load() > 1 || abort_.load()) {
+      if (batch_signals() > 1 || abort_.load()) {
         cancelled = true;
         return false;
       }
@@ -237,7 +150,7 @@ class BatchRunner {
         upstream_.generate(prompt.request, callbacks);
         break;
       } catch (const Error& e) {
-        if (e.kind() != ErrorKind::overloaded || !tokens.empty() || g_signals.load() > 0) throw;
+        if (e.kind() != ErrorKind::overloaded || !tokens.empty() || batch_signals() > 0) throw;
         if (Clock::now() - first_try >= wait_for_room_) raise(ErrorKind::failed, e.what());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -409,7 +322,6 @@ int batch_command(const BatchOptions& o) {
   bool interrupted = false;
   if (!todo.empty()) {
     SignalCounter signals;
-    g_signals.store(0);
     Workers workers;
     start_workers(o, policy, workers);
     load_s = std::chrono::duration<double>(Clock::now() - start).count();
@@ -432,7 +344,7 @@ int batch_command(const BatchOptions& o) {
       throw;
     }
     progress.finish();
-    interrupted = g_signals.load() > 0;
+    interrupted = batch_signals() > 0;
   }
 
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
