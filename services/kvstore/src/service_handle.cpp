@@ -24,139 +24,17 @@
 #include "kvpr/net/wire.h"
 #include "kvstore_wire.h"
 #include "service_impl.h"
+#include "service_request.h"
 
 namespace kvpr::kvstore {
 namespace {
 
-using Which = wire::KvRequest::Which;
 using Impl = KvStoreService::Impl;
 
 constexpr std::int64_t kMaxLayers = 1 << 16;
 constexpr std::int64_t kMaxWidth = 1 << 24;
-constexpr std::size_t kMaxBatch = 4096;  // sequences in one reserveBatch or commitBatch
 constexpr std::size_t kMaxClientName = 256;
 constexpr std::uint32_t kMaxHostThreads = 4096;  // asked for by one client
-
-// A request as read off the wire, before any check.
-struct Request {
-  std::uint64_t id = 0;
-  std::uint64_t deadline_unix_ms = 0;
-  Capability client;
-  std::string_view principal;  // of the peer (not on the wire): empty when not authenticated
-  Which which = Which::HEARTBEAT;
-  bool known = true;  // which is a member this build knows
-  // register
-  std::string name;
-  std::uint32_t host_threads = 0;
-  std::int64_t n_layers = 0, h = 0, h_kv = 0;
-  wire::DType dtype = wire::DType::F32;
-  // sequence requests
-  Capability seq;
-  std::vector<Capability> seqs;  // batches
-  std::size_t batch_size = 0;
-  std::int64_t n_tokens = 0;
-  std::int64_t layer = 0;
-  wire::Part part = wire::Part::ACT;
-  std::int64_t t0 = 0;
-  std::int64_t t1 = 0;
-};
-
-std::string_view type_name(Which which) {
-  switch (which) {
-    case Which::REGISTER:
-      return "register";
-    case Which::HEARTBEAT:
-      return "heartbeat";
-    case Which::UNREGISTER:
-      return "unregister";
-    case Which::OPEN:
-      return "open";
-    case Which::RESERVE:
-      return "reserve";
-    case Which::COMMIT:
-      return "commit";
-    case Which::LOCATE:
-      return "locate";
-    case Which::LENGTH:
-      return "length";
-    case Which::TRUNCATE:
-      return "truncate";
-    case Which::FREE:
-      return "free";
-    case Which::STATS:
-      return "stats";
-    case Which::RESERVE_BATCH:
-      return "reserve_batch";
-    case Which::COMMIT_BATCH:
-      return "commit_batch";
-  }
-  return "unknown";
-}
-
-// Reads the whole request; run inside decode_guard (Cap'n Proto's complaints become
-// MalformedMessage). Checks nothing.
-void decode(wire::KvRequest::Reader in, Request& out) {
-  out.deadline_unix_ms = in.getDeadlineUnixMs();
-  out.client = get_capability(in.getClient());
-  out.which = in.which();
-  switch (out.which) {
-    case Which::REGISTER: {
-      const auto reg = in.getRegister();
-      out.name = reg.getName().cStr();
-      out.host_threads = reg.getHostThreads();
-      const auto shape = reg.getShape();
-      out.n_layers = shape.getNLayers();
-      out.h = shape.getH();
-      out.h_kv = shape.getHKv();
-      out.dtype = shape.getDtype();
-      break;
-    }
-    case Which::HEARTBEAT:
-    case Which::UNREGISTER:
-    case Which::OPEN:
-    case Which::STATS:
-      break;
-    case Which::RESERVE:
-    case Which::COMMIT:
-    case Which::TRUNCATE: {
-      const auto st = out.which == Which::RESERVE  ? in.getReserve()
-                      : out.which == Which::COMMIT ? in.getCommit()
-                                                   : in.getTruncate();
-      out.seq = get_capability(st.getSeq());
-      out.n_tokens = st.getNTokens();
-      break;
-    }
-    case Which::RESERVE_BATCH:
-    case Which::COMMIT_BATCH: {
-      const auto batch =
-          out.which == Which::RESERVE_BATCH ? in.getReserveBatch() : in.getCommitBatch();
-      const auto seqs = batch.getSeqs();
-      out.batch_size = seqs.size();
-      if (out.batch_size <= kMaxBatch) {
-        for (const auto seq : seqs) out.seqs.push_back(get_capability(seq));
-      }
-      out.n_tokens = batch.getNTokens();
-      break;
-    }
-    case Which::LOCATE: {
-      const auto loc = in.getLocate();
-      out.seq = get_capability(loc.getSeq());
-      out.layer = loc.getLayer();
-      out.part = loc.getPart();
-      out.t0 = loc.getT0();
-      out.t1 = loc.getT1();
-      break;
-    }
-    case Which::LENGTH:
-      out.seq = get_capability(in.getLength());
-      break;
-    case Which::FREE:
-      out.seq = get_capability(in.getFree());
-      break;
-    default:
-      out.known = false;
-  }
-}
 
 StoreShape checked_shape(const Request& req) {
   if (req.n_layers <= 0 || req.n_layers > kMaxLayers || req.h <= 0 || req.h > kMaxWidth ||
