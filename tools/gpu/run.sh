@@ -8,9 +8,12 @@
 #   tests/NAME.{log,json}  the CUDA backend's GoogleTest binaries (gtest JSON reports)
 #   profile/probe.{txt,json}  copy bandwidth (pageable / pinned / registered) and cuBLAS rates
 #   bench/decode.{txt,json}   kvpr-bench-decode --backend cuda, b ∈ {1,8,32}, s ∈ {1024,4096}
+#   bench/hf_peer.json        the peer: transformers on the same checkpoint with its KV cache
+#                             offloaded (tools/gpu/hf_peer.py), and kvpr-run-peer.json: kvpr run's
+#                             greedy tokens on it, for the agreement check
 #   summary.md             tables made from the above (tools/gpu/summarize.py)
-# Every step has a timeout inside one overall budget (default 470 s, KVPR_GPU_CHECK_BUDGET_S), so
-# the whole run stays under 8 minutes; a step that fails does not stop the ones after it. The
+# Every step has a timeout inside one overall budget (default 540 s, KVPR_GPU_CHECK_BUDGET_S), so
+# the whole run stays under 9.5 minutes; a step that fails does not stop the ones after it. The
 # probe is built here with nvcc and needs no library of this project, so the device profile is
 # recorded even when the bundled binaries cannot start on this machine.
 #
@@ -21,7 +24,7 @@ root=$PWD
 [ $# -ge 1 ] || { echo "usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]" >&2; exit 2; }
 out=$(realpath -m "$1")
 bundle=$(realpath -m "${2:-build-gpu/bundle}")
-budget=${KVPR_GPU_CHECK_BUDGET_S:-470}
+budget=${KVPR_GPU_CHECK_BUDGET_S:-540}
 mkdir -p "$out/env" "$out/tests" "$out/profile" "$out/bench"
 : > "$out/status.txt"
 t_start=$(date +%s)
@@ -99,7 +102,15 @@ main() {
       step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
     done
     step kvpr-run-cuda 60 bash -c "'$bundle/bin/kvpr' run --model '$root/tests/data/golden/models/opt-2l-h64' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/tests/kvpr-run-cuda.json' 2>&1; rc=\$?; cat '$out/tests/kvpr-run-cuda.json'; exit \$rc"
-    step decode-bench 300 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 1,8,32 --context 1024,4096 --steps 5 --warmup 1 --json '$out/bench/decode.json' > '$out/bench/decode.txt' 2> '$out/bench/decode.stderr'; rc=\$?; cat '$out/bench/decode.txt'; tail -5 '$out/bench/decode.stderr'; exit \$rc"
+    # The benchmark generates its checkpoint into $peer (OPT-6.7B shape, 2 layers, fp16), off
+    # OUT_DIR (1.2 GB); the peer and kvpr run load the same one.
+    local peer="${TMPDIR:-/tmp}/kvpr-peer-opt-6.7b"
+    step decode-bench 300 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 1,8,32 --context 1024,4096 --steps 5 --warmup 1 --model '$peer' --json '$out/bench/decode.json' > '$out/bench/decode.txt' 2> '$out/bench/decode.stderr'; rc=\$?; cat '$out/bench/decode.txt'; tail -5 '$out/bench/decode.stderr'; exit \$rc"
+    if [ -f "$peer/config.json" ]; then
+      step kvpr-run-peer 60 bash -c "'$bundle/bin/kvpr' run --model '$peer' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/bench/kvpr-run-peer.json' 2>&1; rc=\$?; head -c 600 '$out/bench/kvpr-run-peer.json'; echo; exit \$rc"
+      step hf-peer 180 python3 tools/gpu/hf_peer.py --model "$peer" --json "$out/bench/hf_peer.json" \
+        --batch 1,8,32 --context 1024,4096 --steps 5 --prompt-tokens 2,31,45 --new-tokens 8
+    fi
   else
     echo "== the bundled binaries do not run here: only the nvcc-built probe ran (see env/ldd.txt)"
     failures=$((failures + 1))

@@ -135,11 +135,56 @@ def bench_section(out):
     return lines
 
 
+def peer_section(out):
+    """kvpr's decode step against transformers' with its KV cache offloaded, same checkpoint,
+    same (b, s); and whether the two agree on greedy tokens."""
+    peer = load(os.path.join(out, "bench", "hf_peer.json"))
+    lines = ["## The peer: Hugging Face transformers, KV cache offloaded (tools/gpu/hf_peer.py)", ""]
+    if "runs" not in peer:
+        return lines + ["No peer results (" + peer.get("_error", "?") + ")."]
+    lines += [f"transformers {peer.get('transformers', '?')}, torch {peer.get('torch', '?')}, "
+              f"{peer.get('device', '?')}; median of {peer['steps']} decode steps.", ""]
+    bench = load(os.path.join(out, "bench", "decode.json"))
+    kvpr = {}
+    for sh in bench.get("shapes", []):
+        for r in sh["runs"]:
+            if r["policy"] == "kvpr-pipelined":
+                kvpr[(sh["b"], sh["s"])] = r["median_step_s"]
+    hf = {}
+    for r in peer["runs"]:
+        if "median_step_s" in r:
+            hf.setdefault((r["b"], r["s"]), {})[r["cache_implementation"]] = r["median_step_s"]
+    lines += ["Target: kvpr (pipelined) at least 1.7x faster per decode step than the peer's "
+              "offloaded_static cache (offloaded where this version has no static one).", "",
+              "| b | s | kvpr ms | HF offloaded ms | HF offloaded_static ms | speed-up vs peer |",
+              "|---|---|---|---|---|---|"]
+    for key in sorted(set(kvpr) | set(hf)):
+        k = kvpr.get(key)
+        h = hf.get(key, {})
+        base = h.get("offloaded_static", h.get("offloaded"))
+        ratio = f"{base / k:.2f} ({'met' if base / k >= 1.7 else 'missed'})" if k and base else "-"
+        cell = lambda v: "-" if v is None else f"{v * 1e3:.2f}"
+        lines.append(f"| {key[0]} | {key[1]} | {cell(k)} | {cell(h.get('offloaded'))} | "
+                     f"{cell(h.get('offloaded_static'))} | {ratio} |")
+    run = load(os.path.join(out, "bench", "kvpr-run-peer.json"))
+    ours = run.get("tokens")
+    theirs = peer.get("greedy", {}).get("tokens")
+    if ours is not None and theirs is not None:
+        same = sum(1 for a, b in zip(ours, theirs) if a == b)
+        lines += ["", f"Greedy tokens of prompt {peer['greedy']['prompt_tokens']}: kvpr {ours}, "
+                  f"transformers {theirs}: {same} of {len(theirs)} the same."]
+    else:
+        lines += ["", "Greedy tokens: not compared (kvpr run or the peer gave none)."]
+    if peer.get("errors"):
+        lines += ["", "Peer errors:"] + [f"- {e}" for e in peer["errors"][:12]]
+    return lines
+
+
 def main():
     out = sys.argv[1]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# kvpr gpu-check, {now}", "", f"Device: {device_name(out)}", ""]
-    for section in (status_section, tests_section, probe_section, bench_section):
+    for section in (status_section, tests_section, probe_section, bench_section, peer_section):
         lines += section(out) + [""]
     print("\n".join(lines))
 
