@@ -2,11 +2,10 @@
 // in flight; second: cancel it) and the progress line redrawn while it runs.
 #pragma once
 
-#include <signal.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <mutex>
 #include <thread>

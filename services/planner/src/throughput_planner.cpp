@@ -38,7 +38,7 @@ StepPrediction predict_layers(const HardwareProfile& profile, StepShape shape) {
 // eighths, then its neighbourhood in sixty-fourths.
 ThroughputOption with_host_share(const HardwareProfile& profile, const ThroughputRequest& request,
                                  const ThroughputOption& option) {
-  const double sequences = static_cast<double>(option.micro_batch * option.micro_batches);
+  const auto sequences = static_cast<double>(option.micro_batch * option.micro_batches);
   ThroughputOption best = option;
   const auto consider = [&](double share) {
     if (share <= 0 || share > 1) return;

@@ -31,10 +31,14 @@ double seconds(Clock::duration d) {
 
 }  // namespace
 
-void WorkerService::finished(const Job& job, bool ok) {
+void WorkerService::count_outcome(bool ok) {
+  std::lock_guard lock(mutex_);
+  ++(ok ? completed_ : failed_);
+}
+
+void WorkerService::finished(const Job& job) {
   std::lock_guard lock(mutex_);
   std::erase_if(live_, [&](const auto& j) { return j.get() == &job; });
-  ++(ok ? completed_ : failed_);
 }
 
 void WorkerService::wire_job(const std::shared_ptr<Job>& job, zmq::socket_t& events) {
@@ -60,25 +64,30 @@ void WorkerService::wire_job(const std::shared_ptr<Job>& job, zmq::socket_t& eve
     wire_adapter::encode_step(step, event.initTokens());
     send(events, j->peer, message);
   };
+  // A request is counted before its last event leaves: a client that asks for the status (or a
+  // scrape) once it has that event sees the request counted. The job is forgotten after the send
+  // (forgetting it may free the job, and with it the batch and the peer this callback uses).
   b.on_done = [this, j, &m, &events](const BatchJob& batch, const GenerateResult& summary) {
+    m.requests_completed->Increment();
+    m.request_latency->Observe(seconds(Clock::now() - batch.accepted_at));
+    count_outcome(true);
     capnp::MallocMessageBuilder message;
     auto event = message.initRoot<wire::WorkerEvent>();
     event.setId(batch.id);
     wire_adapter::set_summary(event.initDone(), summary, options_.name);
     send(events, j->peer, message);
-    m.requests_completed->Increment();
-    m.request_latency->Observe(seconds(Clock::now() - batch.accepted_at));
-    finished(*j, true);
+    finished(*j);
   };
   b.on_error = [this, j, &m, &events](const BatchJob& batch, const Error& e) {
     log::warn(options_.name, ": request ", batch.id, " failed: ", e.what());
+    m.requests_failed->Increment();
+    count_outcome(false);
     capnp::MallocMessageBuilder message;
     auto event = message.initRoot<wire::WorkerEvent>();
     event.setId(batch.id);
     net::set_error(event.initError(), e);
     send(events, j->peer, message);
-    m.requests_failed->Increment();
-    finished(*j, false);
+    finished(*j);
   };
 }
 

@@ -120,7 +120,8 @@ class WorkerService {
   void execute();
   // The executor's hooks of one request: its events go to the inproc pipe.
   void wire_job(const std::shared_ptr<Job>& job, zmq::socket_t& events);
-  void finished(const Job& job, bool ok);
+  void count_outcome(bool ok);    // completed_ or failed_, before the last event is sent
+  void finished(const Job& job);  // forgets the job, after its last event
   // The reply to one request: accepted (queued), stats, nothing (a cancel) or an error.
   zmq::message_t handle_request(const zmq::message_t& peer, const zmq::message_t& payload);
   zmq::message_t stats_event(std::uint64_t id);
