@@ -87,7 +87,8 @@ def main():
         def __call__(self, input_ids, scores, **kwargs):
             torch.cuda.synchronize()
             self.stamps.append(time.perf_counter())
-            return False
+            # never stops a sequence: one flag per row, as recent versions expect
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     gen = torch.Generator(device="cpu").manual_seed(1)
     for impl in ("offloaded", "offloaded_static"):
