@@ -103,21 +103,28 @@ nlohmann::json throughput_json(const planner::ProfilePlanner& planner, const Mod
     return worker::working_set_bytes(c, batch, context, micro, DType::f32);
   };
   const auto plan = planner::plan_throughput(planner.profile(), request);
+  // m of one sequence of the plan, by the rule the planner predicted it with.
+  const auto host_split = [&](const planner::ThroughputOption& o) {
+    const std::int64_t s = context;
+    const std::int64_t l = policy == planner::Policy::transfer
+                               ? 0
+                               : planner::splits_for_ratio({&s, 1}, o.ratio).front();
+    return planner::host_splits_for_ratio({&s, 1}, {&l, 1}, o.host_ratio).front();
+  };
   const auto option_json = [&](const planner::ThroughputOption& o) {
     auto phases = phases_json(o.predicted);
     phases["weights_s"] = o.predicted.weights_s;
-    return nlohmann::json{
-        {"micro_batch", o.micro_batch},
-        {"micro_batches", o.micro_batches},
-        {"weight_fraction", o.weight_fraction},
-        {"ratio", o.ratio},
-        {"split", std::llround(o.ratio * static_cast<double>(context))},
-        {"host_ratio", o.host_ratio},
-        {"host_split", context - std::llround(o.host_ratio * static_cast<double>(context))},
-        {"device_bytes", o.device_bytes},
-        {"predicted_step_s", o.predicted.total_s},
-        {"predicted_phases", phases},
-        {"tokens_per_s", o.tokens_per_s}};
+    return nlohmann::json{{"micro_batch", o.micro_batch},
+                          {"micro_batches", o.micro_batches},
+                          {"weight_fraction", o.weight_fraction},
+                          {"ratio", o.ratio},
+                          {"split", std::llround(o.ratio * static_cast<double>(context))},
+                          {"host_ratio", o.host_ratio},
+                          {"host_split", host_split(o)},
+                          {"device_bytes", o.device_bytes},
+                          {"predicted_step_s", o.predicted.total_s},
+                          {"predicted_phases", phases},
+                          {"tokens_per_s", o.tokens_per_s}};
   };
   nlohmann::json out = option_json(plan.best);
   out["policy"] = std::string(planner::to_string(policy));
