@@ -12,6 +12,10 @@
 #                             offloaded (tools/gpu/hf_peer.py), and kvpr-run-peer.json: kvpr run's
 #                             greedy tokens on it, for the agreement check
 #   summary.md             tables made from the above (tools/gpu/summarize.py)
+#   gpu-check.tar.gz       all of the above in one archive: the session tool brings back at most
+#                          8 files, 2 folders down, so the tree itself is written to a work folder
+#                          (KVPR_GPU_CHECK_WORK, default $TMPDIR/kvpr-gpu-check) and only the
+#                          archive, summary.md, status.txt and gpu-check.log land in OUT_DIR
 # Every step has a timeout inside one overall budget (default 540 s, KVPR_GPU_CHECK_BUDGET_S), so
 # the whole run stays under 9.5 minutes; a step that fails does not stop the ones after it. The
 # probe is built here with nvcc and needs no library of this project, so the device profile is
@@ -22,7 +26,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 [ $# -ge 1 ] || { echo "usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]" >&2; exit 2; }
-out=$(realpath -m "$1")
+dest=$(realpath -m "$1")
+out=$(realpath -m "${KVPR_GPU_CHECK_WORK:-${TMPDIR:-/tmp}/kvpr-gpu-check}")
+rm -rf "$out"
 bundle=$(realpath -m "${2:-build-gpu/bundle}")
 budget=${KVPR_GPU_CHECK_BUDGET_S:-540}
 mkdir -p "$out/env" "$out/tests" "$out/profile" "$out/bench"
@@ -122,4 +128,9 @@ main() {
 }
 
 main 2>&1 | tee "$out/gpu-check.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+mkdir -p "$dest"
+rm -f "$out/profile/cuda_probe"
+tar czf "$dest/gpu-check.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"
+cp "$out/summary.md" "$out/status.txt" "$out/gpu-check.log" "$dest/" 2>/dev/null
+exit "$rc"
