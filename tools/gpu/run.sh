@@ -21,7 +21,8 @@
 # probe is built here with nvcc and needs no library of this project, so the device profile is
 # recorded even when the bundled binaries cannot start on this machine.
 #
-# Usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]   (default BUNDLE_DIR build-gpu/bundle)
+# Usage: tools/gpu/run.sh OUT_DIR [BUNDLE_DIR]   (default BUNDLE_DIR build-gpu/bundle; when it is
+# absent and BUNDLE_DIR.tar.xz is there, the archive is unpacked first)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -31,6 +32,9 @@ out=$(realpath -m "${KVPR_GPU_CHECK_WORK:-${TMPDIR:-/tmp}/kvpr-gpu-check}")
 rm -rf "$out"
 bundle=$(realpath -m "${2:-build-gpu/bundle}")
 budget=${KVPR_GPU_CHECK_BUDGET_S:-540}
+if [ ! -d "$bundle" ] && [ -f "$bundle.tar.xz" ]; then
+  tar xJf "$bundle.tar.xz" -C "$(dirname "$bundle")" || { echo "cannot unpack $bundle.tar.xz" >&2; exit 1; }
+fi
 mkdir -p "$out/env" "$out/tests" "$out/profile" "$out/bench"
 : > "$out/status.txt"
 t_start=$(date +%s)
@@ -105,7 +109,7 @@ main() {
     for t in kernels_cuda_diff_test worker_golden_test worker_policy_test worker_throughput_test; do
       filter='*'
       [ "$t" = kernels_cuda_diff_test ] || filter='-*/cpu_*:Tolerances.*'
-      step "$t" 180 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
+      step "$t" 100 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
     done
     step kvpr-run-cuda 60 bash -c "'$bundle/bin/kvpr' run --model '$root/tests/data/golden/models/opt-2l-h64' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/tests/kvpr-run-cuda.json' 2>&1; rc=\$?; cat '$out/tests/kvpr-run-cuda.json'; exit \$rc"
     # The benchmark generates its checkpoint into $peer (OPT-6.7B shape, 2 layers, fp16), off
