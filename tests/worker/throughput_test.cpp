@@ -115,8 +115,9 @@ TEST_P(Throughput, AModelLargerThanTheDeviceBudgetStreamsItsWeightsAndMatches) {
   const auto ps = four_prompts(config.vocab);
   const auto reference = testing::run(unlimited, ps, feed, 3);
   const std::uint64_t weights = unlimited.backend->memory_used();  // weights + a step's buffers
-  const std::uint64_t matrices = unlimited.model->layer_matrix_bytes() * sizeof(float) /
-                                 size_of(config.dtype);  // on the device, in the compute dtype
+  const std::uint64_t matrices =  // on the device, in the compute dtype
+      unlimited.model->layer_matrix_bytes() * size_of(unlimited.backend->compute_dtype()) /
+      size_of(config.dtype);
   ASSERT_GT(matrices, weights / 2);
 
   // A budget well below the model: the largest share that fits beside the working set.

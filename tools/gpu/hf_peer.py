@@ -14,10 +14,16 @@ takes the time, so the differences between its calls are the decode steps (the f
 right after the prefill). The median step is reported. Also: the greedy tokens of one prompt with
 the default (on-device) cache, for the comparison with `kvpr run` on the same checkpoint.
 
-Every failure (an implementation this version lacks, a model it cannot offload, out of memory) is
-recorded in the JSON under "errors" and the run goes on: a missing peer number must not cost the
-rest of the device check.
+Each cache implementation runs in a child process of its own (this script with --impl), so that a
+crash in one (transformers 5.17's offloaded_static segfaulted under torch.compile on an H200) costs
+only its own numbers. generate() is called with disable_compile=True: the peer runs eagerly, as
+the paper's baseline did. Every failure (an implementation this version lacks, a model it cannot
+offload, out of memory, a crash) is recorded in the JSON under "errors" and the run goes on: a
+missing peer number must not cost the rest of the device check.
 """
+import os
+import subprocess
+import tempfile
 import argparse
 import json
 import statistics
@@ -39,6 +45,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--prompt-tokens", type=ints, default=[2, 31, 45])
     ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--impl", help="time only this cache implementation (the child process)")
     args = ap.parse_args()
 
     report = {"model": args.model, "steps": args.steps, "runs": [], "errors": []}
@@ -68,6 +75,22 @@ def main():
                         ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "num_key_value_heads", "vocab_size")}
 
+    if args.impl is None:
+        return parent(args, report, write, model)
+
+    # The child: one cache implementation at every (b, s).
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    for impl in (args.impl,):
+        for b in args.batch:
+            for s in args.context:
+                time_one(model, vocab, gen, impl, b, s, args, report, write)
+    write()
+    return 0 if any("median_step_s" in r for r in report["runs"]) else 1
+
+
+def parent(args, report, write, model):
+    """Greedy tokens here; each cache implementation in a child process; one merged report."""
+    import torch
     # Greedy tokens with the default cache, for the comparison with kvpr run.
     try:
         ids = torch.tensor([args.prompt_tokens], device="cuda")
@@ -79,6 +102,35 @@ def main():
                             "tokens": out[0, len(args.prompt_tokens):].tolist()}
     except Exception as e:
         report["errors"].append(f"greedy: {e}")
+    write()
+    del model
+    torch.cuda.empty_cache()
+    for impl in ("offloaded", "offloaded_static"):
+        with tempfile.TemporaryDirectory() as tmp:
+            child_json = os.path.join(tmp, "child.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model,
+                   "--json", child_json, "--batch", ",".join(map(str, args.batch)),
+                   "--context", ",".join(map(str, args.context)), "--steps", str(args.steps),
+                   "--impl", impl]
+            rc = subprocess.run(cmd).returncode
+            try:
+                with open(child_json) as f:
+                    child = json.load(f)
+                report["runs"] += child.get("runs", [])
+                report["errors"] += child.get("errors", [])
+            except (OSError, ValueError) as e:
+                report["errors"].append(f"{impl}: no report from the child ({e})")
+            if rc != 0:
+                report["errors"].append(f"{impl}: child exit code {rc}" +
+                                        (f" (signal {-rc})" if rc < 0 else ""))
+        write()
+    return 0 if any("median_step_s" in r for r in report["runs"]) else 1
+
+
+def time_one(model, vocab, gen, impl, b, s, args, report, write):
+    """Times generate() with cache `impl` on b random prompts of s tokens."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     class Clock(StoppingCriteria):
         def __init__(self):
@@ -90,41 +142,35 @@ def main():
             # never stops a sequence: one flag per row, as recent versions expect
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    for impl in ("offloaded", "offloaded_static"):
-        for b in args.batch:
-            for s in args.context:
-                run = {"cache_implementation": impl, "b": b, "s": s}
-                try:
-                    ids = torch.randint(3, vocab, (b, s), generator=gen).to("cuda")
-                    clock = Clock()
-                    torch.cuda.synchronize()
-                    begin = time.perf_counter()
-                    with torch.no_grad():
-                        model.generate(ids, attention_mask=torch.ones_like(ids),
-                                       max_new_tokens=args.steps + 1,
-                                       min_new_tokens=args.steps + 1, do_sample=False,
-                                       pad_token_id=0, cache_implementation=impl,
-                                       stopping_criteria=StoppingCriteriaList([clock]))
-                    steps = [b2 - a for a, b2 in zip(clock.stamps, clock.stamps[1:])]
-                    if not steps:
-                        raise RuntimeError(f"{len(clock.stamps)} timestamps: no decode step timed")
-                    run["prefill_s"] = clock.stamps[0] - begin
-                    run["step_s"] = steps
-                    run["median_step_s"] = statistics.median(steps)
-                    print(f"hf_peer {impl} b {b} s {s}: step {1e3 * run['median_step_s']:.2f} ms "
-                          f"(prefill {run['prefill_s']:.2f} s)", flush=True)
-                except Exception as e:
-                    run["error"] = f"{type(e).__name__}: {e}"
-                    report["errors"].append(f"{impl} b {b} s {s}: {run['error']}")
-                    traceback.print_exc(limit=2)
-                    print(f"hf_peer {impl} b {b} s {s}: {run['error']}", flush=True)
-                finally:
-                    torch.cuda.empty_cache()
-                report["runs"].append(run)
-                write()
+    run = {"cache_implementation": impl, "b": b, "s": s, "compile": False}
+    try:
+        ids = torch.randint(3, vocab, (b, s), generator=gen).to("cuda")
+        clock = Clock()
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids),
+                           max_new_tokens=args.steps + 1,
+                           min_new_tokens=args.steps + 1, do_sample=False,
+                           pad_token_id=0, cache_implementation=impl, disable_compile=True,
+                           stopping_criteria=StoppingCriteriaList([clock]))
+        steps = [b2 - a for a, b2 in zip(clock.stamps, clock.stamps[1:])]
+        if not steps:
+            raise RuntimeError(f"{len(clock.stamps)} timestamps: no decode step timed")
+        run["prefill_s"] = clock.stamps[0] - begin
+        run["step_s"] = steps
+        run["median_step_s"] = statistics.median(steps)
+        print(f"hf_peer {impl} b {b} s {s}: step {1e3 * run['median_step_s']:.2f} ms "
+              f"(prefill {run['prefill_s']:.2f} s)", flush=True)
+    except Exception as e:
+        run["error"] = f"{type(e).__name__}: {e}"
+        report["errors"].append(f"{impl} b {b} s {s}: {run['error']}")
+        traceback.print_exc(limit=2)
+        print(f"hf_peer {impl} b {b} s {s}: {run['error']}", flush=True)
+    finally:
+        torch.cuda.empty_cache()
+    report["runs"].append(run)
     write()
-    return 0 if any("median_step_s" in r for r in report["runs"]) else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@
 #                          (KVPR_GPU_CHECK_WORK, default $TMPDIR/kvpr-gpu-check) and only the
 #                          archive, summary.md, status.txt and gpu-check.log land in OUT_DIR
 # Every step has a timeout inside one overall budget (default 540 s, KVPR_GPU_CHECK_BUDGET_S), so
-# the whole run stays under 9.5 minutes; a step that fails does not stop the ones after it. The
+# the whole run stays under 9.5 minutes; a step that fails does not stop the ones after it, and the
+# steps named in KVPR_GPU_CHECK_SKIP (space-separated) are not run (a rerun of what failed). The
 # probe is built here with nvcc and needs no library of this project, so the device profile is
 # recorded even when the bundled binaries cannot start on this machine.
 #
@@ -44,6 +45,11 @@ failures=0
 step() {
   local name=$1 limit=$2
   shift 2
+  if [[ " ${KVPR_GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    echo "== $name: skipped (KVPR_GPU_CHECK_SKIP)"
+    echo "$name not-run 0" >> "$out/status.txt"
+    return 0
+  fi
   local left=$((budget - ($(date +%s) - t_start)))
   if [ "$left" -lt 15 ]; then
     echo "== $name: skipped (budget of ${budget}s spent)"
@@ -120,6 +126,22 @@ main() {
       step kvpr-run-peer 60 bash -c "'$bundle/bin/kvpr' run --model '$peer' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/bench/kvpr-run-peer.json' 2>&1; rc=\$?; head -c 600 '$out/bench/kvpr-run-peer.json'; echo; exit \$rc"
       step hf-peer 180 python3 tools/gpu/hf_peer.py --model "$peer" --json "$out/bench/hf_peer.json" \
         --batch 1,8,32 --context 1024,4096 --steps 5 --prompt-tokens 2,31,45 --new-tokens 8
+      # The planner's chosen split against a measured sweep of l on the device, with a Chrome
+      # trace of the chosen point's steps (both queues, device timestamps).
+      local shape
+      for shape in "8 4096" "32 1024"; do
+        set -- $shape
+        step "sweep-b$1-s$2" 90 "$bundle/bin/kvpr" bench --model "$peer" --backend cuda --batch "$1" \
+          --context "$2" --sweep --points 9 --steps 3 --confirm 1 --quiet \
+          --json "$out/bench/sweep-b$1-s$2.json" --plot "$out/bench/sweep-b$1-s$2.png" \
+          --trace "$out/bench/trace-b$1-s$2.json"
+      done
+      # The copy path: the store unregistered (pinned staging), larger store blocks, larger chunks.
+      local variant
+      for variant in "staged --no-register" "block1024 --block-tokens 1024" "chunk2048 --chunk 2048"; do
+        set -- $variant
+        step "decode-$1" 60 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 8,32 --context 1024 --steps 5 --warmup 1 --model '$peer' --policies transfer,kvpr-pipelined,resident $2 $3 --json '$out/bench/decode-$1.json' > '$out/bench/decode-$1.txt' 2>&1; rc=\$?; cat '$out/bench/decode-$1.txt'; exit \$rc"
+      done
     fi
   else
     echo "== the bundled binaries do not run here: only the nvcc-built probe ran (see env/ldd.txt)"

@@ -180,11 +180,54 @@ def peer_section(out):
     return lines
 
 
+def variants_section(out):
+    """The decode benchmark again with one knob changed (run.sh's decode-* steps): the copy path."""
+    lines = ["## Copy path variants (kvpr-bench-decode, one knob changed)", "",
+             "Effective link rate = host-to-device bytes of a step / the copy queue's busy time.", "",
+             "| variant | b | s | policy | step ms | KV-load ms | copy busy ms | effective GB/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    files = sorted(glob.glob(os.path.join(out, "bench", "decode*.json")))
+    for path in files:
+        bench = load(path)
+        name = os.path.basename(path)[len("decode"):-len(".json")].lstrip("-") or "default"
+        for sh in bench.get("shapes", []):
+            for r in sh["runs"]:
+                busy = r.get("mean_phases_s", {}).get("transfer", 0.0)
+                kv = r.get("kv_load_s")
+                rate = r.get("h2d_bytes_per_step", 0.0) / busy / 1e9 if busy > 0 else 0.0
+                lines.append(f"| {name} | {sh['b']} | {sh['s']} | {r['policy']} | "
+                             f"{r['median_step_s'] * 1e3:.2f} | {'-' if kv is None else f'{kv * 1e3:.2f}'} | "
+                             f"{busy * 1e3:.2f} | {rate:.1f} |")
+    return lines if files else []
+
+
+def sweep_section(out):
+    """kvpr bench --sweep on the device: the planner's chosen split against the best measured."""
+    lines = ["## The planner's split against a measured sweep (kvpr bench --sweep)", "",
+             "| b | s | chosen | chosen ms | best | best ms | chosen / best | worst prediction error |",
+             "|---|---|---|---|---|---|---|---|"]
+    files = sorted(glob.glob(os.path.join(out, "bench", "sweep-*.json")))
+    for path in files:
+        d = load(path)
+        if "chosen" not in d:
+            lines.append(f"| {os.path.basename(path)} | | no result ({d.get('_error', '?')}) | | | | | |")
+            continue
+        st = d.get("settings", {})
+        c, b = d["chosen"], d["best"]
+        ratio = d["chosen_vs_best"]
+        lines.append(f"| {st.get('batch', '?')} | {st.get('context', '?')} | {c.get('policy')} l={c.get('split')} | "
+                     f"{c.get('measured_s', 0) * 1e3:.2f} | {b.get('label')} l={b.get('split')} | "
+                     f"{b.get('measured_s', 0) * 1e3:.2f} | {ratio:.3f} ({'met' if ratio <= 1.05 else 'missed'}) | "
+                     f"{d.get('worst_prediction_error', 0):.1%} |")
+    return lines if files else []
+
+
 def main():
     out = sys.argv[1]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# kvpr gpu-check, {now}", "", f"Device: {device_name(out)}", ""]
-    for section in (status_section, tests_section, probe_section, bench_section, peer_section):
+    for section in (status_section, tests_section, probe_section, bench_section, peer_section,
+                    sweep_section, variants_section):
         lines += section(out) + [""]
     print("\n".join(lines))
 

@@ -85,9 +85,12 @@ struct Side {
         static_cast<std::size_t>(std::max<std::int64_t>(rows * cols, 1)) * size_of(dtype())));
     return buffers.back()->tensor(dtype(), rows, cols);
   }
+  // Synchronises: the copy reads `v` asynchronously (backend.h: host memory must stay valid until
+  // the copy has run), and callers pass temporaries.
   Tensor put(const std::vector<float>& v, std::int64_t rows, std::int64_t cols) {
     Tensor t = alloc(rows, cols);
     backend->copy_to_device(Queue::compute, t, v.data(), DType::f32);
+    backend->synchronize();
     return t;
   }
   std::vector<float> get(const Tensor& t) {
