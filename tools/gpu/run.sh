@@ -136,11 +136,13 @@ main() {
           --json "$out/bench/sweep-b$1-s$2.json" --plot "$out/bench/sweep-b$1-s$2.png" \
           --trace "$out/bench/trace-b$1-s$2.json"
       done
-      # The copy path: the store unregistered (pinned staging), larger store blocks, larger chunks.
-      local variant
-      for variant in "staged --no-register" "block1024 --block-tokens 1024" "chunk2048 --chunk 2048"; do
-        set -- $variant
-        step "decode-$1" 60 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 8,32 --context 1024 --steps 5 --warmup 1 --model '$peer' --policies transfer,kvpr-pipelined,resident $2 $3 --json '$out/bench/decode-$1.json' > '$out/bench/decode-$1.txt' 2>&1; rc=\$?; cat '$out/bench/decode-$1.txt'; exit \$rc"
+      # The copy path, one knob at a time: the store unregistered (pinned staging), store blocks
+      # of 1024 tokens, pipelined chunks of 128 and 2048 rows.
+      local variant name
+      for variant in "staged --no-register" "block1024 --block-tokens 1024" "chunk128 --chunk 128" \
+        "chunk2048 --chunk 2048"; do
+        name=${variant%% *}
+        step "decode-$name" 60 bash -c "'$bundle/bin/kvpr-bench-decode' --backend cuda --batch 1,8,32 --context 1024,4096 --steps 5 --warmup 1 --model '$peer' --policies transfer,kvpr-pipelined,resident ${variant#* } --json '$out/bench/decode-$name.json' > '$out/bench/decode-$name.txt' 2>&1; rc=\$?; tail -4 '$out/bench/decode-$name.txt'; exit \$rc"
       done
     fi
   else
