@@ -19,6 +19,14 @@ std::vector<std::string> backend_names() {
 #endif
 }
 
+DType resolve_compute_dtype(std::string_view flag, std::string_view backend, DType checkpoint) {
+  if (flag == "auto") return backend == "cpu" ? DType::f32 : checkpoint;
+  if (flag == "f32") return DType::f32;
+  if (flag == "f16") return DType::f16;
+  if (flag == "bf16") return DType::bf16;
+  fail("--compute-dtype must be auto, f32, f16 or bf16, got '", flag, "'");
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   const auto budgeted = [&](std::unique_ptr<Backend> backend) {
     backend->set_memory_budget(options.device_memory);

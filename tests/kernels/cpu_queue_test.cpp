@@ -76,6 +76,19 @@ TEST(CpuBackend, TensorViewsCheckBounds) {
   expect_error([&] { (void)buffer->tensor(DType::f32, -1, 2); }, {"tensor", "[-1, 2]"});
 }
 
+// --compute-dtype auto: a half-precision checkpoint computes in its own dtype on a GPU, in f32 on
+// the CPU (the reference); an f32 checkpoint in f32 everywhere; explicit values win.
+TEST(CpuBackend, ComputeDtypeAutoFollowsTheCheckpointOnAGpuOnly) {
+  EXPECT_EQ(resolve_compute_dtype("auto", "cuda", DType::f16), DType::f16);
+  EXPECT_EQ(resolve_compute_dtype("auto", "cuda", DType::bf16), DType::bf16);
+  EXPECT_EQ(resolve_compute_dtype("auto", "cuda", DType::f32), DType::f32);
+  EXPECT_EQ(resolve_compute_dtype("auto", "cpu", DType::f16), DType::f32);
+  EXPECT_EQ(resolve_compute_dtype("f32", "cuda", DType::f16), DType::f32);
+  EXPECT_EQ(resolve_compute_dtype("bf16", "cuda", DType::f16), DType::bf16);
+  expect_error([] { (void)resolve_compute_dtype("fp8", "cuda", DType::f16); },
+               {"--compute-dtype", "'fp8'"});
+}
+
 TEST(CpuBackend, RegistryMakesBackendsByName) {
   const auto backend = make_backend(BackendOptions{});
   EXPECT_EQ(backend->name(), "cpu");

@@ -126,6 +126,24 @@ TEST(ProfileDrift, AProfileClaimingATenTimesFasterLinkIsCorrectedAfterOneWindow)
 // An emulated link lets no copy through faster than its rate, so no point of the profile's copy
 // curves may claim more (timed one copy at a time on an idle queue, the block-sized copies a step
 // streams read 10-20x faster than the link and the planner under-counted every fetch).
+// On a GPU a store block is one copy per part and must be large enough to cross PCIe near the
+// link's rate: K parts of at least 2 MiB, 16 to 256 tokens; the CPU backend keeps 16.
+TEST(Profiler, StoreBlocksOnAGpuAreLargeEnoughForTheLink) {
+  ModelConfig opt = modelgen::preset("opt-6.7b");
+  opt.dtype = DType::f16;  // K rows of 8 KiB: 256 tokens make 2 MiB
+  EXPECT_EQ(worker::store_block_tokens("cuda", opt), 256);
+  EXPECT_EQ(worker::store_block_tokens("cpu", opt), kvstore::kBlockTokens);
+  ModelConfig wide = opt;
+  wide.dtype = DType::f32;
+  wide.head_dim = 256;  // K rows of 32 KiB: 64 tokens make 2 MiB
+  wide.h = wide.n_heads * wide.head_dim;
+  wide.n_kv_heads = wide.n_heads;
+  EXPECT_EQ(wide.h_kv() * 4, 32768);
+  EXPECT_EQ(worker::store_block_tokens("cuda", wide), 64);
+  const ModelConfig tiny = modelgen::preset("opt-tiny");  // capped: 256 tokens of a tiny row
+  EXPECT_EQ(worker::store_block_tokens("cuda", tiny), 256);
+}
+
 TEST(Profiler, NoCopySizeIsMeasuredFasterThanTheEmulatedLink) {
   constexpr double kGbps = 0.05;
   const kernels::BackendOptions backend_options{"cpu", kGbps, 0, 1, DType::f32};

@@ -76,7 +76,7 @@ struct Bench {
   explicit Bench(const BenchOptions& o)
       : options(o),
         checkpoint(o.model),
-        backend(kernels::make_backend(backend_options(o.backend))) {
+        backend(kernels::make_backend(backend_options(o.backend, checkpoint.config().dtype))) {
     const ModelConfig& c = checkpoint.config();
     if (o.context + o.steps + 1 > c.max_positions) {
       fail("--context ", o.context, " does not fit max_position_embeddings ", c.max_positions);
@@ -84,17 +84,18 @@ struct Bench {
     if (!o.trace.empty()) trace = std::make_unique<worker::TraceWriter>(o.trace);
     profile =
         o.profile.empty() ? measured_profile(o.backend, c, o.remeasure) : load_profile(o.profile);
-    planner = std::make_unique<planner::ProfilePlanner>(profile, step_shape(c));
+    const std::int64_t block_tokens = store_block_tokens(o.backend, c);
+    planner = std::make_unique<planner::ProfilePlanner>(profile, step_shape(c, block_tokens));
     model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, !o.quiet);
     // The store holds the batch's contexts (each step's token is truncated away again), and its
     // memory is registered with the backend, as the embedded stack's and the worker's are: K,V
     // and activations then move straight from it to the device (pinned staging, on CUDA, is
     // 30x slower than the link).
-    const kvstore::StoreShape shape{c.n_layers, c.h, c.h_kv(), c.dtype, kvstore::kBlockTokens};
+    const kvstore::StoreShape shape{c.n_layers, c.h, c.h_kv(), c.dtype, block_tokens};
     const std::int64_t blocks_per_seq = (o.context + 2) / shape.block_tokens + 1;
     store = std::make_unique<kvstore::LocalKvStore>(
-        shape, static_cast<std::uint64_t>(o.batch * blocks_per_seq * c.n_layers) *
-                   shape.block_bytes());
+        shape,
+        static_cast<std::uint64_t>(o.batch * blocks_per_seq * c.n_layers) * shape.block_bytes());
     if (store->arena() != nullptr) backend->register_host(store->arena(), store->arena_bytes());
     std::mt19937 rng(1);
     std::uniform_int_distribution<std::int32_t> id(3, static_cast<std::int32_t>(c.vocab - 1));

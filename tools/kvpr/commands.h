@@ -26,6 +26,7 @@ struct BackendFlags {
   double emulate_link_gbps = 0;
   double emulate_link_latency_us = 0;
   int threads = 0;
+  std::string compute_dtype = "auto";  // kernels::resolve_compute_dtype
   DeviceFlags device;
 };
 

@@ -230,6 +230,8 @@ int up_command(const UpOptions& o) {
                                     flag(o.backend.emulate_link_latency_us),
                                     "--threads",
                                     std::to_string(o.backend.threads),
+                                    "--compute-dtype",
+                                    o.backend.compute_dtype,
                                     "--profile",
                                     o.profile,
                                     "--max-batch",

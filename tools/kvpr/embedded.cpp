@@ -9,7 +9,7 @@
 
 namespace kvpr::cli {
 
-kernels::BackendOptions backend_options(const BackendFlags& flags) {
+kernels::BackendOptions backend_options(const BackendFlags& flags, DType checkpoint) {
   if (flags.emulate_link_gbps < 0)
     fail("--emulate-link-gbps must be >= 0, got ", flags.emulate_link_gbps);
   if (flags.emulate_link_latency_us < 0) {
@@ -21,6 +21,8 @@ kernels::BackendOptions backend_options(const BackendFlags& flags) {
   options.emulate_link_latency_s = flags.emulate_link_latency_us * 1e-6;
   options.threads = flags.threads;
   options.device_memory = flags.device.device_memory;
+  options.compute_dtype =
+      kernels::resolve_compute_dtype(flags.compute_dtype, flags.backend, checkpoint);
   return options;
 }
 
@@ -55,7 +57,8 @@ SplitRequest parse_split_request(const std::string& split) {
 Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, planner::Policy policy,
                    std::optional<std::int64_t> split, std::uint64_t capacity_bytes,
                    bool show_progress, const std::string& planner_kind)
-    : checkpoint(model_dir), backend(kernels::make_backend(backend_options(flags))) {
+    : checkpoint(model_dir),
+      backend(kernels::make_backend(backend_options(flags, checkpoint.config().dtype))) {
   const ModelConfig& c = checkpoint.config();
   const DeviceFlags& device = flags.device;
   if (device.micro_batches < 1)
@@ -80,6 +83,7 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   shape.h = c.h;
   shape.h_kv = c.h_kv();
   shape.dtype = c.dtype;
+  shape.block_tokens = store_block_tokens(flags, c);
   store = std::make_unique<kvstore::LocalKvStore>(shape, capacity_bytes);
   // K,V and activations move straight between the store's memory and the device.
   if (store->arena() != nullptr) backend->register_host(store->arena(), store->arena_bytes());
@@ -87,10 +91,11 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
     planner = std::make_unique<planner::CostModelPlanner>();
   } else if (planner_kind == "measured") {
     auto profile = measured_profile(flags, c, false);
-    auto scheduler = std::make_unique<planner::ProfilePlanner>(profile, step_shape(c));
+    auto scheduler =
+        std::make_unique<planner::ProfilePlanner>(profile, step_shape(c, shape.block_tokens));
     const auto path = worker::profile_cache_path(profile.fingerprint);
     corrector = std::make_unique<worker::ProfileCorrector>(
-        std::move(profile), step_shape(c), planner::DriftOptions{},
+        std::move(profile), step_shape(c, shape.block_tokens), planner::DriftOptions{},
         [p = scheduler.get()](const HardwareProfile& refit) { p->update_profile(refit); }, path);
     planner = std::move(scheduler);
   } else {

@@ -36,7 +36,8 @@ struct Embedded {
   std::unique_ptr<worker::Engine> engine;
 };
 
-kernels::BackendOptions backend_options(const BackendFlags& flags);
+// The backend the flags ask for; `checkpoint` (the model's dtype) decides --compute-dtype auto.
+kernels::BackendOptions backend_options(const BackendFlags& flags, DType checkpoint);
 // "auto" → nullopt; a non-negative integer → that split; anything else is an Error naming it.
 std::optional<std::int64_t> parse_split(const std::string& split);
 // `--split` of kvpr run: "L" / "auto" as parse_split, or "L:M" / "auto:M" adding the host split M

@@ -21,6 +21,9 @@ void add_backend_flags(CLI::App* app, kvpr::cli::BackendFlags& flags) {
   app->add_option("--emulate-link-latency-us", flags.emulate_link_latency_us,
                   "CPU backend: latency added to every copy, in microseconds");
   app->add_option("--threads", flags.threads, "Compute threads (0 = backend default)");
+  app->add_option("--compute-dtype", flags.compute_dtype,
+                  "Dtype of device tensors: auto (a half-precision checkpoint's own on cuda, f32 "
+                  "on cpu), f32, f16 or bf16");
 }
 
 void add_device_flags(CLI::App* app, kvpr::cli::DeviceFlags& flags) {

@@ -16,7 +16,7 @@ namespace kvpr::cli {
 int profile_command(const ProfileOptions& options) {
   const ModelConfig config =
       options.model.empty() ? modelgen::preset(options.preset) : Checkpoint(options.model).config();
-  const auto backend_opts = backend_options(options.backend);
+  const auto backend_opts = backend_options(options.backend, config.dtype);
   auto backend = kernels::make_backend(backend_opts);
   worker::ProfileOptions po;
   if (options.quick) {
@@ -49,7 +49,7 @@ int plan_command(const PlanOptions& options) {
   const HardwareProfile profile = options.profile.empty()
                                       ? measured_profile(options.backend, c, false)
                                       : load_profile(options.profile);
-  planner::ProfilePlanner planner(profile, step_shape(c));
+  planner::ProfilePlanner planner(profile, step_shape(c, store_block_tokens(options.backend, c)));
   nlohmann::json out;
   if (options.workload == "latency") {
     const std::vector<std::int64_t> s(static_cast<std::size_t>(options.batch), options.context);

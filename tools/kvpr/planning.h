@@ -11,7 +11,9 @@
 
 namespace kvpr::cli {
 
-planner::StepShape step_shape(const ModelConfig& config);
+// Tokens per block of the embedded store: worker::store_block_tokens for the flags' backend.
+std::int64_t store_block_tokens(const BackendFlags& flags, const ModelConfig& config);
+planner::StepShape step_shape(const ModelConfig& config, std::int64_t block_tokens);
 // The cached profile of this backend and model shape, measured (and cached) when absent.
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
                                  bool remeasure);

@@ -37,6 +37,7 @@ struct Flags {
   double emulate_link_gbps = 0;
   double emulate_link_latency_us = 0;
   int threads = 0;
+  std::string compute_dtype = "auto";  // kernels::resolve_compute_dtype
   int host_threads = 1;
   std::string profile = "nominal";
   int metrics_port = 0;
@@ -77,6 +78,7 @@ int serve(const Flags& f) {
 
   Checkpoint checkpoint(f.model);
   const ModelConfig& c = checkpoint.config();
+  options.compute_dtype = kernels::resolve_compute_dtype(f.compute_dtype, f.backend, c.dtype);
   auto backend = kernels::make_backend(options);
   worker::WeightPlacement placement;
   if (f.weight_fraction < 0) {  // the most that fits beside a full batch at the model's positions
@@ -228,6 +230,9 @@ int main(int argc, char** argv) {
   app.add_option("--emulate-link-latency-us", f.emulate_link_latency_us,
                  "CPU backend: latency added to every copy, in microseconds");
   app.add_option("--threads", f.threads, "Compute threads (0 = backend default)");
+  app.add_option("--compute-dtype", f.compute_dtype,
+                 "Dtype of device tensors: auto (a half-precision checkpoint's own on cuda, f32 "
+                 "on cpu), f32, f16 or bf16");
   app.add_option("--profile", f.profile,
                  "nominal (backend's nominal rates) or measured (profile, cached, reported)");
   auto* port_flag = app.add_option("--metrics-port", f.metrics_port,

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "kvpr/common/error.h"
+#include "kvpr/kvstore/kv_store_client.h"
 #include "kvpr/worker/host_attention.h"
 
 namespace kvpr::worker {
@@ -308,7 +309,7 @@ std::string hardware_fingerprint(const kernels::BackendOptions& b, const ModelCo
   return str(b.name, "|", processor_name(), "|threads=", threads,
              "|link_gbps=", b.emulate_link_gbps, "|latency_s=", b.emulate_link_latency_s,
              "|h=", c.h, "|h_kv=", c.h_kv(), "|ffn=", c.ffn, "|heads=", c.n_heads,
-             "|dtype=", torch_name(c.dtype));
+             "|dtype=", torch_name(c.dtype), "|compute=", torch_name(b.compute_dtype));
 }
 
 std::filesystem::path profile_cache_path(const std::string& fingerprint) {
@@ -359,6 +360,14 @@ HardwareProfile cached_profile(kernels::Backend& backend,
   auto profile = measure_profile(backend, config, fingerprint, options);
   save_profile(profile, path);
   return profile;
+}
+
+std::int64_t store_block_tokens(std::string_view backend, const ModelConfig& c) {
+  if (backend == "cpu") return kvstore::kBlockTokens;
+  const auto row_bytes = static_cast<std::int64_t>(c.h_kv() * size_of(c.dtype));
+  std::int64_t tokens = kvstore::kBlockTokens;
+  while (tokens < 256 && tokens * row_bytes < (std::int64_t{2} << 20)) tokens *= 2;
+  return tokens;
 }
 
 planner::StepShape step_shape(const ModelConfig& c, std::int64_t block_tokens) {

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvpr/kernels/backend.h"
@@ -24,6 +25,12 @@ struct BackendOptions {
 };
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+
+// `--compute-dtype`: "f32", "f16" or "bf16" as given; "auto" computes a half-precision checkpoint
+// in its own dtype on a GPU backend (fp32 GEMMs run at a fifteenth of the fp16 rate on an H200,
+// and fp32 device tensors hold twice the bytes) and in f32 everywhere else. An Error names any
+// other value.
+DType resolve_compute_dtype(std::string_view flag, std::string_view backend, DType checkpoint);
 std::vector<std::string> backend_names();
 
 }  // namespace kvpr::kernels

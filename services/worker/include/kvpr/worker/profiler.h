@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "kvpr/common/model_config.h"
 #include "kvpr/common/profile.h"
@@ -38,6 +39,13 @@ HardwareProfile measure_profile(kernels::Backend& backend, const ModelConfig& co
 
 // The model's shape as the scheduler sees it (s and l left empty).
 planner::StepShape step_shape(const ModelConfig& config, std::int64_t block_tokens);
+
+// Tokens per block of a store this backend fetches from. Each block is one host→device copy per
+// part, and on a GPU a copy of 128 KiB (16 tokens of a 4096-wide fp16 K) crosses PCIe at a fifth of
+// the link's rate (11 against 51 GB/s on an H200), so for "cuda" a block holds the fewest tokens, a
+// power of two from 16 to 256, whose K part reaches 2 MiB. The CPU backend keeps
+// kvstore::kBlockTokens (its copies are memcpy, or an emulated link without per-copy cost).
+std::int64_t store_block_tokens(std::string_view backend, const ModelConfig& config);
 
 // The cached profile for this fingerprint, or a fresh measurement that is then cached.
 HardwareProfile cached_profile(kernels::Backend& backend,
