@@ -155,4 +155,10 @@ std::vector<std::int32_t> Backend::argmax(Tensor x) {
   return do_argmax(x);
 }
 
+std::vector<SampledRow> Backend::sample(Tensor logits, std::span<const RowSampling> rows) {
+  check_sample(logits, rows, compute_dtype());
+  if (rows.empty()) return {};
+  return do_sample(logits, rows);
+}
+
 }  // namespace kvpr::kernels

@@ -260,4 +260,13 @@ void check_argmax(const Tensor& x, DType dtype) {
   }
 }
 
+void check_sample(const Tensor& logits, std::span<const RowSampling> rows, DType dtype) {
+  constexpr std::string_view kOp = "sample";
+  check_argmax(logits, dtype);
+  if (static_cast<std::size_t>(logits.rows) != rows.size()) {
+    fail(kOp, ": logits ", describe(logits), " for ", rows.size(), " rows of sampling numbers");
+  }
+  for (const RowSampling& p : rows) check_row_sampling(p, logits.cols);
+}
+
 }  // namespace kvpr::kernels

@@ -22,6 +22,8 @@ struct JobSpec {
   std::int64_t max_new = 8;
   SamplingParams sampling;
   int arrive = 0;  // submitted before this many batcher steps have run
+  // Logits rows to the host (the host sampling path); false: tokens chosen by Backend::sample.
+  bool keep_logits = true;
 };
 
 JobSpec spec(std::vector<std::vector<std::int32_t>> prompts, std::int64_t max_new) {
@@ -65,7 +67,7 @@ std::vector<Ran> run(
     job->id = j + 1;
     job->request.prompts = specs[j].prompts;
     job->request.max_new_tokens = specs[j].max_new;
-    job->request.keep_logits = true;
+    job->request.keep_logits = specs[j].keep_logits;
     job->sampling = specs[j].sampling;
     job->policy = config.policy;
     job->split = config.split;
@@ -77,6 +79,7 @@ std::vector<Ran> run(
       for (std::size_t i = 0; i < s.tokens.size(); ++i) {
         const auto index = static_cast<std::size_t>(s.tokens[i].index);
         r.tokens[index].push_back(s.tokens[i].token);
+        if (s.logits.empty()) continue;
         const float* row = s.logits.data() + i * static_cast<std::size_t>(vocab);
         r.logits[index].insert(r.logits[index].end(), row, row + vocab);
       }
@@ -256,6 +259,64 @@ TEST(Batcher, ATinyStorePreemptsAndEveryRequestStillGetsItsOutput) {
   for (std::size_t j = 0; j < specs.size(); ++j) {
     const auto alone = run(kOpt, {specs[j]});
     expect_same(batched[j], alone[0], vocab, "request " + std::to_string(j));
+  }
+}
+
+// Without logits rows to return, each step's tokens are chosen where the logits are
+// (Backend::sample): the same tokens as the host path, with temperature, top_k, top_p,
+// penalties, logprobs and a seed, alone, batched and through preemptions; and no decode step
+// brings a logits row back (device→host bytes below one row).
+TEST(Batcher, SamplingWhereTheLogitsAreGivesTheHostPathsTokens) {
+  const auto vocab = opt_vocab();
+  std::vector<JobSpec> host;
+  for (int j = 0; j < 3; ++j) {
+    JobSpec s = spec({prompt(8 + 5 * j, vocab, 60 + static_cast<std::uint64_t>(j)),
+                      prompt(6, vocab, 70 + static_cast<std::uint64_t>(j))},
+                     20);
+    s.sampling.temperature = 0.9 + 0.3 * j;
+    s.sampling.top_k = j == 1 ? 30 : 0;
+    s.sampling.top_p = j == 2 ? 0.8 : 1.0;
+    s.sampling.presence_penalty = 0.4;
+    s.sampling.frequency_penalty = 0.2 * j;
+    s.sampling.seed = 900 + static_cast<std::uint64_t>(j);
+    s.sampling.ignore_eos = true;
+    s.arrive = 2 * j;
+    host.push_back(s);
+  }
+  std::vector<JobSpec> device = host;
+  for (auto& s : device) s.keep_logits = false;
+
+  testing::Stack probe(kData + kOpt.model, kOpt.policy, kOpt.split);
+  const auto& shape = probe.store->shape();
+  const std::uint64_t tiny = 9 * shape.block_bytes() * static_cast<std::uint64_t>(shape.n_layers);
+  BatcherOptions options;
+  options.admit = AdmitReserve::prompt;
+  // Device→host bytes of a step beyond its write-back (each sequence's new activation and K,V
+  // of every layer): the logits rows, when they come to the host.
+  const auto token_bytes =
+      static_cast<std::int64_t>(shape.n_layers * (shape.h + 2 * shape.h_kv) *
+                                static_cast<std::int64_t>(size_of(shape.dtype)));
+  const auto watch = [token_bytes](std::int64_t& most) {
+    return [&most, token_bytes](Batcher& b, int step, auto&, auto&) {
+      if (step != 0) return;
+      b.on_decode_step = [&most, token_bytes](const StepStats& st) {
+        const auto rows = static_cast<std::int64_t>(st.plan.l.size());
+        most = std::max(most, static_cast<std::int64_t>(st.d2h_bytes) - rows * token_bytes);
+      };
+    };
+  };
+  BatcherCounters counters;
+  std::int64_t beyond_device = -1, beyond_host = -1;
+  const auto sampled = run(kOpt, device, options, tiny, &counters, watch(beyond_device));
+  (void)run(kOpt, host, options, tiny, nullptr, watch(beyond_host));
+  EXPECT_GT(counters.preemptions, 0u);
+  EXPECT_LE(beyond_device, 0) << "no logits row left the device";
+  EXPECT_GE(beyond_host, vocab * static_cast<std::int64_t>(sizeof(float)))
+      << "the host path's rows are counted (the measure can see a row)";
+  for (std::size_t j = 0; j < host.size(); ++j) {
+    const auto alone = run(kOpt, {host[j]});
+    EXPECT_EQ(sampled[j].tokens, alone[0].tokens) << "request " << j;
+    EXPECT_TRUE(sampled[j].error.empty()) << sampled[j].error;
   }
 }
 

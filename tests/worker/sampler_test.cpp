@@ -1,6 +1,8 @@
 // Sampler: greedy is generator.h's greedy(); seeded draws repeat; top_k and top_p never leave their
 // sets; temperature-1 draws follow the softmax; penalties follow OpenAI's formulas; logprobs are
-// the raw logits' log-softmax; stops() knows EOS and stop ids. All draws are seeded: no flaky test.
+// the raw logits' log-softmax; stops() knows EOS and stop ids; a backend's sample op, given
+// prepare()'s numbers, chooses what next() chooses, and a pending draw survives a retried step.
+// All draws are seeded: no flaky test.
 #include "kvpr/worker/sampler.h"
 
 #include <gtest/gtest.h>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "kvpr/common/error.h"
+#include "kvpr/kernels/registry.h"
 #include "kvpr/worker/generator.h"
 
 namespace kvpr::worker {
@@ -270,6 +273,101 @@ TEST(Sampler, RejectsBadParamsAndRows) {
   const float inf = std::numeric_limits<float>::infinity();
   EXPECT_THROW(s.next(Row{-inf, -inf}), Error);
   EXPECT_EQ(s.next(Row{-inf, 0.0f, -inf}).token, 1);  // masked tokens are never drawn
+}
+
+// The device path of a step (prepare → Backend::sample → accept) chooses exactly what the host
+// path (next) chooses, step after step as penalties accumulate, for every kind of request; on
+// the CPU backend the op runs the same function, so equality is exact.
+TEST(Sampler, TheBackendOpChoosesWhatNextChooses) {
+  auto backend = kernels::make_backend({});
+  constexpr std::int64_t kVocab = 3000;
+  constexpr std::int64_t kRows = 4;
+  auto buffer = backend->alloc(kRows * kVocab * sizeof(float));
+  const kernels::Tensor logits = buffer->tensor(DType::f32, kRows, kVocab);
+  std::vector<SamplingParams> kinds = {sampling(0), sampling(0.7), sampling(1.3, 40),
+                                       sampling(1, 0, 0.9), sampling(0.8, 200, 0.5)};
+  kinds[2].presence_penalty = 0.5;
+  kinds[3].frequency_penalty = 0.3;
+  kinds[4].logprobs = 5;
+  kinds[1].logprobs = 0;
+  for (std::size_t k = 0; k < kinds.size(); ++k) {
+    SCOPED_TRACE(k);
+    std::vector<Sampler> host, device;
+    for (std::int64_t r = 0; r < kRows; ++r) {
+      host.emplace_back(kinds[k], std::vector<std::int32_t>{}, 100 + r);
+      device.emplace_back(kinds[k], std::vector<std::int32_t>{}, 100 + r);
+    }
+    for (int step = 0; step < 6; ++step) {
+      Row rows;
+      for (std::int64_t r = 0; r < kRows; ++r) {
+        const Row row = random_row(kVocab, 1000 * k + 10 * step + r, 3, step % 2 ? 0.25f : 0);
+        rows.insert(rows.end(), row.begin(), row.end());
+      }
+      backend->copy_to_device(kernels::Queue::compute, logits, rows.data(), DType::f32);
+      std::vector<kernels::RowSampling> numbers;
+      for (auto& s : device) numbers.push_back(s.prepare());
+      const auto chosen = backend->sample(logits, numbers);
+      ASSERT_EQ(chosen.size(), static_cast<std::size_t>(kRows));
+      for (std::int64_t r = 0; r < kRows; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        const auto want = host[i].next(
+            std::span<const float>(rows.data() + r * kVocab, static_cast<std::size_t>(kVocab)));
+        const auto got = device[i].accept(chosen[i]);
+        EXPECT_EQ(got.token, want.token) << "step " << step << " row " << r;
+        EXPECT_EQ(got.logprob, want.logprob);
+        EXPECT_EQ(got.top, want.top);
+      }
+    }
+  }
+}
+
+// A step that fails after prepare() (a full store, retried after a preemption) must not consume
+// the sequence's draw: the retry gets the same numbers, and the next step a new draw.
+TEST(Sampler, APendingDrawSurvivesARetriedStep) {
+  Sampler s(sampling(1), {}, 7);
+  const auto first = s.prepare();
+  const auto retried = s.prepare();
+  EXPECT_EQ(first.u, retried.u);
+  EXPECT_GE(first.u, 0.0);
+  EXPECT_LT(first.u, 1.0);
+  Sampler alone(sampling(1), {}, 7);
+  const Row row = random_row(50, 3);
+  EXPECT_EQ(s.next(row).token, alone.next(row).token);  // the pending draw is the one used
+  EXPECT_NE(s.prepare().u, first.u);                    // and then it is spent
+  Sampler greedy(sampling(0), {}, 7);
+  EXPECT_EQ(greedy.prepare().u, 0.0);  // greedy draws nothing
+}
+
+// The op's arguments are checked before any backend sees them, each error naming the value.
+TEST(Sampler, TheBackendOpRejectsBadNumbers) {
+  auto backend = kernels::make_backend({});
+  auto buffer = backend->alloc(2 * 10 * sizeof(float));
+  const kernels::Tensor logits = buffer->tensor(DType::f32, 2, 10);
+  const auto fails = [&](std::vector<kernels::RowSampling> rows, const char* needle) {
+    try {
+      (void)backend->sample(logits, rows);
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  kernels::RowSampling ok;
+  fails({ok}, "for 1 rows");
+  kernels::RowSampling bad = ok;
+  bad.u = 1;
+  fails({ok, bad}, "the draw u 1");
+  bad = ok;
+  bad.top_p = 0;
+  fails({ok, bad}, "top_p 0");
+  bad = ok;
+  bad.penalties = {{10, 1.0f}};
+  fails({ok, bad}, "penalised token 10");
+  bad = ok;
+  bad.logprobs = 21;
+  fails({ok, bad}, "logprobs 21");
+  bad = ok;
+  bad.temperature = -1;
+  fails({ok, bad}, "temperature -1");
 }
 
 }  // namespace

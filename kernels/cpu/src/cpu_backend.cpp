@@ -185,6 +185,17 @@ class CpuBackend final : public Backend {
     cpu::attention_merge(out, stats, partials, shape);
   }
   std::vector<std::int32_t> do_argmax(Tensor x) override { return cpu::argmax(x); }
+  std::vector<SampledRow> do_sample(Tensor logits, std::span<const RowSampling> rows) override {
+    std::vector<SampledRow> out;
+    out.reserve(rows.size());
+    const auto* data = static_cast<const float*>(logits.data);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const std::span<const float> row(data + static_cast<std::int64_t>(r) * logits.cols,
+                                       static_cast<std::size_t>(logits.cols));
+      out.push_back(sample_row(row, rows[r], sample_scratch_));
+    }
+    return out;
+  }
 
  private:
   // Copies on the compute queue run here and now; on the copy queue, on the copy thread.
@@ -200,7 +211,8 @@ class CpuBackend final : public Backend {
 
   const int threads_;
   const LinkEmulation link_;
-  CopyQueue copy_queue_;  // last: its thread stops (draining) before anything above goes
+  SampleScratch sample_scratch_;  // reused by do_sample (one thread drives a backend)
+  CopyQueue copy_queue_;          // last: its thread stops (draining) before anything above goes
 };
 
 }  // namespace

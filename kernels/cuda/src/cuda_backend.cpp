@@ -35,6 +35,7 @@
 #include "layer_norm.cuh"
 #include "rms_norm.cuh"
 #include "rope.cuh"
+#include "sample.cuh"
 
 namespace kvpr::kernels {
 namespace cuda {
@@ -292,12 +293,79 @@ class CudaBackend final : public Backend {
     return result;
   }
 
+  std::vector<SampledRow> do_sample(Tensor logits, std::span<const RowSampling> rows) override {
+    check_grid_rows("sample", "logits", logits.rows);
+    // The rows' numbers and their penalties, uploaded together: args, then tokens, then values.
+    std::vector<SampleRowArgs> args(rows.size());
+    std::vector<std::int32_t> tokens;
+    std::vector<float> values;
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const RowSampling& p = rows[r];
+      args[r] = {p.temperature,
+                 p.top_p,
+                 p.top_k,
+                 p.u,
+                 p.logprobs,
+                 static_cast<std::int32_t>(tokens.size()),
+                 static_cast<std::int32_t>(p.penalties.size())};
+      for (const auto& [token, penalty] : p.penalties) {
+        tokens.push_back(token);
+        values.push_back(penalty);
+      }
+    }
+    const std::size_t args_bytes = args.size() * sizeof(SampleRowArgs);
+    const std::size_t tokens_bytes = tokens.size() * sizeof(std::int32_t);
+    std::vector<std::byte> blob(args_bytes + 2 * tokens_bytes);
+    std::memcpy(blob.data(), args.data(), args_bytes);
+    if (!tokens.empty()) {
+      std::memcpy(blob.data() + args_bytes, tokens.data(), tokens_bytes);
+      std::memcpy(blob.data() + args_bytes + tokens_bytes, values.data(), tokens_bytes);
+    }
+    auto* device = static_cast<const std::byte*>(device_->args().upload(blob.data(), blob.size()));
+    const std::size_t out_bytes = rows.size() * sizeof(SampleRowOut);
+    StreamAllocation z(static_cast<std::size_t>(logits.numel()) * sizeof(float), compute());
+    StreamAllocation out(out_bytes, compute());
+    launch_sample(compute(), dtype_, logits.data, logits.rows, logits.cols,
+                  reinterpret_cast<const SampleRowArgs*>(device),
+                  reinterpret_cast<const std::int32_t*>(device + args_bytes),
+                  reinterpret_cast<const float*>(device + args_bytes + tokens_bytes),
+                  static_cast<float*>(z.data()), static_cast<SampleRowOut*>(out.data()));
+    if (sample_host_.bytes() < out_bytes) sample_host_ = PinnedMemory(out_bytes);
+    check(cudaMemcpyAsync(sample_host_.data(), out.data(), out_bytes, cudaMemcpyDeviceToHost,
+                          compute()),
+          "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(compute()), "cudaStreamSynchronize(compute)");
+    std::vector<SampleRowOut> got(rows.size());
+    std::memcpy(got.data(), sample_host_.data(), out_bytes);
+    std::vector<SampledRow> result(rows.size());
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const SampleRowOut& o = got[r];
+      switch (o.status) {
+        case SampleStatus::nan:
+          fail("sampler: the logit of token ", o.bad_token, " is NaN");
+        case SampleStatus::no_finite_max:
+          fail("sampler: the logits row has no finite maximum (", o.max, ")");
+        case SampleStatus::no_finite_z:
+          fail("sampler: the penalised logits have no finite maximum");
+        case SampleStatus::ok:
+          break;
+      }
+      result[r].token = o.token;
+      result[r].logprob = o.logprob;
+      const auto n = std::min<std::int64_t>(rows[r].logprobs, logits.cols);
+      for (std::int64_t i = 0; i < n; ++i)
+        result[r].top.emplace_back(o.top_token[i], o.top_logprob[i]);
+    }
+    return result;
+  }
+
  private:
   cudaStream_t compute() const { return device_->stream(Queue::compute); }
 
   std::shared_ptr<Device> device_;
   DType dtype_;
   PinnedMemory argmax_host_;  // argmax's landing buffer; reused, the call synchronises
+  PinnedMemory sample_host_;  // sample's, likewise
 };
 
 }  // namespace

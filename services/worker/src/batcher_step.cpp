@@ -68,7 +68,11 @@ bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   seq.cached += chunk;
   seq.job->summary.prefill_s += since(start);
   const bool complete = seq.cached == seq.context();
-  if (complete && !resume) emit(seq, logits.data(), report);
+  if (complete && !resume) {
+    const auto vocab = static_cast<std::size_t>(model_.config().vocab);
+    emit(seq, seq.sampler.next(std::span<const float>(logits.data(), vocab)), logits.data(),
+         report);
+  }
   return complete;
 }
 
@@ -176,18 +180,32 @@ void Batcher::preempt_youngest() {
 
 // One decode step over the running batch. A store too full for the step preempts the youngest
 // sequence and retries; any other failure fails every job in the batch (its sequences freed).
+// Tokens are chosen where the logits are (Engine::decode_sampled), unless a request in the batch
+// asked for its logits rows: then the rows come to the host and are sampled there, by the same
+// algorithm with the same draws.
 bool Batcher::decode(Report& report) {
   std::vector<float> logits;
+  std::vector<kernels::SampledRow> sampled;
+  bool host_rows = false;
   for (;;) {
     if (running_.empty()) return false;
     std::vector<SeqHandle> seqs;
     std::vector<std::int32_t> inputs;
+    host_rows = false;
     for (const auto& seq : running_) {
       seqs.push_back(*seq->handle);
       inputs.push_back(seq->tokens.back());
+      host_rows = host_rows || seq->job->request.keep_logits;
     }
     try {
-      logits = engine_->decode(seqs, inputs);
+      if (host_rows) {
+        logits = engine_->decode(seqs, inputs);
+      } else {
+        std::vector<kernels::RowSampling> sampling;
+        sampling.reserve(running_.size());
+        for (const auto& seq : running_) sampling.push_back(seq->sampler.prepare());
+        sampled = engine_->decode_sampled(seqs, inputs, sampling);
+      }
       break;
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::overloaded) {
@@ -208,7 +226,13 @@ bool Batcher::decode(Report& report) {
     Seq& seq = *running_[i];
     report.of(*seq.job, steps_, &stats);
     Report::plan_row(*seq.job, stats.plan, i, seq.index);
-    emit(seq, logits.data() + i * static_cast<std::size_t>(vocab), report);
+    if (host_rows) {
+      const float* row = logits.data() + i * static_cast<std::size_t>(vocab);
+      emit(seq, seq.sampler.next(std::span<const float>(row, static_cast<std::size_t>(vocab))), row,
+           report);
+    } else {
+      emit(seq, seq.sampler.accept(sampled[i]), nullptr, report);
+    }
   }
   for (auto& seq : running_) {
     if (seq->done) {
@@ -220,18 +244,17 @@ bool Batcher::decode(Report& report) {
   return true;
 }
 
-// Samples the sequence's next token from its logits row, reports it and finishes the sequence
-// on a stop id, at max_new_tokens or at the model's last position.
-void Batcher::emit(Seq& seq, const float* row, Report& report) {
+// Reports the sequence's chosen token and finishes the sequence on a stop id, at max_new_tokens
+// or at the model's last position.
+void Batcher::emit(Seq& seq, const TokenChoice& choice, const float* row, Report& report) {
   BatchJob& job = *seq.job;
   const auto vocab = model_.config().vocab;
-  const TokenChoice choice =
-      seq.sampler.next(std::span<const float>(row, static_cast<std::size_t>(vocab)));
   seq.tokens.push_back(choice.token);
   JobStep& out = report.of(job, steps_, nullptr);
   out.with_logprobs = job.sampling.logprobs >= 0;
   out.tokens.push_back({seq.index, choice.token, choice.logprob, choice.top});
-  if (job.request.keep_logits) out.logits.insert(out.logits.end(), row, row + vocab);
+  if (job.request.keep_logits && row != nullptr)
+    out.logits.insert(out.logits.end(), row, row + vocab);
   if (seq.sampler.stops(choice.token)) {
     out.finished.emplace_back(seq.index, Finish::stop);
     seq.done = true;

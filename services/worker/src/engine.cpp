@@ -172,6 +172,13 @@ void Engine::attn_out_and_ffn(const DeviceLayer& w, Tensor attn, Tensor x) {
 }
 
 void Engine::logits(Tensor x, std::vector<float>& out) {
+  const Tensor out_t = head(x);
+  out.resize(static_cast<std::size_t>(out_t.numel()));
+  backend_.copy_to_host(Queue::compute, out.data(), DType::f32, out_t);
+  backend_.host_wait(backend_.record(Queue::compute));
+}
+
+Tensor Engine::head(Tensor x) {
   const ModelConfig& c = model_.config();
   const std::int64_t n = x.rows;
   Tensor hidden = x;
@@ -190,9 +197,7 @@ void Engine::logits(Tensor x, std::vector<float>& out) {
   }
   Tensor out_t = scratch(kLogits, n, c.vocab);
   backend_.gemm(hidden, model_.lm_head, nullptr, out_t);
-  out.resize(static_cast<std::size_t>(n * c.vocab));
-  backend_.copy_to_host(Queue::compute, out.data(), DType::f32, out_t);
-  backend_.host_wait(backend_.record(Queue::compute));
+  return out_t;
 }
 
 void Engine::write_rows(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t t0,

@@ -124,6 +124,26 @@ void Engine::begin_step(Step& step, std::span<const SeqHandle> seqs) {
 
 std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
                                   std::span<const std::int32_t> tokens) {
+  std::vector<float> out;
+  run_decode(seqs, tokens, {}, &out, nullptr);
+  return out;
+}
+
+std::vector<kernels::SampledRow> Engine::decode_sampled(
+    std::span<const SeqHandle> seqs, std::span<const std::int32_t> tokens,
+    std::span<const kernels::RowSampling> sampling) {
+  if (sampling.size() != seqs.size()) {
+    fail("decode: sampling numbers for ", sampling.size(), " rows for a batch of ", seqs.size(),
+         " sequences");
+  }
+  std::vector<kernels::SampledRow> out;
+  run_decode(seqs, tokens, sampling, nullptr, &out);
+  return out;
+}
+
+void Engine::run_decode(std::span<const SeqHandle> seqs, std::span<const std::int32_t> tokens,
+                        std::span<const kernels::RowSampling> sampling, std::vector<float>* logits,
+                        std::vector<kernels::SampledRow>* sampled) {
   const ModelConfig& c = model_.config();
   const auto b = static_cast<std::int64_t>(seqs.size());
   if (b == 0) fail("decode: empty batch");
@@ -139,8 +159,9 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   Step step;
   step.tokens = tokens;
   begin_step(step, seqs);
-  std::vector<float> out;
-  step.logits = &out;
+  step.logits = logits;
+  step.sampling = sampling;
+  step.sampled = sampled;
   try {
     if (!step.resident) size_slots(*step.schedule);
     step.x = scratch(kX, b, c.h);
@@ -187,7 +208,6 @@ std::vector<float> Engine::decode(std::span<const SeqHandle> seqs,
   for (std::size_t i = 0; i < seqs.size(); ++i) step.plan.m[i] = schedule.m(i);
   last_.plan = std::move(step.plan);
   if (step.tracer) last_.trace = step.tracer->finish();
-  return out;
 }
 
 void Engine::execute(Step& step, const DecodeOp& op) {
@@ -265,7 +285,13 @@ void Engine::execute(Step& step, const DecodeOp& op) {
                          step.x.rows_slice(r0, n));
       });
     case OpKind::head:
-      return compute("head", step.times.other, [&] { logits(step.x, *step.logits); });
+      return compute("head", step.times.other, [&] {
+        if (step.sampled != nullptr) {
+          *step.sampled = backend_.sample(head(step.x), step.sampling);
+        } else {
+          logits(step.x, *step.logits);
+        }
+      });
     case OpKind::drain: {
       Clock idle(step.times.idle);
       backend_.synchronize();  // the write-backs have landed in host memory

@@ -91,8 +91,10 @@ struct Engine::Step {
   std::shared_ptr<kernels::Event> query_landed;  // the host threads wait for it
   std::vector<kvstore::HostSpan> spans;          // the (sequence, part) range being fetched
   std::size_t next_span = 0;
-  std::map<SeqHandle, std::int64_t> resident_before;  // to roll back on error
-  std::vector<float>* logits = nullptr;
+  std::map<SeqHandle, std::int64_t> resident_before;    // to roll back on error
+  std::vector<float>* logits = nullptr;                 // the head's output lands here, or
+  std::span<const kernels::RowSampling> sampling;       // is sampled with these numbers
+  std::vector<kernels::SampledRow>* sampled = nullptr;  // into here
   std::optional<Tracer> tracer;
   PhaseTimes times;
 };

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kvpr/common/dtype.h"
+#include "kvpr/kernels/row_sampling.h"
 
 namespace kvpr::kernels {
 
@@ -167,6 +168,10 @@ class Backend {
   void attention_merge(Tensor out, Tensor stats, Tensor partials, const AttnShape& shape);
   // Index of the largest value of each row (first on ties); synchronises.
   std::vector<std::int32_t> argmax(Tensor x);
+  // One token per row of logits [rows.size(), vocab], chosen with that row's numbers as
+  // row_sampling.h says; only the choices (and the requested top-n) leave the device.
+  // Synchronises. Raises Error(failed) for a row with a NaN or no finite maximum.
+  std::vector<SampledRow> sample(Tensor logits, std::span<const RowSampling> rows);
 
  protected:
   virtual std::unique_ptr<DeviceBuffer> do_alloc(std::size_t bytes) = 0;
@@ -191,6 +196,7 @@ class Backend {
   virtual void do_attention_merge(Tensor out, Tensor stats, Tensor partials,
                                   const AttnShape& shape) = 0;
   virtual std::vector<std::int32_t> do_argmax(Tensor x) = 0;
+  virtual std::vector<SampledRow> do_sample(Tensor logits, std::span<const RowSampling> rows) = 0;
 
  private:
   std::shared_ptr<MemoryLedger> ledger_;

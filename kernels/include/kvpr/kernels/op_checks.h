@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "kvpr/kernels/backend.h"
+#include "kvpr/kernels/row_sampling.h"
 
 namespace kvpr::kernels {
 
@@ -65,5 +66,7 @@ void check_attention(const Tensor& q, std::span<const AttnSegment> segments, con
 void check_attention_merge(const Tensor& out, const Tensor& stats, const Tensor& partials,
                            const AttnShape& shape, DType dtype);
 void check_argmax(const Tensor& x, DType dtype);
+// logits in the compute dtype [rows.size(), vocab]; each row's numbers as check_row_sampling says.
+void check_sample(const Tensor& logits, std::span<const RowSampling> rows, DType dtype);
 
 }  // namespace kvpr::kernels

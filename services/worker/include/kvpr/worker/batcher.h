@@ -150,7 +150,8 @@ class Batcher {
   void place(std::unique_ptr<Seq> seq, bool complete, Report& report);
   bool decode(Report& report);
   void preempt_youngest();
-  void emit(Seq& seq, const float* row, Report& report);
+  // Reports the sequence's next token; `row` (its logits, on the host) when there is one.
+  void emit(Seq& seq, const TokenChoice& choice, const float* row, Report& report);
   void drop_job(BatchJob& job, const Error& e);
   void release(Seq& seq);
   std::uint64_t seq_bytes(std::int64_t tokens) const;

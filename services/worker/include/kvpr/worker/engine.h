@@ -108,6 +108,11 @@ class Engine {
   // One decode step: tokens[i] is fed to seqs[i] at position length(seqs[i]). Returns logits
   // [b, vocab] row-major. On error nothing is committed: the step can be retried.
   std::vector<float> decode(std::span<const SeqHandle> seqs, std::span<const std::int32_t> tokens);
+  // The same step, with each sequence's next token chosen where the logits are (Backend::sample,
+  // with sampling[i]'s numbers): only the choices leave the device.
+  std::vector<kernels::SampledRow> decode_sampled(std::span<const SeqHandle> seqs,
+                                                  std::span<const std::int32_t> tokens,
+                                                  std::span<const kernels::RowSampling> sampling);
 
   // K and V of tokens [0, s) of one layer exactly as a decode step under this engine's policy
   // would see them (rows [0, l) recomputed from activations, [l, s) fetched), as [s, h_kv] each.
@@ -143,6 +148,11 @@ class Engine {
                   kernels::Tensor k, kernels::Tensor v);
   void attn_out_and_ffn(const DeviceLayer& w, kernels::Tensor attn, kernels::Tensor x);
   void logits(kernels::Tensor x, std::vector<float>& out);
+  kernels::Tensor head(kernels::Tensor x);  // the logits of x's rows, on the device
+  // One decode step; the logits land in *logits, or their sampled choices in *sampled.
+  void run_decode(std::span<const SeqHandle> seqs, std::span<const std::int32_t> tokens,
+                  std::span<const kernels::RowSampling> sampling, std::vector<float>* logits,
+                  std::vector<kernels::SampledRow>* sampled);
   void write_rows(SeqHandle seq, std::int64_t layer, kvstore::Part part, std::int64_t t0,
                   kernels::Tensor rows, kernels::Queue queue);
 

@@ -5,22 +5,26 @@
 // sequence; one thread at a time calls it (the worker's step loop). Each sequence gets its own,
 // seeded on its own.
 //
-// The order of operations is vLLM's and OpenAI's: penalties → temperature → top_k → top_p → draw.
-// Greedy requests (temperature 0 or top_k 1) take the first maximum of the penalised logits, the
-// same token as generator.h's greedy() when no penalty is set.
+// The choice itself is kernels::sample_row (row_sampling.h: penalties → temperature → top_k →
+// top_p → draw, greedy the first maximum), the algorithm every backend's `sample` op runs. A step
+// either hands the Sampler a row on the host (`next`) or, keeping the logits on the device, asks
+// it for the step's numbers (`prepare`: the draw and the penalties), has the backend choose, and
+// gives the choice back (`accept`). Either way the same draw is taken from the generator, so a
+// seeded request gives the same tokens on both paths of one backend.
 //
 // Reported log-probabilities are those of the model: the log-softmax of the raw logits row, before
-// penalties, temperature and truncation, as OpenAI's API reports them. They say how likely the
-// model found a token, not how likely this sampler was to draw it.
+// penalties, temperature and truncation, as OpenAI's API reports them.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "kvpr/common/sampling.h"
+#include "kvpr/kernels/row_sampling.h"
 
 namespace kvpr::worker {
 
@@ -45,8 +49,14 @@ class Sampler {
   Sampler(SamplingParams params, std::vector<std::int32_t> eos_ids, std::uint64_t seed);
 
   // Chooses the next token from the row of logits (one per vocabulary entry) and counts it as
-  // generated. Raises Error(failed) for an empty row or one without a finite logit when sampling.
+  // generated. Raises Error(failed) for an empty row or one without a finite logit.
   TokenChoice next(std::span<const float> logits_row);
+  // The numbers of this step's choice (draws from the generator when sampling); then `accept`
+  // the backend's choice made with them. Until then the draw stays pending: a step that failed
+  // and is retried (or a sequence preempted and resumed) gets the same draw again, so a seeded
+  // request's tokens do not depend on what happened to the batch around it.
+  kernels::RowSampling prepare();
+  TokenChoice accept(const kernels::SampledRow& choice);
 
   // True when `token` ends the sequence: an EOS id (unless ignore_eos) or a stop_token_id.
   bool stops(std::int32_t token) const;
@@ -57,21 +67,13 @@ class Sampler {
   std::int32_t count(std::int32_t token) const;
 
  private:
-  // The logits the choice is made from: the row, or the penalised copy of it in logits_.
-  std::span<const float> penalised(std::span<const float> row);
-  std::int32_t draw(std::span<const float> z);
-  std::size_t nucleus(std::span<const float> z, double target);
-  void fill_logprobs(std::span<const float> row, TokenChoice& choice);
-
   SamplingParams params_;
   std::vector<std::int32_t> eos_ids_;
   std::uint64_t seed_ = 0;
   std::mt19937_64 rng_;
   std::unordered_map<std::int32_t, std::int32_t> counts_;  // generated token → times
-  // Scratch reused across steps so that a step allocates nothing once warm.
-  std::vector<float> logits_;
-  std::vector<std::int32_t> order_;  // candidate token ids
-  std::vector<double> weights_;      // by token id, valid for the candidates of this step
+  kernels::SampleScratch scratch_;   // reused across steps: a warm step allocates nothing
+  std::optional<double> pending_u_;  // drawn by prepare, used up by accept
 };
 
 // A double in [0, 1) from the top 53 bits of one draw: the same on every platform, unlike
