@@ -9,12 +9,13 @@
 
 #include <random>
 
+#include "policy_cases.h"
 #include "stack.h"
 
 namespace kvpr::worker {
 namespace {
 
-const std::string kData = std::string(KVPR_TEST_DATA) + "/golden/models/";
+const std::string kData = testing::test_data_dir() + "/golden/models/";
 constexpr float kLogitTolerance = 1e-4f;  // CPU fp32, as the golden suite
 
 struct JobSpec {
@@ -57,8 +58,9 @@ std::vector<Ran> run(
     const Config& config, const std::vector<JobSpec>& specs, BatcherOptions options = {},
     std::uint64_t capacity = 1ull << 28, BatcherCounters* counters = nullptr,
     const std::function<void(Batcher&, int, std::vector<std::shared_ptr<BatchJob>>&,
-                             kvstore::LocalKvStore&)>& between = {}) {
-  testing::Stack stack(kData + config.model, config.policy, config.split, capacity);
+                             kvstore::LocalKvStore&)>& between = {},
+    const kernels::BackendOptions& backend = {}) {
+  testing::Stack stack(kData + config.model, config.policy, config.split, capacity, backend);
   Batcher batcher(*stack.model, *stack.backend, *stack.store, stack.planner, options);
   std::vector<Ran> out(specs.size());
   std::vector<std::shared_ptr<BatchJob>> jobs;
@@ -133,8 +135,8 @@ float margin(const float* row, std::int64_t vocab) {
 
 // Batched equals alone: logits within the tolerance and tokens equal while the alone run's
 // top-1/top-2 margin is clear; a near-tie ends the comparison of that sequence.
-void expect_same(const Ran& batched, const Ran& alone, std::int64_t vocab,
-                 const std::string& what) {
+void expect_same(const Ran& batched, const Ran& alone, std::int64_t vocab, const std::string& what,
+                 float tolerance = kLogitTolerance) {
   ASSERT_TRUE(batched.error.empty()) << what << ": " << batched.error;
   ASSERT_TRUE(alone.error.empty()) << what << ": " << alone.error;
   for (std::size_t i = 0; i < alone.tokens.size(); ++i) {
@@ -143,9 +145,9 @@ void expect_same(const Ran& batched, const Ran& alone, std::int64_t vocab,
       ASSERT_LT(t, batched.tokens[i].size()) << what << " sequence " << i;
       const float* a = alone.logits[i].data() + t * static_cast<std::size_t>(vocab);
       const float* b = batched.logits[i].data() + t * static_cast<std::size_t>(vocab);
-      EXPECT_LE(testing::max_abs_diff(a, b, static_cast<std::size_t>(vocab)), kLogitTolerance)
+      EXPECT_LE(testing::max_abs_diff(a, b, static_cast<std::size_t>(vocab)), tolerance)
           << what << " sequence " << i << " token " << t;
-      if (margin(a, vocab) < 2 * kLogitTolerance) break;  // a near-tie: either token is right
+      if (margin(a, vocab) < 2 * tolerance) break;  // a near-tie: either token is right
       ASSERT_EQ(batched.tokens[i][t], alone.tokens[i][t]) << what << " sequence " << i;
     }
     if (alone.finish[i] != Finish::stop) {
@@ -407,6 +409,83 @@ TEST(Batcher, ARequestPastItsDeadlineFailsAndOneTooBigForTheStoreFailsAtOnce) {
   EXPECT_NE(big.find("the store holds"), std::string::npos) << big;
   EXPECT_FALSE(batcher.busy());
 }
+
+// The batcher on every registered backend (the CUDA cases are labelled gpu and skip without a
+// device): greedy requests of different lengths arriving at different steps get, batched, what
+// they get alone (logits within the backend's golden tolerance, tokens up to the first near-tie);
+// and in fp32 a batch whose tokens are chosen where the logits are (Backend::sample) gives
+// seeded sampled requests the tokens the host path gives them alone, through preemptions.
+class BatcherOnBackends : public ::testing::TestWithParam<testing::Column> {
+ protected:
+  void SetUp() override { KVPR_SKIP_UNLESS_AVAILABLE(backend()); }
+  const testing::BackendCase& backend() const { return testing::kBackends[GetParam().index]; }
+  float tolerance() const {  // the golden suite's logits tolerance of this compute dtype
+    switch (backend().compute) {
+      case DType::f32:
+        return kLogitTolerance;
+      case DType::f16:
+        return 5e-2f;
+      case DType::bf16:
+        return 0.25f;
+    }
+    return 0;
+  }
+};
+
+TEST_P(BatcherOnBackends, GreedyBatchingIsInvisible) {
+  const auto vocab = opt_vocab();
+  std::vector<JobSpec> specs;
+  const std::vector<std::int64_t> lengths{5, 12, 3, 20};
+  for (std::size_t j = 0; j < lengths.size(); ++j) {
+    JobSpec s = spec({prompt(lengths[j], vocab, 80 + j)}, 6 + static_cast<std::int64_t>(j));
+    s.sampling.ignore_eos = true;
+    s.arrive = static_cast<int>(j);
+    specs.push_back(s);
+  }
+  const auto options = backend().options();
+  const auto batched = run(kOpt, specs, {}, 1ull << 28, nullptr, {}, options);
+  for (std::size_t j = 0; j < specs.size(); ++j) {
+    const auto alone = run(kOpt, {specs[j]}, {}, 1ull << 28, nullptr, {}, options);
+    expect_same(batched[j], alone[0], vocab, "request " + std::to_string(j), tolerance());
+  }
+}
+
+TEST_P(BatcherOnBackends, SampledTokensAreTheSameWhereverTheyAreChosen) {
+  if (backend().compute != DType::f32) {
+    GTEST_SKIP() << "in " << safetensors_name(backend().compute)
+                 << " a batch's logits differ from a lone run's by more than a draw can bear";
+  }
+  const auto vocab = opt_vocab();
+  std::vector<JobSpec> host;
+  for (int j = 0; j < 3; ++j) {
+    JobSpec s = spec({prompt(7 + 4 * j, vocab, 90 + static_cast<std::uint64_t>(j))}, 16);
+    s.sampling.temperature = 1.1;
+    s.sampling.top_k = j == 1 ? 20 : 0;
+    s.sampling.top_p = j == 2 ? 0.9 : 1.0;
+    s.sampling.frequency_penalty = 0.3;
+    s.sampling.logprobs = 2;
+    s.sampling.seed = 70 + static_cast<std::uint64_t>(j);
+    s.sampling.ignore_eos = true;
+    s.arrive = j;
+    host.push_back(s);
+  }
+  std::vector<JobSpec> device = host;
+  for (auto& s : device) s.keep_logits = false;
+  testing::Stack probe(kData + kOpt.model, kOpt.policy, kOpt.split);
+  const auto& shape = probe.store->shape();
+  BatcherOptions options;
+  options.admit = AdmitReserve::prompt;
+  const auto sampled = run(kOpt, device, options,
+                           5 * shape.block_bytes() * static_cast<std::uint64_t>(shape.n_layers),
+                           nullptr, {}, backend().options());
+  for (std::size_t j = 0; j < host.size(); ++j) {
+    const auto alone = run(kOpt, {host[j]}, {}, 1ull << 28, nullptr, {}, backend().options());
+    EXPECT_EQ(sampled[j].tokens, alone[0].tokens) << "request " << j;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BatcherOnBackends,
+                         ::testing::ValuesIn(testing::registered_columns()), testing::column_name);
 
 }  // namespace
 }  // namespace kvpr::worker

@@ -14,7 +14,7 @@ build=${1:-build-gpu}
 bundle="$build/bundle"
 limit=$((40 * 1024 * 1024))
 targets=(kernels_cuda_host_test kernels_cuda_diff_test worker_golden_test worker_policy_test
-  worker_throughput_test
+  worker_throughput_test worker_batcher_test
   kvpr-bench-decode kvpr)
 
 if [ ! -f "$build/CMakeCache.txt" ]; then

@@ -112,9 +112,11 @@ main() {
     # The model suites run on every backend: here only their device cases (not cpu_*), as in
     # tests/worker/CMakeLists.txt.
     local t filter
-    for t in kernels_cuda_diff_test worker_golden_test worker_policy_test worker_throughput_test; do
+    for t in kernels_cuda_diff_test worker_golden_test worker_policy_test worker_throughput_test \
+      worker_batcher_test; do
       filter='*'
       [ "$t" = kernels_cuda_diff_test ] || filter='-*/cpu_*:Tolerances.*'
+      [ "$t" = worker_batcher_test ] && filter='Backends/*-*/cpu_*'
       step "$t" 100 bash -c "'$bundle/bin/$t' --gtest_filter='$filter' --gtest_output='json:$out/tests/$t.json' > '$out/tests/$t.log' 2>&1; rc=\$?; grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Z]|Failure|no usable CUDA device|worst' '$out/tests/$t.log' | sort | uniq -c | sort -rn | head -40; exit \$rc"
     done
     step kvpr-run-cuda 60 bash -c "'$bundle/bin/kvpr' run --model '$root/tests/data/golden/models/opt-2l-h64' --prompt-tokens 2,31,45 --max-new-tokens 8 --backend cuda --quiet --json > '$out/tests/kvpr-run-cuda.json' 2>&1; rc=\$?; cat '$out/tests/kvpr-run-cuda.json'; exit \$rc"
