@@ -7,7 +7,9 @@
 //     (cudaHostAlloc) and registered (malloc + cudaHostRegister, as kvpr registers its store)
 //     host memory — the B(n) curve of DESIGN.md §1;
 //   - the cuBLAS rate of the recompute GEMM [m, h] × [h, 2·h_kv] against m, for fp16 and bf16
-//     (tensor cores, fp32 accumulation) and fp32 (CUBLAS_DEFAULT_MATH: no TF32) — the F(m) curve.
+//     (tensor cores, fp32 accumulation) and fp32 (CUBLAS_DEFAULT_MATH: no TF32) — the F(m) curve;
+//   - the rate of 2 MiB registered copies alone and while fp16 recompute GEMMs run on another
+//     stream (does the link slow down beside the recompute?).
 // Usage: cuda_probe OUT.json [h] [h_kv]   (default h = h_kv = 4096, OPT-6.7B)
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -18,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #define CHECK(call)                                                                  \
@@ -111,6 +114,62 @@ double gemm_rate(cublasHandle_t blas, cudaDataType_t type, int m, int h, int h_k
   return best;
 }
 
+// H2D bytes per second of `copies` back-to-back copies of `bytes` from registered host memory on
+// `copy`, alone and while fp16 GEMMs [m, h] x [h, 2 h_kv] (kvpr's recompute) run on `compute` the
+// whole time: does the link slow down beside the recompute? (In a decode step at b = 32 the copies
+// ran at 30-34 GB/s beside it, 45-49 alone.)
+std::pair<double, double> copy_rate_beside_gemm(void* host, void* device, size_t bytes, int copies,
+                                                cublasHandle_t blas, int m, int h, int h_kv,
+                                                cudaStream_t copy, cudaStream_t compute) {
+  void *x, *w, *y;
+  CHECK(cudaMalloc(&x, size_t(m) * h * 2));
+  CHECK(cudaMalloc(&w, size_t(2) * h_kv * h * 2));
+  CHECK(cudaMalloc(&y, size_t(m) * 2 * h_kv * 2));
+  CHECK(cudaMemset(x, 0, size_t(m) * h * 2));
+  CHECK(cudaMemset(w, 0, size_t(2) * h_kv * h * 2));
+  const float alpha = 1, beta = 0;
+  const int n_out = 2 * h_kv;
+  CHECK_BLAS(cublasSetStream(blas, compute));
+  auto gemm = [&] {
+    CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, m, h, &alpha, w, CUDA_R_16F, h,
+                            x, CUDA_R_16F, h, &beta, y, CUDA_R_16F, n_out, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+  };
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  auto timed_copies = [&] {
+    CHECK(cudaEventRecord(a, copy));
+    for (int r = 0; r < copies; ++r) {
+      CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, copy));
+    }
+    CHECK(cudaEventRecord(b, copy));
+    CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    return static_cast<double>(bytes) * copies / (ms * 1e-3);
+  };
+  gemm();
+  CHECK(cudaStreamSynchronize(compute));
+  double alone = 0, beside = 0;
+  for (int trial = 0; trial < 3; ++trial) {
+    alone = std::max(alone, timed_copies());
+    // GEMMs for about twice the copies' time at 700 TFLOP/s, queued first so they span the copies.
+    const double copy_s = static_cast<double>(bytes) * copies / 50e9;
+    const double gemm_s = 4.0 * m * double(h) * h_kv / 700e12;
+    const int reps = std::clamp(static_cast<int>(2 * copy_s / gemm_s), 4, 20000);
+    for (int r = 0; r < reps; ++r) gemm();
+    beside = std::max(beside, timed_copies());
+    CHECK(cudaStreamSynchronize(compute));
+  }
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  CHECK(cudaFree(x));
+  CHECK(cudaFree(w));
+  CHECK(cudaFree(y));
+  return {alone, beside};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -185,7 +244,39 @@ int main(int argc, char** argv) {
       first = false;
     }
   }
-  json += "]}}\n";
+  json += "]}";
+
+  // The link beside the recompute: 2 MiB copies (a store block of K at 4096 wide, fp16).
+  {
+    const size_t bytes = size_t{2} << 20;
+    const int copies = 256;
+    void* host = std::malloc(bytes);
+    std::fill_n(static_cast<char*>(host), bytes, 1);
+    CHECK(cudaHostRegister(host, bytes, cudaHostRegisterDefault));
+    void* dev = nullptr;
+    CHECK(cudaMalloc(&dev, bytes));
+    cudaStream_t copy;
+    CHECK(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
+    json += ", \"copy_beside_gemm\": [";
+    std::printf("%-8s %14s %14s\n", "gemm m", "alone GB/s", "beside GB/s");
+    first = true;
+    for (int m : {512, 4096, 32768}) {
+      const auto [alone, beside] =
+          copy_rate_beside_gemm(host, dev, bytes, copies, blas, m, h, h_kv, copy, stream);
+      std::printf("%-8d %14.2f %14.2f\n", m, alone / 1e9, beside / 1e9);
+      json += std::string(first ? "" : ", ") + "{\"m\": " + std::to_string(m) +
+              ", \"bytes\": " + std::to_string(bytes) +
+              ", \"alone_bytes_per_s\": " + std::to_string(alone) +
+              ", \"beside_bytes_per_s\": " + std::to_string(beside) + "}";
+      first = false;
+    }
+    json += "]";
+    CHECK(cudaStreamDestroy(copy));
+    CHECK(cudaFree(dev));
+    CHECK(cudaHostUnregister(host));
+    std::free(host);
+  }
+  json += "}\n";
   CHECK_BLAS(cublasDestroy(blas));
   FILE* f = std::fopen(argv[1], "w");
   if (f == nullptr) {

@@ -6,7 +6,8 @@
 #   status.txt             one line per step: name, exit code, seconds
 #   env/                   nvidia-smi, nvcc and glibc versions, ldd of every bundled binary
 #   tests/NAME.{log,json}  the CUDA backend's GoogleTest binaries (gtest JSON reports)
-#   profile/probe.{txt,json}  copy bandwidth (pageable / pinned / registered) and cuBLAS rates
+#   profile/probe.{txt,json}  copy bandwidth (pageable / pinned / registered), cuBLAS rates, and
+#                             the copy rate beside running GEMMs
 #   bench/decode.{txt,json}   kvpr-bench-decode --backend cuda, b ∈ {1,8,32}, s ∈ {1024,4096}
 #   bench/hf_peer.json        the peer: transformers on the same checkpoint with its KV cache
 #                             offloaded (tools/gpu/hf_peer.py), and kvpr-run-peer.json: kvpr run's

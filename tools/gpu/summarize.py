@@ -95,6 +95,13 @@ def probe_section(out):
         by_dtype.setdefault(r["dtype"], {})[r["m"]] = r["flops_per_s"]
     for dtype, by_m in by_dtype.items():
         lines.append(f"| {dtype} | " + " | ".join(f"{by_m[m] / 1e12:.1f}" if m in by_m else "-" for m in ms) + " |")
+    beside = probe.get("copy_beside_gemm", [])
+    if beside:
+        lines += ["", "Host-to-device copies of 2 MiB from registered memory, alone and while fp16 GEMMs "
+                  "[m, h] x [h, 2*h_kv] run on another stream, GB/s:", "",
+                  "| GEMM m | alone | beside the GEMMs |", "|---|---|---|"]
+        for r in beside:
+            lines.append(f"| {r['m']} | {r['alone_bytes_per_s'] / 1e9:.1f} | {r['beside_bytes_per_s'] / 1e9:.1f} |")
     return lines
 
 
