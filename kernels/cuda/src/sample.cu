@@ -35,21 +35,6 @@ __device__ __forceinline__ unsigned int key_of(float x) {
   return (b & 0x80000000u) != 0 ? ~b : (b | 0x80000000u);
 }
 
-// Reductions over the block; every thread gets the result. `scratch` holds kWarps values and is
-// reusable as soon as the call returns.
-template <typename V, typename Op>
-__device__ V block_reduce(V v, Op op, V* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  V total = scratch[0];
-  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
-  return total;
-}
-
 struct Best {  // a token and its value; "better": larger value, then smaller id
   float value;
   int id;  // -1: none
@@ -59,18 +44,27 @@ __device__ __forceinline__ Best better(Best a, Best b) {
   if (b.id < 0) return a;
   return (b.value > a.value || (b.value == a.value && b.id < a.id)) ? b : a;
 }
-__device__ Best block_best(Best v, Best* scratch) {
-  for (int o = 16; o > 0; o >>= 1) {
-    Best other{__shfl_xor_sync(kFull, v.value, o), __shfl_xor_sync(kFull, v.id, o)};
-    v = better(v, other);
-  }
+
+template <typename V>
+__device__ __forceinline__ V shfl_xor(V v, int o) {
+  return __shfl_xor_sync(kFull, v, o);
+}
+__device__ __forceinline__ Best shfl_xor(Best v, int o) {
+  return {__shfl_xor_sync(kFull, v.value, o), __shfl_xor_sync(kFull, v.id, o)};
+}
+
+// Reductions over the block; every thread gets the result. `scratch` holds kWarps values and is
+// reusable as soon as the call returns.
+template <typename V, typename Op>
+__device__ V block_reduce(V v, Op op, V* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  Best total = scratch[0];
-  for (int w = 1; w < kWarps; ++w) total = better(total, scratch[w]);
+  V total = scratch[0];
+  for (int w = 1; w < kWarps; ++w) total = op(total, scratch[w]);
   return total;
 }
 
@@ -89,12 +83,34 @@ struct MinInt {
 struct MaxInt {
   __device__ int operator()(int a, int b) const { return a > b ? a : b; }
 };
+struct Better {
+  __device__ Best operator()(Best a, Best b) const { return better(a, b); }
+};
 
-// The highest bit a token id of a row of n tokens can have.
-__device__ __forceinline__ int top_bit(int n) {
-  int bit = 0;
-  while ((1 << (bit + 1)) < n) ++bit;
-  return bit;
+// The largest key K for which enough(K) holds; enough(0) holds and enough is true up to some key
+// and false after it (a count or a weight of the tokens whose key is >= K). One pass per bit.
+template <typename Enough>
+__device__ unsigned int highest_key(Enough enough) {
+  unsigned int key = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const unsigned int cand = key | (1u << bit);
+    if (enough(cand)) key = cand;
+  }
+  return key;
+}
+
+// The largest token id c in [-1, n) for which below(c) holds; below is true up to some id and
+// false after it (a count or a weight of the tokens with id <= c). One pass per bit of n.
+template <typename Below>
+__device__ int last_id_below(int n, Below below) {
+  int top = 0;
+  while ((1 << (top + 1)) < n) ++top;
+  int c = -1;
+  for (int bit = top; bit >= 0; --bit) {
+    const int cand = c + (1 << bit);
+    if (cand < n && below(cand)) c = cand;
+  }
+  return c;
 }
 
 template <typename T>
@@ -151,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
   if (greedy) {
     Best best{0.0f, -1};
     for (int t = tid; t < n; t += kThreads) best = better(best, Best{z[t], t});
-    token = block_best(best, sh_best).id;
+    token = block_reduce(best, Better{}, sh_best).id;
   } else {
     float z_max = -INFINITY;
     for (int t = tid; t < n; t += kThreads) z_max = fmaxf(z_max, z[t]);
@@ -160,7 +176,6 @@ __global__ void __launch_bounds__(kThreads)
       if (tid == 0) out->status = SampleStatus::no_finite_z;
       return;
     }
-    const int bits = top_bit(n);
 
     // top_k: tokens ranked before the k-th, which has key k_key and id k_id.
     const bool use_k = a.top_k > 0 && a.top_k < n;
@@ -168,24 +183,19 @@ __global__ void __launch_bounds__(kThreads)
     unsigned int k_key = 0;
     int k_id = n - 1;
     if (use_k) {
-      for (int bit = 31; bit >= 0; --bit) {
-        const unsigned int cand = k_key | (1u << bit);
+      k_key = highest_key([&](unsigned int cand) {
         int c = 0;
         for (int t = tid; t < n; t += kThreads) c += key_of(z[t]) >= cand ? 1 : 0;
-        if (block_reduce(c, Count{}, sh_int) >= k) k_key = cand;
-      }
+        return block_reduce(c, Count{}, sh_int) >= k;
+      });
       int above = 0;
       for (int t = tid; t < n; t += kThreads) above += key_of(z[t]) > k_key ? 1 : 0;
       const int need = k - block_reduce(above, Count{}, sh_int);
-      int c_id = -1;
-      for (int bit = bits; bit >= 0; --bit) {
-        const int cand = c_id + (1 << bit);
-        if (cand >= n) continue;
-        int c = 0;
-        for (int t = tid; t <= cand; t += kThreads) c += key_of(z[t]) == k_key ? 1 : 0;
-        if (block_reduce(c, Count{}, sh_int) < need) c_id = cand;
-      }
-      k_id = c_id + 1;
+      k_id = 1 + last_id_below(n, [&](int cand) {
+               int c = 0;
+               for (int t = tid; t <= cand; t += kThreads) c += key_of(z[t]) == k_key ? 1 : 0;
+               return block_reduce(c, Count{}, sh_int) < need;
+             });
     }
     const float inv_t = 1.0f / a.temperature;
     // The candidate's weight (0 outside top_k), as the reference computes it.
@@ -204,33 +214,28 @@ __global__ void __launch_bounds__(kThreads)
     int p_id = n - 1;
     if (use_p) {
       const double target = a.top_p * total;
-      for (int bit = 31; bit >= 0; --bit) {
-        const unsigned int cand = p_key | (1u << bit);
+      p_key = highest_key([&](unsigned int cand) {
         double w = 0;
         for (int t = tid; t < n; t += kThreads) {
           const unsigned int key = key_of(z[t]);
           if (key >= cand) w += weight(t, key);
         }
-        if (block_reduce(w, Sum{}, sh_sum) >= target) p_key = cand;
-      }
+        return block_reduce(w, Sum{}, sh_sum) >= target;
+      });
       double above = 0;
       for (int t = tid; t < n; t += kThreads) {
         const unsigned int key = key_of(z[t]);
         if (key > p_key) above += weight(t, key);
       }
       above = block_reduce(above, Sum{}, sh_sum);
-      int c_id = -1;
-      for (int bit = bits; bit >= 0; --bit) {
-        const int cand = c_id + (1 << bit);
-        if (cand >= n) continue;
-        double w = 0;
-        for (int t = tid; t <= cand; t += kThreads) {
-          const unsigned int key = key_of(z[t]);
-          if (key == p_key) w += weight(t, key);
-        }
-        if (above + block_reduce(w, Sum{}, sh_sum) < target) c_id = cand;
-      }
-      p_id = c_id + 1;
+      p_id = 1 + last_id_below(n, [&](int cand) {
+               double w = 0;
+               for (int t = tid; t <= cand; t += kThreads) {
+                 const unsigned int key = key_of(z[t]);
+                 if (key == p_key) w += weight(t, key);
+               }
+               return above + block_reduce(w, Sum{}, sh_sum) < target;
+             });
     }
     // The kept weight of token t (0 outside the nucleus).
     const auto kept = [&](int t) -> double {
@@ -244,15 +249,11 @@ __global__ void __launch_bounds__(kThreads)
     const double u = a.u * mass;
 
     // The draw: the smallest id whose cumulative kept weight exceeds u.
-    int c_id = -1;
-    for (int bit = bits; bit >= 0; --bit) {
-      const int cand = c_id + (1 << bit);
-      if (cand >= n) continue;
-      double w = 0;
-      for (int t = tid; t <= cand; t += kThreads) w += kept(t);
-      if (block_reduce(w, Sum{}, sh_sum) <= u) c_id = cand;
-    }
-    token = c_id + 1;
+    token = 1 + last_id_below(n, [&](int cand) {
+              double w = 0;
+              for (int t = tid; t <= cand; t += kThreads) w += kept(t);
+              return block_reduce(w, Sum{}, sh_sum) <= u;
+            });
     if (token >= n) {  // rounding left u over: the last kept token with any weight
       int last = -1;
       for (int t = tid; t < n; t += kThreads) last = kept(t) > 0 ? t : last;
@@ -269,7 +270,7 @@ __global__ void __launch_bounds__(kThreads)
       const float x = to_f32(row[t]);
       if (x < prev.value || (x == prev.value && t > prev.id)) best = better(best, Best{x, t});
     }
-    best = block_best(best, sh_best);
+    best = block_reduce(best, Better{}, sh_best);
     if (best.id < 0) break;
     if (tid == 0) {
       out->top_token[i] = best.id;
