@@ -22,6 +22,7 @@
 #include "kvpr/planner/profile_planner.h"
 #include "kvpr/worker/device_model.h"
 #include "kvpr/worker/engine.h"
+#include "kvpr/worker/profiler.h"
 #include "kvpr/worker/trace.h"
 #include "planning.h"
 
@@ -84,8 +85,9 @@ struct Bench {
     if (!o.trace.empty()) trace = std::make_unique<worker::TraceWriter>(o.trace);
     profile =
         o.profile.empty() ? measured_profile(o.backend, c, o.remeasure) : load_profile(o.profile);
-    const std::int64_t block_tokens = store_block_tokens(o.backend, c);
-    planner = std::make_unique<planner::ProfilePlanner>(profile, step_shape(c, block_tokens));
+    const std::int64_t block_tokens = worker::store_block_tokens(o.backend.backend, c);
+    planner =
+        std::make_unique<planner::ProfilePlanner>(profile, worker::step_shape(c, block_tokens));
     model = std::make_unique<worker::DeviceModel>(checkpoint, *backend, !o.quiet);
     // The store holds the batch's contexts (each step's token is truncated away again), and its
     // memory is registered with the backend, as the embedded stack's and the worker's are: K,V

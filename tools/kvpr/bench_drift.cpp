@@ -15,7 +15,7 @@ Drift check_drift(Bench& bench, const planner::Decision& decision, const Results
   std::vector<planner::ObservedStep> steps;
   for (const auto* set : {&r.points, &r.sweep}) {
     for (const auto& m : *set) {
-      planner::ObservedStep step{step_shape(c, bench.store->shape().block_tokens), {}};
+      planner::ObservedStep step{worker::step_shape(c, bench.store->shape().block_tokens), {}};
       step.shape.s = bench.s;
       step.shape.l = m.l;
       step.shape.chunk = std::max<std::int64_t>(m.chunk, 1);

@@ -22,7 +22,7 @@
 #include "kvpr/common/checkpoint.h"
 #include "kvpr/common/error.h"
 #include "kvpr/net/security.h"
-#include "planning.h"
+#include "kvpr/worker/profiler.h"
 
 extern char** environ;
 
@@ -209,11 +209,12 @@ int up_command(const UpOptions& o) {
         std::to_string(o.capacity_bytes), "--lease-ms", std::to_string(o.lease_ms)};
     if (o.backend.backend != "cpu") {
       // A store block is one host→device copy per part: on a GPU its pages hold the tokens
-      // store_block_tokens asks for (the 256 KiB default would make 10-token blocks, 80 KiB
+      // worker::store_block_tokens asks for (the 256 KiB default would make 10-token blocks, 80 KiB
       // copies, of an OPT-6.7B-wide model).
       const ModelConfig c = Checkpoint(model.string()).config();
       const auto token_bytes = static_cast<std::uint64_t>(c.h + 2 * c.h_kv()) * size_of(c.dtype);
-      const auto tokens = static_cast<std::uint64_t>(store_block_tokens(o.backend, c));
+      const auto tokens =
+          static_cast<std::uint64_t>(worker::store_block_tokens(o.backend.backend, c));
       const std::uint64_t page = (tokens * token_bytes + 4095) / 4096 * 4096;
       kvstore_argv.insert(kvstore_argv.end(), {"--page-bytes", std::to_string(page)});
     }

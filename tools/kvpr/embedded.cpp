@@ -83,7 +83,7 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
   shape.h = c.h;
   shape.h_kv = c.h_kv();
   shape.dtype = c.dtype;
-  shape.block_tokens = store_block_tokens(flags, c);
+  shape.block_tokens = worker::store_block_tokens(flags.backend, c);
   store = std::make_unique<kvstore::LocalKvStore>(shape, capacity_bytes);
   // K,V and activations move straight between the store's memory and the device.
   if (store->arena() != nullptr) backend->register_host(store->arena(), store->arena_bytes());
@@ -91,11 +91,11 @@ Embedded::Embedded(const std::string& model_dir, const BackendFlags& flags, plan
     planner = std::make_unique<planner::CostModelPlanner>();
   } else if (planner_kind == "measured") {
     auto profile = measured_profile(flags, c, false);
-    auto scheduler =
-        std::make_unique<planner::ProfilePlanner>(profile, step_shape(c, shape.block_tokens));
+    auto scheduler = std::make_unique<planner::ProfilePlanner>(
+        profile, worker::step_shape(c, shape.block_tokens));
     const auto path = worker::profile_cache_path(profile.fingerprint);
     corrector = std::make_unique<worker::ProfileCorrector>(
-        std::move(profile), step_shape(c, shape.block_tokens), planner::DriftOptions{},
+        std::move(profile), worker::step_shape(c, shape.block_tokens), planner::DriftOptions{},
         [p = scheduler.get()](const HardwareProfile& refit) { p->update_profile(refit); }, path);
     planner = std::move(scheduler);
   } else {

@@ -49,7 +49,8 @@ int plan_command(const PlanOptions& options) {
   const HardwareProfile profile = options.profile.empty()
                                       ? measured_profile(options.backend, c, false)
                                       : load_profile(options.profile);
-  planner::ProfilePlanner planner(profile, step_shape(c, store_block_tokens(options.backend, c)));
+  planner::ProfilePlanner planner(
+      profile, worker::step_shape(c, worker::store_block_tokens(options.backend.backend, c)));
   nlohmann::json out;
   if (options.workload == "latency") {
     const std::vector<std::int64_t> s(static_cast<std::size_t>(options.batch), options.context);

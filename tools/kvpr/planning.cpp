@@ -12,14 +12,6 @@
 
 namespace kvpr::cli {
 
-std::int64_t store_block_tokens(const BackendFlags& flags, const ModelConfig& c) {
-  return worker::store_block_tokens(flags.backend, c);
-}
-
-planner::StepShape step_shape(const ModelConfig& c, std::int64_t block_tokens) {
-  return worker::step_shape(c, block_tokens);
-}
-
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
                                  bool remeasure) {
   const auto opts = backend_options(flags, config.dtype);

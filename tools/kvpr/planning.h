@@ -1,5 +1,5 @@
-// Shared by `kvpr profile`, `kvpr plan` and `kvpr bench`: the model's step shape, the measured
-// profile, and how decisions are shown.
+// Shared by `kvpr profile`, `kvpr plan` and `kvpr bench`: the measured profile, and how decisions
+// are shown.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -11,9 +11,6 @@
 
 namespace kvpr::cli {
 
-// Tokens per block of the embedded store: worker::store_block_tokens for the flags' backend.
-std::int64_t store_block_tokens(const BackendFlags& flags, const ModelConfig& config);
-planner::StepShape step_shape(const ModelConfig& config, std::int64_t block_tokens);
 // The cached profile of this backend and model shape, measured (and cached) when absent.
 HardwareProfile measured_profile(const BackendFlags& flags, const ModelConfig& config,
                                  bool remeasure);
