@@ -107,8 +107,6 @@ def parent(args, report, write, model):
     except Exception as e:
         report["errors"].append(f"greedy: {e}")
     write()
-    del model
-    torch.cuda.empty_cache()
     for impl in ("offloaded", "offloaded_static"):
         with tempfile.TemporaryDirectory() as tmp:
             child_json = os.path.join(tmp, "child.json")
