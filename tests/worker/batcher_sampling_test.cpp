@@ -66,6 +66,61 @@ TEST(Batcher, SamplingWhereTheLogitsAreGivesTheHostPathsTokens) {
   }
 }
 
+// A prompt's first token chosen where its logits are (Engine::prefill with a PromptChoice): the
+// token, log-probability and top-n the host path gives from the same row, whole and in chunks;
+// device→host bytes are the store's write-back alone (a chunk that chooses nothing computes no
+// logits), where the host path's also carry the row.
+TEST(Batcher, APromptsFirstTokenIsChosenWhereItsLogitsAre) {
+  testing::Stack st(kData + kOpt.model, kOpt.policy, kOpt.split);
+  const auto& shape = st.store->shape();
+  const auto vocab = st.model->config().vocab;
+  const auto token_bytes =
+      static_cast<std::uint64_t>(shape.n_layers * (shape.h + 2 * shape.h_kv) *
+                                 static_cast<std::int64_t>(size_of(shape.dtype)));
+  const auto p = prompt(13, vocab, 5);
+  const std::span<const std::int32_t> all(p);
+  const auto d2h = [&st] { return st.backend->copy_stats().d2h_bytes; };
+  SamplingParams params;
+  params.temperature = 0.8;
+  params.top_k = 50;
+  params.top_p = 0.9;
+  params.logprobs = 3;
+
+  std::vector<float> logits;
+  auto before = d2h();
+  const SeqHandle host_seq = st.engine->prefill(all, logits);
+  EXPECT_EQ(d2h() - before,
+            p.size() * token_bytes + static_cast<std::uint64_t>(vocab) * sizeof(float))
+      << "the host path's row is counted (the measure can see a row)";
+  Sampler host(params, {}, 11);
+  const TokenChoice want = host.next(logits);
+  st.engine->release(host_seq);
+
+  Sampler whole(params, {}, 11);
+  PromptChoice choice{whole.prepare(), {}};
+  before = d2h();
+  const SeqHandle whole_seq = st.engine->prefill(all, &choice);
+  EXPECT_EQ(d2h() - before, p.size() * token_bytes) << "no logits row left the device";
+  const TokenChoice got = whole.accept(choice.chosen);
+  EXPECT_EQ(got.token, want.token);
+  EXPECT_EQ(got.logprob, want.logprob);
+  EXPECT_EQ(got.top, want.top);
+  EXPECT_EQ(got.top.size(), 3u);
+  st.engine->release(whole_seq);
+
+  Sampler chunked(params, {}, 11);
+  before = d2h();
+  const SeqHandle chunked_seq = st.engine->prefill(all.first(5), nullptr);
+  EXPECT_EQ(d2h() - before, 5 * token_bytes) << "a chunk that chooses nothing computes no logits";
+  PromptChoice rest{chunked.prepare(), {}};
+  st.engine->extend(chunked_seq, all.subspan(5), &rest);
+  const TokenChoice last = chunked.accept(rest.chosen);
+  EXPECT_EQ(last.token, want.token);
+  EXPECT_NEAR(last.logprob, want.logprob, kLogitTolerance);
+  EXPECT_EQ(st.engine->length(chunked_seq), std::ssize(p));
+  st.engine->release(chunked_seq);
+}
+
 // The batcher on every registered backend (the CUDA cases are labelled gpu and skip without a
 // device): greedy requests of different lengths arriving at different steps get, batched, what
 // they get alone (logits within the backend's golden tolerance, tokens up to the first near-tie);

@@ -48,32 +48,42 @@ void Batcher::use_engine_of(const BatchJob& job) {
 }
 
 // Builds the sequence's cache, a chunk of at most `budget` tokens at a time: its prompt when it
-// is new (its first token is sampled from the prompt's last logits once all of it is in), or all
+// is new (its first token is chosen from the prompt's last logits once all of it is in), or all
 // its tokens but the last when it resumes after a preemption (the last is the input of its next
-// decode step, as it was when it was preempted).
+// decode step, as it was when it was preempted). The first token is chosen where the logits are,
+// as a decode step's are, unless the request keeps its logits rows; a chunk that chooses nothing
+// computes no logits.
 bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   const auto start = Clock::now();
   const bool resume = seq.generated() > 0;
   const std::int64_t chunk = std::min(budget, seq.context() - seq.cached);
   const std::span<const std::int32_t> part(seq.tokens.data() + seq.cached,
                                            static_cast<std::size_t>(chunk));
+  const bool first_token = !resume && seq.cached + chunk == seq.context();
+  const bool host_row = first_token && seq.job->request.keep_logits;
   std::vector<float> logits;
+  std::optional<PromptChoice> choice;
+  if (first_token && !host_row) choice = PromptChoice{seq.sampler.prepare(), {}};
+  PromptChoice* const chosen = choice ? &*choice : nullptr;
   if (!seq.handle) {
-    seq.handle = engine_->prefill(part, logits);
+    seq.handle = host_row ? engine_->prefill(part, logits) : engine_->prefill(part, chosen);
     seq.admitted = ++admissions_;
     seq.job->started = true;
-  } else {
+  } else if (host_row) {
     engine_->extend(*seq.handle, part, logits);
+  } else {
+    engine_->extend(*seq.handle, part, chosen);
   }
   seq.cached += chunk;
   seq.job->summary.prefill_s += since(start);
-  const bool complete = seq.cached == seq.context();
-  if (complete && !resume) {
+  if (host_row) {
     const auto vocab = static_cast<std::size_t>(model_.config().vocab);
     emit(seq, seq.sampler.next(std::span<const float>(logits.data(), vocab)), logits.data(),
          report);
+  } else if (choice) {
+    emit(seq, seq.sampler.accept(choice->chosen), nullptr, report);
   }
-  return complete;
+  return seq.cached == seq.context();
 }
 
 void Batcher::place(std::unique_ptr<Seq> seq, bool complete, Report& report) {

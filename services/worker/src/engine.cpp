@@ -239,6 +239,22 @@ void Engine::resident_append(SeqHandle seq, std::int64_t layer, Tensor k, Tensor
 
 SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<float>& out,
                           bool all_logits) {
+  return open_and_prefill(tokens, {&out, all_logits, nullptr});
+}
+
+SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, PromptChoice* choice) {
+  return open_and_prefill(tokens, {nullptr, false, choice});
+}
+
+void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out) {
+  extend_with(seq, tokens, {&out, false, nullptr});
+}
+
+void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptChoice* choice) {
+  extend_with(seq, tokens, {nullptr, false, choice});
+}
+
+SeqHandle Engine::open_and_prefill(std::span<const std::int32_t> tokens, PromptOut out) {
   const ModelConfig& c = model_.config();
   const auto n = static_cast<std::int64_t>(tokens.size());
   if (n == 0) fail("prefill: empty prompt");
@@ -247,7 +263,7 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<floa
   }
   const SeqHandle seq = store_.open();
   try {
-    run_prompt(seq, 0, tokens, out, all_logits);
+    run_prompt(seq, 0, tokens, out);
   } catch (...) {
     try {
       backend_.synchronize();  // nothing still reads the slots or writes the sequence
@@ -261,7 +277,7 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<floa
   return seq;
 }
 
-void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out) {
+void Engine::extend_with(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out) {
   const ModelConfig& c = model_.config();
   const auto n = static_cast<std::int64_t>(tokens.size());
   const std::int64_t t0 = store_.length(seq);
@@ -270,7 +286,7 @@ void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::ve
     fail("extending ", t0, " tokens by ", n, " exceeds max_position_embeddings ", c.max_positions);
   }
   try {
-    run_prompt(seq, t0, tokens, out, false);
+    run_prompt(seq, t0, tokens, out);
   } catch (...) {
     try {
       backend_.synchronize();
@@ -284,9 +300,9 @@ void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::ve
 
 // Tokens [t0, t0 + n) of a sequence through every layer, attending causally to themselves and to
 // the stored K,V of [0, t0) (uploaded from the store per layer), their activations and K,V written
-// to the store; commits them. `out`: the last row's logits, or every row's when all_logits.
+// to the store; commits them. `out` says what comes back (PromptOut).
 void Engine::run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int32_t> tokens,
-                        std::vector<float>& out, bool all_logits) {
+                        PromptOut out) {
   const ModelConfig& c = model_.config();
   const auto n = static_cast<std::int64_t>(tokens.size());
   store_.reserve(seq, n);
@@ -337,7 +353,12 @@ void Engine::run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int
     attn_out_and_ffn(w, attn, x);
     weights_.release(layer);
   }
-  logits(all_logits ? x : x.rows_slice(n - 1, 1), out);
+  if (out.logits != nullptr) {
+    logits(out.all_logits ? x : x.rows_slice(n - 1, 1), *out.logits);
+  } else if (out.choice != nullptr) {
+    out.choice->chosen =
+        backend_.sample(head(x.rows_slice(n - 1, 1)), std::span(&out.choice->sampling, 1)).at(0);
+  }
   backend_.synchronize();
   weights_.reset();
   store_.commit(seq, n);

@@ -88,6 +88,12 @@ using SeqHandle = kvstore::SeqId;
 std::uint64_t working_set_bytes(const ModelConfig& c, std::int64_t batch, std::int64_t context,
                                 std::int64_t micro_batches, DType dtype);
 
+// A prompt's next token, chosen on the device (Engine::prefill / extend without logits).
+struct PromptChoice {
+  kernels::RowSampling sampling;
+  kernels::SampledRow chosen;
+};
+
 class Engine {
  public:
   Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
@@ -104,6 +110,12 @@ class Engine {
   // n) attend to the stored context and to each other. `logits` receives the last row. On error
   // nothing is committed and the sequence is as it was.
   void extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& logits);
+  // The same two without a logits row leaving the device: with `choice`, the last row's next token
+  // is chosen where the logits are (Backend::sample with choice->sampling's numbers) into
+  // choice->chosen; without one (a chunk before the prompt's last, or a preempted sequence's
+  // rebuild) nothing runs past the last layer.
+  SeqHandle prefill(std::span<const std::int32_t> tokens, PromptChoice* choice);
+  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptChoice* choice);
 
   // One decode step: tokens[i] is fed to seqs[i] at position length(seqs[i]). Returns logits
   // [b, vocab] row-major. On error nothing is committed: the step can be retried.
@@ -136,8 +148,17 @@ class Engine {
   class Tracer;
 
   kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);
+  // What a prompt's run hands back: logits (the last row's, or every row's), a chosen token, or
+  // nothing (both null).
+  struct PromptOut {
+    std::vector<float>* logits = nullptr;
+    bool all_logits = false;
+    PromptChoice* choice = nullptr;
+  };
+  SeqHandle open_and_prefill(std::span<const std::int32_t> tokens, PromptOut out);
+  void extend_with(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out);
   void run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int32_t> tokens,
-                  std::vector<float>& out, bool all_logits);
+                  PromptOut out);
   void embed(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
              kernels::Tensor x);
   void attention_input(const DeviceLayer& w, kernels::Tensor x, kernels::Tensor xn);
