@@ -266,6 +266,9 @@ void check_sample(const Tensor& logits, std::span<const RowSampling> rows, DType
   if (static_cast<std::size_t>(logits.rows) != rows.size()) {
     fail(kOp, ": logits ", describe(logits), " for ", rows.size(), " rows of sampling numbers");
   }
+  if (logits.cols > kMaxSampleVocab) {
+    fail(kOp, ": a vocabulary of ", logits.cols, " tokens is over the op's ", kMaxSampleVocab);
+  }
   for (const RowSampling& p : rows) check_row_sampling(p, logits.cols);
 }
 

@@ -91,7 +91,7 @@ std::int32_t draw(std::span<const float> z, const RowSampling& p, SampleScratch&
   double total = 0;
   for (const std::int32_t t : order) {
     const auto i = static_cast<std::size_t>(t);
-    total += weights[i] = std::exp((z[i] - z_max) * inv_t);
+    total += weights[i] = sample_exp((z[i] - z_max) * inv_t);
   }
   const std::size_t kept = p.top_p < 1 ? nucleus(z, order, weights, p.top_p * total) : order.size();
   order.resize(kept);
@@ -116,6 +116,8 @@ std::int32_t draw(std::span<const float> z, const RowSampling& p, SampleScratch&
 void check_row_sampling(const RowSampling& p, std::int64_t vocab) {
   if (!(p.temperature >= 0) || !std::isfinite(p.temperature))
     fail("sample: temperature ", p.temperature, " is not a finite number >= 0");
+  if (p.temperature > 0 && !std::isfinite(1.0f / p.temperature))
+    fail("sample: temperature ", p.temperature, " is too small to divide by (use 0 for greedy)");
   if (p.top_k < 0) fail("sample: top_k ", p.top_k, " is negative");
   if (!(p.top_p > 0 && p.top_p <= 1)) fail("sample: top_p ", p.top_p, " is outside (0, 1]");
   if (!(p.u >= 0 && p.u < 1)) fail("sample: the draw u ", p.u, " is outside [0, 1)");
@@ -143,7 +145,7 @@ SampledRow sample_row(std::span<const float> row, const RowSampling& p, SampleSc
 
   const float row_max = *std::max_element(row.begin(), row.end());
   double sum = 0;
-  for (const float x : row) sum += std::exp(x - row_max);
+  for (const float x : row) sum += sample_exp(x - row_max);
   const double log_z = double{row_max} + std::log(sum);
   const auto logprob = [&](std::int32_t t) {
     return static_cast<float>(double{row[static_cast<std::size_t>(t)]} - log_z);

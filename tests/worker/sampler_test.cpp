@@ -368,6 +368,18 @@ TEST(Sampler, TheBackendOpRejectsBadNumbers) {
   bad = ok;
   bad.temperature = -1;
   fails({ok, bad}, "temperature -1");
+  bad = ok;
+  bad.temperature = 1e-45f;  // 1 / T is infinite: every weight would be NaN
+  fails({ok, bad}, "too small to divide by");
+  kernels::Tensor huge = logits.rows_slice(0, 1);  // a view: the check runs before any read
+  huge.cols = kernels::kMaxSampleVocab + 1;
+  try {
+    (void)backend->sample(huge, std::vector<kernels::RowSampling>{ok});
+    ADD_FAILURE() << "accepted a vocabulary of 2^30 + 1";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocabulary of 1073741825 tokens"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -10,12 +10,13 @@
 // step is one pass over the row with a block reduction (a count or a sum of weights), so a row
 // costs about 32 + 17 passes per threshold in use (top_k, top_p, the draw) plus one pass per
 // reported top-n entry: ~125 passes of a 50k row at most, a fraction of a millisecond, with rows
-// in parallel. Weights are recomputed in each pass (one expf) rather than stored.
+// in parallel. Weights are recomputed in each pass (one exp) rather than stored.
 //
 // The draw walks the kept tokens in id order, as the reference does: the token is the smallest id
-// whose cumulative weight exceeds u · (kept weight). Sums are fp64 here as there, in another
-// order, so a draw or a nucleus boundary within rounding of a token's edge may differ from the
-// host's; away from such edges the token is the host's.
+// whose cumulative weight exceeds u · (kept weight). Each weight is the host's to the bit
+// (sample_exp: exp in double rounded once to float, on both sides); sums are fp64 here as there,
+// in another order, so a draw or a nucleus boundary within an fp64 rounding of a token's edge may
+// differ from the host's; away from such edges the token is the host's.
 #include <cmath>
 
 #include "cuda_check.h"
@@ -24,6 +25,11 @@
 
 namespace kvpr::kernels::cuda {
 namespace {
+
+// kernels::sample_exp on the device: exp in double, rounded once to float.
+__device__ float sample_exp(float x) {
+  return __double2float_rn(exp(static_cast<double>(x)));
+}
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -104,7 +110,7 @@ __device__ unsigned int highest_key(Enough enough) {
 template <typename Below>
 __device__ int last_id_below(int n, Below below) {
   int top = 0;
-  while ((1 << (top + 1)) < n) ++top;
+  while (top < 30 && (1 << (top + 1)) <= n) ++top;  // n <= kMaxSampleVocab = 2^30
   int c = -1;
   for (int bit = top; bit >= 0; --bit) {
     const int cand = c + (1 << bit);
@@ -158,7 +164,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // log Z of the raw row, for the reported log-probabilities.
   double sum = 0;
-  for (int t = tid; t < n; t += kThreads) sum += exp(double(to_f32(row[t]) - raw_max));
+  for (int t = tid; t < n; t += kThreads) sum += sample_exp(to_f32(row[t]) - raw_max);
   sum = block_reduce(sum, Sum{}, sh_sum);
   const double log_z = double(raw_max) + log(sum);
 
@@ -201,7 +207,7 @@ __global__ void __launch_bounds__(kThreads)
     // The candidate's weight (0 outside top_k), as the reference computes it.
     const auto weight = [&](int t, unsigned int key) -> double {
       if (use_k && !(key > k_key || (key == k_key && t <= k_id))) return 0.0;
-      return static_cast<double>(expf((z[t] - z_max) * inv_t));
+      return static_cast<double>(sample_exp((z[t] - z_max) * inv_t));
     };
     double total = 0;
     for (int t = tid; t < n; t += kThreads) total += weight(t, key_of(z[t]));

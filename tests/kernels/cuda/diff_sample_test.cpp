@@ -30,8 +30,9 @@ std::vector<RowSampling> kinds(std::int64_t vocab, std::int64_t rows, std::uint3
       case 0:  // greedy with the top 5 reported
         p.logprobs = 5;
         break;
-      case 1:
+      case 1:  // a top_k past the vocabulary keeps every token, as 0 does
         p.temperature = 0.7f;
+        p.top_k = vocab + 3;
         break;
       case 2:
         p.temperature = 1.3f;
@@ -64,13 +65,20 @@ class CudaSample : public ::testing::TestWithParam<DType> {};
 TEST_P(CudaSample, ChoosesAsTheCpuReference) {
   KVPR_SKIP_WITHOUT_CUDA();
   Pair pair(GetParam());
-  // A real vocabulary width, and a narrow one on a coarse grid (ties everywhere, few id bits).
-  for (const std::int64_t vocab : {50272, 37}) {
+  // A real vocabulary width, a power of two (the id bisections' edge: the last id is 2^m - 1),
+  // and narrow ones on a coarse grid (ties everywhere, few id bits), the narrowest with tokens
+  // at -inf (masked out: weight 0, log-probability -inf).
+  for (const std::int64_t vocab : {50272, 4096, 37, 16}) {
     SCOPED_TRACE(vocab);
     const std::int64_t rows = 12;
     auto values = random_values(static_cast<std::size_t>(rows * vocab), 41, 3.0f);
     if (vocab < 100) {
       for (float& v : values) v = std::round(v * 2) / 2;
+    }
+    if (vocab == 16) {
+      for (std::size_t i = 3; i < values.size(); i += 5) {
+        values[i] = -std::numeric_limits<float>::infinity();
+      }
     }
     round_to(GetParam(), values);
     const auto numbers = kinds(vocab, rows, 42);
@@ -79,12 +87,15 @@ TEST_P(CudaSample, ChoosesAsTheCpuReference) {
     ASSERT_EQ(got.size(), want.size());
     for (std::size_t r = 0; r < got.size(); ++r) {
       SCOPED_TRACE(r);
+      const auto near = [](float a, float b) {  // -inf (a masked token) only equals itself
+        return std::isfinite(b) ? std::abs(a - b) <= 1e-4f : a == b;
+      };
       EXPECT_EQ(got[r].token, want[r].token);
-      EXPECT_NEAR(got[r].logprob, want[r].logprob, 1e-4);
+      EXPECT_PRED2(near, got[r].logprob, want[r].logprob);
       ASSERT_EQ(got[r].top.size(), want[r].top.size());
       for (std::size_t i = 0; i < got[r].top.size(); ++i) {
         EXPECT_EQ(got[r].top[i].first, want[r].top[i].first) << "top " << i;
-        EXPECT_NEAR(got[r].top[i].second, want[r].top[i].second, 1e-4) << "top " << i;
+        EXPECT_PRED2(near, got[r].top[i].second, want[r].top[i].second) << "top " << i;
       }
     }
     pair.cpu.buffers.clear();
@@ -112,6 +123,7 @@ TEST_P(CudaSample, EveryDrawWalksTheSameWay) {
   }
   const auto want = pair.cpu.backend->sample(pair.cpu.put(rows, 64, vocab), numbers);
   const auto got = pair.cuda.backend->sample(pair.cuda.put(rows, 64, vocab), numbers);
+  ASSERT_EQ(got.size(), want.size());
   for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].token, want[i].token) << i;
 }
 

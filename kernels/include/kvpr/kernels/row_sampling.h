@@ -14,6 +14,7 @@
 // temperature and truncation, as OpenAI's API reports them.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <utility>
@@ -44,6 +45,15 @@ struct SampledRow {
 
 // The most top-n log-probabilities the op reports per row.
 inline constexpr std::int32_t kMaxSampleLogprobs = 20;
+// The largest vocabulary the op takes (token ids and their bisections stay within an int).
+inline constexpr std::int64_t kMaxSampleVocab = std::int64_t{1} << 30;
+
+// exp(x) rounded to float: the weights and the normaliser's terms, the same on every backend
+// (computed in double and rounded once, so two correct double exps agree on nearly every x,
+// where two float exps may differ by an ulp or two).
+inline float sample_exp(float x) {
+  return static_cast<float>(std::exp(static_cast<double>(x)));
+}
 
 // Raises Error(failed) naming the first bad field of `p` for a vocabulary of `vocab` tokens.
 void check_row_sampling(const RowSampling& p, std::int64_t vocab);
