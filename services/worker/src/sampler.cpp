@@ -35,6 +35,8 @@ Sampler::Sampler(SamplingParams params, std::vector<std::int32_t> eos_ids, std::
 kernels::RowSampling Sampler::prepare() {
   kernels::RowSampling p;
   p.temperature = static_cast<float>(params_.temperature);
+  // A temperature so small that 1/T overflows a float is T -> 0's limit: greedy.
+  if (p.temperature > 0 && !std::isfinite(1.0f / p.temperature)) p.temperature = 0;
   p.top_k = params_.top_k;
   p.top_p = params_.top_p;
   p.logprobs = std::max(params_.logprobs, 0);
