@@ -3,7 +3,6 @@
 // --worker, and serves until SIGTERM, then drains its streams. main() parses and wires.
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <thread>
 #include <zmq.hpp>
@@ -14,7 +13,7 @@
 #include "kvpr/common/tokenizer.h"
 #include "kvpr/gateway/gateway.h"
 #include "kvpr/gateway/worker_upstream.h"
-#include "kvpr/net/security_flags.h"
+#include "kvpr/net/daemon.h"
 #include "kvpr/net/service.h"
 
 namespace {
@@ -30,12 +29,10 @@ struct Flags {
   std::string tls_key;
   std::string policy = "kvpr";
   std::string name = "gateway";
-  std::string ready_file;
   std::size_t threads = 64;
   int dead_after_ms = 2000;
   int request_timeout_s = 600;
-  std::string log_level;
-  kvpr::net::SecurityOptions security;
+  kvpr::net::DaemonFlags daemon;  // its /metrics is on the HTTP port: no metrics flags
 };
 
 int serve(const Flags& f) {
@@ -46,12 +43,12 @@ int serve(const Flags& f) {
   const ModelConfig config = load_model_config(std::filesystem::path(f.model) / "config.json");
   const auto tokenizer = load_tokenizer(f.model);
   if (!net::is_loopback_endpoint(str("tcp://", f.host, ":0")) && f.api_key_file.empty() &&
-      !f.security.insecure) {
+      !f.daemon.security.insecure) {
     fail("refusing to serve HTTP on '", f.host,
          "' without API keys: pass --api-key-file FILE or --insecure");
   }
   zmq::context_t context;
-  net::SecurityOptions security_options = f.security;
+  net::SecurityOptions security_options = f.daemon.security;
   security_options.name = f.name;
   security_options.listens = false;  // the gateway connects to workers; its HTTP side has API keys
   net::Security security(context, security_options);
@@ -81,9 +78,9 @@ int serve(const Flags& f) {
   const std::string url = str(f.tls_cert.empty() ? "http://" : "https://", f.host, ":", gw.port());
   log::info(f.name, ": serving '", go.model_name, "' on ", url, " over ", f.workers.size(),
             " worker(s)");
-  if (!f.ready_file.empty()) {
+  if (!f.daemon.ready_file.empty()) {
     // The HTTP port serves /metrics too.
-    net::write_ready_file(f.ready_file, {f.name, "gateway", url, gw.port()});
+    net::write_ready_file(f.daemon.ready_file, {f.name, "gateway", url, gw.port()});
   }
   while (!net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   log::info(f.name, ": stopping; finishing open streams");
@@ -116,33 +113,9 @@ int main(int argc, char** argv) {
   app.add_option("--request-timeout", f.request_timeout_s,
                  "Seconds a request may take before its worker ends it (0: no limit)");
   app.add_option("--name", f.name, "Name in logs (and its key: KEYS/NAME.key)");
-  kvpr::net::add_security_flags(app, f.security);
-  app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
-  app.add_option(
-      "--log-level", f.log_level,
-      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "kvpr-gateway: %s\n", e.what());
-    return 1;
+  kvpr::net::add_daemon_flags(app, f.daemon, "{endpoint, metrics_port, pid}", false);
+  if (const auto code = kvpr::net::start_daemon(app, argc, argv, "kvpr-gateway", f.daemon)) {
+    return *code;
   }
-  try {
-    kvpr::log::init("kvpr-gateway", f.log_level);
-  } catch (const kvpr::Error& e) {
-    std::fprintf(stderr, "kvpr-gateway: %s\n", e.what());
-    return 1;
-  }
-  kvpr::net::install_stop_signals();
-  try {
-    return serve(f);
-  } catch (const kvpr::Error& e) {
-    std::fprintf(stderr, "kvpr-gateway: %s: %s\n", std::string(kvpr::to_string(e.kind())).c_str(),
-                 e.what());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvpr-gateway: failed: %s\n", e.what());
-  }
-  return 1;
+  return kvpr::net::run_daemon("kvpr-gateway", [&] { return serve(f); });
 }

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <thread>
 #include <zmq.hpp>
@@ -12,8 +11,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/log.h"
 #include "kvpr/kvstore/kv_store_service.h"
-#include "kvpr/net/metrics.h"
-#include "kvpr/net/security_flags.h"
+#include "kvpr/net/daemon.h"
 #include "kvpr/net/service.h"
 
 namespace {
@@ -53,6 +51,57 @@ std::uint64_t parse_bytes(const std::string& text, const std::string& flag) {
   return static_cast<std::uint64_t>(value) << shift;
 }
 
+struct Flags {
+  std::string listen = "tcp://127.0.0.1:5555";
+  std::string capacity = "8G";
+  std::string page_bytes = "256K";
+  std::int64_t lease_ms = 10000;
+  std::string name = "kvstore";
+  std::uint64_t max_sequences = 16384;
+  std::string max_metadata = "64M";
+  std::string max_bytes = "0";
+  std::uint32_t host_threads = std::max(1u, std::thread::hardware_concurrency());
+  kvpr::net::DaemonFlags daemon;
+};
+
+int serve(const Flags& f) {
+  kvpr::kvstore::KvStoreServiceOptions options;
+  options.endpoint = f.listen;
+  options.capacity_bytes = parse_bytes(f.capacity, "--capacity");
+  options.page_bytes = static_cast<std::size_t>(parse_bytes(f.page_bytes, "--page-bytes"));
+  if (f.lease_ms <= 0) kvpr::fail("--lease-ms: ", f.lease_ms, " is not positive");
+  options.lease = std::chrono::milliseconds(f.lease_ms);
+  options.metrics_port = f.daemon.metrics_port;
+  options.metrics_host = f.daemon.metrics_host;
+  options.name = f.name;
+  options.max_sequences_per_client = f.max_sequences;
+  options.max_metadata_bytes_per_client = parse_bytes(f.max_metadata, "--max-metadata-per-client");
+  options.max_block_bytes_per_client = parse_bytes(f.max_bytes, "--max-bytes-per-client");
+  options.host_threads = f.host_threads;
+
+  zmq::context_t context;
+  kvpr::net::SecurityOptions security_options = f.daemon.security;
+  security_options.name = f.name;
+  kvpr::net::Security security(context, security_options);
+  // With keys, only authenticated peers are served at all (and learn the arena's UCX key).
+  options.require_principal = security.authenticates();
+  kvpr::kvstore::KvStoreService service(context, options);
+  service.start();
+  kvpr::log::info("kvpr-kvstore ", f.name, ": listening on ", service.endpoint(), ", capacity ",
+                  service.arena_bytes(), " bytes (", options.page_bytes, "-byte pages), ",
+                  service.metrics_port() >= 0
+                      ? "metrics on port " + std::to_string(service.metrics_port())
+                      : std::string("metrics off"));
+  if (!f.daemon.ready_file.empty()) {
+    kvpr::net::write_ready_file(f.daemon.ready_file,
+                                {f.name, "kvstore", service.endpoint(), service.metrics_port()});
+  }
+  while (!kvpr::net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kvpr::log::info("kvpr-kvstore ", f.name, ": stopping");
+  service.stop();
+  return 0;
+}
+
 }  // namespace
 
 // A throw while wiring up (CLI11, bad_alloc) ends the process with its message: what a failed
@@ -60,109 +109,33 @@ std::uint64_t parse_bytes(const std::string& text, const std::string& flag) {
 // NOLINTNEXTLINE(bugprone-exception-escape)
 int main(int argc, char** argv) {
   CLI::App app{"kvpr-kvstore: host memory for KV caches, shared over ZeroMQ + UCX"};
-  std::string listen = "tcp://127.0.0.1:5555";
-  std::string capacity = "8G";
-  std::string page_bytes = "256K";
-  std::int64_t lease_ms = 10000;
-  int metrics_port = 0;
-  std::string metrics_listen;
-  std::string name = "kvstore";
-  std::string ready_file;
-  std::string log_level;
-  kvpr::net::SecurityOptions security_options;
-  kvpr::net::add_security_flags(app, security_options);
-  std::uint64_t max_sequences = 16384;
-  std::string max_metadata = "64M";
-  std::string max_bytes = "0";
-  std::uint32_t host_threads = std::max(1u, std::thread::hardware_concurrency());
-  app.add_option("--host-threads", host_threads,
+  Flags f;
+  app.add_option("--host-threads", f.host_threads,
                  "The node's host-attention threads, shared by the registered workers in "
                  "proportion to what each asks for (0: unmanaged)")
       ->capture_default_str();
-  app.add_option("--max-sequences-per-client", max_sequences,
+  app.add_option("--max-sequences-per-client", f.max_sequences,
                  "Open sequences one client may hold (0: no limit)")
       ->capture_default_str();
-  app.add_option("--max-metadata-per-client", max_metadata,
+  app.add_option("--max-metadata-per-client", f.max_metadata,
                  "Bytes of client and sequence tables one client may hold (counted against the "
                  "capacity; 0: no limit)")
       ->capture_default_str();
-  app.add_option("--max-bytes-per-client", max_bytes,
+  app.add_option("--max-bytes-per-client", f.max_bytes,
                  "Bytes of KV pages one client may hold (0: no limit but the capacity)")
       ->capture_default_str();
-  app.add_option("--listen", listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
+  app.add_option("--listen", f.listen, "ZeroMQ endpoint to listen on (tcp://HOST:0: a free port)")
       ->capture_default_str();
-  app.add_option("--capacity", capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
+  app.add_option("--capacity", f.capacity, "Bytes of host memory to serve (suffixes K, M, G, T)")
       ->capture_default_str();
-  app.add_option("--page-bytes", page_bytes, "Page size of the arena (suffixes K, M)")
+  app.add_option("--page-bytes", f.page_bytes, "Page size of the arena (suffixes K, M)")
       ->capture_default_str();
-  app.add_option("--lease-ms", lease_ms, "Client lease: no request for this long frees its data")
+  app.add_option("--lease-ms", f.lease_ms, "Client lease: no request for this long frees its data")
       ->capture_default_str();
-  auto* port_flag = app.add_option("--metrics-port", metrics_port,
-                                   "Prometheus port on 127.0.0.1 (0: a free port; -1: off)")
-                        ->capture_default_str();
-  app.add_option(
-         "--metrics-listen", metrics_listen,
-         "Serve /metrics on HOST:PORT instead (e.g. 0.0.0.0:9500 for a Prometheus on another host)")
-      ->excludes(port_flag);
-  app.add_option("--name", name, "Service name (logs, ready file)")->capture_default_str();
-  app.add_option("--ready-file", ready_file, "Write {endpoint, metrics_port, pid} here once ready");
-  app.add_option(
-      "--log-level", log_level,
-      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
-    return 1;
+  app.add_option("--name", f.name, "Service name (logs, ready file)")->capture_default_str();
+  kvpr::net::add_daemon_flags(app, f.daemon, "{endpoint, metrics_port, pid}");
+  if (const auto code = kvpr::net::start_daemon(app, argc, argv, "kvpr-kvstore", f.daemon)) {
+    return *code;
   }
-  try {
-    kvpr::log::init("kvpr-kvstore", log_level);
-    kvpr::kvstore::KvStoreServiceOptions options;
-    options.endpoint = listen;
-    options.capacity_bytes = parse_bytes(capacity, "--capacity");
-    options.page_bytes = static_cast<std::size_t>(parse_bytes(page_bytes, "--page-bytes"));
-    if (lease_ms <= 0) kvpr::fail("--lease-ms: ", lease_ms, " is not positive");
-    if (metrics_port < -1 || metrics_port > 65535) {
-      kvpr::fail("--metrics-port: ", metrics_port, " is not a port, 0 or -1");
-    }
-    options.lease = std::chrono::milliseconds(lease_ms);
-    options.metrics_port = metrics_port;
-    if (!metrics_listen.empty()) {
-      const kvpr::net::MetricsAddress address = kvpr::net::parse_metrics_listen(metrics_listen);
-      options.metrics_port = address.port;
-      options.metrics_host = address.host;
-    }
-    options.name = name;
-    options.max_sequences_per_client = max_sequences;
-    options.max_metadata_bytes_per_client = parse_bytes(max_metadata, "--max-metadata-per-client");
-    options.max_block_bytes_per_client = parse_bytes(max_bytes, "--max-bytes-per-client");
-    options.host_threads = host_threads;
-
-    kvpr::net::install_stop_signals();
-    zmq::context_t context;
-    security_options.name = name;
-    kvpr::net::Security security(context, security_options);
-    // With keys, only authenticated peers are served at all (and learn the arena's UCX key).
-    options.require_principal = security.authenticates();
-    kvpr::kvstore::KvStoreService service(context, options);
-    service.start();
-    kvpr::log::info("kvpr-kvstore ", name, ": listening on ", service.endpoint(), ", capacity ",
-                    service.arena_bytes(), " bytes (", options.page_bytes, "-byte pages), ",
-                    service.metrics_port() >= 0
-                        ? "metrics on port " + std::to_string(service.metrics_port())
-                        : std::string("metrics off"));
-    if (!ready_file.empty()) {
-      kvpr::net::write_ready_file(ready_file,
-                                  {name, "kvstore", service.endpoint(), service.metrics_port()});
-    }
-    while (!kvpr::net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    kvpr::log::info("kvpr-kvstore ", name, ": stopping");
-    service.stop();
-    return 0;
-  } catch (const std::exception& e) {  // the process's last word: one plain line, as a CLI's
-    std::fprintf(stderr, "kvpr-kvstore: %s\n", e.what());
-    return 1;
-  }
+  return kvpr::net::run_daemon("kvpr-kvstore", [&] { return serve(f); });
 }

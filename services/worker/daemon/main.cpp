@@ -3,7 +3,6 @@
 // profile), and serves generation requests until SIGTERM, then drains. main() parses and wires.
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <thread>
 #include <zmq.hpp>
@@ -13,8 +12,7 @@
 #include "kvpr/common/log.h"
 #include "kvpr/kernels/registry.h"
 #include "kvpr/kvstore/remote_kv_store.h"
-#include "kvpr/net/metrics.h"
-#include "kvpr/net/security_flags.h"
+#include "kvpr/net/daemon.h"
 #include "kvpr/net/service.h"
 #include "kvpr/planner/caching_planner.h"
 #include "kvpr/planner/fallback_planner.h"
@@ -40,14 +38,9 @@ struct Flags {
   std::string compute_dtype = "auto";  // kernels::resolve_compute_dtype
   int host_threads = 1;
   std::string profile = "nominal";
-  int metrics_port = 0;
-  std::string metrics_listen;  // HOST:PORT; replaces metrics_port and metrics_host when set
-  std::string metrics_host = "127.0.0.1";
   std::string name = "worker";
-  std::string ready_file;
   int kv_timeout_ms = 2000;
   int planner_timeout_ms = 1000;
-  std::string log_level;
   std::string trace;
   kvpr::planner::DriftOptions drift;
   std::int64_t max_batch = 32;
@@ -55,7 +48,7 @@ struct Flags {
   std::int64_t max_prefill_tokens = 2048;
   std::string admit = "full";
   int stalled_client_ms = 10000;
-  kvpr::net::SecurityOptions security;
+  kvpr::net::DaemonFlags daemon;
   std::uint64_t device_memory = 0;  // throughput mode: the backend's budget
   double weight_fraction = -1;      // of each layer's weights on the device; < 0: auto
   std::int64_t micro_batches = 1;   // block schedule
@@ -91,7 +84,7 @@ int serve(const Flags& f) {
   worker::DeviceModel model(checkpoint, *backend, false, placement);
 
   zmq::context_t context;
-  net::SecurityOptions security_options = f.security;
+  net::SecurityOptions security_options = f.daemon.security;
   security_options.name = f.name;
   net::Security security(context, security_options);
   kvstore::StoreShape shape;
@@ -176,8 +169,8 @@ int serve(const Flags& f) {
   so.endpoint = f.listen;
   so.name = f.name;
   so.model_name = std::filesystem::weakly_canonical(f.model).filename().string();
-  so.metrics_port = f.metrics_port;
-  so.metrics_host = f.metrics_host;
+  so.metrics_port = f.daemon.metrics_port;
+  so.metrics_host = f.daemon.metrics_host;
   so.prepare = map_store;
   so.link_bytes_per_s = link_bytes_per_s;
   so.trace_path = f.trace;
@@ -199,8 +192,8 @@ int serve(const Flags& f) {
   log::info(f.name, ": serving ", f.model, " on ", service.endpoint(), " (kvstore ", f.kvstore,
             ", ", store.zero_copy() ? "" : "not", " zero-copy; ", f.planners.size(),
             " planner(s)); metrics on :", service.metrics_port());
-  if (!f.ready_file.empty()) {
-    net::write_ready_file(f.ready_file,
+  if (!f.daemon.ready_file.empty()) {
+    net::write_ready_file(f.daemon.ready_file,
                           {f.name, "worker", service.endpoint(), service.metrics_port()});
   }
   while (!net::stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -235,20 +228,12 @@ int main(int argc, char** argv) {
                  "on cpu), f32, f16 or bf16");
   app.add_option("--profile", f.profile,
                  "nominal (backend's nominal rates) or measured (profile, cached, reported)");
-  auto* port_flag = app.add_option("--metrics-port", f.metrics_port,
-                                   "Prometheus port on 127.0.0.1 (0: a free one; -1: off)");
-  app.add_option(
-         "--metrics-listen", f.metrics_listen,
-         "Serve /metrics on HOST:PORT instead (e.g. 0.0.0.0:9500 for a Prometheus on another host)")
-      ->excludes(port_flag);
   app.add_option("--drift-margin", f.drift.margin,
                  "--profile measured: refit the profile when decode steps drift from their "
                  "predictions by more than this share over a window");
   app.add_option("--drift-window", f.drift.window,
                  "Decode steps per drift verdict (0: never refit the profile)");
   app.add_option("--name", f.name, "Name in logs and metrics (and its key: KEYS/NAME.key)");
-  kvpr::net::add_security_flags(app, f.security);
-  app.add_option("--ready-file", f.ready_file, "Write {endpoint, metrics_port, pid} here");
   app.add_option("--kv-timeout-ms", f.kv_timeout_ms, "Deadline of each kvstore request");
   app.add_option("--planner-timeout-ms", f.planner_timeout_ms, "Deadline of each plan request");
   app.add_option("--max-batch", f.max_batch, "Sequences decoded together (continuous batching)");
@@ -274,36 +259,9 @@ int main(int argc, char** argv) {
                  "fits (more in the batch; preempts when the store fills)");
   app.add_option("--trace", f.trace,
                  "Write every decode step's copy and compute spans here (Chrome trace JSON)");
-  app.add_option(
-      "--log-level", f.log_level,
-      "trace, debug, info, warn, error, critical or off (default: $KVPR_LOG_LEVEL, info)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
-    return 1;
+  kvpr::net::add_daemon_flags(app, f.daemon, "{endpoint, metrics_port, pid}");
+  if (const auto code = kvpr::net::start_daemon(app, argc, argv, "kvpr-worker", f.daemon)) {
+    return *code;
   }
-  try {
-    kvpr::log::init("kvpr-worker", f.log_level);
-    if (!f.metrics_listen.empty()) {
-      const kvpr::net::MetricsAddress address = kvpr::net::parse_metrics_listen(f.metrics_listen);
-      f.metrics_port = address.port;
-      f.metrics_host = address.host;
-    }
-  } catch (const kvpr::Error& e) {
-    std::fprintf(stderr, "kvpr-worker: %s\n", e.what());
-    return 1;
-  }
-  kvpr::net::install_stop_signals();
-  try {
-    return serve(f);
-  } catch (const kvpr::Error& e) {  // the process's last word: one plain line, as a CLI's
-    std::fprintf(stderr, "kvpr-worker: %s: %s\n", std::string(kvpr::to_string(e.kind())).c_str(),
-                 e.what());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvpr-worker: failed: %s\n", e.what());
-  }
-  return 1;
+  return kvpr::net::run_daemon("kvpr-worker", [&] { return serve(f); });
 }
