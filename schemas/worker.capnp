@@ -48,6 +48,7 @@ struct Generate {
   keepLogits @4 :Bool;            # send each step's logits rows back
   sampling @5 :Sampling;
   hostSplit @6 :Int64 = -1;       # fixed m: attend over [m, s) on the host; -1: the worker's default
+  scorePrompt @7 :Bool;           # report each prompt token's log-probability (PromptScores)
 }
 
 struct WorkerEvent {
@@ -84,6 +85,16 @@ struct Tokens {
   topIds @6 :List(Int32);      # [tokens, topN], most likely first
   topLogprobs @7 :List(Float32);
   finished @8 :List(Finished); # sequences that ended with this event
+  prompts @9 :List(PromptScores);  # with scorePrompt, beside each sequence's first token
+}
+
+# A scored prompt: entry i is prompt token i + 1, its log-probability under the logits of the
+# position before it and the topN most likely tokens there (topN as in Tokens).
+struct PromptScores {
+  index @0 :UInt32;            # the sequence
+  logprobs @1 :List(Float32);  # one per prompt token after the first
+  topIds @2 :List(Int32);      # [logprobs, topN], most likely first
+  topLogprobs @3 :List(Float32);
 }
 
 struct Phases {

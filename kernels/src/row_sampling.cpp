@@ -111,6 +111,28 @@ std::int32_t draw(std::span<const float> z, const RowSampling& p, SampleScratch&
   return last;
 }
 
+// The log-probability of out.token and the top_n most likely tokens, under the log-softmax of
+// the raw row.
+void report(std::span<const float> row, SampledRow& out, std::int32_t top_n, SampleScratch& s) {
+  const float row_max = *std::max_element(row.begin(), row.end());
+  double sum = 0;
+  for (const float x : row) sum += sample_exp(x - row_max);
+  const double log_z = double{row_max} + std::log(sum);
+  const auto logprob = [&](std::int32_t t) {
+    return static_cast<float>(double{row[static_cast<std::size_t>(t)]} - log_z);
+  };
+  out.logprob = logprob(out.token);
+  if (top_n <= 0) return;
+  const std::size_t n = std::min(row.size(), static_cast<std::size_t>(top_n));
+  auto& order = s.order;
+  order.resize(row.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
+                    more_likely(row));
+  out.top.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) out.top.emplace_back(order[i], logprob(order[i]));
+}
+
 }  // namespace
 
 void check_row_sampling(const RowSampling& p, std::int64_t vocab) {
@@ -142,24 +164,19 @@ SampledRow sample_row(std::span<const float> row, const RowSampling& p, SampleSc
   }
   SampledRow out;
   out.token = p.greedy() ? first_max(z) : draw(z, p, s);
+  report(row, out, p.logprobs, s);
+  return out;
+}
 
-  const float row_max = *std::max_element(row.begin(), row.end());
-  double sum = 0;
-  for (const float x : row) sum += sample_exp(x - row_max);
-  const double log_z = double{row_max} + std::log(sum);
-  const auto logprob = [&](std::int32_t t) {
-    return static_cast<float>(double{row[static_cast<std::size_t>(t)]} - log_z);
-  };
-  out.logprob = logprob(out.token);
-  if (p.logprobs <= 0) return out;
-  const std::size_t n = std::min(row.size(), static_cast<std::size_t>(p.logprobs));
-  auto& order = s.order;
-  order.resize(row.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
-                    more_likely(row));
-  out.top.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) out.top.emplace_back(order[i], logprob(order[i]));
+SampledRow score_row(std::span<const float> row, std::int32_t token, std::int32_t top_n,
+                     SampleScratch& s) {
+  check_row(row);
+  if (token < 0 || static_cast<std::size_t>(token) >= row.size()) {
+    fail("score: token ", token, " is outside the vocabulary of ", row.size());
+  }
+  SampledRow out;
+  out.token = token;
+  report(row, out, top_n, s);
   return out;
 }
 

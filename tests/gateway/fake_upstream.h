@@ -54,6 +54,19 @@ class FakeUpstream : public Upstream {
     const auto length =
         std::min<std::int64_t>(static_cast<std::int64_t>(script.size()), request.max_tokens);
     std::vector<bool> running(static_cast<std::size_t>(request.n), true);
+    if (request.score_prompt && callbacks.on_prompt) {  // prompt token j + 1 scores -0.5 (j + 1)
+      for (std::int64_t i = 0; i < request.n; ++i) {
+        std::vector<TokenEvent> prompt;
+        for (std::size_t j = 0; j + 1 < request.prompt.size(); ++j) {
+          TokenEvent e{i, request.prompt[j + 1], -0.5F * static_cast<float>(j + 1), {}};
+          for (std::int32_t t = 0; t < request.sampling.logprobs; ++t) {
+            e.top.emplace_back(e.token + t, e.logprob - static_cast<float>(t));
+          }
+          prompt.push_back(std::move(e));
+        }
+        callbacks.on_prompt(i, prompt);
+      }
+    }
     for (std::int64_t k = 0; k < length; ++k) {
       bool any = false;
       for (std::int64_t i = 0; i < request.n; ++i) {

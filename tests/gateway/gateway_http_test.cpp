@@ -253,5 +253,40 @@ TEST(GatewayHttp, EchoPutsThePromptFirst) {
   EXPECT_EQ(chunks[0]["choices"][0]["text"], "Once");
 }
 
+// echo with logprobs scores the prompt upstream: prompt token t (t >= 1) gets the upstream's
+// score of it (the fake's -0.5 t), the first none; the generated tokens follow; a stream's first
+// chunk holds the prompt's entries only, so no entry comes twice.
+TEST(GatewayHttp, EchoWithLogprobsScoresThePrompt) {
+  Served s(ids(kText));
+  const json ask = completion("Once upon", {{"echo", true}, {"max_tokens", 2}, {"logprobs", 1}});
+  auto res = s.post("/v1/completions", ask);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json body = json::parse(res->body);
+  const json& lp = body["choices"][0]["logprobs"];
+  const auto prompt = body["usage"]["prompt_tokens"].get<std::size_t>();
+  ASSERT_GE(prompt, 2u);
+  ASSERT_EQ(lp["token_logprobs"].size(), prompt + 2);
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  for (std::size_t t = 1; t < prompt; ++t) {
+    EXPECT_FLOAT_EQ(lp["token_logprobs"][t].get<float>(), -0.5f * static_cast<float>(t)) << t;
+    EXPECT_EQ(lp["top_logprobs"][t].size(), 1u);
+  }
+  EXPECT_EQ(lp["text_offset"][prompt], std::string("Once upon").size());
+  EXPECT_EQ(s.upstream.requests().back().score_prompt, true);
+
+  json streamed = ask;
+  streamed["stream"] = true;
+  res = s.post("/v1/completions", streamed);
+  std::size_t entries = 0;
+  for (const json& c : sse_chunks(res->body)) {
+    const json& l = c["choices"][0]["logprobs"];
+    if (!l.is_null()) entries += l["token_logprobs"].size();
+  }
+  EXPECT_EQ(entries, prompt + 2);
+  res = s.post("/v1/completions", completion("Once", {{"echo", true}, {"max_tokens", 2}}));
+  EXPECT_EQ(s.upstream.requests().back().score_prompt, false) << "without logprobs: no scoring";
+}
+
 }  // namespace
 }  // namespace kvpr::gateway

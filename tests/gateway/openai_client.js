@@ -136,6 +136,35 @@ const checks = {
       assert.equal(e.top_logprobs.length, 2);
     }
   },
+  // echo with logprobs scores the prompt (as lm-eval-harness asks for a loglikelihood): every
+  // prompt token but the first has a log-probability, the generated ones follow, and offsets
+  // point into the returned text; the stream repeats no entry.
+  async echoScoresThePrompt() {
+    const ask = { ...greedy, prompt, max_tokens: 2, logprobs: 1, echo: true };
+    const r = await client.completions.create(ask);
+    const text = r.choices[0].text;
+    const lp = r.choices[0].logprobs;
+    const p = r.usage.prompt_tokens;
+    assert.ok(text.startsWith(prompt), `the text starts with the prompt: ${JSON.stringify(text)}`);
+    assert.equal(lp.tokens.length, p + r.usage.completion_tokens);
+    assert.equal(lp.token_logprobs[0], null, 'nothing predicts the first prompt token');
+    assert.equal(lp.top_logprobs[0], null);
+    for (let i = 1; i < lp.tokens.length; ++i) {
+      assert.ok(typeof lp.token_logprobs[i] === 'number' && lp.token_logprobs[i] <= 0,
+                `token ${i} has a log-probability: ${lp.token_logprobs[i]}`);
+      assert.ok(typeof lp.top_logprobs[i] === 'object' && Object.keys(lp.top_logprobs[i]).length >= 1);
+    }
+    for (let i = 1; i < lp.text_offset.length; ++i) {
+      assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1], `offsets never go back (${i})`);
+    }
+    assert.equal(lp.text_offset[p], prompt.length, 'the first generated token follows the prompt');
+    const streamed = await client.completions.create({ ...ask, stream: true });
+    let entries = 0;
+    for await (const chunk of streamed) {
+      for (const c of chunk.choices) entries += c.logprobs ? c.logprobs.token_logprobs.length : 0;
+    }
+    assert.equal(entries, lp.tokens.length, 'the stream lists each token once');
+  },
   async badRequest() {
     await assert.rejects(
       client.completions.create({ ...greedy, prompt, temperature: 7 }),
@@ -159,7 +188,8 @@ const checks = {
     const reply = await checks.chat();
     step = 'chatStream';
     await checks.chatStream(reply);
-    for (step of ['twoChoices', 'lengthLimit', 'logprobs', 'badRequest', 'models']) {
+    for (step of ['twoChoices', 'lengthLimit', 'logprobs', 'echoScoresThePrompt', 'badRequest',
+                  'models']) {
       await checks[step]();
     }
   } catch (e) {

@@ -1,6 +1,10 @@
 // The batcher choosing tokens where the logits are (Backend::sample, Engine::decode_sampled):
 // the tokens the host path gives, through preemptions, with no logits row leaving the device; and
 // the batcher on every registered backend.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
 #include "batcher_support.h"
 
 namespace kvpr::worker {
@@ -119,6 +123,61 @@ TEST(Batcher, APromptsFirstTokenIsChosenWhereItsLogitsAre) {
   EXPECT_NEAR(last.logprob, want.logprob, kLogitTolerance);
   EXPECT_EQ(st.engine->length(chunked_seq), std::ssize(p));
   st.engine->release(chunked_seq);
+}
+
+// A scored prompt (GenerateRequest::score_prompt, the gateway's echo with logprobs): entry p is
+// prompt token p + 1's log-probability under the logits of position p, and the most likely
+// tokens there — the log-softmax of a whole-prompt prefill's rows, though the prompt went in
+// chunks beside another request; the tokens are what the request gets unscored, and a request
+// that did not ask gets no scores.
+TEST(Batcher, AScoredPromptHasEachTokensLogprobUnderThePositionBefore) {
+  const auto vocab = opt_vocab();
+  const std::vector<std::vector<std::int32_t>> prompts = {prompt(23, vocab, 81),
+                                                          prompt(9, vocab, 82)};
+  JobSpec scored = spec(prompts, 4);
+  scored.sampling.logprobs = 2;
+  scored.sampling.ignore_eos = true;
+  scored.keep_logits = false;
+  scored.score_prompt = true;
+  JobSpec other = spec({prompt(17, vocab, 83)}, 6);
+  other.keep_logits = false;
+  other.arrive = 1;
+  BatcherOptions options;
+  options.max_prefill_tokens_per_step = 7;  // every prompt goes in chunks
+  const auto ran = run(kOpt, {scored, other}, options);
+  JobSpec unscored = scored;
+  unscored.score_prompt = false;
+  const auto alone = run(kOpt, {unscored});
+  ASSERT_TRUE(ran[0].error.empty()) << ran[0].error;
+  EXPECT_EQ(ran[0].tokens, alone[0].tokens) << "scoring changes no token";
+  EXPECT_TRUE(ran[1].prompt_scores[0].empty()) << "a request that did not ask gets no scores";
+
+  testing::Stack st(kData + kOpt.model, kOpt.policy, kOpt.split);
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(i);
+    const auto& p = prompts[i];
+    std::vector<float> logits;
+    st.engine->release(st.engine->prefill(p, logits, true));
+    const auto& got = ran[0].prompt_scores[i];
+    ASSERT_EQ(got.size(), p.size() - 1);
+    for (std::size_t t = 0; t + 1 < p.size(); ++t) {
+      const float* row = logits.data() + t * static_cast<std::size_t>(vocab);
+      double max = row[0], sum = 0;
+      for (std::int64_t v = 0; v < vocab; ++v) max = std::max<double>(max, row[v]);
+      for (std::int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+      const auto logprob = [&](std::int32_t v) { return row[v] - max - std::log(sum); };
+      EXPECT_NEAR(got[t].logprob, logprob(p[t + 1]), 1e-3) << "prompt token " << t + 1;
+      std::vector<std::int32_t> ids(static_cast<std::size_t>(vocab));
+      std::iota(ids.begin(), ids.end(), 0);
+      std::partial_sort(ids.begin(), ids.begin() + 2, ids.end(),
+                        [&](std::int32_t a, std::int32_t b) { return row[a] > row[b]; });
+      ASSERT_EQ(got[t].top.size(), 2u);
+      for (std::size_t k = 0; k < 2; ++k) {
+        EXPECT_EQ(got[t].top[k].token, ids[k]) << "position " << t << " top " << k;
+        EXPECT_NEAR(got[t].top[k].logprob, logprob(ids[k]), 1e-3);
+      }
+    }
+  }
 }
 
 // The batcher on every registered backend (the CUDA cases are labelled gpu and skip without a

@@ -28,6 +28,7 @@ struct JobSpec {
   int arrive = 0;  // submitted before this many batcher steps have run
   // Logits rows to the host (the host sampling path); false: tokens chosen by Backend::sample.
   bool keep_logits = true;
+  bool score_prompt = false;
 };
 
 inline JobSpec spec(std::vector<std::vector<std::int32_t>> prompts, std::int64_t max_new) {
@@ -41,6 +42,7 @@ struct Ran {
   std::vector<std::vector<std::int32_t>> tokens;
   std::vector<std::vector<float>> logits;
   std::vector<Finish> finish;
+  std::vector<std::vector<TokenOut>> prompt_scores;  // per sequence, when score_prompt
   std::string error;
 };
 
@@ -73,6 +75,7 @@ inline std::vector<Ran> run(
     job->request.prompts = specs[j].prompts;
     job->request.max_new_tokens = specs[j].max_new;
     job->request.keep_logits = specs[j].keep_logits;
+    job->request.score_prompt = specs[j].score_prompt;
     job->sampling = specs[j].sampling;
     job->policy = config.policy;
     job->split = config.split;
@@ -80,6 +83,7 @@ inline std::vector<Ran> run(
     r.tokens.resize(specs[j].prompts.size());
     r.logits.resize(specs[j].prompts.size());
     r.finish.resize(specs[j].prompts.size(), Finish::cancelled);
+    r.prompt_scores.resize(specs[j].prompts.size());
     job->on_step = [&r, vocab = stack.model->config().vocab](const BatchJob&, const JobStep& s) {
       for (std::size_t i = 0; i < s.tokens.size(); ++i) {
         const auto index = static_cast<std::size_t>(s.tokens[i].index);
@@ -89,6 +93,11 @@ inline std::vector<Ran> run(
         r.logits[index].insert(r.logits[index].end(), row, row + vocab);
       }
       for (const auto& [index, why] : s.finished) r.finish[static_cast<std::size_t>(index)] = why;
+      for (const auto& p : s.prompts) {
+        EXPECT_TRUE(r.prompt_scores[static_cast<std::size_t>(p.index)].empty())
+            << "a prompt is scored once";
+        r.prompt_scores[static_cast<std::size_t>(p.index)] = p.tokens;
+      }
     };
     job->on_error = [&r](const BatchJob&, const Error& e) { r.error = e.what(); };
     jobs.push_back(std::move(job));

@@ -155,6 +155,10 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
       const std::scoped_lock lock(mutex);
       if (!error) run->on_finish(index, reason, nullptr);
     };
+    callbacks.on_prompt = [&](std::int64_t index, const std::vector<TokenEvent>& prompt) {
+      const std::scoped_lock lock(mutex);
+      if (!error) run->on_prompt(index, prompt);
+    };
     try {
       upstream_->generate(with_deadline(run->token_request()), callbacks);
     } catch (...) {
@@ -174,11 +178,7 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
   auto stream = std::make_shared<Stream>();
   stream->producer = std::thread([this, stream, run, clock, failure] {
     const auto queue = [&](const std::vector<json>& chunks) {  // call with stream->mutex held
-      if (!stream->opened) {
-        std::vector<json> opening = run->opening_chunks();
-        for (json& c : opening) stream->frames.push_back(frame(c));
-        stream->opened = true;
-      }
+      if (!chunks.empty()) stream->opened = true;
       for (const json& c : chunks) stream->frames.push_back(frame(c));
       stream->cv.notify_all();
     };
@@ -197,6 +197,10 @@ void Gateway::Impl::generate(const httplib::Request& req, httplib::Response& res
         error = std::current_exception();
         return false;
       }
+    };
+    callbacks.on_prompt = [&](std::int64_t index, const std::vector<TokenEvent>& prompt) {
+      const std::scoped_lock lock(stream->mutex);
+      if (!error) run->on_prompt(index, prompt);
     };
     callbacks.on_finish = [&](std::int64_t index, FinishReason reason) {
       const std::scoped_lock lock(stream->mutex);

@@ -41,18 +41,40 @@ Run::Run(Job job, const Tokenizer& tokenizer) : job_(std::move(job)), tokenizer_
     if (!job_.echo) continue;
     choice.content = *job_.echo;
     if (job_.options.sampling.logprobs < 0) continue;
-    // Echoed prompt tokens have no log-probabilities here (the upstream scores only what it
-    // generates): they are listed with null, as OpenAI lists the first prompt token.
-    std::size_t offset = 0;
-    for (const std::int32_t id : job_.prompt) {
-      const std::string text = token_text(id);
-      choice.logprobs["tokens"].push_back(text);
+    // The echoed prompt's entries: null log-probabilities until the upstream scores the prompt
+    // (on_prompt), and always for the first token, which nothing predicts (as OpenAI lists it).
+    // Offsets are into the echoed text, where special tokens (BOS) take no room.
+    if (prompt_offsets_.empty()) {
+      std::size_t offset = 0;
+      for (const std::int32_t id : job_.prompt) {
+        prompt_offsets_.push_back(std::min(offset, job_.echo->size()));
+        const bool special = id == tokenizer.bos_id() || id == tokenizer.eos_id();
+        if (!special) offset += token_text(id).size();
+      }
+    }
+    for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
+      choice.logprobs["tokens"].push_back(token_text(job_.prompt[t]));
       choice.logprobs["token_logprobs"].push_back(nullptr);
       choice.logprobs["top_logprobs"].push_back(nullptr);
-      choice.logprobs["text_offset"].push_back(offset);
-      offset += text.size();
+      choice.logprobs["text_offset"].push_back(prompt_offsets_[t]);
     }
+    choice.prompt_logprobs = choice.logprobs;
   }
+}
+
+void Run::on_prompt(std::int64_t index, const std::vector<TokenEvent>& prompt) {
+  if (!job_.echo || job_.options.sampling.logprobs < 0) return;
+  if (index < 0 || index >= job_.options.n) return;
+  Choice& choice = choices_[static_cast<std::size_t>(index)];
+  if (choice.tokens > 0 || choice.opened || prompt.size() + 1 != job_.prompt.size()) return;
+  json& lp = choice.prompt_logprobs;
+  for (std::size_t t = 0; t < prompt.size(); ++t) {
+    json top = json::object();
+    for (const auto& [id, logprob] : prompt[t].top) top[token_text(id)] = logprob;
+    lp["token_logprobs"][t + 1] = prompt[t].logprob;
+    lp["top_logprobs"][t + 1] = std::move(top);
+  }
+  choice.logprobs = lp;
 }
 
 TokenRequest Run::token_request() const {
@@ -61,6 +83,7 @@ TokenRequest Run::token_request() const {
   request.n = job_.options.n;
   request.max_tokens = *job_.options.max_tokens;
   request.sampling = job_.options.sampling;
+  request.score_prompt = job_.echo.has_value() && job_.options.sampling.logprobs >= 0;
   return request;
 }
 
@@ -124,6 +147,7 @@ bool Run::on_token(const TokenEvent& event, std::vector<json>* chunks) {
   if (event.index < 0 || event.index >= job_.options.n) return false;
   Choice& choice = choices_[static_cast<std::size_t>(event.index)];
   if (choice.finish) return false;
+  open(choice, event.index, chunks);
   ++choice.tokens;
   const std::size_t offset = choice.content.size();
   StopMatcher::Result result = choice.text.push(event.token);
@@ -147,6 +171,7 @@ bool Run::on_token(const TokenEvent& event, std::vector<json>* chunks) {
 void Run::finish_choice(Choice& choice, std::int64_t index, FinishReason reason,
                         std::vector<json>* chunks) {
   if (choice.finish) return;
+  open(choice, index, chunks);
   choice.finish = reason;
   const std::string rest = choice.text.finish();
   choice.content += rest;
@@ -158,20 +183,16 @@ void Run::on_finish(std::int64_t index, FinishReason reason, std::vector<json>* 
   finish_choice(choices_[static_cast<std::size_t>(index)], index, reason, chunks);
 }
 
-std::vector<json> Run::opening_chunks() {
-  std::vector<json> chunks;
-  for (std::size_t i = 0; i < choices_.size(); ++i) {
-    const auto index = static_cast<std::int64_t>(i);
-    if (job_.chat) {
-      json first = chunk(index, "", std::nullopt, nullptr);
-      first["choices"][0]["delta"] = {{"role", "assistant"}, {"content", ""}};
-      chunks.push_back(std::move(first));
-    } else if (job_.echo) {
-      json logprobs = choices_[i].logprobs;  // the echoed prompt's entries, if any
-      chunks.push_back(chunk(index, *job_.echo, std::nullopt, std::move(logprobs)));
-    }
+void Run::open(Choice& choice, std::int64_t index, std::vector<json>* chunks) {
+  if (chunks == nullptr || choice.opened) return;
+  choice.opened = true;
+  if (job_.chat) {
+    json first = chunk(index, "", std::nullopt, nullptr);
+    first["choices"][0]["delta"] = {{"role", "assistant"}, {"content", ""}};
+    chunks->push_back(std::move(first));
+  } else if (job_.echo) {
+    chunks->push_back(chunk(index, *job_.echo, std::nullopt, choice.prompt_logprobs));
   }
-  return chunks;
 }
 
 std::vector<json> Run::closing_chunks() {

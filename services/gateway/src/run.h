@@ -35,12 +35,15 @@ class Run {
   const Job& job() const { return job_; }
   TokenRequest token_request() const;
 
-  // Stream chunks (JSON objects) go to `chunks` when it is not null. on_token returns false when
-  // the sequence is done (a stop string matched, or it had already finished).
+  // Stream chunks (JSON objects) go to `chunks` when it is not null, each choice's led by its
+  // opening chunk (chat: the assistant role; completions with echo: the prompt, with its
+  // log-probabilities). on_token returns false when the sequence is done (a stop string matched,
+  // or it had already finished).
   bool on_token(const TokenEvent& event, std::vector<nlohmann::json>* chunks);
   void on_finish(std::int64_t index, FinishReason reason, std::vector<nlohmann::json>* chunks);
-  // Chunks that open the stream (chat: the assistant role; completions with echo: the prompt).
-  std::vector<nlohmann::json> opening_chunks();
+  // The scored prompt of sequence `index` (TokenRequest::score_prompt): fills the echoed prompt's
+  // log-probabilities, before its first token.
+  void on_prompt(std::int64_t index, const std::vector<TokenEvent>& prompt);
   // After generate() returned: finishes sequences the upstream left open (as length) and returns
   // their last chunks, then the usage chunk when stream_options.include_usage.
   std::vector<nlohmann::json> closing_chunks();
@@ -56,13 +59,16 @@ class Run {
     std::string content;  // everything emitted (non-streaming reply)
     std::optional<FinishReason> finish;
     std::int64_t tokens = 0;
-    nlohmann::json logprobs;  // accumulated: completions' columns or chat's content list
+    nlohmann::json logprobs;         // accumulated: completions' columns or chat's content list
+    nlohmann::json prompt_logprobs;  // echo: the prompt's entries (the stream's opening chunk)
+    bool opened = false;             // its opening chunk was streamed
   };
 
   nlohmann::json chunk(std::int64_t index, const std::string& text,
                        const std::optional<FinishReason>& finish, nlohmann::json logprobs);
   nlohmann::json token_logprobs(const TokenEvent& event, std::size_t offset) const;
   void append_logprobs(nlohmann::json& logprobs, const nlohmann::json& entry) const;
+  void open(Choice& choice, std::int64_t index, std::vector<nlohmann::json>* chunks);
   void finish_choice(Choice& choice, std::int64_t index, FinishReason reason,
                      std::vector<nlohmann::json>* chunks);
   std::string token_text(std::int32_t id) const;
@@ -70,6 +76,7 @@ class Run {
   Job job_;
   const Tokenizer* tokenizer_;
   std::vector<Choice> choices_;
+  std::vector<std::size_t> prompt_offsets_;  // echo: where each prompt token starts in the text
 };
 
 std::string to_string(FinishReason reason);

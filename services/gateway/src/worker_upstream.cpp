@@ -115,6 +115,7 @@ worker::RemoteGenerate remote_request(const TokenRequest& r, planner::Policy pol
   worker::RemoteGenerate g;
   g.request.prompts.assign(static_cast<std::size_t>(r.n), r.prompt);
   g.request.max_new_tokens = r.max_tokens;
+  g.request.score_prompt = r.score_prompt;
   g.sampling = r.sampling;
   g.policy = policy;
   if (r.deadline != Clock::time_point::max()) {
@@ -151,6 +152,21 @@ void WorkerUpstream::generate(const TokenRequest& request, const UpstreamCallbac
       worker::StreamCallbacks cb;
       cb.on_queued = callbacks.on_queued;
       cb.on_step = [&](const worker::JobStep& step) {
+        for (const auto& p : step.prompts) {
+          if (p.tokens.size() + 1 != request.prompt.size()) {
+            fail(workers_[i]->endpoint, ": ", p.tokens.size(), " prompt scores for a prompt of ",
+                 request.prompt.size(), " tokens");
+          }
+          if (!callbacks.on_prompt || stopped[static_cast<std::size_t>(p.index)]) continue;
+          std::vector<TokenEvent> events;
+          events.reserve(p.tokens.size());
+          for (std::size_t j = 0; j < p.tokens.size(); ++j) {
+            TokenEvent ev{p.index, request.prompt[j + 1], p.tokens[j].logprob, {}};
+            for (const auto& top : p.tokens[j].top) ev.top.emplace_back(top.token, top.logprob);
+            events.push_back(std::move(ev));
+          }
+          callbacks.on_prompt(p.index, events);
+        }
         for (const auto& t : step.tokens) {
           const auto index = static_cast<std::size_t>(t.index);
           if (stopped[index]) continue;

@@ -36,6 +36,9 @@ struct Batcher::Seq {
   std::int64_t cached = 0;     // context tokens in the cache (chunked prefill)
   std::uint64_t admitted = 0;  // admission order: the largest is the youngest
   bool done = false;
+  // request.score_prompt: entry p scores prompt token p + 1 (filled chunk by chunk, by position,
+  // so a prefill that starts over after a preemption overwrites what it had).
+  std::vector<TokenOut> prompt_scores;
 };
 
 // The events one pass produces, per job in first-touched order, and the jobs that finished.

@@ -51,39 +51,69 @@ void Batcher::use_engine_of(const BatchJob& job) {
 // is new (its first token is chosen from the prompt's last logits once all of it is in), or all
 // its tokens but the last when it resumes after a preemption (the last is the input of its next
 // decode step, as it was when it was preempted). The first token is chosen where the logits are,
-// as a decode step's are, unless the request keeps its logits rows; a chunk that chooses nothing
-// computes no logits.
+// as a decode step's are, unless the request keeps its logits rows or scores its prompt (every
+// row of the prompt comes to the host then, in chunks of at most kScoreBytes); a chunk that
+// chooses nothing computes no logits.
 bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   const auto start = Clock::now();
   const bool resume = seq.generated() > 0;
+  const bool score = !resume && seq.job->request.score_prompt;
+  const auto vocab = static_cast<std::size_t>(model_.config().vocab);
+  if (score) {
+    constexpr std::size_t kScoreBytes = 64u << 20;  // the host's share of a scored chunk's rows
+    budget = std::min(budget, static_cast<std::int64_t>(
+                                  std::max<std::size_t>(1, kScoreBytes / (vocab * sizeof(float)))));
+  }
   const std::int64_t chunk = std::min(budget, seq.context() - seq.cached);
   const std::span<const std::int32_t> part(seq.tokens.data() + seq.cached,
                                            static_cast<std::size_t>(chunk));
   const bool first_token = !resume && seq.cached + chunk == seq.context();
-  const bool host_row = first_token && seq.job->request.keep_logits;
+  const bool host_row = first_token && (seq.job->request.keep_logits || score);
   std::vector<float> logits;
   std::optional<PromptChoice> choice;
   if (first_token && !host_row) choice = PromptChoice{seq.sampler.prepare(), {}};
   PromptChoice* const chosen = choice ? &*choice : nullptr;
   if (!seq.handle) {
-    seq.handle = host_row ? engine_->prefill(part, logits) : engine_->prefill(part, chosen);
+    seq.handle =
+        host_row || score ? engine_->prefill(part, logits, score) : engine_->prefill(part, chosen);
     seq.admitted = ++admissions_;
     seq.job->started = true;
-  } else if (host_row) {
-    engine_->extend(*seq.handle, part, logits);
+  } else if (host_row || score) {
+    engine_->extend(*seq.handle, part, logits, score);
   } else {
     engine_->extend(*seq.handle, part, chosen);
   }
+  if (score) score_rows(seq, logits);
   seq.cached += chunk;
   seq.job->summary.prefill_s += since(start);
   if (host_row) {
-    const auto vocab = static_cast<std::size_t>(model_.config().vocab);
-    emit(seq, seq.sampler.next(std::span<const float>(logits.data(), vocab)), logits.data(),
-         report);
+    const float* row = logits.data() + logits.size() - vocab;  // the prompt's last position
+    if (score)
+      report.of(*seq.job, steps_, nullptr).prompts.push_back({seq.index, seq.prompt_scores});
+    emit(seq, seq.sampler.next(std::span<const float>(row, vocab)), row, report);
   } else if (choice) {
     emit(seq, seq.sampler.accept(choice->chosen), nullptr, report);
   }
   return seq.cached == seq.context();
+}
+
+// The scores of the prompt tokens a chunk's rows predict (row j, at position cached + j, scores
+// prompt token cached + j + 1).
+void Batcher::score_rows(Seq& seq, const std::vector<float>& logits) {
+  const auto vocab = static_cast<std::size_t>(model_.config().vocab);
+  seq.prompt_scores.resize(static_cast<std::size_t>(std::max<std::int64_t>(0, seq.prompt_len - 1)));
+  const std::size_t rows = logits.size() / vocab;
+  const std::int32_t top_n = std::max(seq.job->sampling.logprobs, 0);
+  for (std::size_t j = 0; j < rows; ++j) {
+    const auto p = static_cast<std::size_t>(seq.cached) + j;
+    if (p + 1 >= static_cast<std::size_t>(seq.prompt_len)) break;
+    const std::int32_t target = seq.tokens[p + 1];
+    const auto scored = kernels::score_row(std::span<const float>(logits.data() + j * vocab, vocab),
+                                           target, top_n, score_scratch_);
+    TokenOut& out = seq.prompt_scores[p];
+    out = {seq.index, target, scored.logprob, {}};
+    for (const auto& [token, logprob] : scored.top) out.top.push_back({token, logprob});
+  }
 }
 
 void Batcher::place(std::unique_ptr<Seq> seq, bool complete, Report& report) {

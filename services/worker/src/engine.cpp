@@ -246,8 +246,9 @@ SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, PromptChoice* ch
   return open_and_prefill(tokens, {nullptr, false, choice});
 }
 
-void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out) {
-  extend_with(seq, tokens, {&out, false, nullptr});
+void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out,
+                    bool all_logits) {
+  extend_with(seq, tokens, {&out, all_logits, nullptr});
 }
 
 void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptChoice* choice) {

@@ -59,6 +59,7 @@ void send_generate(net::RpcClient& rpc, std::uint64_t id, const RemoteGenerate& 
   g.setSplit(remote.split.value_or(-1));
   g.setHostSplit(remote.host_split.value_or(-1));
   g.setKeepLogits(request.keep_logits);
+  g.setScorePrompt(request.score_prompt);
   wire_adapter::encode_sampling(remote.sampling, g.initSampling());
   rpc.send(message, timeout);
 }

@@ -59,6 +59,7 @@ GenerateJob decode_generate(wire::Generate::Reader g, const ModelLimits& limits)
   }
   job.request.max_new_tokens = n_new;
   job.request.keep_logits = g.getKeepLogits();
+  job.request.score_prompt = g.getScorePrompt();
   job.policy = planner::wire_adapter::decode_policy(g.getPolicy(), "generate.policy");
   const std::int64_t split = g.getSplit();
   if (split < -1) fail("generate: split ", split, " must be -1 (auto) or a token count");
@@ -178,6 +179,26 @@ void encode_step(const JobStep& step, wire::Tokens::Builder out) {
     finished[i].setIndex(static_cast<std::uint32_t>(step.finished[i].first));
     finished[i].setReason(encode_finish(step.finished[i].second));
   }
+  auto prompts = out.initPrompts(static_cast<unsigned>(step.prompts.size()));
+  for (unsigned i = 0; i < step.prompts.size(); ++i) {
+    const PromptScores& p = step.prompts[i];
+    const auto m = static_cast<unsigned>(p.tokens.size());
+    prompts[i].setIndex(static_cast<std::uint32_t>(p.index));
+    auto lp = prompts[i].initLogprobs(m);
+    auto ids = prompts[i].initTopIds(m * top_n);
+    auto tlp = prompts[i].initTopLogprobs(m * top_n);
+    for (unsigned t = 0; t < m; ++t) {
+      lp.set(t, p.tokens[t].logprob);
+      if (p.tokens[t].top.size() != top_n) {
+        fail("tokens: a prompt score with ", p.tokens[t].top.size(), " top entries, expected ",
+             top_n);
+      }
+      for (unsigned j = 0; j < top_n; ++j) {
+        ids.set(t * top_n + j, p.tokens[t].top[j].token);
+        tlp.set(t * top_n + j, p.tokens[t].top[j].logprob);
+      }
+    }
+  }
 }
 
 JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_logits,
@@ -223,6 +244,28 @@ JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_lo
     if (f.getIndex() >= sequences)
       fail("tokens: finished sequence ", f.getIndex(), " of ", sequences);
     step.finished.emplace_back(f.getIndex(), decode_finish(f.getReason()));
+  }
+  for (const auto p : in.getPrompts()) {
+    if (p.getIndex() >= sequences)
+      fail("tokens: prompt scores of sequence ", p.getIndex(), " of ", sequences);
+    const auto lp = p.getLogprobs();
+    const auto ids = p.getTopIds();
+    const auto tlp = p.getTopLogprobs();
+    if (ids.size() != lp.size() * top_n || tlp.size() != lp.size() * top_n) {
+      fail("tokens: prompt top entries ", ids.size(), "/", tlp.size(), " do not match ", lp.size(),
+           " x ", top_n);
+    }
+    PromptScores scores;
+    scores.index = p.getIndex();
+    for (unsigned t = 0; t < lp.size(); ++t) {
+      TokenOut out;
+      out.index = scores.index;
+      out.logprob = lp[t];
+      for (unsigned j = 0; j < top_n; ++j)
+        out.top.push_back({ids[t * top_n + j], tlp[t * top_n + j]});
+      scores.tokens.push_back(std::move(out));
+    }
+    step.prompts.push_back(std::move(scores));
   }
   return step;
 }

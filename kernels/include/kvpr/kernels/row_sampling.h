@@ -66,5 +66,9 @@ struct SampleScratch {
   std::vector<double> weights;
 };
 SampledRow sample_row(std::span<const float> row, const RowSampling& p, SampleScratch& scratch);
+// A given token's log-probability under the row's log-softmax and the top_n most likely tokens
+// (scoring a prompt): the numbers sample_row reports, for `token` instead of a chosen one.
+SampledRow score_row(std::span<const float> row, std::int32_t token, std::int32_t top_n,
+                     SampleScratch& scratch);
 
 }  // namespace kvpr::kernels

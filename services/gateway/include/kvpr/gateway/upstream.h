@@ -21,6 +21,8 @@ struct TokenRequest {
   std::int64_t n = 1;            // sequences sampled from this prompt (OpenAI's `n`)
   std::int64_t max_tokens = 16;  // per sequence
   SamplingParams sampling;       // per sequence i, a set seed becomes seed + i
+  // Score the prompt: on_prompt gets each prompt token's log-probability (completions' echo).
+  bool score_prompt = false;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
@@ -42,6 +44,10 @@ struct UpstreamCallbacks {
   // A sequence ended by itself: a stop id (reason stop, the id was delivered by on_token first)
   // or max_tokens (reason length).
   std::function<void(std::int64_t index, FinishReason reason)> on_finish;
+  // With score_prompt, before a sequence's first token: entry i is prompt token i + 1 (its
+  // logprob and the sampling.logprobs most likely tokens at its position). May come again, the
+  // same, when the request is retried on another worker before any token was delivered.
+  std::function<void(std::int64_t index, const std::vector<TokenEvent>& prompt)> on_prompt;
 };
 
 struct WorkerRoom {

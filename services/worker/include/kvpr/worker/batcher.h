@@ -36,6 +36,7 @@
 #include "kvpr/common/error.h"
 #include "kvpr/common/sampling.h"
 #include "kvpr/kernels/backend.h"
+#include "kvpr/kernels/row_sampling.h"
 #include "kvpr/kvstore/kv_store_client.h"
 #include "kvpr/planner/planner.h"
 #include "kvpr/worker/device_model.h"
@@ -68,12 +69,20 @@ struct TokenOut {
   std::vector<TokenLogprob> top;  // the sampling.logprobs most likely, when >= 0
 };
 
+// A sequence's scored prompt (GenerateRequest::score_prompt): tokens[i] is prompt token i + 1
+// with its log-probability and the most likely tokens at its position.
+struct PromptScores {
+  std::int64_t index = 0;  // the sequence within its job
+  std::vector<TokenOut> tokens;
+};
+
 // What one job got from one step (a prefill admission or a decode step).
 struct JobStep {
   std::int64_t step = 0;  // the batcher's step counter (0 before its first decode step)
   std::vector<TokenOut> tokens;
   bool with_logprobs = false;  // the tokens' logprob fields mean something (sampling.logprobs >= 0)
   std::vector<float> logits;   // [tokens, vocab] when request.keep_logits
+  std::vector<PromptScores> prompts;  // with request.score_prompt, beside each first token
   std::vector<std::pair<std::int64_t, Finish>> finished;
   const StepStats* stats = nullptr;  // the decode step's stats (null for prefill admissions)
 };
@@ -146,6 +155,8 @@ class Batcher {
   void use_engine_of(const BatchJob& job);
   // Prefills up to `budget` more of the sequence's context; true once all of it is cached.
   bool prefill(Seq& seq, std::int64_t budget, Report& report);
+  // Scores the prompt tokens a scored chunk's logits rows ([rows, vocab]) predict.
+  void score_rows(Seq& seq, const std::vector<float>& logits);
   // Where a sequence goes once a prefill chunk ran: the decode batch, done, or still prefilling.
   void place(std::unique_ptr<Seq> seq, bool complete, Report& report);
   bool decode(Report& report);
@@ -173,6 +184,7 @@ class Batcher {
   std::int64_t steps_ = 0;
   std::uint64_t admissions_ = 0;
   BatcherCounters counters_;
+  kernels::SampleScratch score_scratch_;
 };
 
 }  // namespace kvpr::worker

@@ -107,9 +107,10 @@ class Engine {
   SeqHandle prefill(std::span<const std::int32_t> tokens, std::vector<float>& logits,
                     bool all_logits = false);
   // Prefills more of a sequence's prompt (chunked prefill): tokens at positions [length, length +
-  // n) attend to the stored context and to each other. `logits` receives the last row. On error
-  // nothing is committed and the sequence is as it was.
-  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& logits);
+  // n) attend to the stored context and to each other. `logits` receives the last row ([n, vocab]
+  // when all_logits). On error nothing is committed and the sequence is as it was.
+  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& logits,
+              bool all_logits = false);
   // The same two without a logits row leaving the device: with `choice`, the last row's next token
   // is chosen where the logits are (Backend::sample with choice->sampling's numbers) into
   // choice->chosen; without one (a chunk before the prompt's last, or a preempted sequence's

@@ -16,6 +16,10 @@ struct GenerateRequest {
   std::vector<std::vector<std::int32_t>> prompts;
   std::int64_t max_new_tokens = 16;
   bool keep_logits = false;  // keep the logits row each generated token was chosen from
+  // Score each prompt: the log-probability of every prompt token after the first under the
+  // logits of the position before it (and the sampling.logprobs most likely there), reported
+  // with the sequence's first token (the batcher; `generate` ignores it).
+  bool score_prompt = false;
 };
 
 // Why a sequence ended: a stop or EOS id (its last token), max_new_tokens (or the model's last
