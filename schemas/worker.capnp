@@ -89,12 +89,14 @@ struct Tokens {
 }
 
 # A scored prompt: entry i is prompt token i + 1, its log-probability under the logits of the
-# position before it and the topN most likely tokens there (topN as in Tokens).
+# position before it and the topN most likely tokens there. Of a request's sequences with the
+# same prompt only the first is scored.
 struct PromptScores {
   index @0 :UInt32;            # the sequence
   logprobs @1 :List(Float32);  # one per prompt token after the first
-  topIds @2 :List(Int32);      # [logprobs, topN], most likely first
-  topLogprobs @3 :List(Float32);
+  topN @2 :UInt32;             # entries of topIds and topLogprobs per prompt token
+  topIds @3 :List(Int32);      # [logprobs, topN], most likely first
+  topLogprobs @4 :List(Float32);
 }
 
 struct Phases {

@@ -286,6 +286,19 @@ TEST(GatewayHttp, EchoWithLogprobsScoresThePrompt) {
   EXPECT_EQ(entries, prompt + 2);
   res = s.post("/v1/completions", completion("Once", {{"echo", true}, {"max_tokens", 2}}));
   EXPECT_EQ(s.upstream.requests().back().score_prompt, false) << "without logprobs: no scoring";
+
+  // What one request may make the gateway list is bounded: 128 choices x 100 prompt tokens x
+  // (1 + 20) log-probabilities is over 2^18.
+  const std::size_t asked = s.upstream.requests().size();
+  json big = completion("", {{"echo", true}, {"max_tokens", 1}, {"logprobs", 20}, {"n", 128}});
+  big["prompt"] = std::vector<int>(100, 5);
+  res = s.post("/v1/completions", big);
+  EXPECT_EQ(res->status, 400) << res->body;
+  EXPECT_EQ(json::parse(res->body)["error"]["param"], "logprobs") << res->body;
+  EXPECT_EQ(s.upstream.requests().size(), asked) << "refused before any work";
+  big["n"] = 12;  // 12 x 100 x 21 = 25200: served
+  res = s.post("/v1/completions", big);
+  EXPECT_EQ(res->status, 200) << res->body.substr(0, 300);
 }
 
 }  // namespace

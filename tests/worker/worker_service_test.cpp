@@ -18,6 +18,7 @@
 #include "kvpr/worker/worker_client.h"
 #include "schemas/worker.capnp.h"
 #include "stack.h"
+#include "worker_wire.h"
 
 namespace kvpr::worker {
 namespace {
@@ -324,6 +325,55 @@ TEST(WorkerClient, DeadEndpointGivesDisconnected) {
   }
   WorkerClient client(context, endpoint, milliseconds(300));
   EXPECT_THROW(client.status(), Error);
+}
+
+// Prompt scores on the wire: they come back as sent, carrying the prompt's own tokens, and a
+// peer's event is checked against the request: a count that is not the prompt's length less
+// one, a sequence scored twice or out of range, top entries that do not add up.
+TEST(WorkerWire, PromptScoresRoundTripAndAreCheckedAgainstTheRequest) {
+  JobStep step;
+  step.tokens = {{0, 7, -1.0f, {{7, -1.0f}}}};
+  step.with_logprobs = true;
+  step.prompts = {{0, {{0, 0, -2.0f, {{3, -0.5f}}}, {0, 0, -3.0f, {{4, -0.25f}}}}}};
+  const std::vector<std::vector<std::int32_t>> prompts = {{1, 5, 6}};
+  std::vector<float> logits;
+  const auto decoded = [&](const JobStep& s, const std::vector<std::vector<std::int32_t>>& p,
+                           const std::function<void(wire::Tokens::Builder)>& tamper = {}) {
+    capnp::MallocMessageBuilder message;
+    auto tokens = message.initRoot<wire::Tokens>();
+    wire_adapter::encode_step(s, tokens);
+    if (tamper) tamper(tokens);
+    return wire_adapter::decode_step(tokens.asReader(), p, false, logits);
+  };
+  const JobStep got = decoded(step, prompts);
+  ASSERT_EQ(got.prompts.size(), 1u);
+  ASSERT_EQ(got.prompts[0].tokens.size(), 2u);
+  EXPECT_EQ(got.prompts[0].tokens[0].token, 5);
+  EXPECT_EQ(got.prompts[0].tokens[1].token, 6);
+  EXPECT_EQ(got.prompts[0].tokens[1].logprob, -3.0f);
+  EXPECT_EQ(got.prompts[0].tokens[1].top, (std::vector<TokenLogprob>{{4, -0.25f}}));
+
+  const auto refused = [&](const std::function<JobStep()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused([&] { return decoded(step, {{1, 5}}); }, "2 prompt scores for a prompt of 2 tokens");
+  JobStep twice = step;
+  twice.prompts.push_back(step.prompts[0]);
+  refused([&] { return decoded(twice, prompts); }, "each scored once");
+  JobStep other = step;
+  other.prompts[0].index = 1;
+  refused([&] { return decoded(other, prompts); }, "prompt scores of sequence 1 (1 sequences");
+  refused(
+      [&] {
+        return decoded(step, prompts,
+                       [](wire::Tokens::Builder t) { t.getPrompts()[0].setTopN(2); });
+      },
+      "do not match");
 }
 
 }  // namespace

@@ -13,10 +13,10 @@
 // in parallel. Weights are recomputed in each pass (one exp) rather than stored.
 //
 // The draw walks the kept tokens in id order, as the reference does: the token is the smallest id
-// whose cumulative weight exceeds u · (kept weight). Each weight is the host's to the bit
-// (sample_exp: exp in double rounded once to float, on both sides); sums are fp64 here as there,
-// in another order, so a draw or a nucleus boundary within an fp64 rounding of a token's edge may
-// differ from the host's; away from such edges the token is the host's.
+// whose cumulative weight exceeds u · (kept weight). Each weight is the host's for nearly every
+// input (sample_exp: exp in double rounded once to float, on both sides); sums are fp64 here as
+// there, in another order, so a draw or a nucleus boundary within an fp64 rounding of a token's
+// edge may differ from the host's; away from such edges the token is the host's.
 #include <cmath>
 
 #include "cuda_check.h"

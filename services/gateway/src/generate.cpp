@@ -94,6 +94,7 @@ Job Gateway::Impl::make_job(const std::string& body, bool chat) {
       const std::vector<std::int32_t> ids = tokenizer_->encode(*request.prompt_text);
       job.prompt.insert(job.prompt.end(), ids.begin(), ids.end());
       if (request.echo) job.echo = *request.prompt_text;
+      job.echo_after_bos = options_.add_bos && tokenizer_->bos_id().has_value();
     } else {
       job.prompt = std::move(request.prompt_tokens);
       if (request.echo) job.echo = tokenizer_->decode(job.prompt);
@@ -101,6 +102,17 @@ Job Gateway::Impl::make_job(const std::string& body, bool chat) {
   }
   job.options.max_tokens =
       resolve_max_tokens(job.options, static_cast<std::int64_t>(job.prompt.size()), chat, limits_);
+  if (job.echo && job.options.sampling.logprobs >= 0) {  // what the scored prompt makes us hold
+    const auto entries = job.options.n * static_cast<std::int64_t>(job.prompt.size()) *
+                         (job.options.sampling.logprobs + 1);
+    if (entries > kMaxPromptScoreEntries) {
+      throw ApiError(400,
+                     str("echo with logprobs ", job.options.sampling.logprobs, " over a prompt of ",
+                         job.prompt.size(), " tokens for n ", job.options.n, " choices lists ",
+                         entries, " log-probabilities; at most ", kMaxPromptScoreEntries),
+                     "logprobs");
+    }
+  }
   return job;
 }
 

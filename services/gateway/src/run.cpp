@@ -43,13 +43,12 @@ Run::Run(Job job, const Tokenizer& tokenizer) : job_(std::move(job)), tokenizer_
     if (job_.options.sampling.logprobs < 0) continue;
     // The echoed prompt's entries: null log-probabilities until the upstream scores the prompt
     // (on_prompt), and always for the first token, which nothing predicts (as OpenAI lists it).
-    // Offsets are into the echoed text, where special tokens (BOS) take no room.
+    // Offsets are into the echoed text, where a BOS the gateway added takes no room.
     if (prompt_offsets_.empty()) {
       std::size_t offset = 0;
-      for (const std::int32_t id : job_.prompt) {
+      for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
         prompt_offsets_.push_back(std::min(offset, job_.echo->size()));
-        const bool special = id == tokenizer.bos_id() || id == tokenizer.eos_id();
-        if (!special) offset += token_text(id).size();
+        if (t > 0 || !job_.echo_after_bos) offset += token_text(job_.prompt[t]).size();
       }
     }
     for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
@@ -62,19 +61,23 @@ Run::Run(Job job, const Tokenizer& tokenizer) : job_(std::move(job)), tokenizer_
   }
 }
 
+// Every choice shares the prompt: the upstream scores it once (for any index) and each choice
+// not yet under way takes the scores.
 void Run::on_prompt(std::int64_t index, const std::vector<TokenEvent>& prompt) {
   if (!job_.echo || job_.options.sampling.logprobs < 0) return;
-  if (index < 0 || index >= job_.options.n) return;
-  Choice& choice = choices_[static_cast<std::size_t>(index)];
-  if (choice.tokens > 0 || choice.opened || prompt.size() + 1 != job_.prompt.size()) return;
-  json& lp = choice.prompt_logprobs;
-  for (std::size_t t = 0; t < prompt.size(); ++t) {
-    json top = json::object();
-    for (const auto& [id, logprob] : prompt[t].top) top[token_text(id)] = logprob;
-    lp["token_logprobs"][t + 1] = prompt[t].logprob;
-    lp["top_logprobs"][t + 1] = std::move(top);
+  if (index < 0 || index >= job_.options.n || prompt.size() + 1 != job_.prompt.size()) return;
+  for (Choice& choice : choices_) {
+    if (choice.tokens > 0 || choice.opened || choice.scored) continue;
+    choice.scored = true;
+    json& lp = choice.prompt_logprobs;
+    for (std::size_t t = 0; t < prompt.size(); ++t) {
+      json top = json::object();
+      for (const auto& [id, logprob] : prompt[t].top) top[token_text(id)] = logprob;
+      lp["token_logprobs"][t + 1] = prompt[t].logprob;
+      lp["top_logprobs"][t + 1] = std::move(top);
+    }
+    choice.logprobs = lp;
   }
-  choice.logprobs = lp;
 }
 
 TokenRequest Run::token_request() const {

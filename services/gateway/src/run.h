@@ -17,6 +17,10 @@
 
 namespace kvpr::gateway {
 
+// The most prompt log-probabilities (n choices x prompt tokens x (1 + top-n)) one completion with
+// echo and logprobs may list: a bound on what one request makes the gateway hold and send.
+inline constexpr std::int64_t kMaxPromptScoreEntries = std::int64_t{1} << 18;
+
 // A parsed request resolved to ids: what Run needs to know.
 struct Job {
   bool chat = false;
@@ -26,6 +30,7 @@ struct Job {
   GenerationOptions options;  // options.max_tokens is resolved
   std::vector<std::int32_t> prompt;
   std::optional<std::string> echo;  // completions with echo: the prompt's text
+  bool echo_after_bos = false;      // prompt[0] is a BOS the gateway put before the echoed text
 };
 
 class Run {
@@ -62,6 +67,7 @@ class Run {
     nlohmann::json logprobs;         // accumulated: completions' columns or chat's content list
     nlohmann::json prompt_logprobs;  // echo: the prompt's entries (the stream's opening chunk)
     bool opened = false;             // its opening chunk was streamed
+    bool scored = false;             // prompt_logprobs hold the upstream's scores
   };
 
   nlohmann::json chunk(std::int64_t index, const std::string& text,

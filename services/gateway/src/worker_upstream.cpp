@@ -153,15 +153,11 @@ void WorkerUpstream::generate(const TokenRequest& request, const UpstreamCallbac
       cb.on_queued = callbacks.on_queued;
       cb.on_step = [&](const worker::JobStep& step) {
         for (const auto& p : step.prompts) {
-          if (p.tokens.size() + 1 != request.prompt.size()) {
-            fail(workers_[i]->endpoint, ": ", p.tokens.size(), " prompt scores for a prompt of ",
-                 request.prompt.size(), " tokens");
-          }
           if (!callbacks.on_prompt || stopped[static_cast<std::size_t>(p.index)]) continue;
           std::vector<TokenEvent> events;
           events.reserve(p.tokens.size());
           for (std::size_t j = 0; j < p.tokens.size(); ++j) {
-            TokenEvent ev{p.index, request.prompt[j + 1], p.tokens[j].logprob, {}};
+            TokenEvent ev{p.index, p.tokens[j].token, p.tokens[j].logprob, {}};
             for (const auto& top : p.tokens[j].top) ev.top.emplace_back(top.token, top.logprob);
             events.push_back(std::move(ev));
           }

@@ -20,6 +20,10 @@ struct Batcher::Seq {
     const auto& prompt = job->request.prompts[static_cast<std::size_t>(index)];
     tokens.assign(prompt.begin(), prompt.end());
     prompt_len = static_cast<std::int64_t>(tokens.size());
+    const auto& prompts = job->request.prompts;
+    scores_prompt = job->request.score_prompt &&
+                    std::none_of(prompts.begin(), prompts.begin() + index,
+                                 [&](const auto& earlier) { return earlier == prompt; });
   }
   std::int64_t generated() const { return static_cast<std::int64_t>(tokens.size()) - prompt_len; }
   std::int64_t length() const { return static_cast<std::int64_t>(tokens.size()); }
@@ -36,8 +40,9 @@ struct Batcher::Seq {
   std::int64_t cached = 0;     // context tokens in the cache (chunked prefill)
   std::uint64_t admitted = 0;  // admission order: the largest is the youngest
   bool done = false;
+  bool scores_prompt = false;  // request.score_prompt, and no earlier sequence has this prompt
   // request.score_prompt: entry p scores prompt token p + 1 (filled chunk by chunk, by position,
-  // so a prefill that starts over after a preemption overwrites what it had).
+  // so a prefill that starts over after its store filled overwrites what it had).
   std::vector<TokenOut> prompt_scores;
 };
 

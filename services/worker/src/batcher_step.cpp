@@ -51,13 +51,14 @@ void Batcher::use_engine_of(const BatchJob& job) {
 // is new (its first token is chosen from the prompt's last logits once all of it is in), or all
 // its tokens but the last when it resumes after a preemption (the last is the input of its next
 // decode step, as it was when it was preempted). The first token is chosen where the logits are,
-// as a decode step's are, unless the request keeps its logits rows or scores its prompt (every
-// row of the prompt comes to the host then, in chunks of at most kScoreBytes); a chunk that
-// chooses nothing computes no logits.
+// as a decode step's are, unless the request keeps its logits rows (the last row comes to the
+// host) or scores its prompt (every row of the prompt does, in chunks of at most kScoreBytes of
+// logits); a chunk that chooses nothing computes no logits. Of a job's sequences with the same
+// prompt (a request's n samples) only the first is scored.
 bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   const auto start = Clock::now();
   const bool resume = seq.generated() > 0;
-  const bool score = !resume && seq.job->request.score_prompt;
+  const bool score = !resume && seq.scores_prompt;
   const auto vocab = static_cast<std::size_t>(model_.config().vocab);
   if (score) {
     constexpr std::size_t kScoreBytes = 64u << 20;  // the host's share of a scored chunk's rows
@@ -88,8 +89,11 @@ bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   seq.job->summary.prefill_s += since(start);
   if (host_row) {
     const float* row = logits.data() + logits.size() - vocab;  // the prompt's last position
-    if (score)
-      report.of(*seq.job, steps_, nullptr).prompts.push_back({seq.index, seq.prompt_scores});
+    if (score) {  // sent once and not kept: a resumed sequence is not scored again
+      report.of(*seq.job, steps_, nullptr)
+          .prompts.push_back({seq.index, std::move(seq.prompt_scores)});
+      seq.prompt_scores = {};
+    }
     emit(seq, seq.sampler.next(std::span<const float>(row, vocab)), row, report);
   } else if (choice) {
     emit(seq, seq.sampler.accept(choice->chosen), nullptr, report);
@@ -199,6 +203,7 @@ bool Batcher::admit(Report& report) {
         requeue(std::move(seq));
         break;
       }
+      release(*seq);  // in no list: drop_job would not find it
       drop_job(*seq->job, e);
     }
   }

@@ -111,8 +111,8 @@ GenerateResult WorkerClient::generate(const RemoteGenerate& remote,
         case wire::WorkerEvent::STATS:
           return;
         case wire::WorkerEvent::TOKENS: {
-          const JobStep step =
-              wire_adapter::decode_step(event.getTokens(), b, request.keep_logits, logits);
+          const JobStep step = wire_adapter::decode_step(event.getTokens(), request.prompts,
+                                                         request.keep_logits, logits);
           const std::size_t vocab = step.tokens.empty() ? 0 : logits.size() / step.tokens.size();
           for (std::size_t i = 0; i < step.tokens.size(); ++i) {
             const auto index = static_cast<std::size_t>(step.tokens[i].index);

@@ -183,26 +183,28 @@ void encode_step(const JobStep& step, wire::Tokens::Builder out) {
   for (unsigned i = 0; i < step.prompts.size(); ++i) {
     const PromptScores& p = step.prompts[i];
     const auto m = static_cast<unsigned>(p.tokens.size());
+    const unsigned k = m == 0 ? 0 : static_cast<unsigned>(p.tokens[0].top.size());
     prompts[i].setIndex(static_cast<std::uint32_t>(p.index));
+    prompts[i].setTopN(k);
     auto lp = prompts[i].initLogprobs(m);
-    auto ids = prompts[i].initTopIds(m * top_n);
-    auto tlp = prompts[i].initTopLogprobs(m * top_n);
+    auto ids = prompts[i].initTopIds(m * k);
+    auto tlp = prompts[i].initTopLogprobs(m * k);
     for (unsigned t = 0; t < m; ++t) {
       lp.set(t, p.tokens[t].logprob);
-      if (p.tokens[t].top.size() != top_n) {
-        fail("tokens: a prompt score with ", p.tokens[t].top.size(), " top entries, expected ",
-             top_n);
+      if (p.tokens[t].top.size() != k) {
+        fail("tokens: a prompt score with ", p.tokens[t].top.size(), " top entries, expected ", k);
       }
-      for (unsigned j = 0; j < top_n; ++j) {
-        ids.set(t * top_n + j, p.tokens[t].top[j].token);
-        tlp.set(t * top_n + j, p.tokens[t].top[j].logprob);
+      for (unsigned j = 0; j < k; ++j) {
+        ids.set(t * k + j, p.tokens[t].top[j].token);
+        tlp.set(t * k + j, p.tokens[t].top[j].logprob);
       }
     }
   }
 }
 
-JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_logits,
-                    std::vector<float>& logits) {
+JobStep decode_step(wire::Tokens::Reader in, const std::vector<std::vector<std::int32_t>>& prompts,
+                    bool keep_logits, std::vector<float>& logits) {
+  const std::size_t sequences = prompts.size();
   JobStep step;
   step.step = in.getStep();
   const auto tokens = in.getTokens();
@@ -245,24 +247,36 @@ JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_lo
       fail("tokens: finished sequence ", f.getIndex(), " of ", sequences);
     step.finished.emplace_back(f.getIndex(), decode_finish(f.getReason()));
   }
+  std::vector<bool> scored(prompts.size(), false);
   for (const auto p : in.getPrompts()) {
-    if (p.getIndex() >= sequences)
-      fail("tokens: prompt scores of sequence ", p.getIndex(), " of ", sequences);
+    const std::uint32_t index = p.getIndex();
+    if (index >= prompts.size() || scored[index]) {
+      fail("tokens: prompt scores of sequence ", index, " (", prompts.size(),
+           " sequences, each scored once)");
+    }
+    scored[index] = true;
     const auto lp = p.getLogprobs();
+    const unsigned k = p.getTopN();
     const auto ids = p.getTopIds();
     const auto tlp = p.getTopLogprobs();
-    if (ids.size() != lp.size() * top_n || tlp.size() != lp.size() * top_n) {
+    if (lp.size() + 1 != prompts[index].size()) {
+      fail("tokens: ", lp.size(), " prompt scores for a prompt of ", prompts[index].size(),
+           " tokens");
+    }
+    if (k > static_cast<unsigned>(kMaxLogprobs) || ids.size() != lp.size() * k ||
+        tlp.size() != lp.size() * k) {
       fail("tokens: prompt top entries ", ids.size(), "/", tlp.size(), " do not match ", lp.size(),
-           " x ", top_n);
+           " x ", k);
     }
     PromptScores scores;
-    scores.index = p.getIndex();
+    scores.index = index;
+    scores.tokens.reserve(lp.size());
     for (unsigned t = 0; t < lp.size(); ++t) {
       TokenOut out;
-      out.index = scores.index;
+      out.index = index;
+      out.token = prompts[index][t + 1];
       out.logprob = lp[t];
-      for (unsigned j = 0; j < top_n; ++j)
-        out.top.push_back({ids[t * top_n + j], tlp[t * top_n + j]});
+      for (unsigned j = 0; j < k; ++j) out.top.push_back({ids[t * k + j], tlp[t * k + j]});
       scores.tokens.push_back(std::move(out));
     }
     step.prompts.push_back(std::move(scores));

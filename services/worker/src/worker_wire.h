@@ -48,9 +48,10 @@ DecodedRequest decode_request(const void* data, std::size_t size, const ModelLim
 
 void encode_sampling(const SamplingParams& in, wire::Sampling::Builder out);
 void encode_step(const JobStep& step, wire::Tokens::Builder out);
-// Checks indices against the request's `sequences` and the logits against them.
-JobStep decode_step(wire::Tokens::Reader in, std::size_t sequences, bool keep_logits,
-                    std::vector<float>& logits);
+// Checks indices against the request's prompts (one per sequence), the logits against them and
+// prompt scores against the prompts' lengths.
+JobStep decode_step(wire::Tokens::Reader in, const std::vector<std::vector<std::int32_t>>& prompts,
+                    bool keep_logits, std::vector<float>& logits);
 
 void set_summary(wire::Summary::Builder out, const GenerateResult& result,
                  const std::string& worker);

@@ -18,7 +18,8 @@ struct GenerateRequest {
   bool keep_logits = false;  // keep the logits row each generated token was chosen from
   // Score each prompt: the log-probability of every prompt token after the first under the
   // logits of the position before it (and the sampling.logprobs most likely there), reported
-  // with the sequence's first token (the batcher; `generate` ignores it).
+  // with the sequence's first token; a prompt that repeats an earlier one of the request is not
+  // scored again (the batcher; `generate` ignores it).
   bool score_prompt = false;
 };
 
