@@ -103,7 +103,7 @@ TEST(Batcher, APromptsFirstTokenIsChosenWhereItsLogitsAre) {
   Sampler whole(params, {}, 11);
   PromptChoice choice{whole.prepare(), {}};
   before = d2h();
-  const SeqHandle whole_seq = st.engine->prefill(all, &choice);
+  const SeqHandle whole_seq = st.engine->prefill(all, PromptOut{.choice = &choice});
   EXPECT_EQ(d2h() - before, p.size() * token_bytes) << "no logits row left the device";
   const TokenChoice got = whole.accept(choice.chosen);
   EXPECT_EQ(got.token, want.token);
@@ -114,10 +114,10 @@ TEST(Batcher, APromptsFirstTokenIsChosenWhereItsLogitsAre) {
 
   Sampler chunked(params, {}, 11);
   before = d2h();
-  const SeqHandle chunked_seq = st.engine->prefill(all.first(5), nullptr);
+  const SeqHandle chunked_seq = st.engine->prefill(all.first(5), PromptOut{});
   EXPECT_EQ(d2h() - before, 5 * token_bytes) << "a chunk that chooses nothing computes no logits";
   PromptChoice rest{chunked.prepare(), {}};
-  st.engine->extend(chunked_seq, all.subspan(5), &rest);
+  st.engine->extend(chunked_seq, all.subspan(5), PromptOut{.choice = &rest});
   const TokenChoice last = chunked.accept(rest.chosen);
   EXPECT_EQ(last.token, want.token);
   EXPECT_NEAR(last.logprob, want.logprob, kLogitTolerance);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include "kvpr/worker/batcher.h"
 #include "kvpr/worker/sampler.h"

@@ -72,17 +72,19 @@ bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
   const bool host_row = first_token && (seq.job->request.keep_logits || score);
   std::vector<float> logits;
   std::optional<PromptChoice> choice;
-  if (first_token && !host_row) choice = PromptChoice{seq.sampler.prepare(), {}};
-  PromptChoice* const chosen = choice ? &*choice : nullptr;
+  PromptOut out;
+  if (host_row || score) {
+    out = {&logits, score, nullptr};
+  } else if (first_token) {
+    choice = PromptChoice{seq.sampler.prepare(), {}};
+    out.choice = &*choice;
+  }
   if (!seq.handle) {
-    seq.handle =
-        host_row || score ? engine_->prefill(part, logits, score) : engine_->prefill(part, chosen);
+    seq.handle = engine_->prefill(part, out);
     seq.admitted = ++admissions_;
     seq.job->started = true;
-  } else if (host_row || score) {
-    engine_->extend(*seq.handle, part, logits, score);
   } else {
-    engine_->extend(*seq.handle, part, chosen);
+    engine_->extend(*seq.handle, part, out);
   }
   if (score) score_rows(seq, logits);
   seq.cached += chunk;
@@ -91,8 +93,7 @@ bool Batcher::prefill(Seq& seq, std::int64_t budget, Report& report) {
     const float* row = logits.data() + logits.size() - vocab;  // the prompt's last position
     if (score) {  // sent once and not kept: a resumed sequence is not scored again
       report.of(*seq.job, steps_, nullptr)
-          .prompts.push_back({seq.index, std::move(seq.prompt_scores)});
-      seq.prompt_scores = {};
+          .prompts.push_back({seq.index, std::exchange(seq.prompt_scores, {})});
     }
     emit(seq, seq.sampler.next(std::span<const float>(row, vocab)), row, report);
   } else if (choice) {

@@ -239,23 +239,15 @@ void Engine::resident_append(SeqHandle seq, std::int64_t layer, Tensor k, Tensor
 
 SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, std::vector<float>& out,
                           bool all_logits) {
-  return open_and_prefill(tokens, {&out, all_logits, nullptr});
-}
-
-SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, PromptChoice* choice) {
-  return open_and_prefill(tokens, {nullptr, false, choice});
+  return prefill(tokens, PromptOut{&out, all_logits, nullptr});
 }
 
 void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& out,
                     bool all_logits) {
-  extend_with(seq, tokens, {&out, all_logits, nullptr});
+  extend(seq, tokens, PromptOut{&out, all_logits, nullptr});
 }
 
-void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptChoice* choice) {
-  extend_with(seq, tokens, {nullptr, false, choice});
-}
-
-SeqHandle Engine::open_and_prefill(std::span<const std::int32_t> tokens, PromptOut out) {
+SeqHandle Engine::prefill(std::span<const std::int32_t> tokens, PromptOut out) {
   const ModelConfig& c = model_.config();
   const auto n = static_cast<std::int64_t>(tokens.size());
   if (n == 0) fail("prefill: empty prompt");
@@ -278,7 +270,7 @@ SeqHandle Engine::open_and_prefill(std::span<const std::int32_t> tokens, PromptO
   return seq;
 }
 
-void Engine::extend_with(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out) {
+void Engine::extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out) {
   const ModelConfig& c = model_.config();
   const auto n = static_cast<std::int64_t>(tokens.size());
   const std::int64_t t0 = store_.length(seq);

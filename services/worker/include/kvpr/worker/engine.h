@@ -94,6 +94,17 @@ struct PromptChoice {
   kernels::SampledRow chosen;
 };
 
+// What a prompt's run hands back (Engine::prefill / extend): logits (the last row's, or every
+// row's), a next token chosen where the logits are (Backend::sample with choice->sampling's
+// numbers, into choice->chosen; no logits row leaves the device), or nothing (both null: nothing
+// runs past the last layer, for a chunk before the prompt's last or a preempted sequence's
+// rebuild).
+struct PromptOut {
+  std::vector<float>* logits = nullptr;
+  bool all_logits = false;
+  PromptChoice* choice = nullptr;
+};
+
 class Engine {
  public:
   Engine(const DeviceModel& model, kernels::Backend& backend, kvstore::KvStoreClient& store,
@@ -111,12 +122,9 @@ class Engine {
   // when all_logits). On error nothing is committed and the sequence is as it was.
   void extend(SeqHandle seq, std::span<const std::int32_t> tokens, std::vector<float>& logits,
               bool all_logits = false);
-  // The same two without a logits row leaving the device: with `choice`, the last row's next token
-  // is chosen where the logits are (Backend::sample with choice->sampling's numbers) into
-  // choice->chosen; without one (a chunk before the prompt's last, or a preempted sequence's
-  // rebuild) nothing runs past the last layer.
-  SeqHandle prefill(std::span<const std::int32_t> tokens, PromptChoice* choice);
-  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptChoice* choice);
+  // The same two with what comes back said by `out`.
+  SeqHandle prefill(std::span<const std::int32_t> tokens, PromptOut out);
+  void extend(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out);
 
   // One decode step: tokens[i] is fed to seqs[i] at position length(seqs[i]). Returns logits
   // [b, vocab] row-major. On error nothing is committed: the step can be retried.
@@ -149,15 +157,6 @@ class Engine {
   class Tracer;
 
   kernels::Tensor scratch(std::size_t index, std::int64_t rows, std::int64_t cols);
-  // What a prompt's run hands back: logits (the last row's, or every row's), a chosen token, or
-  // nothing (both null).
-  struct PromptOut {
-    std::vector<float>* logits = nullptr;
-    bool all_logits = false;
-    PromptChoice* choice = nullptr;
-  };
-  SeqHandle open_and_prefill(std::span<const std::int32_t> tokens, PromptOut out);
-  void extend_with(SeqHandle seq, std::span<const std::int32_t> tokens, PromptOut out);
   void run_prompt(SeqHandle seq, std::int64_t t0, std::span<const std::int32_t> tokens,
                   PromptOut out);
   void embed(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
