@@ -33,31 +33,31 @@ Run::Run(Job job, const Tokenizer& tokenizer) : job_(std::move(job)), tokenizer_
                                         job_.options.sampling.stop_token_ids.end());
   if (tokenizer.bos_id()) skip.insert(*tokenizer.bos_id());
   if (tokenizer.eos_id()) skip.insert(*tokenizer.eos_id());
+  // With echo and logprobs, the echoed prompt's entries: null log-probabilities until the
+  // upstream scores the prompt (on_prompt), and always for the first token, which nothing
+  // predicts (as OpenAI lists it). Offsets are into the echoed text, where a BOS the gateway
+  // added takes no room.
+  json logprobs;
+  if (job_.options.sampling.logprobs >= 0) logprobs = empty_logprobs(job_.chat);
+  if (job_.echo && !logprobs.is_null()) {
+    std::size_t offset = 0;
+    for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
+      const std::string text = token_text(job_.prompt[t]);
+      logprobs["tokens"].push_back(text);
+      logprobs["token_logprobs"].push_back(nullptr);
+      logprobs["top_logprobs"].push_back(nullptr);
+      logprobs["text_offset"].push_back(std::min(offset, job_.echo->size()));
+      if (t > 0 || !job_.echo_after_bos) offset += text.size();
+    }
+  }
   choices_.reserve(static_cast<std::size_t>(job_.options.n));
   for (std::int64_t i = 0; i < job_.options.n; ++i) {
     choices_.emplace_back(SequenceText(tokenizer, skip, job_.options.stop));
     Choice& choice = choices_.back();
-    if (job_.options.sampling.logprobs >= 0) choice.logprobs = empty_logprobs(job_.chat);
+    choice.logprobs = logprobs;
     if (!job_.echo) continue;
     choice.content = *job_.echo;
-    if (job_.options.sampling.logprobs < 0) continue;
-    // The echoed prompt's entries: null log-probabilities until the upstream scores the prompt
-    // (on_prompt), and always for the first token, which nothing predicts (as OpenAI lists it).
-    // Offsets are into the echoed text, where a BOS the gateway added takes no room.
-    if (prompt_offsets_.empty()) {
-      std::size_t offset = 0;
-      for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
-        prompt_offsets_.push_back(std::min(offset, job_.echo->size()));
-        if (t > 0 || !job_.echo_after_bos) offset += token_text(job_.prompt[t]).size();
-      }
-    }
-    for (std::size_t t = 0; t < job_.prompt.size(); ++t) {
-      choice.logprobs["tokens"].push_back(token_text(job_.prompt[t]));
-      choice.logprobs["token_logprobs"].push_back(nullptr);
-      choice.logprobs["top_logprobs"].push_back(nullptr);
-      choice.logprobs["text_offset"].push_back(prompt_offsets_[t]);
-    }
-    choice.prompt_logprobs = choice.logprobs;
+    choice.prompt_logprobs = logprobs;
   }
 }
 
@@ -71,10 +71,9 @@ void Run::on_prompt(std::int64_t index, const std::vector<TokenEvent>& prompt) {
     choice.scored = true;
     json& lp = choice.prompt_logprobs;
     for (std::size_t t = 0; t < prompt.size(); ++t) {
-      json top = json::object();
-      for (const auto& [id, logprob] : prompt[t].top) top[token_text(id)] = logprob;
-      lp["token_logprobs"][t + 1] = prompt[t].logprob;
-      lp["top_logprobs"][t + 1] = std::move(top);
+      json entry = token_logprobs(prompt[t], 0);  // the generated tokens' shape of an entry
+      lp["token_logprobs"][t + 1] = std::move(entry["logprob"]);
+      lp["top_logprobs"][t + 1] = std::move(entry["top"]);
     }
     choice.logprobs = lp;
   }

@@ -82,7 +82,6 @@ class Run {
   Job job_;
   const Tokenizer* tokenizer_;
   std::vector<Choice> choices_;
-  std::vector<std::size_t> prompt_offsets_;  // echo: where each prompt token starts in the text
 };
 
 std::string to_string(FinishReason reason);

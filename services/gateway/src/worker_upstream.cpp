@@ -111,6 +111,12 @@ std::vector<std::size_t> WorkerUpstream::ranked(const std::vector<std::size_t>& 
 
 namespace {
 
+TokenEvent token_event(const worker::TokenOut& t) {
+  TokenEvent ev{t.index, t.token, t.logprob, {}};
+  for (const auto& top : t.top) ev.top.emplace_back(top.token, top.logprob);
+  return ev;
+}
+
 worker::RemoteGenerate remote_request(const TokenRequest& r, planner::Policy policy) {
   worker::RemoteGenerate g;
   g.request.prompts.assign(static_cast<std::size_t>(r.n), r.prompt);
@@ -156,20 +162,14 @@ void WorkerUpstream::generate(const TokenRequest& request, const UpstreamCallbac
           if (!callbacks.on_prompt || stopped[static_cast<std::size_t>(p.index)]) continue;
           std::vector<TokenEvent> events;
           events.reserve(p.tokens.size());
-          for (std::size_t j = 0; j < p.tokens.size(); ++j) {
-            TokenEvent ev{p.index, p.tokens[j].token, p.tokens[j].logprob, {}};
-            for (const auto& top : p.tokens[j].top) ev.top.emplace_back(top.token, top.logprob);
-            events.push_back(std::move(ev));
-          }
+          for (const auto& t : p.tokens) events.push_back(token_event(t));
           callbacks.on_prompt(p.index, events);
         }
         for (const auto& t : step.tokens) {
           const auto index = static_cast<std::size_t>(t.index);
           if (stopped[index]) continue;
           delivered = true;
-          TokenEvent ev{t.index, t.token, t.logprob, {}};
-          for (const auto& top : t.top) ev.top.emplace_back(top.token, top.logprob);
-          if (callbacks.on_token && !callbacks.on_token(ev)) {
+          if (callbacks.on_token && !callbacks.on_token(token_event(t))) {
             stopped[index] = true;
             // The last sequence stopping (or a client gone) cancels the whole request.
             const bool all = std::all_of(stopped.begin(), stopped.end(), [](bool b) { return b; });
